@@ -1,0 +1,122 @@
+"""TwoTowerModel: the loss against a numpy in-batch softmax, fit/evaluate/checkpoints, config."""
+
+import numpy as np
+import pytest
+
+import tfrec_towers  # noqa: F401
+import tensorflow as tf
+
+from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt
+from tfrec_towers.model import TwoTowerModel, build_towers
+from tfrec_towers.towers import Tower, TowerConfig, compute_embeddings
+
+
+def _data(seed=0, rows=256):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1, 30, rows)
+    items = (users % 10) + 1  # each user prefers one item: learnable signal
+    noise = rng.random(rows) < 0.2
+    items[noise] = rng.integers(1, 11, noise.sum())
+    return {
+        "user_id": users.astype(np.int64),
+        "history": rng.integers(0, 11, (rows, 4)).astype(np.int64),
+        "item_id": items.astype(np.int64),
+        "category": np.array([f"c{i % 3}" for i in items], object),
+    }
+
+
+def _spec(data):
+    spec = FeatureSpec(
+        query=(CategoricalFeature("user_id", embedding_dim=8), SequenceFeature("history", embedding_dim=8, embedding_table="item_id")),
+        candidate=(CategoricalFeature("item_id", embedding_dim=8), CategoricalFeature("category", dtype="string", embedding_dim=4)),
+        candidate_id="item_id",
+    )
+    return adapt(spec, data)
+
+
+def _model(data, temperature=0.1):
+    from tfrec_towers.model import in_batch_softmax_task
+
+    config = TowerConfig(hidden_units=(16,), output_dim=8)
+    query, candidate = build_towers(_spec(data), config, config)
+    return TwoTowerModel(query, candidate, "item_id", task=in_batch_softmax_task(temperature))
+
+
+def _numpy_in_batch_softmax(q, c, ids, temperature):
+    scores = q @ c.T / temperature
+    same = ids[:, None] == ids[None, :]
+    scores = np.where(same & ~np.eye(len(ids), dtype=bool), scores - 1e9, scores)
+    scores = scores - scores.max(axis=1, keepdims=True)
+    log_softmax = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    return -np.mean(np.diag(log_softmax))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_loss_is_in_batch_softmax_with_accidental_hits_removed(seed):
+    data = _data(seed, rows=16)
+    data["item_id"][:4] = 3  # duplicates in the batch
+    model = _model(data, temperature=0.2)
+    batch = {k: tf.constant(v) for k, v in data.items()}
+    loss = model.compute_loss(batch).numpy()
+    q = model.query_tower(batch).numpy()
+    c = model.candidate_tower(batch).numpy()
+    assert loss == pytest.approx(_numpy_in_batch_softmax(q, c, data["item_id"], 0.2), rel=1e-5)
+
+
+def test_fit_learns_and_works_with_callbacks_and_checkpoints(tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    data = _data(1, rows=512)
+    model = _model(data)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.02))
+    ds = tf.data.Dataset.from_tensor_slices(data).shuffle(512, seed=0).batch(64)
+    weights_path = str(tmp_path / "best.weights.h5")
+    history = model.fit(
+        ds,
+        epochs=6,
+        verbose=0,
+        callbacks=[tf.keras.callbacks.ModelCheckpoint(weights_path, save_weights_only=True, monitor="loss")],
+    )
+    losses = history.history["loss"]
+    assert losses[-1] < 0.8 * losses[0]
+    assert "loss" in model.evaluate(ds, return_dict=True, verbose=0)
+
+    tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    restored = _model(data)
+    tf.train.Checkpoint(model=restored).read(str(tmp_path / "ckpt")).expect_partial()
+    np.testing.assert_allclose(
+        compute_embeddings(restored.candidate_tower, data), compute_embeddings(model.candidate_tower, data), rtol=1e-6
+    )
+
+
+def test_item_embeddings_are_shared_and_survive_from_config():
+    data = _data()
+    model = _model(data)
+    q_tables, c_tables = model.query_tower.encoder.tables, model.candidate_tower.encoder.tables
+    assert q_tables["item_id"] is c_tables["item_id"]
+    rebuilt = TwoTowerModel.from_config(model.get_config())
+    assert rebuilt.query_tower.encoder.tables["item_id"] is rebuilt.candidate_tower.encoder.tables["item_id"]
+    assert isinstance(rebuilt.query_tower, Tower)
+    assert rebuilt.query_tower.config == model.query_tower.config
+
+
+def test_towers_must_agree_on_dimension():
+    data = _data()
+    with pytest.raises(ValueError, match="same `output_dim`"):
+        build_towers(_spec(data), TowerConfig(output_dim=8), TowerConfig(output_dim=16))
+
+
+def test_tower_config_validation():
+    with pytest.raises(ValueError, match="`dropout` must be in"):
+        TowerConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="`normalization`"):
+        TowerConfig(normalization="group")
+    with pytest.raises(ValueError, match="`hidden_units`"):
+        TowerConfig(hidden_units=(0,))
+
+
+def test_l2_normalised_embeddings_have_unit_norm():
+    data = _data()
+    model = _model(data)
+    emb = compute_embeddings(model.query_tower, data, batch_size=100)
+    assert emb.shape == (256, 8)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)

@@ -1,0 +1,243 @@
+"""Keras layers that turn raw feature tensors into vectors, as the declarations of ``features.py`` say.
+
+Every layer takes raw tensors (ids, strings, padded id matrices, numbers) so that the towers, and
+the SavedModels exported from them, contain all preprocessing: no client-side lookups, and unknown
+values land in out-of-vocabulary buckets instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.features import (
+    POOLINGS,
+    CategoricalFeature,
+    Feature,
+    HashedFeature,
+    NumericFeature,
+    SequenceFeature,
+    feature_from_dict,
+    feature_to_dict,
+)
+
+_register = tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+
+
+@_register
+class EmbeddingTable(tf.keras.layers.Layer):
+    """Vocabulary lookup with OOV buckets followed by an embedding: ``E[lookup(x)]``.
+
+    Row ``i < num_oov_buckets`` is an OOV bucket (values not in ``vocabulary`` are hashed into
+    one); row ``num_oov_buckets + j`` embeds ``vocabulary[j]``.
+
+    Args:
+      vocabulary: the known values (ints for ``key_dtype="int64"``, strings otherwise).
+      key_dtype: ``"int64"`` or ``"string"``.
+      embedding_dim: width of each embedding.
+      num_oov_buckets: rows shared by out-of-vocabulary values.
+
+    Call: ``values`` of any shape ``[...]`` → ``[..., embedding_dim]``.
+    """
+
+    def __init__(
+        self,
+        vocabulary: Sequence[Union[int, str]],
+        key_dtype: str,
+        embedding_dim: int,
+        num_oov_buckets: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if len(vocabulary) == 0:
+            raise ValueError(f"EmbeddingTable `{self.name}`: `vocabulary` is empty; adapt the features on data first.")
+        if key_dtype not in ("int64", "string"):
+            raise ValueError(f"`key_dtype` must be 'int64' or 'string'. Received: {key_dtype!r}")
+        self.vocabulary = list(vocabulary)
+        self.key_dtype = key_dtype
+        self.embedding_dim = int(embedding_dim)
+        self.num_oov_buckets = int(num_oov_buckets)
+        if key_dtype == "int64":
+            self.lookup = tf.keras.layers.IntegerLookup(
+                vocabulary=np.asarray(self.vocabulary, dtype=np.int64),
+                num_oov_indices=self.num_oov_buckets,
+                mask_token=None,
+                vocabulary_dtype="int64",
+            )
+        else:
+            self.lookup = tf.keras.layers.StringLookup(
+                vocabulary=np.asarray(self.vocabulary, dtype=object),
+                num_oov_indices=self.num_oov_buckets,
+                mask_token=None,
+            )
+        self.embedding = tf.keras.layers.Embedding(
+            len(self.vocabulary) + self.num_oov_buckets, self.embedding_dim, name="embedding"
+        )
+
+    def call(self, values: tf.Tensor) -> tf.Tensor:
+        return self.embedding(self.lookup(values))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            **super().get_config(),
+            "vocabulary": self.vocabulary,
+            "key_dtype": self.key_dtype,
+            "embedding_dim": self.embedding_dim,
+            "num_oov_buckets": self.num_oov_buckets,
+        }
+
+
+@_register
+class HashedEmbedding(tf.keras.layers.Layer):
+    """``E[hash(x) mod num_bins]`` for ids too many to keep a vocabulary of.
+
+    Call: ``values`` (int64 or string) of any shape ``[...]`` → ``[..., embedding_dim]``.
+    """
+
+    def __init__(self, num_bins: int, embedding_dim: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_bins <= 0:
+            raise ValueError(f"`num_bins` must be a positive int. Received: {num_bins}")
+        self.num_bins = int(num_bins)
+        self.embedding_dim = int(embedding_dim)
+        self.hashing = tf.keras.layers.Hashing(self.num_bins)
+        self.embedding = tf.keras.layers.Embedding(self.num_bins, self.embedding_dim, name="embedding")
+
+    def call(self, values: tf.Tensor) -> tf.Tensor:
+        return self.embedding(self.hashing(values))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "num_bins": self.num_bins, "embedding_dim": self.embedding_dim}
+
+
+@_register
+class MaskedPooling(tf.keras.layers.Layer):
+    """Pools a sequence of vectors over its valid positions.
+
+    mean: ``Σ_l m_l e_l / max(1, Σ_l m_l)``; sum: ``Σ_l m_l e_l``; max: ``max_{l: m_l} e_l``.
+    A row with no valid position pools to zeros for every mode.
+
+    Call: ``embeddings [batch, length, dim]``, ``mask [batch, length]`` (bool) → ``[batch, dim]``.
+    """
+
+    def __init__(self, pooling: str = "mean", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {list(POOLINGS)}. Received: {pooling!r}")
+        self.pooling = pooling
+
+    def call(self, embeddings: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        weights = tf.cast(mask, embeddings.dtype)[..., tf.newaxis]
+        if self.pooling == "max":
+            masked = tf.where(weights > 0, embeddings, tf.fill(tf.shape(embeddings), embeddings.dtype.min))
+            has_any = tf.reduce_any(mask, axis=1, keepdims=True)
+            return tf.where(has_any, tf.reduce_max(masked, axis=1), tf.zeros_like(embeddings[:, 0]))
+        total = tf.reduce_sum(embeddings * weights, axis=1)
+        if self.pooling == "sum":
+            return total
+        return total / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "pooling": self.pooling}
+
+
+@_register
+class NumericNormalization(tf.keras.layers.Layer):
+    """Standardises a number: ``(f(x) − mean) / sqrt(variance + ε)``, ``f`` = identity or ``log1p``.
+
+    Call: ``values [batch]`` (int or float) → ``[batch, 1]`` float32.
+    """
+
+    def __init__(self, mean: float, variance: float, log1p: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if variance is None or mean is None or variance < 0:
+            raise ValueError(f"`mean` and a non-negative `variance` are required. Received: {mean!r}, {variance!r}")
+        self.mean = float(mean)
+        self.variance = float(variance)
+        self.log1p = bool(log1p)
+
+    def call(self, values: tf.Tensor) -> tf.Tensor:
+        values = tf.cast(values, tf.float32)
+        if self.log1p:
+            values = tf.math.log1p(tf.maximum(values, 0.0))
+        return ((values - self.mean) / tf.sqrt(self.variance + 1e-6))[:, tf.newaxis]
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "mean": self.mean, "variance": self.variance, "log1p": self.log1p}
+
+
+def build_embedding_tables(features: Sequence[Feature]) -> Dict[str, tf.keras.layers.Layer]:
+    """One embedding layer per table name; features naming the same table get the same layer."""
+    tables: Dict[str, tf.keras.layers.Layer] = {}
+    for feature in features:
+        if isinstance(feature, NumericFeature) or feature.table in tables:
+            continue
+        if isinstance(feature, HashedFeature):
+            tables[feature.table] = HashedEmbedding(feature.num_bins, feature.embedding_dim, name=f"{feature.table}_hashed")
+        else:
+            if feature.vocabulary is None:
+                raise ValueError(f"Feature `{feature.name}` has no vocabulary: call `features.adapt` on data first.")
+            tables[feature.table] = EmbeddingTable(
+                feature.vocabulary,
+                feature.dtype,
+                feature.embedding_dim,
+                feature.num_oov_buckets,
+                name=f"{feature.table}_embedding",
+            )
+    return tables
+
+
+@_register
+class FeatureEncoder(tf.keras.layers.Layer):
+    """Encodes one tower's raw features and concatenates them: ``[e_1(x_1); …; e_F(x_F)]``.
+
+    Args:
+      features: the tower's declarations (or their dict form, as stored by ``get_config``).
+      tables: embedding layers by table name, shared with the other tower; built from
+        ``features`` when omitted (a reloaded encoder then owns its tables).
+
+    Call: a dict of raw tensors holding at least this tower's features → ``[batch, total_dim]``.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Union[Feature, Mapping[str, Any]]],
+        tables: Optional[Mapping[str, tf.keras.layers.Layer]] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.features = [feature_from_dict(f) if isinstance(f, Mapping) else f for f in features]
+        self.tables = dict(tables) if tables is not None else build_embedding_tables(self.features)
+        self.poolers = {
+            f.name: MaskedPooling(f.pooling, name=f"{f.name}_pooling")
+            for f in self.features
+            if isinstance(f, SequenceFeature)
+        }
+        self.normalizers = {
+            f.name: NumericNormalization(f.mean, f.variance, f.log1p, name=f"{f.name}_normalization")
+            for f in self.features
+            if isinstance(f, NumericFeature)
+        }
+
+    def _encode(self, feature: Feature, values: tf.Tensor) -> tf.Tensor:
+        if isinstance(feature, NumericFeature):
+            return self.normalizers[feature.name](values)
+        if isinstance(feature, SequenceFeature):
+            if feature.dtype == "string":
+                values = tf.strings.split(values, sep=feature.separator).to_tensor(default_value="")
+                mask = tf.not_equal(values, "")
+            else:
+                mask = tf.not_equal(values, tf.cast(feature.padding_value, values.dtype))
+            return self.poolers[feature.name](self.tables[feature.table](values), mask)
+        return self.tables[feature.table](values)
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        missing = [f.name for f in self.features if f.name not in inputs]
+        if missing:
+            raise KeyError(f"{self.name}: inputs lack the features {missing}; got {sorted(inputs)}.")
+        return tf.concat([self._encode(f, inputs[f.name]) for f in self.features], axis=-1)
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "features": [feature_to_dict(f) for f in self.features]}

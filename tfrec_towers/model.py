@@ -1,0 +1,122 @@
+"""The two-tower retrieval model: the model owns the towers, the task owns the loss.
+
+``TwoTowerModel.compute_loss`` only wires features → embeddings → task, as TFRS's ``models/base.py``
+intends, so replacing the loss (logQ correction, memory bank, mixed negatives, …) means passing
+another task, not rewriting the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_towers.encoders import build_embedding_tables
+from tfrec_towers.features import FeatureSpec, feature_from_dict
+from tfrec_towers.towers import Tower, TowerConfig
+
+
+def in_batch_softmax_task(temperature: Optional[float] = 0.05) -> tfrs.tasks.Retrieval:
+    """TFRS in-batch sampled softmax with accidental-hit removal, averaged over the batch.
+
+    loss = −(1/B) Σ_i log softmax_j(⟨q_i, v_j⟩ / τ)_i, logits of other rows with the positive's
+    id masked (an item twice in a batch is not its own negative).
+    """
+    return tfrs.tasks.Retrieval(
+        loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+        temperature=temperature,
+        remove_accidental_hits=True,
+        metrics=None,
+        batch_metrics=None,
+    )
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class TwoTowerModel(tfrs.Model):
+    """A query tower and a candidate tower trained with a retrieval task.
+
+    Args:
+      query_tower: raw query features → ``[batch, d]``.
+      candidate_tower: raw candidate features → ``[batch, d]``.
+      candidate_id: the feature holding the candidate id (for accidental-hit removal).
+      task: a layer called as ``task(query_embeddings, candidate_embeddings,
+        candidate_ids=..., compute_metrics=False)`` returning the loss; defaults to
+        :func:`in_batch_softmax_task`.
+
+    Works with ``compile``/``fit``/``evaluate``, Keras callbacks and ``tf.train.Checkpoint``.
+    """
+
+    def __init__(
+        self,
+        query_tower: tf.keras.Model,
+        candidate_tower: tf.keras.Model,
+        candidate_id: str,
+        task: Optional[tf.keras.layers.Layer] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.query_tower = query_tower
+        self.candidate_tower = candidate_tower
+        self.candidate_id = candidate_id
+        self.task = task if task is not None else in_batch_softmax_task()
+
+    def call(self, features: Mapping[str, tf.Tensor], training: bool = False) -> Dict[str, tf.Tensor]:
+        return {
+            "query_embedding": self.query_tower(features, training=training),
+            "candidate_embedding": self.candidate_tower(features, training=training),
+        }
+
+    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        query_embeddings = self.query_tower(features, training=training)
+        candidate_embeddings = self.candidate_tower(features, training=training)
+        return self.task(
+            query_embeddings,
+            candidate_embeddings,
+            candidate_ids=features[self.candidate_id],
+            compute_metrics=False,
+        )
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            "query_tower": tf.keras.utils.serialize_keras_object(self.query_tower),
+            "candidate_tower": tf.keras.utils.serialize_keras_object(self.candidate_tower),
+            "candidate_id": self.candidate_id,
+        }
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "TwoTowerModel":
+        """Rebuilds the towers; two :class:`Tower` s get one set of tables, so sharing survives."""
+        config = dict(config)
+        serialized = [config.pop("query_tower"), config.pop("candidate_tower")]
+        if all(s.get("class_name", "").endswith("Tower") for s in serialized):
+            query_cfg, candidate_cfg = (s["config"] for s in serialized)
+            query_features = [feature_from_dict(f) for f in query_cfg["features"]]
+            candidate_features = [feature_from_dict(f) for f in candidate_cfg["features"]]
+            tables = build_embedding_tables(query_features + candidate_features)
+            towers = [
+                Tower(query_features, query_cfg["config"], tables, name=query_cfg["name"]),
+                Tower(candidate_features, candidate_cfg["config"], tables, name=candidate_cfg["name"]),
+            ]
+        else:
+            towers = [tf.keras.utils.deserialize_keras_object(s) for s in serialized]
+        return cls(*towers, **config)
+
+
+def build_towers(
+    spec: FeatureSpec, query_config: TowerConfig, candidate_config: TowerConfig
+) -> tuple[Tower, Tower]:
+    """Both towers over one set of embedding tables (shared where the spec says so).
+
+    Raises:
+      ValueError: the towers' output dimensions differ (their dot product would be undefined).
+    """
+    if query_config.output_dim != candidate_config.output_dim:
+        raise ValueError(
+            "The query and candidate towers must have the same `output_dim`. "
+            f"Received: {query_config.output_dim} and {candidate_config.output_dim}"
+        )
+    tables = build_embedding_tables(spec.all_features)
+    query = Tower(spec.query, query_config, tables, name="query_tower")
+    candidate = Tower(spec.candidate, candidate_config, tables, name="candidate_tower")
+    return query, candidate

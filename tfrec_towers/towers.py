@@ -1,0 +1,126 @@
+"""A tower: raw features → feature encoder → MLP → (optionally) L2-normalised embedding.
+
+    u = normalize(W_K σ(… σ(W_1 [e_1(x_1); …; e_F(x_F)]) …))
+
+as in the two-tower models of Yi et al. (RecSys 2019) and Covington et al. (RecSys 2016).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.encoders import FeatureEncoder
+from tfrec_towers.features import Feature
+
+Normalization = Literal["none", "batch", "layer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerConfig:
+    """The MLP on top of a tower's concatenated feature vectors.
+
+    Attributes:
+      hidden_units: widths of the hidden layers (may be empty: a single linear projection).
+      output_dim: embedding dimension d (the last, linear layer).
+      activation: a Keras activation name for the hidden layers.
+      dropout: dropout rate after each hidden layer, in [0, 1).
+      normalization: ``"batch"``, ``"layer"`` or ``"none"`` after each hidden layer.
+      l2_normalize: divide the output by its L2 norm (scores become cosines).
+    """
+
+    hidden_units: Tuple[int, ...] = (256,)
+    output_dim: int = 64
+    activation: str = "relu"
+    dropout: float = 0.0
+    normalization: Normalization = "none"
+    l2_normalize: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+        if any((not isinstance(u, int)) or u <= 0 for u in self.hidden_units):
+            raise ValueError(f"`hidden_units` must be positive ints. Received: {self.hidden_units}")
+        if not isinstance(self.output_dim, int) or self.output_dim <= 0:
+            raise ValueError(f"`output_dim` must be a positive int. Received: {self.output_dim!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout}")
+        if self.normalization not in ("none", "batch", "layer"):
+            raise ValueError(f"`normalization` must be 'none', 'batch' or 'layer'. Received: {self.normalization!r}")
+        tf.keras.activations.get(self.activation)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class Tower(tf.keras.Model):
+    """Encodes one side (query or candidate) into an embedding ``[batch, output_dim]``.
+
+    Args:
+      features: the tower's feature declarations (adapted: vocabularies filled in).
+      config: the MLP's :class:`TowerConfig` (or its dict form).
+      tables: embedding layers shared with the other tower (see ``FeatureEncoder``).
+
+    Call: a dict of raw feature tensors (extra keys are ignored) → ``[batch, output_dim]``.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        config: TowerConfig | Mapping[str, Any] = TowerConfig(),
+        tables: Optional[Mapping[str, tf.keras.layers.Layer]] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.config = config if isinstance(config, TowerConfig) else TowerConfig(**config)
+        self.encoder = FeatureEncoder(features, tables, name="features")
+        self.hidden = []
+        for i, units in enumerate(self.config.hidden_units):
+            self.hidden.append(tf.keras.layers.Dense(units, activation=self.config.activation, name=f"hidden_{i}"))
+            if self.config.normalization == "batch":
+                self.hidden.append(tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}"))
+            elif self.config.normalization == "layer":
+                self.hidden.append(tf.keras.layers.LayerNormalization(name=f"layer_norm_{i}"))
+            if self.config.dropout > 0:
+                self.hidden.append(tf.keras.layers.Dropout(self.config.dropout, name=f"dropout_{i}"))
+        self.projection = tf.keras.layers.Dense(self.config.output_dim, name="projection")
+
+    @property
+    def features(self) -> Sequence[Feature]:
+        return self.encoder.features
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        x = self.encoder(inputs)
+        for layer in self.hidden:
+            x = layer(x, training=training)
+        x = self.projection(x)
+        if self.config.l2_normalize:
+            x = tf.math.l2_normalize(x, axis=-1)
+        return x
+
+    def get_config(self) -> Dict[str, Any]:
+        return {
+            "name": self.name,
+            "features": self.encoder.get_config()["features"],
+            "config": dataclasses.asdict(self.config),
+        }
+
+
+def compute_embeddings(
+    tower: tf.keras.Model, features: Mapping[str, np.ndarray], batch_size: int = 4096
+) -> np.ndarray:
+    """Runs ``tower`` over a feature dictionary in batches: ``float32 [num_rows, dim]``.
+
+    Only the columns the tower reads are fed, so a catalogue of any size passes in bounded memory.
+    """
+    names = [f.name for f in tower.features] if hasattr(tower, "features") else list(features)
+    columns = {name: features[name] for name in names}
+    num_rows = len(next(iter(columns.values())))
+    predict = tf.function(lambda batch: tower(batch, training=False))
+    outputs = []
+    for start in range(0, num_rows, batch_size):
+        batch = {name: tf.constant(values[start : start + batch_size]) for name, values in columns.items()}
+        outputs.append(predict(batch).numpy())
+    if not outputs:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(outputs).astype(np.float32)
