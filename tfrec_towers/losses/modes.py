@@ -1,0 +1,356 @@
+"""One loss per training mode over ``(positive_logits, negative_logits, negative_mask)``.
+
+Every mode is a Keras layer with the same call:
+``loss(positive_logits [batch], negative_logits [batch, num_negatives],
+negative_mask [batch, num_negatives] bool, sample_weight [batch] | None) -> scalar``.
+
+* ``negative_mask[i, j]`` is False where negative ``j`` must be ignored for row ``i``
+  (the in-batch diagonal, an accidental hit, an empty memory-bank slot). Masked
+  negatives are excluded exactly: the softmax gives them a logit of ``-3.4e36`` (their
+  probability underflows to 0), masked slots never enter any arithmetic (they may hold
+  inf or NaN), every mean over negatives divides by the number of
+  *valid* negatives, every max is taken over valid negatives only. A row without a
+  valid negative (e.g. batch size 1 with in-batch negatives) contributes 0 for its
+  negative part: its softmax and pair-wise losses are 0, its BCE is the positive term.
+* Reduction: the weighted mean over rows, ``Σ_i w_i·ℓ_i / Σ_i w_i`` (``w_i = 1`` when
+  ``sample_weight`` is None; 0 when all weights are 0). Losses are computed in float32.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Literal, Mapping, Optional, Type
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.losses.temperature import check_real
+
+MASKED_LOGIT = float(np.finfo(np.float32).min / 100.0)
+
+
+def _softmax_row_losses(
+    positive_logits: tf.Tensor, negative_logits: tf.Tensor, negative_mask: tf.Tensor
+) -> tf.Tensor:
+    """``ℓ_i = logsumexp([z_i, z_ij for valid j]) − z_i``, ``[batch]``."""
+    masked = tf.where(negative_mask, negative_logits, MASKED_LOGIT)
+    all_logits = tf.concat([positive_logits[:, tf.newaxis], masked], axis=1)
+    return tf.reduce_logsumexp(all_logits, axis=1) - positive_logits
+
+
+def _mean_over_valid(values: tf.Tensor, negative_mask: tf.Tensor) -> tf.Tensor:
+    """Row means of ``values [batch, num_negatives]`` over valid entries; 0 if none."""
+    total = tf.reduce_sum(tf.where(negative_mask, values, 0.0), axis=1)
+    count = tf.reduce_sum(tf.cast(negative_mask, tf.float32), axis=1)
+    return tf.math.divide_no_nan(total, count)
+
+
+def _check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{field}` must be a bool. Received: {value!r}")
+    return value
+
+
+class ModeLoss(tf.keras.layers.Layer):
+    """Base of the mode losses: casts to float32, takes the weighted mean of row losses.
+
+    Subclasses implement ``_row_losses(positive_logits [batch], negative_logits
+    [batch, num_negatives], negative_mask [batch, num_negatives]) -> [batch]``.
+    """
+
+    def _row_losses(
+        self,
+        positive_logits: tf.Tensor,
+        negative_logits: tf.Tensor,
+        negative_mask: tf.Tensor,
+    ) -> tf.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement `_row_losses`.")
+
+    def call(
+        self,
+        positive_logits: tf.Tensor,
+        negative_logits: tf.Tensor,
+        negative_mask: tf.Tensor,
+        sample_weight: Optional[tf.Tensor] = None,
+    ) -> tf.Tensor:
+        """Computes the loss.
+
+        Args:
+          positive_logits: ``[batch]`` logit ``z_i`` of each row's positive.
+          negative_logits: ``[batch, num_negatives]`` logits ``z_ij``.
+          negative_mask: ``[batch, num_negatives]`` bool, False = ignore.
+          sample_weight: ``[batch]`` row weights, or None for equal weights.
+
+        Returns:
+          Scalar float32: ``Σ_i w_i·ℓ_i / Σ_i w_i``.
+        """
+        negative_mask = tf.cast(negative_mask, tf.bool)
+        # Masked slots may hold anything (inf, NaN in an empty memory-bank slot): they are
+        # zeroed before any arithmetic so neither the loss nor its gradient sees them.
+        negative_logits = tf.where(negative_mask, tf.cast(negative_logits, tf.float32), 0.0)
+        row_losses = self._row_losses(
+            tf.cast(positive_logits, tf.float32), negative_logits, negative_mask
+        )
+        if sample_weight is None:
+            return tf.reduce_mean(row_losses)
+        weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        return tf.math.divide_no_nan(
+            tf.reduce_sum(weights * row_losses), tf.reduce_sum(weights)
+        )
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class SampledSoftmaxLoss(ModeLoss):
+    """List-wise sampled softmax: ``ℓ_i = −log(e^{z_i} / (e^{z_i} + Σ_{j valid} e^{z_ij}))``.
+
+    The default retrieval loss (TFRS's ``Retrieval`` task; Yi et al. 2019, "Sampling-Bias-
+    Corrected Neural Modeling for Large Corpus Item Recommendations", with logQ-corrected
+    logits).
+    """
+
+    def _row_losses(self, positive_logits, negative_logits, negative_mask):
+        return _softmax_row_losses(positive_logits, negative_logits, negative_mask)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class BinaryCrossEntropyLoss(ModeLoss):
+    """Point-wise BCE: ``ℓ_i = −log σ(z_i) − λ·mean_{j valid} log(1 − σ(z_ij))``.
+
+    Label 1 on the positive logit and 0 on each valid negative; ``λ = negative_weight``.
+    """
+
+    def __init__(self, negative_weight: float = 1.0, **kwargs: Any) -> None:
+        """Initializes the loss.
+
+        Args:
+          negative_weight: ``λ > 0``, the weight of the per-row mean negative term.
+          **kwargs: passed to ``tf.keras.layers.Layer`` (``name``).
+
+        Raises:
+          ValueError: if ``negative_weight`` is not a positive float.
+        """
+        super().__init__(**kwargs)
+        self.negative_weight = check_real(
+            "negative_weight", negative_weight, 0.0, low_open=True
+        )
+
+    def _row_losses(self, positive_logits, negative_logits, negative_mask):
+        positive_term = tf.nn.softplus(-positive_logits)
+        negative_term = _mean_over_valid(tf.nn.softplus(negative_logits), negative_mask)
+        return positive_term + self.negative_weight * negative_term
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(negative_weight=self.negative_weight)
+        return config
+
+
+class _PairwiseLoss(ModeLoss):
+    """``ℓ_i = mean_{j valid} f(z_ij − z_i)``, or ``f(max_{j valid} z_ij − z_i)``."""
+
+    def __init__(self, hardest_negative_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hardest_negative_only = _check_bool(
+            "hardest_negative_only", hardest_negative_only
+        )
+
+    def _pair_loss(self, difference: tf.Tensor) -> tf.Tensor:
+        """``f(z_ij − z_i)``, element-wise."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_pair_loss`.")
+
+    def _row_losses(self, positive_logits, negative_logits, negative_mask):
+        if not self.hardest_negative_only:
+            differences = negative_logits - positive_logits[:, tf.newaxis]
+            return _mean_over_valid(self._pair_loss(differences), negative_mask)
+        hardest = tf.reduce_max(
+            tf.where(negative_mask, negative_logits, MASKED_LOGIT), axis=1
+        )
+        return tf.where(
+            tf.reduce_any(negative_mask, axis=1),
+            self._pair_loss(hardest - positive_logits),
+            0.0,
+        )
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(hardest_negative_only=self.hardest_negative_only)
+        return config
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class BPRLoss(_PairwiseLoss):
+    """Pair-wise BPR: ``ℓ_i = mean_{j valid} −log σ(z_i − z_ij)``.
+
+    Rendle et al. 2009, "BPR: Bayesian Personalized Ranking from Implicit Feedback".
+    With ``hardest_negative_only`` only the largest valid negative logit of each row is
+    used (hard negative mining: Schroff et al. 2015, FaceNet; Wu et al. 2017,
+    "Sampling Matters in Deep Embedding Learning").
+
+    Args:
+      hardest_negative_only: use only each row's hardest valid negative.
+      **kwargs: passed to ``tf.keras.layers.Layer`` (``name``).
+
+    Raises:
+      ValueError: if ``hardest_negative_only`` is not a bool.
+    """
+
+    def _pair_loss(self, difference: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softplus(difference)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class HingeLoss(_PairwiseLoss):
+    """Pair-wise hinge: ``ℓ_i = mean_{j valid} max(0, m − z_i + z_ij)``.
+
+    Hard negative mining as in :class:`BPRLoss` with ``hardest_negative_only`` (FaceNet's
+    triplet loss on the hardest negative).
+    """
+
+    def __init__(
+        self,
+        margin: Optional[float] = None,
+        hardest_negative_only: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Initializes the loss.
+
+        Args:
+          margin: ``m > 0``, required: the logit gap the positive must keep over a negative.
+          hardest_negative_only: use only each row's hardest valid negative.
+          **kwargs: passed to ``tf.keras.layers.Layer`` (``name``).
+
+        Raises:
+          ValueError: if ``margin`` is missing or not positive, or
+            ``hardest_negative_only`` is not a bool.
+        """
+        super().__init__(hardest_negative_only=hardest_negative_only, **kwargs)
+        if margin is None:
+            raise ValueError(
+                "`margin` is required for the hinge loss: a positive float. Received: None"
+            )
+        self.margin = check_real("margin", margin, 0.0, low_open=True)
+
+    def _pair_loss(self, difference: tf.Tensor) -> tf.Tensor:
+        return tf.nn.relu(self.margin + difference)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(margin=self.margin)
+        return config
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class SymmetricSoftmaxLoss(ModeLoss):
+    """CLIP-style symmetric in-batch softmax: ``ℓ_i = (1 − w)·CE_row_i + w·CE_column_i``.
+
+    Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
+    Supervision". Applies only to in-batch square logits: ``negative_logits [batch,
+    batch]`` with ``negative_logits[i, j] = z(q_i, v_j)``; the diagonal is replaced by
+    ``positive_logits`` and always excluded as a negative. ``CE_row_i`` is the sampled
+    softmax of query ``q_i`` over candidates ``v_j`` (mask row ``i``); ``CE_column_i`` that
+    of candidate ``v_i`` over queries ``q_j`` (mask column ``i``, weight of example ``i``).
+    For adaptive-margin logits use ``adaptive.item_anchored_similarities`` instead: those
+    logits are anchored on the query of their row.
+    """
+
+    def __init__(self, candidate_to_query_weight: float = 0.5, **kwargs: Any) -> None:
+        """Initializes the loss.
+
+        Args:
+          candidate_to_query_weight: ``w`` in ``[0, 1]``, the weight of the column
+            (candidate → query) term; CLIP uses 0.5.
+          **kwargs: passed to ``tf.keras.layers.Layer`` (``name``).
+
+        Raises:
+          ValueError: if ``candidate_to_query_weight`` is outside ``[0, 1]``.
+        """
+        super().__init__(**kwargs)
+        self.candidate_to_query_weight = check_real(
+            "candidate_to_query_weight", candidate_to_query_weight, 0.0, 1.0
+        )
+
+    def _row_losses(self, positive_logits, negative_logits, negative_mask):
+        rows, columns = negative_logits.shape[0], negative_logits.shape[1]
+        if rows is not None and columns is not None and rows != columns:
+            raise ValueError(
+                "SymmetricSoftmaxLoss needs in-batch square `negative_logits` "
+                f"[batch, batch]. Received shape: {negative_logits.shape}"
+            )
+        batch_size = tf.shape(negative_logits)[0]
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_equal(
+                    batch_size,
+                    tf.shape(negative_logits)[1],
+                    message="SymmetricSoftmaxLoss needs in-batch square `negative_logits` "
+                    "[batch, batch]",
+                )
+            ]
+        ):
+            negative_mask = tf.logical_and(
+                negative_mask, tf.logical_not(tf.eye(batch_size, dtype=tf.bool))
+            )
+        row_term = _softmax_row_losses(positive_logits, negative_logits, negative_mask)
+        column_term = _softmax_row_losses(
+            positive_logits, tf.transpose(negative_logits), tf.transpose(negative_mask)
+        )
+        weight = self.candidate_to_query_weight
+        return (1.0 - weight) * row_term + weight * column_term
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(candidate_to_query_weight=self.candidate_to_query_weight)
+        return config
+
+
+ModeName = Literal["softmax", "bce", "bpr", "hinge", "symmetric"]
+
+MODE_LOSSES: Mapping[str, Type[ModeLoss]] = {
+    "softmax": SampledSoftmaxLoss,
+    "bce": BinaryCrossEntropyLoss,
+    "bpr": BPRLoss,
+    "hinge": HingeLoss,
+    "symmetric": SymmetricSoftmaxLoss,
+}
+
+
+def mode_options(name: ModeName) -> tuple[str, ...]:
+    """The keyword arguments :func:`make_mode_loss` accepts for mode ``name``."""
+    layer_parameters = inspect.signature(tf.keras.layers.Layer.__init__).parameters
+    parameters = inspect.signature(MODE_LOSSES[name].__init__).parameters
+    options = [
+        option
+        for option, parameter in parameters.items()
+        if option not in layer_parameters and parameter.kind is not parameter.VAR_KEYWORD
+    ]
+    return tuple(options)
+
+
+def make_mode_loss(name: ModeName, **kwargs: Any) -> ModeLoss:
+    """Builds the loss of a training mode.
+
+    Args:
+      name: ``"softmax"`` (list-wise, default), ``"bce"`` (point-wise), ``"bpr"`` or
+        ``"hinge"`` (pair-wise), ``"symmetric"`` (CLIP-style, in-batch square logits).
+      **kwargs: the mode's options (see :func:`mode_options`), e.g. ``margin`` for
+        hinge; the layer gets the default name of its class.
+
+    Returns:
+      The mode's loss layer.
+
+    Raises:
+      ValueError: if ``name`` is unknown, or an option does not belong to the mode
+        (the error names the option and the mode), or an option's value is invalid.
+    """
+    if name not in MODE_LOSSES:
+        raise ValueError(
+            f"`name` must be one of {', '.join(map(repr, MODE_LOSSES))}. Received: {name!r}"
+        )
+    options = mode_options(name)
+    for option in kwargs:
+        if option not in options:
+            raise ValueError(
+                f"`{option}` is not an option of the {name!r} mode; its options are: "
+                f"{', '.join(options) or '(none)'}."
+            )
+    return MODE_LOSSES[name](**kwargs)
