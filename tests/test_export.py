@@ -1,0 +1,370 @@
+"""Tests for tfrec_towers.export: layout, versions, atomicity, fresh-process load, saved_model_cli.
+
+The tiny MovieLens-shaped towers defined here are reused by test_verify.py and test_warmup.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+
+from tfrec_towers import export, warmup
+from tfrec_towers.index import IndexConfig
+
+DIM = 8
+K = 5
+NUM_MOVIES = 40
+MOVIE_IDS = np.arange(1, NUM_MOVIES + 1, dtype=np.int64) * 10
+GENRES = ("Action", "Comedy", "Drama", "Horror")
+QUERY_SPEC = {
+    "user_id": tf.TensorSpec([None], tf.int64),
+    "gender": tf.TensorSpec([None], tf.string),
+    "age": tf.TensorSpec([None], tf.int64),
+    "occupation": tf.TensorSpec([None], tf.string),
+    "zip_code": tf.TensorSpec([None], tf.string),
+    "history": tf.TensorSpec([None, None], tf.int64),
+}
+CANDIDATE_SPEC = {"movie_id": tf.TensorSpec([None], tf.int64), "genres": tf.TensorSpec([None], tf.string)}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def masked_mean(embeddings, mask):
+    """Mean of ``embeddings [B, L, d]`` over positions where ``mask [B, L]``; zeros for empty rows."""
+    mask = tf.cast(mask, embeddings.dtype)[..., tf.newaxis]
+    return tf.math.divide_no_nan(tf.reduce_sum(embeddings * mask, axis=1), tf.reduce_sum(mask, axis=1))
+
+
+class QueryTower(tf.keras.Model):
+    """Lookups (with OOV buckets) + embeddings for user features, masked mean of the history."""
+
+    def __init__(self, dim=DIM):
+        super().__init__()
+        self.user_lookup = tf.keras.layers.IntegerLookup(vocabulary=np.arange(1, 7, dtype=np.int64))
+        self.age_lookup = tf.keras.layers.IntegerLookup(vocabulary=np.array([18, 25, 35], np.int64))
+        self.gender_lookup = tf.keras.layers.StringLookup(vocabulary=["F", "M"])
+        self.occupation_lookup = tf.keras.layers.StringLookup(vocabulary=["12", "technician"])
+        self.zip_hashing = tf.keras.layers.Hashing(num_bins=7)
+        self.history_lookup = tf.keras.layers.IntegerLookup(vocabulary=MOVIE_IDS, mask_token=0)
+        self.user_embedding = tf.keras.layers.Embedding(7, dim)
+        self.age_embedding = tf.keras.layers.Embedding(4, dim)
+        self.gender_embedding = tf.keras.layers.Embedding(3, dim)
+        self.occupation_embedding = tf.keras.layers.Embedding(3, dim)
+        self.zip_embedding = tf.keras.layers.Embedding(7, dim)
+        self.history_embedding = tf.keras.layers.Embedding(NUM_MOVIES + 2, dim)
+
+    def call(self, features):
+        history = self.history_lookup(features["history"])
+        return (
+            self.user_embedding(self.user_lookup(features["user_id"]))
+            + self.age_embedding(self.age_lookup(features["age"]))
+            + self.gender_embedding(self.gender_lookup(features["gender"]))
+            + self.occupation_embedding(self.occupation_lookup(features["occupation"]))
+            + self.zip_embedding(self.zip_hashing(features["zip_code"]))
+            + masked_mean(self.history_embedding(history), history != 0)
+        )
+
+
+def make_query_tower():
+    tf.keras.utils.set_random_seed(1)
+    return QueryTower()
+
+
+def make_candidate_tower(dim=DIM, string_ids=False):
+    """Functional tower: movie id lookup (int64, or string ids) + mean of the "|"-joined genres' embeddings."""
+    tf.keras.utils.set_random_seed(2)
+    if string_ids:
+        movie_id = tf.keras.Input(shape=(), dtype=tf.string, name="movie_id")
+        id_lookup = tf.keras.layers.StringLookup(vocabulary=MOVIE_IDS.astype(str))
+    else:
+        movie_id = tf.keras.Input(shape=(), dtype=tf.int64, name="movie_id")
+        id_lookup = tf.keras.layers.IntegerLookup(vocabulary=MOVIE_IDS)
+    genres = tf.keras.Input(shape=(), dtype=tf.string, name="genres")
+    movie = tf.keras.layers.Embedding(NUM_MOVIES + 1, dim)(id_lookup(movie_id))
+    genre_ids = tf.keras.layers.StringLookup(vocabulary=list(GENRES), mask_token="")(
+        tf.strings.split(genres, "|").to_tensor(default_value="")
+    )
+    genre = masked_mean(tf.keras.layers.Embedding(len(GENRES) + 2, dim)(genre_ids), genre_ids != 0)
+    return tf.keras.Model({"movie_id": movie_id, "genres": genres}, movie + genre)
+
+
+def catalogue(string_ids=False):
+    rng = np.random.default_rng(3)
+    genres = ["|".join(rng.choice(GENRES, size=rng.integers(1, 3), replace=False)) for _ in MOVIE_IDS]
+    return {"movie_id": MOVIE_IDS.astype(str) if string_ids else MOVIE_IDS.copy(), "genres": np.array(genres)}
+
+
+def queries():
+    return {
+        "user_id": np.array([1, 2, 3, 4, 5], np.int64),
+        "gender": np.array(["F", "M", "M", "F", "M"]),
+        "age": np.array([18, 25, 35, 25, 18], np.int64),
+        "occupation": np.array(["12", "technician", "12", "12", "technician"]),
+        "zip_code": np.array(["55414", "94110", "10001", "02139", "60614"]),
+        "history": np.array([[10, 20, 30], [40, 0, 0], [0, 0, 0], [50, 60, 0], [70, 80, 90]], np.int64),
+    }
+
+
+def export_models(export_base, model_name="movies", index=IndexConfig(k=K), **kwargs):
+    """One export of freshly built towers; returns (path, query tower, candidate tower)."""
+    query_tower, candidate_tower = kwargs.pop("towers", (make_query_tower(), make_candidate_tower()))
+    path = export.export_retrieval_model(
+        query_tower,
+        candidate_tower,
+        QUERY_SPEC,
+        kwargs.pop("candidate_spec", CANDIDATE_SPEC),
+        kwargs.pop("candidates", catalogue()),
+        "movie_id",
+        export_base,
+        model_name,
+        index,
+        warmup_queries=kwargs.pop("warmup_queries", queries()),
+        **kwargs,
+    )
+    return path, query_tower, candidate_tower
+
+
+def run_fresh_process(script, *args, timeout=120):
+    """Runs ``script`` in a new interpreter (no pytest, no tfrec_towers) and returns its JSON stdout."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+FRESH_LOAD_SCRIPT = """
+    import json, sys
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(sys.argv[1])
+    requests = json.load(open(sys.argv[2]))
+    out = {"signatures": sorted(loaded.signatures.keys())}
+    for name, features in requests.items():
+        signature = loaded.signatures[name.split(":")[0]]
+        specs = signature.structured_input_signature[1]
+        tensors = {key: tf.constant(value, dtype=specs[key].dtype) for key, value in features.items()}
+        outputs = signature(**tensors)
+        out[name] = {
+            key: [[v.decode() if isinstance(v, bytes) else v for v in row] for row in value.numpy().tolist()]
+            for key, value in outputs.items()
+        }
+    out["modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "tfrec_towers")
+    print(json.dumps(out))
+"""
+
+
+def as_json(features):
+    return {key: value.tolist() for key, value in features.items()}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("exports")
+    path, query_tower, candidate_tower = export_models(base, metadata={"dataset": "toy"})
+    return path, query_tower, candidate_tower
+
+
+def test_layout_metadata_and_no_leftovers(exported):
+    path, _, _ = exported
+    assert path.name == "1" and path.parent.name == "movies"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["1"]
+    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    extra = sorted(p.name for p in (path / "assets.extra").iterdir())
+    assert extra == ["tf_serving_warmup_requests", "tfrec_towers_metadata.json", "verification_sample.json"]
+    meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+    assert meta["model_name"] == "movies" and meta["version"] == 1
+    assert meta["index"]["kind"] == "brute-force" and meta["k"] == K and meta["index"]["k"] == K
+    assert meta["embedding_dim"] == DIM and meta["corpus_size"] == NUM_MOVIES
+    assert meta["candidate_id_dtype"] == "int64" and meta["dataset"] == "toy"
+    assert meta["tfrec_towers_version"] == tfrec_towers.__version__
+    assert meta["query_input_spec"]["history"] == {"dtype": "int64", "shape": [None, None]}
+    assert meta["candidate_input_spec"]["genres"] == {"dtype": "string", "shape": [None]}
+
+
+def test_versions_increment_and_explicit_version(tmp_path):
+    assert export_models(tmp_path)[0] == tmp_path / "movies" / "1"
+    assert export_models(tmp_path)[0] == tmp_path / "movies" / "2"
+    assert export_models(tmp_path, version=7)[0] == tmp_path / "movies" / "7"
+    assert export_models(tmp_path)[0] == tmp_path / "movies" / "8"
+    with pytest.raises(FileExistsError, match="Version 2 of model 'movies' already exists"):
+        export_models(tmp_path, version=2)
+    assert sorted(p.name for p in (tmp_path / "movies").iterdir()) == ["1", "2", "7", "8"]
+
+
+def test_export_base_that_is_a_file(tmp_path):
+    base = tmp_path / "not_a_dir"
+    base.write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        export_models(base)
+
+
+class RaisingCandidateTower(tf.keras.Model):
+    def call(self, features):
+        raise RuntimeError("tower exploded")
+
+
+class GraphOnlyFailingQueryTower(QueryTower):
+    """Works eagerly (the verification sample) but fails while the SavedModel is traced."""
+
+    def call(self, features):
+        if not tf.executing_eagerly():
+            raise RuntimeError("tower exploded while tracing")
+        return super().call(features)
+
+
+def failing_warmup_writer(*args, **kwargs):
+    raise OSError("disk full while writing warm-up requests")
+
+
+@pytest.mark.parametrize("failure", ["candidate tower", "tracing", "warm-up file"])
+def test_failed_export_leaves_only_previous_versions(tmp_path, monkeypatch, failure):
+    export_models(tmp_path)
+    towers = (make_query_tower(), make_candidate_tower())
+    if failure == "candidate tower":
+        towers = (towers[0], RaisingCandidateTower())
+    elif failure == "tracing":
+        towers = (GraphOnlyFailingQueryTower(), towers[1])
+    else:
+        monkeypatch.setattr(warmup, "write_warmup_requests", failing_warmup_writer)
+    with pytest.raises((RuntimeError, OSError), match="exploded|disk full"):
+        export_models(tmp_path, towers=towers)
+    assert sorted(os.listdir(tmp_path / "movies")) == ["1"]
+    with pytest.raises(RuntimeError):
+        export_models(tmp_path, model_name="brand_new", towers=(towers[0], RaisingCandidateTower()))
+    assert sorted(os.listdir(tmp_path)) == ["movies"]
+
+
+def test_fresh_process_load_matches_numpy(exported, tmp_path):
+    path, query_tower, candidate_tower = exported
+    q = queries()
+    cat = catalogue()
+    query_embeddings = query_tower(q).numpy()
+    candidate_embeddings = candidate_tower(cat).numpy()
+    scores = query_embeddings @ candidate_embeddings.T
+    top = np.argsort(-scores, axis=1)[:, :K]
+    unknown_query = {
+        "user_id": np.array([999, 2**40], np.int64),
+        "gender": np.array(["X", ""]),
+        "age": np.array([-1, 200], np.int64),
+        "occupation": np.array(["astronaut", "??"]),
+        "zip_code": np.array(["", "zzzzz"]),
+        "history": np.array([[12345, 0, 0, 0], [7, 8, 9, 10]], np.int64),
+    }
+    unknown_candidate = {"movie_id": np.array([123456789, -5], np.int64), "genres": np.array(["Western|Noir", ""])}
+    requests = {
+        "serving_default": as_json(q),
+        "query_embedding": as_json(q),
+        "candidate_embedding": as_json(cat),
+        "serving_default:unknown": as_json(unknown_query),
+        "query_embedding:unknown": as_json(unknown_query),
+        "candidate_embedding:unknown": as_json(unknown_candidate),
+    }
+    request_file = tmp_path / "requests.json"
+    request_file.write_text(json.dumps(requests))
+    out = run_fresh_process(FRESH_LOAD_SCRIPT, path, request_file)
+
+    assert out["signatures"] == ["candidate_embedding", "query_embedding", "serving_default"]
+    assert out["modules"] == []
+    np.testing.assert_allclose(out["query_embedding"]["embedding"], query_embeddings, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["candidate_embedding"]["embedding"], candidate_embeddings, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["serving_default"]["candidate_ids"], MOVIE_IDS[top])
+    np.testing.assert_allclose(
+        out["serving_default"]["scores"], np.take_along_axis(scores, top, axis=1), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        out["query_embedding:unknown"]["embedding"], query_tower(unknown_query).numpy(), rtol=1e-5, atol=1e-6
+    )
+    expected_unknown = candidate_tower(unknown_candidate).numpy()
+    np.testing.assert_allclose(out["candidate_embedding:unknown"]["embedding"], expected_unknown, rtol=1e-5, atol=1e-6)
+    assert np.array(out["serving_default:unknown"]["candidate_ids"]).shape == (2, K)
+
+
+def saved_model_cli(*args):
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([str(cli), *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_saved_model_cli_lists_the_three_signatures(exported):
+    path, _, _ = exported
+    result = saved_model_cli("show", "--dir", path, "--all")
+    for name in export.SIGNATURE_NAMES:
+        assert f"signature_def['{name}']" in result.stdout
+    for name in ("user_id", "history", "movie_id", "genres", "candidate_ids", "scores", "embedding"):
+        assert f"['{name}'] tensor_info" in result.stdout
+
+
+def test_saved_model_cli_run_uses_the_session_loader(exported, tmp_path):
+    """``saved_model_cli run`` loads through a TF1 session (tables initialised by the SavedModel's
+    init op), the way TF Serving's C++ loader does; one known and one unknown user."""
+    path, query_tower, candidate_tower = exported
+    user = {
+        "user_id": np.array([1, 999999], np.int64),
+        "gender": np.array(["F", "?"]),
+        "age": np.array([25, 7], np.int64),
+        "occupation": np.array(["12", "astronaut"]),
+        "zip_code": np.array(["55414", ""]),
+        "history": np.array([[10, 20, 0], [31337, 0, 0]], np.int64),
+    }
+    exprs = ";".join(f"{name}={values.tolist()!r}" for name, values in user.items())
+    saved_model_cli(
+        "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+        "--input_exprs", exprs, "--outdir", tmp_path,
+    )
+    scores = query_tower(user).numpy() @ candidate_tower(catalogue()).numpy().T
+    top = np.argsort(-scores, axis=1)[:, :K]
+    np.testing.assert_array_equal(np.load(tmp_path / "candidate_ids.npy"), MOVIE_IDS[top])
+    np.testing.assert_allclose(
+        np.load(tmp_path / "scores.npy"), np.take_along_axis(scores, top, axis=1), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_k_clamped_to_corpus_size(tmp_path):
+    cat = catalogue()
+    cat["genres"] = cat["genres"][:3]
+    cat["movie_id"] = cat["movie_id"][:3]
+    path, _, candidate_tower = export_models(tmp_path, candidates=cat, index=IndexConfig(k=50))
+    meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+    assert meta["k"] == 3 and meta["corpus_size"] == 3
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (dict(candidates={"movie_id": MOVIE_IDS}), r"Missing: \['genres'\]"),
+        (dict(candidates={"movie_id": MOVIE_IDS, "genres": np.array(["Action"] * 3)}), "same number of rows"),
+        (dict(candidates={"movie_id": MOVIE_IDS.astype(float), "genres": catalogue()["genres"]}), "int64 array"),
+        (dict(candidates={"movie_id": np.repeat(MOVIE_IDS[:20], 2), "genres": catalogue()["genres"]}), "unique"),
+        (dict(metadata={"k": 3}), r"must not override .*\['k'\]"),
+        (dict(metadata={"when": object()}), "JSON-serialisable"),
+        (dict(version=0), "`version` must be a positive int"),
+        (dict(model_name="a/b"), "`model_name`"),
+    ],
+)
+def test_invalid_arguments(tmp_path, change, error):
+    with pytest.raises(ValueError, match=error):
+        export_models(tmp_path, **change)
+    assert not (tmp_path / "movies").exists()
+
+
+def test_metadata_keys_constant_matches_the_file(exported):
+    path, _, _ = exported
+    meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+    assert sorted(meta) == sorted(export.METADATA_KEYS + ("dataset",))

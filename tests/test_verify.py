@@ -1,0 +1,150 @@
+"""Tests for tfrec_towers.verify: the fresh-process verification of an export."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from tfrec_towers import export, verify, warmup
+from tfrec_towers.index import IndexConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_export import (  # noqa: E402
+    CANDIDATE_SPEC,
+    K,
+    catalogue,
+    export_models,
+    make_candidate_tower,
+    make_query_tower,
+)
+
+EXPECTED_CHECKS = {
+    "metadata and verification sample parse",
+    "SavedModel loads",
+    "signatures present",
+    "signature inputs: serving_default",
+    "signature outputs: serving_default",
+    "signature inputs: query_embedding",
+    "signature outputs: query_embedding",
+    "signature inputs: candidate_embedding",
+    "signature outputs: candidate_embedding",
+    "query_embedding reproduces the in-memory model",
+    "candidate_embedding reproduces the in-memory model",
+    "serving_default output shapes",
+    "serving_default scores sorted best first",
+    "serving_default scores are query · candidate dot products",
+    "serving_default runs on the sample",
+    "unknown ids and strings: serving_default",
+    "unknown ids and strings: query_embedding",
+    "unknown ids and strings: candidate_embedding",
+    "warm-up requests parse and run",
+    "worker imported no tfrec_towers module",
+}
+
+
+def load_worker():
+    spec = importlib.util.spec_from_file_location("verify_worker_under_test", verify.WORKER_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def failed(report):
+    return {c["name"] for c in report["checks"] if not c["ok"]}
+
+
+@pytest.fixture(scope="module")
+def brute_force_export(tmp_path_factory):
+    return export_models(tmp_path_factory.mktemp("exports"))[0]
+
+
+def test_good_brute_force_export_passes(brute_force_export):
+    report = verify.verify_export(brute_force_export, raise_on_failure=True)
+    assert report["ok"] and failed(report) == set()
+    names = {c["name"] for c in report["checks"]}
+    assert EXPECTED_CHECKS | {"serving_default reproduces the in-memory top-k"} == names
+    assert report["export_path"] == str(brute_force_export.resolve())
+
+
+def test_scann_export_with_string_ids_passes(tmp_path):
+    string_spec = dict(CANDIDATE_SPEC, movie_id=tf.TensorSpec([None], tf.string))
+    path = export_models(
+        tmp_path,
+        index=IndexConfig(kind="scann", k=K),
+        towers=(make_query_tower(), make_candidate_tower(string_ids=True)),
+        candidates=catalogue(string_ids=True),
+        candidate_spec=string_spec,
+    )[0]
+    report = verify.verify_export(path)
+    assert report["ok"], [c for c in report["checks"] if not c["ok"]]
+    names = {c["name"] for c in report["checks"]}
+    assert EXPECTED_CHECKS | {"scann ops load", "serving_default recall against exact top-k"} == names
+
+
+def test_tampered_export_fails_and_raises(brute_force_export, tmp_path):
+    tampered = tmp_path / "1"
+    shutil.copytree(brute_force_export, tampered)
+    sample_file = tampered / "assets.extra" / export.VERIFICATION_SAMPLE_FILENAME
+    sample = json.loads(sample_file.read_text())
+    sample["query_embeddings"][0][0] += 0.5
+    sample_file.write_text(json.dumps(sample))
+
+    report = verify.verify_export(tampered)
+    expected_failures = {
+        "query_embedding reproduces the in-memory model",
+        "serving_default scores are query · candidate dot products",
+    }
+    assert not report["ok"] and failed(report) == expected_failures
+    with pytest.raises(verify.ExportVerificationError, match="failed 2 check") as error:
+        verify.verify_export(tampered, raise_on_failure=True)
+    assert {c["name"] for c in error.value.failed_checks} == expected_failures
+    assert "query_embedding reproduces the in-memory model: max |difference| = 0.5" in str(error.value)
+
+
+def test_directory_without_an_export_reports_failure(tmp_path):
+    report = verify.verify_export(tmp_path)
+    assert not report["ok"] and failed(report) == {"metadata and verification sample parse"}
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        verify.verify_export(tmp_path / "missing")
+
+
+def test_worker_that_cannot_start_is_a_failed_check(tmp_path):
+    report = verify.verify_export(tmp_path, python="/bin/false")
+    assert not report["ok"]
+    assert report["checks"] == [
+        {"name": "verification worker", "ok": False, "detail": "exited with code 1 without a report:\n"}
+    ]
+
+
+def test_worker_constants_match_the_package():
+    worker = load_worker()
+    assert worker.METADATA_FILENAME == export.METADATA_FILENAME
+    assert worker.VERIFICATION_SAMPLE_FILENAME == export.VERIFICATION_SAMPLE_FILENAME
+    assert worker.WARMUP_FILENAME == warmup.WARMUP_FILENAME
+    assert sorted(worker.SIGNATURE_INPUTS) == sorted(export.SIGNATURE_NAMES)
+
+
+def test_worker_protobuf_reader_agrees_with_tf_serving_protos():
+    spec = model_pb2.ModelSpec(name="movies", signature_name="query_embedding")
+    request = predict_pb2.PredictRequest(model_spec=spec)
+    request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(np.array([3, 2**40], np.int64)))
+    request.inputs["history"].CopyFrom(tf.make_tensor_proto(np.array([[10, 0], [20, 30]], np.int64)))
+    request.inputs["gender"].CopyFrom(tf.make_tensor_proto(np.array([b"F", "é".encode()], dtype=object)))
+    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    model_name, signature_name, inputs = load_worker().parse_warmup_record(record.SerializeToString())
+    assert (model_name, signature_name) == ("movies", "query_embedding")
+    assert sorted(inputs) == ["gender", "history", "user_id"]
+    np.testing.assert_array_equal(inputs["user_id"].numpy(), [3, 2**40])
+    np.testing.assert_array_equal(inputs["history"].numpy(), [[10, 0], [20, 30]])
+    assert inputs["gender"].numpy().tolist() == [b"F", "é".encode()]
+    classify = prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog())
+    with pytest.raises(ValueError, match="not a PredictionLog with a predict_log"):
+        load_worker().parse_warmup_record(classify.SerializeToString())

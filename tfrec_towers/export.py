@@ -1,0 +1,417 @@
+"""Export trained towers plus a retrieval index as one SavedModel version for TF Serving (DESIGN §5).
+
+``<export_base>/<model_name>/<version>/`` holds three signatures on raw features:
+
+* ``serving_default``: query features → ``candidate_ids [B, k]``, ``scores [B, k]``, best first;
+* ``query_embedding``: query features → ``embedding [B, d]``;
+* ``candidate_embedding``: candidate features → ``embedding [B, d]``;
+
+and, under ``assets.extra/``, TF Serving's warm-up requests, ``tfrec_towers_metadata.json`` (what was
+exported and how) and ``verification_sample.json`` (raw rows with the in-memory model's outputs, so
+:func:`tfrec_towers.verify.verify_export` can check the export in a fresh process without this package).
+
+The version is written into a hidden sibling directory (TF Serving ignores names that are not
+integers) and renamed into place, so a polling server never sees half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+
+import tfrec_towers
+from tfrec_towers import warmup
+from tfrec_towers.index import IndexConfig, RetrievalIndex, build_index
+
+SIGNATURE_NAMES: Tuple[str, ...] = ("serving_default", "query_embedding", "candidate_embedding")
+METADATA_FILENAME = "tfrec_towers_metadata.json"
+VERIFICATION_SAMPLE_FILENAME = "verification_sample.json"
+NUM_WARMUP_ROWS = 4
+"""Rows per warm-up request (the first query rows, the first catalogue rows)."""
+NUM_SAMPLE_QUERIES = 4
+NUM_SAMPLE_CANDIDATES = 8
+NUM_SAMPLE_RETRIEVED = 3
+"""The verification sample holds up to ``NUM_SAMPLE_QUERIES`` query rows, the first
+``NUM_SAMPLE_CANDIDATES`` catalogue rows and each sample query's ``NUM_SAMPLE_RETRIEVED`` best
+candidates (so retrieved scores can be checked against dot products of recorded embeddings)."""
+
+METADATA_KEYS: Tuple[str, ...] = (
+    "model_name",
+    "version",
+    "tfrec_towers_version",
+    "signatures",
+    "index",
+    "k",
+    "embedding_dim",
+    "corpus_size",
+    "candidate_id",
+    "candidate_id_dtype",
+    "query_input_spec",
+    "candidate_input_spec",
+)
+"""The entries of ``tfrec_towers_metadata.json`` written by the export; user ``metadata`` adds others."""
+
+Features = Dict[str, np.ndarray]
+
+
+class RetrievalExport(tf.Module):
+    """The exported object: both towers, the index and the three serving signatures.
+
+    Args:
+      query_model: raw query features → ``float32 [batch, dim]``.
+      candidate_model: raw candidate features → ``float32 [batch, dim]``.
+      index: a :class:`~tfrec_towers.index.RetrievalIndex` over the candidate embeddings.
+      query_input_spec: ``{feature: tf.TensorSpec}`` of the query signature inputs.
+      candidate_input_spec: ``{feature: tf.TensorSpec}`` of the candidate signature inputs.
+    """
+
+    def __init__(
+        self,
+        query_model: tf.keras.Model,
+        candidate_model: tf.keras.Model,
+        index: RetrievalIndex,
+        query_input_spec: Mapping[str, tf.TensorSpec],
+        candidate_input_spec: Mapping[str, tf.TensorSpec],
+    ) -> None:
+        super().__init__(name="retrieval_export")
+        self.query_model = query_model
+        self.candidate_model = candidate_model
+        self.index = index
+        self.serving_default = tf.function(self._retrieve, input_signature=[dict(query_input_spec)])
+        self.query_embedding = tf.function(self._embed_queries, input_signature=[dict(query_input_spec)])
+        self.candidate_embedding = tf.function(self._embed_candidates, input_signature=[dict(candidate_input_spec)])
+
+    def _retrieve(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        scores, candidate_ids = self.index(self.query_model(features, training=False))
+        return {"candidate_ids": candidate_ids, "scores": scores}
+
+    def _embed_queries(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        return {"embedding": self.query_model(features, training=False)}
+
+    def _embed_candidates(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        return {"embedding": self.candidate_model(features, training=False)}
+
+    def signatures(self) -> Dict[str, Any]:
+        """``{signature name: concrete function}`` for ``tf.saved_model.save``."""
+        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURE_NAMES}
+
+
+def _named_specs(argument: str, specs: Mapping[str, tf.TensorSpec]) -> Dict[str, tf.TensorSpec]:
+    """Copies of the specs named after their feature (the signature's input names)."""
+    if not specs:
+        raise ValueError(f"`{argument}` must map at least one feature name to a tf.TensorSpec.")
+    named = {}
+    for name, spec in specs.items():
+        if not isinstance(spec, tf.TensorSpec):
+            raise TypeError(f"`{argument}[{name!r}]` must be a tf.TensorSpec. Received: {spec!r}")
+        if spec.shape.rank is None or spec.shape.rank < 1 or spec.shape[0] is not None:
+            raise ValueError(
+                f"`{argument}[{name!r}]` must have rank >= 1 and an unknown batch dimension, "
+                f"e.g. [None] or [None, None]. Received shape {spec.shape}"
+            )
+        named[name] = tf.TensorSpec(spec.shape, spec.dtype, name=name)
+    return named
+
+
+def _as_features(argument: str, columns: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> Features:
+    """Raw columns as numpy arrays of the spec dtypes, checked against the specs, equal row counts."""
+    missing = sorted(set(specs) - set(columns))
+    extra = sorted(set(columns) - set(specs))
+    if missing or extra:
+        raise ValueError(
+            f"`{argument}` must have exactly the input spec's features {sorted(specs)}. "
+            f"Missing: {missing}; unexpected: {extra}."
+        )
+    features: Features = {}
+    for name, spec in specs.items():
+        values = np.asarray(columns[name])
+        if spec.dtype == tf.string:
+            ok = values.dtype.kind in "USO" and all(isinstance(v, (str, bytes)) for v in values.flat)
+            target = object
+        else:
+            target = spec.dtype.as_numpy_dtype
+            ok = values.dtype.kind in "biuf" and np.can_cast(values.dtype, target, casting="same_kind")
+        if not ok or not spec.shape.is_compatible_with(values.shape):
+            raise ValueError(
+                f"`{argument}[{name!r}]` must be a {spec.dtype.name} array of shape {spec.shape} "
+                f"(padded, not ragged). Received dtype {values.dtype}, shape {values.shape}"
+            )
+        features[name] = values.astype(target)
+    lengths = {name: len(values) for name, values in features.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"`{argument}` columns must have the same number of rows. Received: {lengths}")
+    return features
+
+
+def _rows(features: Features, positions: Union[slice, np.ndarray]) -> Features:
+    return {name: values[positions] for name, values in features.items()}
+
+
+def _num_rows(features: Features) -> int:
+    return len(next(iter(features.values())))
+
+
+def _placeholder_queries(specs: Mapping[str, tf.TensorSpec], num_rows: int = 2) -> Features:
+    """Zero / empty-string rows in the spec's shape (unknown inner dimensions of size 1)."""
+    features: Features = {}
+    for name, spec in specs.items():
+        shape = [num_rows] + [dim if dim is not None else 1 for dim in spec.shape.as_list()[1:]]
+        if spec.dtype == tf.string:
+            features[name] = np.full(shape, b"", dtype=object)
+        else:
+            features[name] = np.zeros(shape, dtype=spec.dtype.as_numpy_dtype)
+    return features
+
+
+def _check_embeddings(argument: str, embeddings: Any, num_rows: int) -> np.ndarray:
+    """The tower output as numpy, if it is ``float32 [num_rows, dim]``."""
+    if (
+        not isinstance(embeddings, tf.Tensor)
+        or embeddings.dtype != tf.float32
+        or embeddings.shape.rank != 2
+        or embeddings.shape[0] != num_rows
+    ):
+        received = (
+            f"{embeddings.dtype.name} {embeddings.shape}" if isinstance(embeddings, tf.Tensor) else type(embeddings)
+        )
+        raise ValueError(
+            f"`{argument}` must return a float32 tensor of embeddings [batch, dim]. Received {received} "
+            f"for {num_rows} rows."
+        )
+    return embeddings.numpy()
+
+
+def _embed_in_batches(
+    candidate_model: tf.keras.Model, specs: Mapping[str, tf.TensorSpec], candidates: Features, batch_size: int
+) -> np.ndarray:
+    """``candidate_model`` over the whole catalogue, ``batch_size`` rows at a time → ``[N, dim]``."""
+    embed = tf.function(lambda features: candidate_model(features, training=False), input_signature=[dict(specs)])
+    num_rows = _num_rows(candidates)
+    batches = []
+    for start in range(0, num_rows, batch_size):
+        batch = _rows(candidates, slice(start, start + batch_size))
+        batches.append(_check_embeddings("candidate_model", embed(batch), _num_rows(batch)))
+    return np.concatenate(batches, axis=0)
+
+
+def _decode(value: Union[bytes, str]) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _to_json(values: np.ndarray) -> list:
+    """Nested lists; strings as text (non-UTF-8 bytes survive as surrogate escapes)."""
+    if values.dtype == object:
+        return np.vectorize(_decode, otypes=[object])(values).tolist()
+    return values.tolist()
+
+
+def _features_to_json(features: Features) -> Dict[str, list]:
+    return {name: _to_json(values) for name, values in features.items()}
+
+
+def _spec_to_json(specs: Mapping[str, tf.TensorSpec]) -> Dict[str, Dict[str, Any]]:
+    return {name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()} for name, spec in specs.items()}
+
+
+def _verification_sample(
+    query_model: tf.keras.Model,
+    index: RetrievalIndex,
+    sample_queries: Features,
+    candidates: Features,
+    candidate_embeddings: np.ndarray,
+    candidate_ids: np.ndarray,
+) -> Dict[str, Any]:
+    """Sample rows with the in-memory model's outputs, and the exact top-k for ScaNN's recall."""
+    query_embeddings = _check_embeddings(
+        "query_model", query_model(sample_queries, training=False), _num_rows(sample_queries)
+    )
+    if query_embeddings.shape[1] != candidate_embeddings.shape[1]:
+        raise ValueError(
+            f"The towers disagree on the embedding dimension: `query_model` returns {query_embeddings.shape[1]}, "
+            f"`candidate_model` returns {candidate_embeddings.shape[1]}."
+        )
+    scores, top_ids = (t.numpy() for t in index(tf.constant(query_embeddings)))
+    exact_positions = np.argsort(-(query_embeddings @ candidate_embeddings.T), axis=1, kind="stable")[:, : index.k]
+    exact_ids = candidate_ids[exact_positions]
+    recall = float(np.mean([len(set(found) & set(exact)) / index.k for found, exact in zip(top_ids, exact_ids)]))
+
+    position_of = {candidate_id: position for position, candidate_id in enumerate(candidate_ids.tolist())}
+    retrieved = [position_of[i] for i in top_ids[:, :NUM_SAMPLE_RETRIEVED].ravel().tolist() if i in position_of]
+    positions = np.array(list(dict.fromkeys(list(range(min(NUM_SAMPLE_CANDIDATES, len(candidate_ids)))) + retrieved)))
+    return {
+        "queries": _features_to_json(sample_queries),
+        "query_embeddings": query_embeddings.tolist(),
+        "candidates": _features_to_json(_rows(candidates, positions)),
+        "candidate_embeddings": candidate_embeddings[positions].tolist(),
+        "top_k": {"candidate_ids": _to_json(top_ids), "scores": scores.tolist()},
+        "exact_top_k_candidate_ids": _to_json(exact_ids),
+        "index_recall": recall,
+    }
+
+
+def _target_directory(export_base: Union[str, Path], model_name: str, version: Optional[int]) -> Tuple[Path, int]:
+    """``(<export_base>/<model_name>, version)`` after checking the target can be written."""
+    if not model_name or model_name in (".", "..") or "/" in model_name or os.sep in model_name:
+        raise ValueError(f"`model_name` must be a plain directory name. Received: {model_name!r}")
+    base = Path(export_base)
+    model_dir = base / model_name
+    for directory in (base, model_dir):
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"{directory} is a file; the export needs a directory there (created if missing).")
+    existing = (
+        sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
+        if model_dir.is_dir()
+        else []
+    )
+    next_version = existing[-1] + 1 if existing else 1
+    if version is None:
+        return model_dir, next_version
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version <= 0:
+        raise ValueError(f"`version` must be a positive int or None. Received: {version!r}")
+    if int(version) in existing:
+        raise FileExistsError(
+            f"Version {version} of model {model_name!r} already exists in {model_dir}. "
+            f"Pass another `version`, or None for the next one ({next_version})."
+        )
+    return model_dir, int(version)
+
+
+def _write_atomically(model_dir: Path, version: int, write: Callable[[Path], None]) -> Path:
+    """Runs ``write(tmp)`` on a hidden sibling of ``<model_dir>/<version>``, then renames it into place.
+
+    On any failure the temporary directory (and ``model_dir`` if this call created it and it is
+    empty) is removed and the exception re-raised.
+    """
+    created_model_dir = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    final = model_dir / str(version)
+    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created_model_dir and not any(model_dir.iterdir()):
+            model_dir.rmdir()
+        raise
+    return final
+
+
+def export_retrieval_model(
+    query_model: tf.keras.Model,
+    candidate_model: tf.keras.Model,
+    query_input_spec: Mapping[str, tf.TensorSpec],
+    candidate_input_spec: Mapping[str, tf.TensorSpec],
+    candidates: Mapping[str, np.ndarray],
+    candidate_id: str,
+    export_base: Union[str, Path],
+    model_name: str,
+    index: IndexConfig,
+    version: Optional[int] = None,
+    metadata: Optional[Mapping[str, Any]] = None,
+    warmup_queries: Optional[Mapping[str, np.ndarray]] = None,
+    *,
+    embedding_batch_size: int = 4096,
+) -> Path:
+    """Embeds the catalogue, builds the index and writes ``<export_base>/<model_name>/<version>/``.
+
+    Args:
+      query_model: raw query features (``query_input_spec``) → ``float32 [batch, dim]``.
+      candidate_model: raw candidate features (``candidate_input_spec``) → ``float32 [batch, dim]``.
+      query_input_spec: ``{feature: tf.TensorSpec([None, ...], dtype)}`` of the query signatures.
+      candidate_input_spec: ``{feature: tf.TensorSpec}`` of ``candidate_embedding``.
+      candidates: the catalogue's raw candidate features, one row per unique id, numpy columns.
+      candidate_id: the column of ``candidates`` whose values ``serving_default`` returns.
+      export_base: the directory TF Serving's ``base_path`` points above (created if missing).
+      model_name: the model's directory name (TF Serving's model name).
+      index: which index to build (:class:`~tfrec_towers.index.IndexConfig`).
+      version: the version number; ``None`` = one more than the highest existing version (1 if none).
+      metadata: JSON-serialisable entries merged into ``tfrec_towers_metadata.json``.
+      warmup_queries: a few real raw query rows for the warm-up requests and the verification
+        sample; ``None`` uses zero / empty-string placeholder rows.
+      embedding_batch_size: catalogue rows per ``candidate_model`` call.
+
+    Returns:
+      The path of the written version directory.
+
+    Raises:
+      ValueError: on inconsistent specs, columns, towers, ``metadata`` keys or ``version``.
+      NotADirectoryError: if ``export_base`` or ``<export_base>/<model_name>`` is a file.
+      FileExistsError: if ``version`` already exists.
+    """
+    query_spec = _named_specs("query_input_spec", query_input_spec)
+    candidate_spec = _named_specs("candidate_input_spec", candidate_input_spec)
+    if candidate_id not in candidate_spec:
+        raise ValueError(
+            f"`candidate_id` must be one of the candidate features {sorted(candidate_spec)}. Received: {candidate_id!r}"
+        )
+    if candidate_spec[candidate_id].dtype not in (tf.int64, tf.string) or candidate_spec[candidate_id].shape.rank != 1:
+        raise ValueError(f"`candidate_id` {candidate_id!r} must be an int64 or string feature of shape [None].")
+    if isinstance(embedding_batch_size, bool) or not isinstance(embedding_batch_size, int) or embedding_batch_size <= 0:
+        raise ValueError(f"`embedding_batch_size` must be a positive int. Received: {embedding_batch_size!r}")
+    collisions = sorted(set(metadata or {}) & set(METADATA_KEYS))
+    if collisions:
+        raise ValueError(f"`metadata` must not override the export's own entries: {collisions}")
+    try:
+        json.dumps(dict(metadata or {}))
+    except TypeError as e:
+        raise ValueError(f"`metadata` must be JSON-serialisable: {e}") from e
+    model_dir, version = _target_directory(export_base, model_name, version)
+    catalogue = _as_features("candidates", candidates, candidate_spec)
+    sample_queries = _rows(
+        _as_features("warmup_queries", warmup_queries, query_spec)
+        if warmup_queries is not None
+        else _placeholder_queries(query_spec),
+        slice(0, NUM_SAMPLE_QUERIES),
+    )
+
+    candidate_embeddings = _embed_in_batches(candidate_model, candidate_spec, catalogue, embedding_batch_size)
+    retrieval_index = build_index(index, candidate_embeddings, catalogue[candidate_id])
+    candidate_ids = retrieval_index.candidate_ids.numpy()
+    sample = _verification_sample(
+        query_model, retrieval_index, sample_queries, catalogue, candidate_embeddings, candidate_ids
+    )
+    description: Dict[str, Any] = {
+        "model_name": model_name,
+        "version": version,
+        "tfrec_towers_version": tfrec_towers.__version__,
+        "signatures": list(SIGNATURE_NAMES),
+        "index": retrieval_index.config.to_dict(),
+        "k": retrieval_index.k,
+        "embedding_dim": int(candidate_embeddings.shape[1]),
+        "corpus_size": int(candidate_embeddings.shape[0]),
+        "candidate_id": candidate_id,
+        "candidate_id_dtype": retrieval_index.id_dtype.name,
+        "query_input_spec": _spec_to_json(query_spec),
+        "candidate_input_spec": _spec_to_json(candidate_spec),
+    }
+    description.update(metadata or {})
+    warmup_queries_rows = _rows(sample_queries, slice(0, NUM_WARMUP_ROWS))
+    warmup_candidates = _rows(catalogue, slice(0, NUM_WARMUP_ROWS))
+    module = RetrievalExport(query_model, candidate_model, retrieval_index, query_spec, candidate_spec)
+
+    def write(directory: Path) -> None:
+        tf.saved_model.save(module, str(directory), signatures=module.signatures())
+        extra = directory / "assets.extra"
+        extra.mkdir()
+        warmup.write_warmup_requests(
+            extra / warmup.WARMUP_FILENAME,
+            model_name,
+            {
+                "serving_default": warmup_queries_rows,
+                "query_embedding": warmup_queries_rows,
+                "candidate_embedding": warmup_candidates,
+            },
+        )
+        (extra / METADATA_FILENAME).write_text(json.dumps(description, indent=2) + "\n")
+        (extra / VERIFICATION_SAMPLE_FILENAME).write_text(json.dumps(sample) + "\n")
+
+    return _write_atomically(model_dir, version, write)

@@ -1,0 +1,91 @@
+"""Verify an export the way a server sees it: in a fresh process, without this package.
+
+:func:`verify_export` runs ``verify_worker.py`` by file path in a new interpreter that imports only
+TensorFlow, NumPy and the standard library (and ``scann`` for a ScaNN index). The worker loads the
+SavedModel, checks the three signatures, replays the verification sample recorded at export and
+compares with the in-memory model's outputs, sends unknown ids and strings, and replays the warm-up
+requests. ``tfrec-towers verify EXPORT_PATH`` is a thin shell over this function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Union
+
+WORKER_PATH = Path(__file__).resolve().with_name("verify_worker.py")
+OUTPUT_TAIL_CHARS = 4000
+
+
+class ExportVerificationError(RuntimeError):
+    """An export failed verification; ``failed_checks`` lists the failed checks."""
+
+    def __init__(self, export_path: Union[str, Path], failed_checks: List[Dict[str, Any]]) -> None:
+        self.export_path = str(export_path)
+        self.failed_checks = failed_checks
+        lines = "\n".join(f"  - {c['name']}: {(c['detail'].strip().splitlines() or [''])[0]}" for c in failed_checks)
+        super().__init__(f"Export {export_path} failed {len(failed_checks)} check(s):\n{lines}")
+
+
+def _worker_failure(export_path: Path, detail: str) -> Dict[str, Any]:
+    check = {"name": "verification worker", "ok": False, "detail": detail}
+    return {"ok": False, "export_path": str(export_path), "checks": [check]}
+
+
+def verify_export(
+    export_path: Union[str, Path],
+    python: str = sys.executable,
+    timeout: float = 600.0,
+    raise_on_failure: bool = False,
+) -> Dict[str, Any]:
+    """Checks an exported version directory in a fresh ``python`` process.
+
+    Args:
+      export_path: a version directory ``<export_base>/<model_name>/<version>``.
+      python: the interpreter to run the worker with (it needs tensorflow, numpy, and scann for a
+        ScaNN index; not this package).
+      timeout: seconds before the worker is killed (a timeout is reported as a failed check).
+      raise_on_failure: raise :class:`ExportVerificationError` instead of returning a failed report.
+
+    Returns:
+      The worker's report: ``{"ok": bool, "export_path": str, "checks": [{"name", "ok", "detail"}]}``.
+
+    Raises:
+      FileNotFoundError: if ``export_path`` is not a directory.
+      ExportVerificationError: if a check failed and ``raise_on_failure`` is set.
+    """
+    export_path = Path(export_path).resolve()
+    if not export_path.is_dir():
+        raise FileNotFoundError(
+            f"`export_path` {export_path} is not a directory (expected <export_base>/<model_name>/<version>)."
+        )
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="tfrec_towers_verify_") as workdir:
+        report_path = Path(workdir) / "report.json"
+        try:
+            completed = subprocess.run(
+                [python, str(WORKER_PATH), str(export_path), str(report_path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                cwd=workdir,
+            )
+        except subprocess.TimeoutExpired:
+            report = _worker_failure(export_path, f"timed out after {timeout} s")
+        else:
+            if report_path.is_file():
+                report = json.loads(report_path.read_text())
+            else:
+                stderr = completed.stderr[-OUTPUT_TAIL_CHARS:]
+                report = _worker_failure(
+                    export_path, f"exited with code {completed.returncode} without a report:\n{stderr}"
+                )
+    if raise_on_failure and not report["ok"]:
+        raise ExportVerificationError(export_path, [c for c in report["checks"] if not c["ok"]])
+    return report
