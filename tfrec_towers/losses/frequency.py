@@ -1,0 +1,332 @@
+"""Candidate sampling probabilities for the logQ correction: streamed or counted.
+
+Two providers share the :class:`CandidateProbability` interface, so the loss takes either:
+
+- :class:`StreamingFrequencyEstimator`: Yi et al., RecSys 2019, "Sampling-Bias-Corrected
+  Neural Modeling for Large Corpus Item Recommendations", Algorithms 2 and 3. It learns
+  from the training stream itself, one update per batch, and tracks drifting popularity.
+- :class:`CountsFrequencyTable`: exact ``p_j = c_j / Σ_k c_k`` from counts the pipeline
+  computed over the training data, for a fixed data set.
+
+Units differ by design: the estimator gives the probability that a candidate appears in
+*a batch* (``≈ B · p_j`` for a rare item in batches of ``B`` examples), the table the
+probability of *one example*. For the logQ-corrected softmax a constant factor shared by
+all candidates is a constant shift of every logit and leaves the softmax unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.losses.negatives import check_int
+from tfrec_towers.losses.temperature import check_real
+
+KeyDtype = Literal["int64", "string"]
+
+_KEY_DTYPES = ("int64", "string")
+
+
+@runtime_checkable
+class CandidateProbability(Protocol):
+    """What the loss needs from a sampling-probability provider."""
+
+    def log_probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` ``log p_j``, the log sampling probability."""
+
+    def update(self, ids: tf.Tensor) -> None:
+        """Observes one training batch of candidate ids ``[N]`` (a no-op when fixed)."""
+
+
+def _check_key_dtype(field: str, value: Any) -> KeyDtype:
+    if value not in _KEY_DTYPES:
+        raise ValueError(f"`{field}` must be one of {_KEY_DTYPES}. Received: {value!r}")
+    return value
+
+
+def _keys_as_strings(ids: tf.Tensor, key_dtype: KeyDtype) -> tf.Tensor:
+    """The string form of ``ids`` (decimal for integers), checking the dtype."""
+    ids = tf.convert_to_tensor(ids)
+    if key_dtype == "string":
+        if ids.dtype != tf.string:
+            raise TypeError(f"Expected string ids (`key_dtype='string'`). Received: {ids.dtype.name}")
+        return ids
+    if not ids.dtype.is_integer:
+        raise TypeError(f"Expected integer ids (`key_dtype='int64'`). Received: {ids.dtype.name}")
+    return tf.strings.as_string(ids)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class StreamingFrequencyEstimator(tf.keras.layers.Layer):
+    """Streaming per-batch sampling probability of each candidate, from hashed gap averages.
+
+    Yi et al., RecSys 2019, Algorithms 2 (one hash) and 3 (``m`` hashes). Step ``t`` is one
+    call to :meth:`update` (one training batch). For every hash ``i``:
+    ``B_i[h_i(y)] ← (1 − α) · B_i[h_i(y)] + α · (t − A_i[h_i(y)]);  A_i[h_i(y)] ← t``,
+    so ``B`` is a moving average of the number of steps between two appearances of ``y``
+    and ``p̂(y) = 1 / max_i B_i[h_i(y)]`` (collisions only shorten gaps, so the longest
+    estimated gap is the least contaminated one).
+
+    What :meth:`probability` means: the probability that ``y`` appears (at least once) in
+    one training batch, estimated as one over its average gap in steps. It is not the
+    per-example probability ``p_y``: for a rare item in batches of ``B`` examples it is
+    ``≈ B · p_y``. In the logQ-corrected softmax ``s(x, y) − log p̂(y)`` the factor ``B``
+    is the same constant shift for every candidate and does not change the softmax.
+
+    Hashes: hash ``i`` of id ``y`` is
+    ``tf.strings.to_hash_bucket_strong(str(y), hash_buckets, key=[i, 0])``, where ``str(y)``
+    is the decimal form of an integer id (``tf.strings.as_string``) or the string id itself.
+
+    Initial state and two rules the paper leaves open:
+
+    - ``A = 0`` and ``B = 0`` everywhere; steps count from 1, so ``A = 0`` marks a bucket
+      never updated. The first update of a bucket sets ``B`` to the observed gap
+      ``t − 0 = t`` (the waiting time until the first appearance, which on a stationary
+      stream is distributed like any other gap) instead of averaging it with a constant
+      prior. A constant prior such as ``H`` or ``1/α`` would be forgotten only as
+      ``(1 − α)^n`` after ``n`` appearances, so it would bias every estimate for the first
+      ``~1/α`` appearances, and rare items never appear that often.
+    - A candidate one of whose buckets was never updated has never appeared; its gap is
+      then at least ``t`` and its estimate is ``1 / max(t, 1)`` (1 before any update).
+    - Duplicates in one batch: every bucket hit in a step (by the same id repeated or by
+      colliding ids) is updated exactly once, with the gap ``t − A``. The estimate is the
+      probability of appearing in a batch, not the number of copies, and the result does
+      not depend on the order of ids in the batch.
+
+    State (non-trainable weights, saved by checkpoints): ``step`` = ``t`` (int64 scalar);
+    ``last_seen`` = ``A`` and ``gap`` = ``B``, each stored flat as
+    ``[num_hashes * hash_buckets]`` with hash ``i`` at ``[i * H, (i + 1) * H)`` (distributed
+    variables support row scatters only). Under ``tf.distribute`` the weights are mirrored
+    with ``ONLY_FIRST_REPLICA`` aggregation: the first replica's update is applied to all
+    copies, so call :meth:`update` with the ids gathered across replicas (what the loss
+    gathers for in-batch negatives); with per-replica ids the estimate is that of one
+    replica's batch.
+
+    Args:
+      num_hashes: ``m``, the number of independent hash arrays.
+      hash_buckets: ``H``, the size of each hash array.
+      learning_rate: ``α`` in ``(0, 1]``, the weight of the newest gap.
+      key_dtype: ``"int64"`` or ``"string"``, the dtype of the candidate ids.
+      **kwargs: passed to ``tf.keras.layers.Layer``.
+
+    Raises:
+      ValueError: naming the argument, for a non-positive ``num_hashes`` or
+        ``hash_buckets``, ``learning_rate`` outside ``(0, 1]`` or an unknown ``key_dtype``.
+    """
+
+    def __init__(
+        self,
+        num_hashes: int = 2,
+        hash_buckets: int = 2**17,
+        learning_rate: float = 0.01,
+        key_dtype: KeyDtype = "int64",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_hashes = check_int("num_hashes", num_hashes, 1)
+        self.hash_buckets = check_int("hash_buckets", hash_buckets, 1)
+        self.learning_rate = check_real("learning_rate", learning_rate, 0.0, 1.0, low_open=True)
+        self.key_dtype = _check_key_dtype("key_dtype", key_dtype)
+        size = self.num_hashes * self.hash_buckets
+        state = dict(
+            trainable=False,
+            initializer="zeros",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        self.step = self.add_weight(name="step", shape=[], dtype=tf.int64, **state)
+        self.last_seen = self.add_weight(name="last_seen", shape=[size], dtype=tf.int64, **state)
+        self.gap = self.add_weight(name="gap", shape=[size], dtype=tf.float32, **state)
+        self.built = True
+
+    def _buckets(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``int64 [m, N]`` indices into the flat ``last_seen`` and ``gap``."""
+        keys = tf.reshape(_keys_as_strings(ids, self.key_dtype), [-1])
+        return tf.stack(
+            [
+                tf.strings.to_hash_bucket_strong(keys, self.hash_buckets, key=[i, 0])
+                + i * self.hash_buckets
+                for i in range(self.num_hashes)
+            ]
+        )
+
+    def update(self, ids: tf.Tensor) -> None:
+        """Advances one step and records the candidates of one training batch.
+
+        Args:
+          ids: ``[N]`` candidate ids of the batch (``key_dtype``); repeats allowed.
+
+        Raises:
+          TypeError: if the ids' dtype does not match ``key_dtype``.
+        """
+        buckets, _ = tf.unique(tf.reshape(self._buckets(ids), [-1]))
+        step = self.step.read_value() + 1
+        last_seen = tf.gather(self.last_seen, buckets)
+        observed = tf.cast(step - last_seen, tf.float32)
+        previous = tf.gather(self.gap, buckets)
+        gap = tf.where(
+            last_seen > 0,
+            (1.0 - self.learning_rate) * previous + self.learning_rate * observed,
+            observed,
+        )
+        self.gap.scatter_update(tf.IndexedSlices(gap, buckets))
+        self.last_seen.scatter_update(tf.IndexedSlices(tf.fill(tf.shape(buckets), step), buckets))
+        self.step.assign(step)
+
+    def _estimated_gap(self, ids: tf.Tensor) -> tf.Tensor:
+        """``max_i B_i[h_i(y)]`` (``t`` for never-seen buckets), at least 1, shaped as ids."""
+        buckets = self._buckets(ids)
+        never_seen = tf.equal(tf.gather(self.last_seen, buckets), 0)
+        step = tf.cast(self.step, tf.float32)
+        gaps = tf.where(never_seen, step, tf.gather(self.gap, buckets))
+        return tf.reshape(tf.maximum(tf.reduce_max(gaps, axis=0), 1.0), tf.shape(ids))
+
+    def probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` in ``(0, 1]``: ``p̂ = 1 / max_i B_i[h_i(y)]``."""
+        return 1.0 / self._estimated_gap(ids)
+
+    def log_probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` ``log p̂ = −log max_i B_i[h_i(y)]`` (≤ 0)."""
+        return -tf.math.log(self._estimated_gap(ids))
+
+    def call(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` :meth:`log_probability` (no update)."""
+        return self.log_probability(ids)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            num_hashes=self.num_hashes,
+            hash_buckets=self.hash_buckets,
+            learning_rate=self.learning_rate,
+            key_dtype=self.key_dtype,
+        )
+        return config
+
+
+def _as_vocabulary(field: str, ids: Union[Sequence[Any], np.ndarray]) -> np.ndarray:
+    """Training ids as ``int64 [V]`` or an ``object [V]`` array of ``str``."""
+    values = np.asarray(ids)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"`{field}` must be a non-empty 1-D list of ids. Received shape {values.shape}")
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind in "USO" and all(isinstance(v, (str, bytes)) for v in values):
+        return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+    raise ValueError(f"`{field}` must hold integer or string ids. Received dtype {values.dtype}")
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class CountsFrequencyTable(tf.keras.layers.Layer):
+    """Exact per-example sampling probabilities ``p_j = c_j / Σ_k c_k`` from training counts.
+
+    ``c_j`` is the number of training examples whose candidate is ``j`` (or any positive
+    weight), so ``p_j`` is the probability that one training example has candidate ``j``
+    and, in batches of ``B`` examples, an in-batch negative is ``j`` with probability ``p_j``
+    per row. Ids absent from training get ``default_probability``; by default half the
+    smallest observed probability, i.e. rarer than anything seen but still finite, so an
+    unseen candidate gets the largest logQ boost without an infinite logit.
+
+    The vocabulary and counts are part of the config (``get_config``/``from_config``
+    rebuild the same table); lookups go through a ``tf.lookup.StaticHashTable``. There is
+    no state to update: :meth:`update` is a no-op, kept for :class:`CandidateProbability`.
+
+    Args:
+      ids: ``[V]`` distinct training candidate ids, integers or strings.
+      counts: ``[V]`` positive counts aligned with ``ids``.
+      default_probability: probability of an unseen id, in ``(0, 1]``; ``None`` for
+        ``min_j p_j / 2``.
+      **kwargs: passed to ``tf.keras.layers.Layer``.
+
+    Raises:
+      ValueError: naming the argument, for empty or repeated ``ids``, ``counts`` of another
+        length or not all positive and finite, or ``default_probability`` outside ``(0, 1]``.
+    """
+
+    def __init__(
+        self,
+        ids: Union[Sequence[Any], np.ndarray],
+        counts: Union[Sequence[float], np.ndarray],
+        default_probability: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ids = _as_vocabulary("ids", ids)
+        unique, multiplicity = np.unique(self.ids, return_counts=True)
+        if np.any(multiplicity > 1):
+            repeated = unique[multiplicity > 1][:5].tolist()
+            raise ValueError(f"`ids` must be distinct. Repeated: {repeated}")
+        self.counts = np.asarray(counts, dtype=np.float64)
+        if self.counts.shape != self.ids.shape:
+            raise ValueError(
+                f"`counts` must have one entry per id ({self.ids.size}). Received shape {self.counts.shape}"
+            )
+        if not np.all(np.isfinite(self.counts) & (self.counts > 0)):
+            raise ValueError(f"`counts` must all be positive and finite. Received min {float(self.counts.min())!r}")
+        probabilities = self.counts / self.counts.sum()
+        self.default_probability = default_probability
+        if default_probability is None:
+            unseen = float(probabilities.min()) / 2.0
+        else:
+            unseen = check_real("default_probability", default_probability, 0.0, 1.0, low_open=True)
+        self.key_dtype: KeyDtype = "int64" if self.ids.dtype == np.int64 else "string"
+        self._table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.ids, dtype=self.key_dtype),
+                tf.constant(probabilities, dtype=tf.float32),
+            ),
+            default_value=tf.constant(unseen, dtype=tf.float32),
+        )
+        self.built = True
+
+    @classmethod
+    def from_ids(
+        cls,
+        training_ids: Union[Sequence[Any], np.ndarray],
+        default_probability: Optional[float] = None,
+        **kwargs: Any,
+    ) -> "CountsFrequencyTable":
+        """Counts the candidate id of every training example.
+
+        Args:
+          training_ids: ``[E]`` the candidate id of each training example (repeats counted).
+          default_probability: as in the constructor.
+          **kwargs: passed to the constructor.
+
+        Returns:
+          The table with ``p_j = (number of examples with id j) / E``.
+        """
+        ids, counts = np.unique(_as_vocabulary("training_ids", training_ids), return_counts=True)
+        return cls(ids, counts, default_probability=default_probability, **kwargs)
+
+    def probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` ``p_j``, or the default for unseen ids."""
+        ids = tf.convert_to_tensor(ids)
+        if self.key_dtype == "int64":
+            if not ids.dtype.is_integer:
+                raise TypeError(f"Expected integer ids. Received: {ids.dtype.name}")
+            ids = tf.cast(ids, tf.int64)
+        elif ids.dtype != tf.string:
+            raise TypeError(f"Expected string ids. Received: {ids.dtype.name}")
+        return self._table.lookup(ids)
+
+    def log_probability(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` ``log p_j``."""
+        return tf.math.log(self.probability(ids))
+
+    def update(self, ids: tf.Tensor) -> None:
+        """No-op: the counts are fixed (see :class:`CandidateProbability`)."""
+
+    def call(self, ids: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` :meth:`log_probability`."""
+        return self.log_probability(ids)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            ids=self.ids.tolist(),
+            counts=[int(c) if float(c).is_integer() else float(c) for c in self.counts],
+            default_probability=self.default_probability,
+        )
+        return config

@@ -1,0 +1,198 @@
+"""Mixed negative sampling: uniform draws from the whole corpus besides in-batch negatives.
+
+Yang et al., WWW 2020, "Mixed Negative Sampling for Learning Two-tower Neural Networks in
+Recommendations" (MNS): in-batch negatives are drawn with the unigram (popularity)
+distribution, so rare and fresh candidates are almost never negatives; adding ``B'``
+candidates drawn uniformly from the corpus fixes that selection bias. This module only
+draws the rows: the model encodes them with the candidate tower and builds a
+:class:`~tfrec_towers.losses.negatives.NegativeSet`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.losses.negatives import check_int
+
+
+def _as_column(name: str, values: Any) -> np.ndarray:
+    """One corpus column as ``int64``, ``float32`` or an ``object`` array of ``str``."""
+    column = np.asarray(values)
+    if column.ndim == 0 or len(column) == 0:
+        raise ValueError(f"Corpus column {name!r} must be a non-empty array. Received shape {column.shape}")
+    if column.dtype.kind in "iu":
+        return column.astype(np.int64)
+    if column.dtype.kind == "f":
+        return column.astype(np.float32)
+    if column.dtype.kind in "USO":
+        flat = column.ravel()
+        if all(isinstance(v, (str, bytes)) for v in flat):
+            decoded = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
+            return np.array(decoded, dtype=object).reshape(column.shape)
+    raise ValueError(
+        f"Corpus column {name!r} must hold int64, float32 or string values. Received dtype {column.dtype}"
+    )
+
+
+def _replica_id() -> Union[int, tf.Tensor]:
+    """The replica's index in its ``tf.distribute`` sync group (0 outside a strategy)."""
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+def _stateless_seed(seed: Union[int, tf.Tensor]) -> tf.Tensor:
+    """An int seed ``s`` → ``[s, 0]``; a ``[2]`` tensor is used as is."""
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], dtype=tf.int64)
+    return tf.cast(tf.reshape(seed, [2]), tf.int64)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class MixedNegativeSampler(tf.keras.layers.Layer):
+    """Draws ``num_negatives`` corpus rows uniformly with replacement.
+
+    Every draw picks row ``j`` with probability ``1 / |corpus|``, so
+    ``log_q = −log |corpus|`` for every sample. Within this source alone that correction
+    is a constant shift and changes nothing, but MNS puts these logits in one softmax with
+    the in-batch negatives, whose ``log_q`` varies with popularity: the constant sets how
+    much the uniform negatives weigh against the in-batch ones. Dropping it while the
+    in-batch logits get ``−log q`` (a boost of several nats for all but the most popular
+    items) would under-weight every uniform negative against the in-batch ones.
+    Units: ``1 / |corpus|`` is a per-draw probability, like
+    :class:`~tfrec_towers.losses.frequency.CountsFrequencyTable`'s per-example ``p_j``. To
+    compare with :class:`~tfrec_towers.losses.frequency.StreamingFrequencyEstimator`'s
+    per-batch probability, use the expected number of copies per step, ``B' / |corpus|``,
+    i.e. add ``log(num_negatives)``.
+
+    The corpus columns are non-trainable weights (in checkpoints and SavedModels) and, as
+    lists, in the config. Random numbers are ``tf.random.stateless_uniform`` draws, so
+    they work in ``tf.function`` and are reproducible. With a seed, :meth:`sample` is a
+    pure function of that seed. Without one, draw ``k`` (counted by the weight ``draws``)
+    uses the seed ``[rng_seed, k]`` folded with the replica id, so every replica of a
+    ``tf.distribute`` strategy draws different rows; ``rng_seed`` is a weight too (the
+    layer's ``seed`` or, when None, a random one), so a restored checkpoint continues the
+    same sequence. Under ``tf.distribute`` the counter is mirrored with
+    ``ONLY_FIRST_REPLICA`` aggregation: it advances once per step.
+
+    Args:
+      corpus: the candidate tower's raw features, one row per candidate (ids unique):
+        column name → ``int64 [N]`` / ``int64 [N, L]`` / ``float32 [N]`` / ``str [N]``
+        arrays (the column types of ``pipelines/data.py``).
+      num_negatives: ``B' > 0``, rows per :meth:`sample`.
+      candidate_id: the id column of ``corpus``.
+      seed: ``rng_seed`` of the unseeded draws, ≥ 0; ``None`` for a random one.
+      **kwargs: passed to ``tf.keras.layers.Layer``.
+
+    Raises:
+      ValueError: for a non-positive ``num_negatives``, an empty corpus, columns of
+        different lengths or unsupported dtypes, a ``candidate_id`` that is not a column,
+        or repeated ids.
+    """
+
+    def __init__(
+        self,
+        corpus: Mapping[str, Any],
+        num_negatives: int,
+        candidate_id: str,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_negatives = check_int("num_negatives", num_negatives, 1)
+        if not corpus:
+            raise ValueError("`corpus` must hold at least one column. Received: {}")
+        columns = {name: _as_column(name, values) for name, values in corpus.items()}
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"Corpus columns have different lengths: {lengths}")
+        if candidate_id not in columns:
+            raise ValueError(
+                f"`candidate_id` must name a corpus column {sorted(columns)}. Received: {candidate_id!r}"
+            )
+        ids = columns[candidate_id]
+        if ids.ndim != 1 or ids.dtype == np.float32:
+            raise ValueError(f"Corpus column {candidate_id!r} must hold int64 or string ids of shape [N]")
+        unique, multiplicity = np.unique(ids, return_counts=True)
+        if np.any(multiplicity > 1):
+            raise ValueError(
+                f"Corpus column {candidate_id!r} must hold distinct ids. "
+                f"Repeated: {unique[multiplicity > 1][:5].tolist()}"
+            )
+        self.candidate_id = candidate_id
+        self.seed = None if seed is None else check_int("seed", seed, 0)
+        self.corpus_size = len(ids)
+        self.corpus = {
+            name: self.add_weight(
+                name=f"corpus_{name}",
+                shape=values.shape,
+                dtype=tf.string if values.dtype == object else tf.as_dtype(values.dtype),
+                initializer=lambda shape, dtype, values=values: tf.constant(values, dtype=dtype),
+                trainable=False,
+            )
+            for name, values in columns.items()
+        }
+        rng_seed = int(np.random.default_rng().integers(2**62)) if self.seed is None else self.seed
+        self.rng_seed = self.add_weight(
+            name="rng_seed",
+            shape=[],
+            dtype=tf.int64,
+            initializer=tf.keras.initializers.Constant(rng_seed),
+            trainable=False,
+        )
+        self.draws = self.add_weight(
+            name="draws",
+            shape=[],
+            dtype=tf.int64,
+            initializer="zeros",
+            trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        self.built = True
+
+    def sample(
+        self, seed: Optional[Union[int, tf.Tensor]] = None
+    ) -> Tuple[Dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+        """Draws ``B'`` corpus rows uniformly with replacement.
+
+        Args:
+          seed: ``None`` for the layer's next draw (advances ``draws``); an int or an int
+            ``[2]`` tensor for a draw determined by the seed alone.
+
+        Returns:
+          ``(features, ids, log_q)``: ``features`` maps every corpus column to its
+          ``B'`` sampled rows, ``ids`` ``[B']`` is ``features[candidate_id]`` and
+          ``log_q`` ``float32 [B']`` is ``−log |corpus|`` everywhere.
+        """
+        shape = [self.num_negatives]
+        if seed is None:
+            draw = self.draws.read_value()
+            self.draws.assign_add(1)
+            seed = tf.random.experimental.stateless_fold_in(
+                tf.stack([self.rng_seed.read_value(), draw]), _replica_id()
+            )
+        rows = tf.random.stateless_uniform(
+            shape, seed=_stateless_seed(seed), minval=0, maxval=self.corpus_size, dtype=tf.int64
+        )
+        features = {name: tf.gather(column, rows) for name, column in self.corpus.items()}
+        log_q = tf.fill(shape, tf.constant(-math.log(self.corpus_size), dtype=tf.float32))
+        return features, features[self.candidate_id], log_q
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        corpus = {}
+        for name, column in self.corpus.items():
+            values = column.numpy()
+            if values.dtype == object:
+                values = np.vectorize(lambda v: v.decode("utf-8"), otypes=[object])(values)
+            corpus[name] = values.tolist()
+        config.update(
+            corpus=corpus,
+            num_negatives=self.num_negatives,
+            candidate_id=self.candidate_id,
+            seed=self.seed,
+        )
+        return config
