@@ -86,6 +86,97 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FrequencyConfig:
+    """The streaming frequency estimator of Yi et al. (RecSys 2019), Algorithms 2 and 3."""
+
+    num_hashes: int = 2
+    hash_buckets: int = 2**17
+    learning_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("num_hashes", "hash_buckets"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"`loss.frequency.{name}` must be positive. Received: {getattr(self, name)}")
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise ConfigError(f"`loss.frequency.learning_rate` (α) must be in (0, 1]. Received: {self.learning_rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveConfig:
+    """Adaptive margin and temperature (Li et al., EMNLP 2023); paper defaults."""
+
+    enabled: bool = False
+    strength: float = 0.5
+    base_margin: float = 0.01
+    base_temperature: float = 1.0 / 30.0
+    item_anchored_weight: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("strength", "item_anchored_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"`loss.adaptive.{name}` must be in [0, 1]. Received: {getattr(self, name)}")
+        if self.base_margin < 0:
+            raise ConfigError(f"`loss.adaptive.base_margin` must be ≥ 0. Received: {self.base_margin}")
+        if self.base_temperature <= 0:
+            raise ConfigError(f"`loss.adaptive.base_temperature` must be positive. Received: {self.base_temperature}")
+
+
+MODES = ("softmax", "bce", "bpr", "hinge", "symmetric")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The retrieval loss: mode, negatives, logQ correction, temperature, adaptive margins.
+
+    Attributes:
+      mode: ``softmax`` (list-wise, default), ``bce`` (point-wise), ``bpr`` / ``hinge``
+        (pair-wise) or ``symmetric`` (CLIP-style in-batch softmax in both directions).
+      margin: the hinge margin (required by, and only for, ``hinge``).
+      hardest_negative_only: pair-wise modes score only each row's hardest negative.
+      negative_weight: weight of the negatives' term in ``bce``.
+      candidate_to_query_weight: weight of the candidate→query direction in ``symmetric``.
+      learnable_temperature: learn log τ (initialised at ``model.temperature``).
+      logq: ``none``, ``counts`` (exact, from the training data) or ``streaming`` (estimated).
+      frequency: the streaming estimator's parameters.
+      memory_bank_size: M recent candidates reused as negatives (0: off).
+      memory_bank_warmup_steps: steps of in-batch negatives only before the bank is used.
+      mixed_negatives: B' candidates drawn uniformly from the corpus per step (0: off).
+      adaptive: adaptive margins and temperatures (replace ``model.temperature``).
+    """
+
+    mode: Literal["softmax", "bce", "bpr", "hinge", "symmetric"] = "softmax"
+    margin: Optional[float] = None
+    hardest_negative_only: bool = False
+    negative_weight: float = 1.0
+    candidate_to_query_weight: float = 0.5
+    learnable_temperature: bool = False
+    logq: Literal["none", "counts", "streaming"] = "none"
+    frequency: FrequencyConfig = FrequencyConfig()
+    memory_bank_size: int = 0
+    memory_bank_warmup_steps: int = 0
+    mixed_negatives: int = 0
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+
+    def __post_init__(self) -> None:
+        if self.mode == "hinge" and self.margin is None:
+            raise ConfigError("`loss.margin` is required when `loss.mode` is 'hinge'.")
+        if self.mode != "hinge" and self.margin is not None:
+            raise ConfigError(f"`loss.margin` applies only to `loss.mode` 'hinge', not {self.mode!r}.")
+        if self.hardest_negative_only and self.mode not in ("bpr", "hinge"):
+            raise ConfigError(f"`loss.hardest_negative_only` applies to the pair-wise modes, not {self.mode!r}.")
+        for name in ("memory_bank_size", "memory_bank_warmup_steps", "mixed_negatives"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`loss.{name}` must be ≥ 0 (0 turns it off). Received: {getattr(self, name)}")
+        if self.mode == "symmetric" and (self.memory_bank_size or self.mixed_negatives or self.adaptive.enabled):
+            raise ConfigError(
+                "`loss.mode` 'symmetric' scores square in-batch logits: it does not combine with "
+                "`loss.memory_bank_size`, `loss.mixed_negatives` or `loss.adaptive.enabled`."
+            )
+        if self.adaptive.enabled and self.learnable_temperature:
+            raise ConfigError("`loss.adaptive.enabled` sets per-negative temperatures: turn `loss.learnable_temperature` off.")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation. ``seed`` seeds TensorFlow, numpy, the shuffles and the synthetic data."""
 
@@ -126,6 +217,7 @@ class ExperimentConfig:
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
     training: TrainingConfig = TrainingConfig()
     export: ExportConfig = ExportConfig()
 

@@ -14,6 +14,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_towers.encoders import build_embedding_tables
 from tfrec_towers.features import FeatureSpec, feature_from_dict
+from tfrec_towers.losses.negatives import NegativeSet
 from tfrec_towers.towers import Tower, TowerConfig
 
 
@@ -42,7 +43,11 @@ class TwoTowerModel(tfrs.Model):
       candidate_id: the feature holding the candidate id (for accidental-hit removal).
       task: a layer called as ``task(query_embeddings, candidate_embeddings,
         candidate_ids=..., compute_metrics=False)`` returning the loss; defaults to
-        :func:`in_batch_softmax_task`.
+        :func:`in_batch_softmax_task`. With ``mixed_negatives`` it also receives
+        ``extra_negatives`` (a ``NegativeSet``), as ``losses.RetrievalLoss`` does.
+      mixed_negatives: a ``MixedNegativeSampler``: in training, its B' corpus rows are encoded
+        by the candidate tower in the same step and passed to the task as extra negatives
+        (Yang et al., WWW 2020).
 
     Works with ``compile``/``fit``/``evaluate``, Keras callbacks and ``tf.train.Checkpoint``.
     """
@@ -53,6 +58,7 @@ class TwoTowerModel(tfrs.Model):
         candidate_tower: tf.keras.Model,
         candidate_id: str,
         task: Optional[tf.keras.layers.Layer] = None,
+        mixed_negatives: Optional[tf.keras.layers.Layer] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,6 +66,7 @@ class TwoTowerModel(tfrs.Model):
         self.candidate_tower = candidate_tower
         self.candidate_id = candidate_id
         self.task = task if task is not None else in_batch_softmax_task()
+        self.mixed_negatives = mixed_negatives
 
     def call(self, features: Mapping[str, tf.Tensor], training: bool = False) -> Dict[str, tf.Tensor]:
         return {
@@ -70,11 +77,18 @@ class TwoTowerModel(tfrs.Model):
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         query_embeddings = self.query_tower(features, training=training)
         candidate_embeddings = self.candidate_tower(features, training=training)
+        extra = {}
+        if self.mixed_negatives is not None and training:
+            sampled, ids, log_q = self.mixed_negatives.sample()
+            embeddings = self.candidate_tower(sampled, training=training)
+            extra["extra_negatives"] = NegativeSet(embeddings, ids, log_q, tf.ones_like(log_q, tf.bool))
         return self.task(
             query_embeddings,
             candidate_embeddings,
             candidate_ids=features[self.candidate_id],
             compute_metrics=False,
+            training=training,
+            **extra,
         )
 
     def get_config(self) -> Dict[str, Any]:

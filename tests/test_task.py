@@ -1,0 +1,228 @@
+"""The composed retrieval loss against a numpy re-computation, TFRS, and inside model.fit."""
+
+import numpy as np
+import pytest
+
+import tfrec_towers  # noqa: F401
+import tensorflow as tf
+
+from tfrec_towers.config import AdaptiveConfig, ConfigError, LossConfig, config_from_dict
+from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt
+from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
+from tfrec_towers.losses.negatives import NegativeSet
+from tfrec_towers.losses.task import RetrievalLoss
+from tfrec_towers.model import TwoTowerModel, build_towers, in_batch_softmax_task
+from tfrec_towers.towers import TowerConfig
+
+
+def _unit(rng, rows, dim=4):
+    x = rng.normal(size=(rows, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _numpy_loss(q, v, ids, tau, negatives=(), log_p=None, bank_valid_slots=0, mixed=0, corpus=0):
+    """Sampled softmax over [positive, in-batch, extra negatives], accidental hits masked.
+
+    negatives: (embeddings, ids, valid, per-example p) of extra sources; log_p: per-example
+    probability function of in-batch ids, or None for no logQ correction.
+    """
+    neg_e = [v] + [n[0] for n in negatives]
+    neg_ids = [ids] + [n[1] for n in negatives]
+    neg_valid = [np.ones(len(ids), bool)] + [n[2] for n in negatives]
+    neg_e, neg_ids, neg_valid = np.concatenate(neg_e), np.concatenate(neg_ids), np.concatenate(neg_valid)
+    pos = (q * v).sum(1) / tau
+    neg = q @ neg_e.T / tau
+    if log_p is not None:
+        p_neg = np.concatenate([log_p(ids)] + [n[3] for n in negatives])
+        expected = lambda p: (len(ids) + bank_valid_slots) * p + (mixed / corpus if mixed else 0.0)  # noqa: E731
+        pos = pos - np.log(expected(log_p(ids)))
+        neg = neg - np.log(expected(p_neg))[None, :]
+    losses = []
+    for i in range(len(ids)):
+        keep = neg_valid & (neg_ids != ids[i])
+        row = np.concatenate([[pos[i]], neg[i][keep]])
+        losses.append(np.log(np.exp(row - row.max()).sum()) + row.max() - pos[i])
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_plain_configuration_equals_tfrs_and_numpy(seed):
+    rng = np.random.default_rng(seed)
+    q, v = _unit(rng, 6), _unit(rng, 6)
+    ids = np.array([1, 2, 2, 3, 4, 2], np.int64)  # duplicates: accidental hits
+    ours = RetrievalLoss(temperature=None)
+    from tfrec_towers.losses.temperature import Temperature
+
+    ours = RetrievalLoss(temperature=Temperature(0.2))
+    tfrs_task = in_batch_softmax_task(0.2)
+    got = ours(tf.constant(q), tf.constant(v), tf.constant(ids), training=True).numpy()
+    reference = tfrs_task(tf.constant(q), tf.constant(v), candidate_ids=tf.constant(ids), compute_metrics=False).numpy()
+    assert got == pytest.approx(reference, rel=1e-5)
+    assert got == pytest.approx(_numpy_loss(q, v, ids, 0.2), rel=1e-5)
+
+
+def test_counts_logq_subtracts_log_expected_count_on_every_logit():
+    rng = np.random.default_rng(0)
+    q, v = _unit(rng, 5), _unit(rng, 5)
+    ids = np.array([1, 1, 2, 3, 9], np.int64)  # 9 never seen in training
+    training_ids = np.array([1, 1, 1, 1, 2, 2, 3, 4])
+    task = build_retrieval_task(LossConfig(logq="counts"), 0.5, 4, "int64", training_ids=training_ids)
+    got = task(tf.constant(q), tf.constant(v), tf.constant(ids), training=True).numpy()
+    counts = {1: 4, 2: 2, 3: 1, 4: 1}
+    default = min(counts.values()) / 8 / 2  # unseen ids: half the smallest observed probability
+
+    def p(x):
+        return np.array([counts.get(int(i), 0) / 8 if int(i) in counts else default for i in x])
+
+    assert got == pytest.approx(_numpy_loss(q, v, ids, 0.5, log_p=p), rel=1e-5)
+
+
+def test_memory_bank_not_full_then_warm_up_then_used():
+    rng = np.random.default_rng(1)
+    first_v, second_v = _unit(rng, 3), _unit(rng, 3)
+    q = _unit(rng, 3)
+    first_ids, second_ids = np.array([10, 11, 12]), np.array([12, 13, 14])
+    for warmup in (0, 2):
+        task = build_retrieval_task(
+            LossConfig(memory_bank_size=5, memory_bank_warmup_steps=warmup), 0.5, 4, "int64"
+        )
+        first = task(tf.constant(q), tf.constant(first_v), tf.constant(first_ids), training=True).numpy()
+        assert first == pytest.approx(_numpy_loss(q, first_v, first_ids, 0.5), rel=1e-5)  # empty bank
+        second = task(tf.constant(q), tf.constant(second_v), tf.constant(second_ids), training=True).numpy()
+        if warmup == 0:
+            # bank: 3 of 5 slots hold the first batch; id 12 is an accidental hit for row 0
+            bank = (first_v, first_ids, np.ones(3, bool), np.zeros(3))
+            expected = _numpy_loss(q, second_v, second_ids, 0.5, negatives=[bank])
+        else:
+            expected = _numpy_loss(q, second_v, second_ids, 0.5)  # still warming up: in-batch only
+        assert second == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluation_calls_leave_the_state_alone():
+    rng = np.random.default_rng(2)
+    q, v = _unit(rng, 3), _unit(rng, 3)
+    task = build_retrieval_task(LossConfig(logq="streaming", memory_bank_size=4), 0.5, 4, "int64")
+    task(tf.constant(q), tf.constant(v), tf.constant([1, 2, 3], tf.int64), training=False)
+    assert int(task.memory_bank.rows_written.numpy()) == 0
+    assert int(task.candidate_probability.step.numpy()) == 0
+
+
+def test_batch_of_one():
+    rng = np.random.default_rng(3)
+    q, v = _unit(rng, 1), _unit(rng, 1)
+    task = build_retrieval_task(LossConfig(logq="counts", memory_bank_size=4), 0.5, 4, "int64", training_ids=np.array([5, 6]))
+    assert task(tf.constant(q), tf.constant(v), tf.constant([5], tf.int64), training=True).numpy() == pytest.approx(0.0, abs=1e-6)
+    v2 = _unit(rng, 1)
+    second = task(tf.constant(q), tf.constant(v2), tf.constant([6], tf.int64), training=True).numpy()
+    bank = (v, np.array([5]), np.ones(1, bool), np.array([0.5]))
+    expected = _numpy_loss(q, v2, np.array([6]), 0.5, negatives=[bank], log_p=lambda x: np.full(len(x), 0.5), bank_valid_slots=1)
+    assert second == pytest.approx(expected, rel=1e-5)
+
+
+def test_mixed_negatives_use_the_mixture_probability():
+    rng = np.random.default_rng(4)
+    q, v, extra = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3)
+    ids, extra_ids = np.array([1, 2, 3, 4]), np.array([4, 7, 8])  # 4 is an accidental hit for row 3
+    training_ids = np.array([1, 2, 3, 4, 4, 7, 8, 8])
+    task = build_retrieval_task(LossConfig(logq="counts", mixed_negatives=3), 0.5, 4, "int64", training_ids=training_ids, corpus_size=10)
+    negatives = NegativeSet(tf.constant(extra), tf.constant(extra_ids), tf.fill([3], -np.log(10.0)), tf.ones([3], tf.bool))
+    got = task(tf.constant(q), tf.constant(v), tf.constant(ids), extra_negatives=negatives, training=True).numpy()
+    counts = {1: 1, 2: 1, 3: 1, 4: 2, 7: 1, 8: 2}
+
+    def p(x):
+        return np.array([counts[int(i)] / 8 for i in x])
+
+    source = (extra, extra_ids, np.ones(3, bool), p(extra_ids))
+    assert got == pytest.approx(_numpy_loss(q, v, ids, 0.5, negatives=[source], log_p=p, mixed=3, corpus=10), rel=1e-5)
+
+
+def test_adaptive_with_item_anchored_term_matches_numpy():
+    rng = np.random.default_rng(5)
+    q, v = _unit(rng, 4), _unit(rng, 4)
+    ids = np.array([1, 2, 3, 2])
+    alpha, d0, t0, w = 0.5, 0.01, 1 / 30, 0.05
+    task = build_retrieval_task(LossConfig(adaptive=AdaptiveConfig(enabled=True)), 0.05, 4, "int64")
+    got = task(tf.constant(q), tf.constant(v), tf.constant(ids), training=True).numpy()
+
+    def anchored(anchor, positive, negatives, hardness_from, mask):
+        losses = []
+        for i in range(len(anchor)):
+            s_i = anchor[i] @ positive[i]
+            terms = [0.0]
+            for j in range(len(negatives)):
+                if not mask[i, j]:
+                    continue
+                c = np.clip((hardness_from[i] @ negatives[j] + 1) / 2, 0, 1)
+                delta, tau = d0 * (1 - alpha * c), max(t0 * (1 - alpha * c), 1e-3)
+                terms.append((anchor[i] @ negatives[j] - s_i + delta) / tau)
+            terms = np.array(terms)
+            losses.append(np.log(np.exp(terms - terms.max()).sum()) + terms.max())
+        return np.mean(losses)
+
+    distinct = ids[:, None] != ids[None, :]
+    query_term = anchored(q, v, v, v, distinct)
+    item_term = anchored(v, q, q, q, distinct)
+    assert got == pytest.approx((1 - w) * query_term + w * item_term, rel=1e-4)
+
+
+def test_config_round_trip_of_the_composed_task():
+    task = build_retrieval_task(
+        LossConfig(mode="hinge", margin=0.2, logq="streaming", memory_bank_size=8), 0.1, 4, "int64"
+    )
+    rebuilt = RetrievalLoss.from_config(task.get_config())
+    assert rebuilt.get_config() == task.get_config()
+
+
+def test_bad_combinations_fail_at_construction_naming_the_field():
+    with pytest.raises(ConfigError, match="`loss.margin` is required"):
+        LossConfig(mode="hinge")
+    with pytest.raises(ConfigError, match="`loss.margin` applies only"):
+        LossConfig(mode="softmax", margin=0.1)
+    with pytest.raises(ConfigError, match="symmetric"):
+        LossConfig(mode="symmetric", memory_bank_size=16)
+    with pytest.raises(ConfigError, match="`loss.memory_bank_size` must be ≥ 0"):
+        config_from_dict({"loss": {"memory_bank_size": -1}})
+    with pytest.raises(ConfigError, match=r"`loss.frequency.learning_rate` \(α\) must be in \(0, 1\]"):
+        config_from_dict({"loss": {"frequency": {"learning_rate": 1.5}}})
+    with pytest.raises(ConfigError, match="`model.temperature` must be a positive"):
+        config_from_dict({"model": {"temperature": -0.1}})
+    with pytest.raises(ConfigError, match="learnable_temperature"):
+        LossConfig(adaptive=AdaptiveConfig(enabled=True), learnable_temperature=True)
+    with pytest.raises(ValueError, match="capacity"):
+        from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
+
+        CrossBatchMemoryBank(0, 4)
+
+
+def test_model_fit_updates_bank_estimator_and_uses_mixed_negatives():
+    tf.keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    rows = 192
+    users = rng.integers(1, 20, rows)
+    items = (users % 8 + 1).astype(np.int64)
+    data = {
+        "user_id": users.astype(np.int64),
+        "history": rng.integers(0, 9, (rows, 3)).astype(np.int64),
+        "item_id": items,
+        "category": np.array([f"c{i % 3}" for i in items], object),
+    }
+    catalogue = {"item_id": np.arange(1, 9, dtype=np.int64), "category": np.array([f"c{i % 3}" for i in range(1, 9)], object)}
+    spec = adapt(
+        FeatureSpec(
+            query=(CategoricalFeature("user_id", embedding_dim=8), SequenceFeature("history", embedding_dim=8, embedding_table="item_id")),
+            candidate=(CategoricalFeature("item_id", embedding_dim=8), CategoricalFeature("category", dtype="string", embedding_dim=4)),
+            candidate_id="item_id",
+        ),
+        data,
+        catalogue,
+    )
+    config = LossConfig(logq="streaming", memory_bank_size=50, mixed_negatives=4)
+    query, candidate = build_towers(spec, TowerConfig(hidden_units=(), output_dim=8), TowerConfig(hidden_units=(), output_dim=8))
+    task = build_retrieval_task(config, 0.1, 8, "int64", corpus_size=8)
+    model = TwoTowerModel(query, candidate, "item_id", task=task, mixed_negatives=build_mixed_sampler(config, catalogue, "item_id"))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    history = model.fit(tf.data.Dataset.from_tensor_slices(data).batch(32), epochs=3, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert int(task.memory_bank.rows_written.numpy()) == rows * 3
+    assert int(task.candidate_probability.step.numpy()) == 6 * 3
