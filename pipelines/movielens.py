@@ -1,0 +1,202 @@
+"""MovieLens release directories, split by the leave-last-out protocol (DESIGN §4).
+
+Any GroupLens MovieLens directory is read the same way; the layout is recognised from
+its files:
+
+==========  ===============================================  ===========================
+layout      files                                            user features
+==========  ===============================================  ===========================
+ml-100k     ``u.data`` (tab), ``u.user``, ``u.item``,         age, gender, occupation
+            ``u.genre`` (``|``; ``u.item`` latin-1)           ("technician"), zip code
+ml-1m       ``ratings.dat``, ``users.dat``, ``movies.dat``   gender, age, occupation
+            (``::``; ``movies.dat`` latin-1)                 ("12"), zip code
+ml-10m      ``ratings.dat``, ``movies.dat``                  none
+ml-20m      ``ratings.csv``, ``movies.csv`` (with header;    none
+            also ml-25m, ml-32m and ml-latest)
+==========  ===============================================  ===========================
+
+Without a users file, ``gender``, ``occupation`` and ``zip_code`` are ``""`` and
+``age`` is 0, so every layout has the same schema (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from pipelines.data import ColumnType, FeatureDict, RetrievalData, leave_last_out
+from pipelines.readers import read_delimited
+
+logger = logging.getLogger(__name__)
+
+USER_COLUMNS: dict[str, ColumnType] = {
+    "user_id": "int64",
+    "gender": "string",
+    "age": "int64",
+    "occupation": "string",
+    "zip_code": "string",
+}
+MOVIE_COLUMNS: dict[str, ColumnType] = {"movie_id": "int64", "genres": "string"}
+_RATING_COLUMNS: dict[str, ColumnType] = {"user_id": "int64", "movie_id": "int64", "timestamp": "int64"}
+
+
+def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData:
+    """Reads a MovieLens directory and splits it by the leave-last-out protocol.
+
+    Every rating is an implicit positive. Each user's ratings are sorted by (timestamp,
+    movie id); the last is the test target and every earlier one a training example
+    whose ``history`` holds the up-to-``max_history`` movies before it (most recent
+    last, left-padded with 0). Users with a single rating have no training example and
+    are dropped from evaluation. The candidates are every movie of the item file, rated
+    or not, sorted by id. Ratings of movies missing from the item file (or of users
+    missing from the users file) are dropped; ``summary`` counts them, and they are
+    logged.
+
+    Args:
+      data_dir: a MovieLens release directory; its base name becomes ``name``.
+      max_history: the history width ``L``.
+
+    Returns:
+      The split. Query features: ``user_id`` int64, ``gender`` string, ``age`` int64,
+      ``occupation`` string, ``zip_code`` string, ``history`` int64 ``[N, L]``;
+      candidate features: ``movie_id`` int64, ``genres`` string (``"Action|Comedy"``).
+
+    Raises:
+      FileNotFoundError: no layout's files are all in ``data_dir`` (lists, per layout,
+        the files looked for and those missing).
+      DataError: a file is empty, lacks a column, or holds a non-numeric value in a
+        numeric column (names the file, column and line).
+      ValueError: ``max_history`` is not a positive int.
+    """
+    data_dir = Path(data_dir)
+    layout = _find_layout(data_dir)
+    ratings = layout.read_ratings(data_dir)
+    movies = layout.read_movies(data_dir)
+    users = layout.read_users(data_dir) if layout.read_users else _users_without_features(ratings["user_id"])
+
+    known_movie = np.isin(ratings["movie_id"], movies["movie_id"])
+    known_user = np.isin(ratings["user_id"], users["user_id"])
+    dropped = {
+        "ratings_read": len(known_movie),
+        "ratings_dropped_unknown_movie": int(np.sum(~known_movie)),
+        "ratings_dropped_unknown_user": int(np.sum(known_movie & ~known_user)),
+    }
+    for reason in ("movie", "user"):
+        if dropped[f"ratings_dropped_unknown_{reason}"]:
+            logger.warning("%s: dropped %d ratings of a %s missing from the %s file.", data_dir,
+                           dropped[f"ratings_dropped_unknown_{reason}"], reason, reason)
+    keep = known_movie & known_user
+    data = leave_last_out(
+        name=data_dir.resolve().name,
+        user_ids=ratings["user_id"][keep],
+        item_ids=ratings["movie_id"][keep],
+        timestamps=ratings["timestamp"][keep],
+        users=users,
+        candidates=movies,
+        user_id="user_id",
+        candidate_id="movie_id",
+        column_types={**USER_COLUMNS, **MOVIE_COLUMNS},
+        max_history=max_history,
+    )
+    data.summary.update(dropped)
+    logger.info("%s (%s layout): %s", data.name, layout.name, data.summary)
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """The files of one MovieLens release layout and how to read each."""
+
+    name: str
+    files: tuple[str, ...]
+    read_ratings: Callable[[Path], FeatureDict]
+    read_movies: Callable[[Path], FeatureDict]
+    read_users: Optional[Callable[[Path], FeatureDict]]
+
+
+def _find_layout(data_dir: Path) -> _Layout:
+    for layout in _LAYOUTS:
+        if all((data_dir / name).is_file() for name in layout.files):
+            return layout
+    looked_for = "; ".join(
+        f"{layout.name}: {', '.join(layout.files)}"
+        f" (missing {', '.join(n for n in layout.files if not (data_dir / n).is_file())})"
+        for layout in _LAYOUTS
+    )
+    raise FileNotFoundError(f"{data_dir} is not a MovieLens directory. Looked for {looked_for}.")
+
+
+def _users_without_features(user_ids: np.ndarray) -> FeatureDict:
+    ids = np.unique(user_ids)
+    blank = np.full(len(ids), "", dtype=object)
+    return {"user_id": ids, "gender": blank, "age": np.zeros(len(ids), np.int64), "occupation": blank.copy(),
+            "zip_code": blank.copy()}
+
+
+def _read_100k_ratings(data_dir: Path) -> FeatureDict:
+    return read_delimited(data_dir / "u.data", _RATING_COLUMNS, sep="\t",
+                          names=["user_id", "movie_id", "rating", "timestamp"], quoting=csv.QUOTE_NONE)
+
+
+def _read_100k_users(data_dir: Path) -> FeatureDict:
+    return read_delimited(data_dir / "u.user", USER_COLUMNS, sep="|",
+                          names=["user_id", "age", "gender", "occupation", "zip_code"], quoting=csv.QUOTE_NONE)
+
+
+def _read_100k_movies(data_dir: Path) -> FeatureDict:
+    """``u.item`` ends with one 0/1 flag per genre of ``u.genre``; ``genres`` joins the flagged names."""
+    genre_table = read_delimited(data_dir / "u.genre", {"genre": "string", "index": "int64"}, sep="|",
+                                 names=["genre", "index"], quoting=csv.QUOTE_NONE)
+    genres = genre_table["genre"][np.argsort(genre_table["index"], kind="stable")]
+    flag_columns = [f"genre_flag_{i}" for i in range(len(genres))]
+    items = read_delimited(
+        data_dir / "u.item",
+        {"movie_id": "int64", **{column: "int64" for column in flag_columns}},
+        sep="|",
+        names=["movie_id", "title", "release_date", "video_release_date", "imdb_url", *flag_columns],
+        encoding="latin-1",
+        quoting=csv.QUOTE_NONE,
+    )
+    flags = np.stack([items[column] for column in flag_columns], axis=1).astype(bool)
+    joined = np.array(["|".join(genres[row]) for row in flags], dtype=object)
+    return {"movie_id": items["movie_id"], "genres": joined}
+
+
+def _read_dat_ratings(data_dir: Path) -> FeatureDict:
+    return read_delimited(data_dir / "ratings.dat", _RATING_COLUMNS, sep="::",
+                          names=["user_id", "movie_id", "rating", "timestamp"], quoting=csv.QUOTE_NONE)
+
+
+def _read_dat_users(data_dir: Path) -> FeatureDict:
+    return read_delimited(data_dir / "users.dat", USER_COLUMNS, sep="::",
+                          names=["user_id", "gender", "age", "occupation", "zip_code"], quoting=csv.QUOTE_NONE)
+
+
+def _read_dat_movies(data_dir: Path) -> FeatureDict:
+    return read_delimited(data_dir / "movies.dat", MOVIE_COLUMNS, sep="::", names=["movie_id", "title", "genres"],
+                          encoding="latin-1", quoting=csv.QUOTE_NONE)
+
+
+def _read_csv_ratings(data_dir: Path) -> FeatureDict:
+    table = read_delimited(data_dir / "ratings.csv", {"userId": "int64", "movieId": "int64", "timestamp": "int64"})
+    return {"user_id": table["userId"], "movie_id": table["movieId"], "timestamp": table["timestamp"]}
+
+
+def _read_csv_movies(data_dir: Path) -> FeatureDict:
+    table = read_delimited(data_dir / "movies.csv", {"movieId": "int64", "genres": "string"})
+    return {"movie_id": table["movieId"], "genres": table["genres"]}
+
+
+_LAYOUTS = (
+    _Layout("ml-100k", ("u.data", "u.user", "u.item", "u.genre"), _read_100k_ratings, _read_100k_movies,
+            _read_100k_users),
+    _Layout("ml-1m", ("ratings.dat", "users.dat", "movies.dat"), _read_dat_ratings, _read_dat_movies,
+            _read_dat_users),
+    _Layout("ml-10m", ("ratings.dat", "movies.dat"), _read_dat_ratings, _read_dat_movies, None),
+    _Layout("ml-20m", ("ratings.csv", "movies.csv"), _read_csv_ratings, _read_csv_movies, None),
+)

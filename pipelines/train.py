@@ -1,0 +1,291 @@
+"""The main job: data → features → two-tower training → full-catalogue evaluation → export → verify.
+
+Each step is an importable function, so a notebook can run any of them; the CLI is a thin shell
+over :func:`train`, :func:`evaluate_run` and :func:`export_run`.
+
+A run directory holds::
+
+    config.json          the fully resolved configuration (repeat the run with it)
+    feature_spec.json    the adapted feature declarations (vocabularies, statistics)
+    checkpoint/          the trained weights (tf.train.Checkpoint)
+    history.json         per-epoch training losses
+    metrics.json         HR@K / NDCG@K (DESIGN §4)
+    export/<model_name>/<version>/   the SavedModel (DESIGN §5)
+    verification.json    the fresh-process check of that export
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines.data import RetrievalData, take_rows
+from pipelines.dataset import training_dataset
+from pipelines.movielens import load_movielens
+from pipelines.schemas import FEATURE_SPECS
+from pipelines.synthetic import make_synthetic
+from tfrec_towers.config import ExperimentConfig, LossConfig, TrainingConfig, config_from_dict, save_config
+from tfrec_towers.evaluation import metrics_from_ranks, target_ranks
+from tfrec_towers.export import export_retrieval_model
+from tfrec_towers.features import FeatureSpec, adapt, input_signature
+from tfrec_towers.index import IndexConfig
+from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
+from tfrec_towers.model import TwoTowerModel, build_towers
+from tfrec_towers.towers import compute_embeddings
+from tfrec_towers.verify import verify_export
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE, SPEC_FILE, METRICS_FILE, HISTORY_FILE = "config.json", "feature_spec.json", "metrics.json", "history.json"
+CHECKPOINT_DIR, EXPORT_DIR, VERIFICATION_FILE = "checkpoint", "export", "verification.json"
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete, or already holds a run."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What :func:`train` produced."""
+
+    run_dir: Path
+    metrics: Dict[str, float]
+    export_path: Optional[Path]
+    verification: Optional[dict]
+    train_seconds: float
+    examples_per_second: float
+
+
+def load_data(config: ExperimentConfig) -> RetrievalData:
+    """The configured data set, split by the leave-last-out protocol."""
+    data = config.data
+    if data.dataset == "movielens":
+        return load_movielens(data.data_dir, max_history=data.max_history)
+    return make_synthetic(
+        num_items=data.num_items,
+        num_users=data.num_users,
+        interactions_per_user=data.interactions_per_user,
+        max_history=data.max_history,
+        seed=config.training.seed,
+    )
+
+
+def make_optimizer(training: TrainingConfig) -> tf.keras.optimizers.Optimizer:
+    optimizers = {
+        "adam": tf.keras.optimizers.Adam,
+        "adagrad": tf.keras.optimizers.Adagrad,
+        "sgd": tf.keras.optimizers.SGD,
+    }
+    return optimizers[training.optimizer](learning_rate=training.learning_rate)
+
+
+def build_model(spec: FeatureSpec, config: ExperimentConfig, data: Optional[RetrievalData] = None) -> TwoTowerModel:
+    """Towers from the adapted spec and the loss from the configuration, compiled.
+
+    ``data`` supplies what some losses need (training ids for ``logq='counts'``, the corpus for
+    mixed negatives); without it the model gets the plain in-batch task, enough for inference.
+    """
+    query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower)
+    loss = config.loss if data is not None else LossConfig()
+    id_dtype = spec.candidate_id_feature.dtype
+    task = build_retrieval_task(
+        loss,
+        config.model.temperature,
+        config.model.query_tower.output_dim,
+        id_dtype,
+        training_ids=data.train[spec.candidate_id] if data is not None else None,
+        corpus_size=len(data.candidates[spec.candidate_id]) if data is not None else 0,
+    )
+    sampler = None
+    if data is not None:
+        corpus = {f.name: data.candidates[f.name] for f in spec.candidate}
+        sampler = build_mixed_sampler(loss, corpus, spec.candidate_id, seed=config.training.seed)
+    model = TwoTowerModel(query, candidate, spec.candidate_id, task=task, mixed_negatives=sampler)
+    model.compile(optimizer=make_optimizer(config.training))
+    return model
+
+
+def evaluate_model(model: TwoTowerModel, data: RetrievalData, batch_size: int = 4096) -> Dict[str, float]:
+    """Exact full-catalogue HR@K / NDCG@K of DESIGN §4 on the held-out interactions."""
+    queries = compute_embeddings(model.query_tower, data.eval_queries, batch_size)
+    candidates = compute_embeddings(model.candidate_tower, data.candidates, batch_size)
+    ranks = target_ranks(
+        queries,
+        candidates,
+        data.candidates[data.candidate_id],
+        data.eval_targets,
+        data.seen_indptr,
+        data.seen_ids,
+    )
+    return metrics_from_ranks(ranks)
+
+
+def fit_model(
+    model: tf.keras.Model, features: Dict[str, np.ndarray], training: TrainingConfig, verbose: int = 1
+) -> tuple[Dict[str, list], float, float]:
+    """``model.fit`` on shuffled batches of ``features``.
+
+    Returns:
+      (per-epoch history, training seconds, training examples per second).
+
+    Raises:
+      RunError: the loss became NaN or infinite (the run stops at that batch).
+    """
+    dataset = training_dataset(features, training.batch_size, shuffle=True, seed=training.seed)
+    start = time.perf_counter()
+    history = model.fit(dataset, epochs=training.epochs, verbose=verbose, callbacks=[tf.keras.callbacks.TerminateOnNaN()])
+    seconds = time.perf_counter() - start
+    losses = history.history.get("loss", [])
+    if not losses or not np.all(np.isfinite(losses)):
+        raise RunError(
+            f"Training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch {len(losses)}. "
+            "Lower `training.learning_rate` or raise `model.temperature`."
+        )
+    examples = len(next(iter(features.values()))) * len(losses)
+    plain = {k: [float(x) for x in v] for k, v in history.history.items()}
+    return plain, seconds, examples / max(seconds, 1e-9)
+
+
+def _sample_rows(features: Dict[str, np.ndarray], count: int, seed: int) -> Dict[str, np.ndarray]:
+    rows = len(next(iter(features.values())))
+    index = np.random.default_rng(seed).choice(rows, size=min(count, rows), replace=False)
+    return take_rows(features, np.sort(index))
+
+
+def export_model(
+    model: TwoTowerModel,
+    spec: FeatureSpec,
+    data: RetrievalData,
+    export_base: Path,
+    config: ExperimentConfig,
+    index: Optional[str] = None,
+    k: Optional[int] = None,
+) -> Path:
+    """Writes the DESIGN §5 SavedModel: retrieval over the whole catalogue plus both embeddings."""
+    index_config = IndexConfig(kind=index or config.export.index, k=k or config.export.k)
+    query_names = [f.name for f in spec.query]
+    return export_retrieval_model(
+        query_model=model.query_tower,
+        candidate_model=model.candidate_tower,
+        query_input_spec=input_signature(spec.query),
+        candidate_input_spec=input_signature(spec.candidate),
+        candidates={f.name: data.candidates[f.name] for f in spec.candidate},
+        candidate_id=spec.candidate_id,
+        export_base=export_base,
+        model_name=config.export.model_name,
+        index=index_config,
+        metadata={"dataset": data.name, "feature_spec": json.loads(spec.to_json())},
+        warmup_queries=_sample_rows({n: data.eval_queries[n] for n in query_names}, 4, config.training.seed),
+    )
+
+
+def _check_new_run_dir(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise RunError(f"--output {output} is a file; give a directory for the run.")
+    if output.is_dir() and any(output.iterdir()):
+        held = "a run" if (output / CONFIG_FILE).exists() else "files"
+        raise RunError(
+            f"--output {output} already holds {held}. Choose a new directory, or re-export that run "
+            f"with `tfrec-towers export --run {output}` to write a new version."
+        )
+
+
+def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> RunResult:
+    """Trains, evaluates, exports and verifies; the run directory appears only when all went well.
+
+    The run is written into a temporary sibling of ``output`` and renamed at the end, so a failed
+    or interrupted run leaves nothing half-written at ``output``.
+
+    Raises:
+      RunError: ``output`` is a file or already holds a run.
+    """
+    output = Path(output)
+    _check_new_run_dir(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        result = _train_into(config, work, verbose)
+        if output.exists():
+            output.rmdir()
+        os.rename(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return _relocate(result, work, output)
+
+
+def _relocate(result: RunResult, old: Path, new: Path) -> RunResult:
+    export = new / result.export_path.relative_to(old) if result.export_path else None
+    return dataclasses.replace(result, run_dir=new, export_path=export)
+
+
+def _train_into(config: ExperimentConfig, run_dir: Path, verbose: int) -> RunResult:
+    tf.keras.utils.set_random_seed(config.training.seed)
+    save_config(config, run_dir / CONFIG_FILE)
+    data = load_data(config)
+    logger.info("Data %s: %d training examples, %d eval queries, %d candidates", data.name,
+                len(data.train[data.candidate_id]), len(data.eval_targets), len(data.candidates[data.candidate_id]))
+    spec = adapt(FEATURE_SPECS[config.data.dataset](config.features), data.train, data.candidates)
+    (run_dir / SPEC_FILE).write_text(spec.to_json())
+
+    model = build_model(spec, config, data)
+    columns = {f.name: data.train[f.name] for f in spec.all_features}
+    history, seconds, examples_per_second = fit_model(model, columns, config.training, verbose)
+    (run_dir / HISTORY_FILE).write_text(json.dumps(history))
+    tf.train.Checkpoint(model=model).write(str(run_dir / CHECKPOINT_DIR / "model"))
+
+    metrics = evaluate_model(model, data)
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    verification = None
+    export_path = export_model(model, spec, data, run_dir / EXPORT_DIR, config)
+    if config.export.verify:
+        verification = verify_export(export_path)
+        (run_dir / VERIFICATION_FILE).write_text(json.dumps(verification, indent=2) + "\n")
+    return RunResult(run_dir, metrics, export_path, verification, seconds, examples_per_second)
+
+
+def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpec, TwoTowerModel]:
+    """Rebuilds a trained model from a run directory (configuration, features, checkpoint).
+
+    Raises:
+      RunError: the directory is not a complete run.
+    """
+    run_dir = Path(run_dir)
+    for name in (CONFIG_FILE, SPEC_FILE, CHECKPOINT_DIR):
+        if not (run_dir / name).exists():
+            raise RunError(f"{run_dir} is not a tfrec-towers run: {name} is missing.")
+    config = config_from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    spec = FeatureSpec.from_json((run_dir / SPEC_FILE).read_text())
+    model = build_model(spec, config)
+    tf.train.Checkpoint(model=model).read(str(run_dir / CHECKPOINT_DIR / "model")).expect_partial()
+    return config, spec, model
+
+
+def evaluate_run(run_dir: str | Path, data_dir: Optional[str] = None) -> Dict[str, float]:
+    """Re-evaluates a run on its data (or on ``data_dir``, a MovieLens directory) and returns metrics."""
+    config, _, model = load_run(run_dir)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset="movielens", data_dir=data_dir))
+    return evaluate_model(model, load_data(config))
+
+
+def export_run(
+    run_dir: str | Path,
+    export_base: Optional[str | Path] = None,
+    index: Optional[str] = None,
+    k: Optional[int] = None,
+) -> Path:
+    """Exports a trained run as a new SavedModel version (under ``RUN/export`` by default)."""
+    config, spec, model = load_run(run_dir)
+    base = Path(export_base) if export_base else Path(run_dir) / EXPORT_DIR
+    return export_model(model, spec, load_data(config), base, config, index=index, k=k)

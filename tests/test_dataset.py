@@ -1,0 +1,95 @@
+"""tf.data pipelines over feature dictionaries: batch shapes, dtypes, order and seeded shuffling."""
+
+import re
+
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines.data import DataError
+from pipelines.dataset import inference_dataset, training_dataset
+
+ROWS = 10
+
+
+@pytest.fixture
+def features():
+    return {
+        "user_id": np.arange(1, ROWS + 1, dtype=np.int64),
+        "country": np.array([f"c{i}é" for i in range(ROWS)], dtype=object),
+        "score": np.linspace(0, 1, ROWS, dtype=np.float32),
+        "history": np.arange(ROWS * 3, dtype=np.int64).reshape(ROWS, 3),
+    }
+
+
+def epoch_ids(dataset):
+    return np.concatenate([batch["user_id"].numpy() for batch in dataset]).tolist()
+
+
+def test_training_batches_shapes_and_dtypes(features):
+    batches = list(training_dataset(features, 4, seed=1))
+    assert [len(b["user_id"]) for b in batches] == [4, 4, 2]
+    first = batches[0]
+    assert set(first) == set(features)
+    assert first["user_id"].dtype == tf.int64 and first["user_id"].shape == (4,)
+    assert first["country"].dtype == tf.string and first["country"].shape == (4,)
+    assert first["score"].dtype == tf.float32 and first["score"].shape == (4,)
+    assert first["history"].dtype == tf.int64 and first["history"].shape == (4, 3)
+
+
+def test_rows_stay_together_through_the_shuffle(features):
+    for batch in training_dataset(features, 3, seed=5):
+        columns = (batch[k].numpy() for k in ("user_id", "country", "score", "history"))
+        for user, country, score, history in zip(*columns):
+            row = user - 1
+            assert country.decode() == features["country"][row]
+            assert score == features["score"][row]
+            assert history.tolist() == features["history"][row].tolist()
+
+
+def test_drop_remainder_gives_a_static_batch_size(features):
+    dataset = training_dataset(features, 4, drop_remainder=True)
+    assert dataset.element_spec["history"].shape.as_list() == [4, 3]
+    assert [len(b["user_id"]) for b in dataset] == [4, 4]
+
+
+def test_same_seed_same_order_each_epoch_a_permutation(features):
+    first, second = training_dataset(features, 4, seed=7), training_dataset(features, 4, seed=7)
+    epochs = [epoch_ids(first) for _ in range(3)]
+    assert epochs == [epoch_ids(second) for _ in range(3)]
+    assert all(sorted(epoch) == list(range(1, ROWS + 1)) for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) > 1  # reshuffled every iteration
+    assert epoch_ids(training_dataset(features, 4, seed=8)) != epochs[0]
+
+
+def test_no_shuffle_and_inference_keep_the_order(features):
+    assert epoch_ids(training_dataset(features, 4, shuffle=False)) == list(range(1, ROWS + 1))
+    batches = list(inference_dataset(features, 4))
+    assert [len(b["user_id"]) for b in batches] == [4, 4, 2]
+    assert epoch_ids(batches) == list(range(1, ROWS + 1))
+    assert [c.decode() for b in batches for c in b["country"].numpy()] == features["country"].tolist()
+
+
+def test_repeat_crosses_epochs_without_blending(features):
+    ids = epoch_ids(training_dataset(features, 5, seed=3, repeat=True).take(6))
+    assert [sorted(ids[i : i + ROWS]) for i in range(0, 30, ROWS)] == [list(range(1, ROWS + 1))] * 3
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 1.5, True])
+def test_batch_size_is_validated(features, batch_size):
+    message = f"`batch_size` must be a positive int. Received: {batch_size!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        training_dataset(features, batch_size)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        inference_dataset(features, batch_size)
+
+
+def test_bad_columns(features):
+    with pytest.raises(DataError, match="different lengths"):
+        training_dataset({**features, "user_id": features["user_id"][:3]}, 4)
+    with pytest.raises(DataError, match="Column 'flag' has unsupported dtype bool"):
+        training_dataset({**features, "flag": np.ones(ROWS, bool)}, 4)
+    with pytest.raises(DataError, match="Column 'country' must hold only strings"):
+        inference_dataset({**features, "country": np.array([1] * ROWS, dtype=object)}, 4)

@@ -1,0 +1,198 @@
+"""MovieLens reading and the leave-last-out protocol, on tiny hand-made directories of each layout."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.data import DataError
+from pipelines.movielens import load_movielens
+
+# (user, movie, timestamp). User 1 has a timestamp tie (movies 10 and 30 at t=100) broken by
+# movie id; user 2 rated movie 99, which is not in the item file; user 3 rated once.
+# Movie 50 is never rated.
+RATINGS = [(1, 30, 100), (1, 10, 100), (1, 20, 50), (1, 40, 200), (2, 10, 5), (2, 99, 6), (2, 20, 7), (3, 30, 1)]
+GENRES = {10: "Action|Comedy", 20: "unknown", 30: "Drama", 40: "Action|Drama", 50: "Comedy"}
+TITLES = {10: "Café (1995)", 20: 'The "Thing" (1982)', 30: "Star Wars: Episode IV (1977)",
+          40: "American President, The (1995)", 50: "Babe (1995)"}
+
+# Hand-derived with max_history=2. User 1 in (timestamp, movie) order: 20, 10, 30 | 40.
+# User 2 after dropping movie 99: 10 | 20. User 3 has no training example and no eval query.
+EXPECTED_TRAIN_USERS = [1, 1, 1, 2]
+EXPECTED_TRAIN_MOVIES = [20, 10, 30, 10]
+EXPECTED_TRAIN_HISTORY = [[0, 0], [0, 20], [20, 10], [0, 0]]
+EXPECTED_EVAL_USERS = [1, 2]
+EXPECTED_EVAL_HISTORY = [[10, 30], [0, 10]]
+EXPECTED_TARGETS = [40, 20]
+EXPECTED_SEEN = [[10, 20, 30], [10]]
+
+
+def write_100k(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "u.data").write_text("".join(f"{u}\t{m}\t4\t{t}\n" for u, m, t in RATINGS))
+    (directory / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|T8H1N\n")
+    (directory / "u.genre").write_text("unknown|0\nAction|1\nComedy|2\nDrama|3\n\n")
+    flags = {10: "0|1|1|0", 20: "1|0|0|0", 30: "0|0|0|1", 40: "0|1|0|1", 50: "0|0|1|0"}
+    item = "".join(f"{m}|{TITLES[m]}|01-Jan-1995||http://example.org/{m}|{flags[m]}\n" for m in TITLES)
+    (directory / "u.item").write_bytes(item.encode("latin-1"))
+    return directory
+
+
+def write_1m(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "ratings.dat").write_text("".join(f"{u}::{m}::4::{t}\n" for u, m, t in RATINGS))
+    (directory / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
+    movies = "".join(f"{m}::{TITLES[m]}::{GENRES[m]}\n" for m in TITLES)
+    (directory / "movies.dat").write_bytes(movies.encode("latin-1"))
+    return directory
+
+
+def write_20m(directory: Path) -> Path:
+    directory.mkdir()
+    ratings = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},4.5,{t}\n" for u, m, t in RATINGS)
+    (directory / "ratings.csv").write_text(ratings)
+    titles = {m: '"' + t.replace('"', '""') + '"' for m, t in TITLES.items()}
+    movies = "movieId,title,genres\n" + "".join(f"{m},{titles[m]},{GENRES[m]}\n" for m in TITLES)
+    (directory / "movies.csv").write_text(movies, encoding="utf-8")
+    return directory
+
+
+EXPECTED_USERS = {
+    "ml-100k": {"gender": ["M", "F"], "age": [24, 53], "occupation": ["technician", "other"],
+                "zip_code": ["85711", "94043"]},
+    "ml-1m": {"gender": ["F", "M"], "age": [1, 56], "occupation": ["10", "16"], "zip_code": ["48067", "70072"]},
+    "ml-20m": {"gender": ["", ""], "age": [0, 0], "occupation": ["", ""], "zip_code": ["", ""]},
+}
+WRITERS = {"ml-100k": write_100k, "ml-1m": write_1m, "ml-20m": write_20m}
+
+
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_leave_last_out_protocol(tmp_path, layout):
+    data = load_movielens(WRITERS[layout](tmp_path / layout), max_history=2)
+
+    assert data.name == layout
+    assert data.train["user_id"].tolist() == EXPECTED_TRAIN_USERS
+    assert data.train["movie_id"].tolist() == EXPECTED_TRAIN_MOVIES
+    assert data.train["history"].tolist() == EXPECTED_TRAIN_HISTORY
+    assert data.train["genres"].tolist() == [GENRES[m] for m in EXPECTED_TRAIN_MOVIES]
+    assert data.eval_queries["user_id"].tolist() == EXPECTED_EVAL_USERS
+    assert data.eval_queries["history"].tolist() == EXPECTED_EVAL_HISTORY
+    assert data.eval_targets.tolist() == EXPECTED_TARGETS
+    assert [data.seen(u).tolist() for u in range(2)] == EXPECTED_SEEN
+    assert data.seen_indptr.tolist() == [0, 3, 4]
+    assert data.candidates["movie_id"].tolist() == [10, 20, 30, 40, 50]
+    assert data.candidates["genres"].tolist() == [GENRES[m] for m in (10, 20, 30, 40, 50)]
+    for column, values in EXPECTED_USERS[layout].items():
+        assert data.eval_queries[column].tolist() == values, column
+    assert data.summary["ratings_read"] == 8
+    assert data.summary["ratings_dropped_unknown_movie"] == 1
+    assert data.summary["users_with_one_interaction"] == 1
+
+
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_schema_is_the_same_in_every_layout(tmp_path, layout):
+    data = load_movielens(WRITERS[layout](tmp_path / layout), max_history=3)
+
+    assert data.query_features == ("user_id", "gender", "age", "occupation", "zip_code", "history")
+    assert data.candidate_features == ("movie_id", "genres")
+    assert data.candidate_id == "movie_id"
+    assert data.column_types == {"user_id": "int64", "gender": "string", "age": "int64", "occupation": "string",
+                                 "zip_code": "string", "history": "int64_list", "movie_id": "int64",
+                                 "genres": "string"}
+    for table in (data.train, data.eval_queries, data.candidates):
+        for column, values in table.items():
+            expected = {"string": object, "int64": np.int64, "int64_list": np.int64}[data.column_types[column]]
+            assert values.dtype == expected, column
+            if expected is object:
+                assert all(isinstance(v, str) for v in values), column
+    assert data.train["history"].shape == (4, 3)
+    assert data.eval_queries["history"].tolist() == [[20, 10, 30], [0, 0, 10]]
+
+
+def test_unknown_layout_lists_the_files_looked_for(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(FileNotFoundError) as error:
+        load_movielens(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path) in message
+    for name in ("ml-100k", "u.data", "u.user", "u.item", "u.genre", "ml-1m", "ratings.dat", "users.dat",
+                 "movies.dat", "ml-20m", "ratings.csv", "movies.csv"):
+        assert name in message
+
+
+def test_missing_file_is_named(tmp_path):
+    directory = write_100k(tmp_path / "ml-100k")
+    (directory / "u.genre").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ml-100k: u\.data, u\.user, u\.item, u\.genre \(missing u\.genre\)"):
+        load_movielens(directory)
+
+
+def test_missing_column_in_header(tmp_path):
+    directory = write_20m(tmp_path / "ml-20m")
+    (directory / "ratings.csv").write_text("userId,movieId,rating\n1,10,4\n")
+    with pytest.raises(DataError, match=r"ratings\.csv has no column 'timestamp' \(expected int64\)"):
+        load_movielens(directory)
+
+
+def test_missing_column_in_headerless_file(tmp_path):
+    directory = write_100k(tmp_path / "ml-100k")
+    (directory / "u.user").write_text("1|24|M|technician\n2|53|F|other\n")
+    message = r"u\.user has 4 fields per line, expected 5 .*'zip_code' \(string\) is missing"
+    with pytest.raises(DataError, match=message):
+        load_movielens(directory)
+
+
+@pytest.mark.parametrize("layout, file, line, bad", [
+    ("ml-100k", "u.data", "1\t10\t4\t5\n2\t20\t3\t6\n3\tx\t4\t7\n", "line 3"),
+    ("ml-1m", "ratings.dat", "1::10::4::5\n2::20::3::oops\n", "line 2"),
+    ("ml-20m", "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4,5\n2,2.5,3,6\n", "line 3"),
+])
+def test_non_numeric_value_names_file_column_and_line(tmp_path, layout, file, line, bad):
+    directory = WRITERS[layout](tmp_path / layout)
+    (directory / file).write_text(line)
+    column = {"ml-100k": "movie_id", "ml-1m": "timestamp", "ml-20m": "movieId"}[layout]
+    with pytest.raises(DataError) as error:
+        load_movielens(directory)
+    message = str(error.value)
+    assert file in message and f"column '{column}' (int64)" in message and bad in message
+
+
+@pytest.mark.parametrize("layout, file", [("ml-100k", "u.data"), ("ml-1m", "ratings.dat"), ("ml-20m", "ratings.csv")])
+def test_empty_ratings_file(tmp_path, layout, file):
+    directory = WRITERS[layout](tmp_path / layout)
+    (directory / file).write_text("")
+    with pytest.raises(ValueError, match=rf"{file} is empty"):
+        load_movielens(directory)
+
+
+def test_header_only_ratings_file(tmp_path):
+    directory = write_20m(tmp_path / "ml-20m")
+    (directory / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    with pytest.raises(DataError, match=r"ratings\.csv has no data rows"):
+        load_movielens(directory)
+
+
+def test_max_history_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="`max_history` must be a positive int. Received: 0"):
+        load_movielens(write_1m(tmp_path / "ml-1m"), max_history=0)
+
+
+def test_ratings_without_users_file_read_as_ml_10m(tmp_path):
+    directory = write_1m(tmp_path / "ml-10m")
+    (directory / "users.dat").unlink()
+    data = load_movielens(directory, max_history=2)
+
+    assert data.train["history"].tolist() == EXPECTED_TRAIN_HISTORY
+    for column, values in EXPECTED_USERS["ml-20m"].items():
+        assert data.eval_queries[column].tolist() == values, column
+
+
+def test_ratings_of_unknown_users_are_dropped_and_counted(tmp_path):
+    directory = write_1m(tmp_path / "ml-1m")
+    (directory / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    data = load_movielens(directory, max_history=2)
+
+    assert data.summary["ratings_dropped_unknown_user"] == 1
+    assert data.summary["ratings_dropped_unknown_movie"] == 1
+    assert data.train["movie_id"].tolist() == EXPECTED_TRAIN_MOVIES
+    assert data.eval_targets.tolist() == EXPECTED_TARGETS

@@ -1,0 +1,260 @@
+"""Generic readers: round trips through CSV, Parquet and TFRecord, and every error message."""
+
+import re
+
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from pipelines.data import DataError
+from pipelines.readers import (
+    from_dataframe,
+    left_pad,
+    read_csv,
+    read_delimited,
+    read_parquet,
+    read_tfrecord,
+    write_tfrecord,
+)
+
+TYPES = {"user_id": "int64", "country": "string", "score": "float32", "history": "int64_list"}
+
+
+@pytest.fixture
+def features():
+    return {
+        "user_id": np.array([3, 1, 2, 7], np.int64),
+        "country": np.array(["DE", "Côte d'Ivoire", "", "US, \"east\""], dtype=object),
+        "score": np.array([0.5, -1.25, 3.0, 1e-3], np.float32),
+        "history": np.array([[0, 0, 4], [0, 5, 6], [7, 8, 9], [0, 0, 0]], np.int64),
+    }
+
+
+def unpadded(history):
+    """The rows of a 0-padded matrix as lists (an independent reference for the padding)."""
+    return [[int(v) for v in row if v != 0] for row in history]
+
+
+def assert_features_equal(actual, expected):
+    assert list(actual) == list(expected)
+    for column, values in expected.items():
+        assert actual[column].dtype == values.dtype, column
+        assert actual[column].tolist() == values.tolist(), column
+
+
+def frame_with_list_strings(features):
+    frame = pd.DataFrame({k: v for k, v in features.items() if k != "history"})
+    frame["history"] = ["|".join(map(str, row)) for row in unpadded(features["history"])]
+    return frame
+
+
+def test_csv_round_trip(tmp_path, features):
+    frame_with_list_strings(features).to_csv(tmp_path / "f.csv", index=False)
+    assert_features_equal(read_csv(tmp_path / "f.csv", TYPES), features)
+
+
+def test_csv_reads_only_the_requested_columns_in_their_order(tmp_path, features):
+    frame_with_list_strings(features).to_csv(tmp_path / "f.csv", index=False)
+    actual = read_csv(tmp_path / "f.csv", {"score": "float32", "user_id": "int64"})
+    assert list(actual) == ["score", "user_id"]
+    assert actual["user_id"].tolist() == [3, 1, 2, 7]
+
+
+@pytest.mark.parametrize("as_strings", [False, True])
+def test_parquet_round_trip(tmp_path, features, as_strings):
+    frame = frame_with_list_strings(features)
+    if not as_strings:
+        frame["history"] = unpadded(features["history"])
+    frame.to_parquet(tmp_path / "f.parquet")
+    assert_features_equal(read_parquet(tmp_path / "f.parquet", TYPES), features)
+
+
+def test_tfrecord_round_trip(tmp_path, features):
+    write_tfrecord(features, tmp_path / "f.tfrecord")
+    assert_features_equal(read_tfrecord(tmp_path / "f.tfrecord", TYPES), features)
+
+
+def test_tfrecord_glob_reads_files_in_name_order(tmp_path, features):
+    second = {k: v[2:] for k, v in features.items()}
+    first = {k: v[:2] for k, v in features.items()}
+    write_tfrecord(second, tmp_path / "part-1.tfrecord")
+    write_tfrecord(first, tmp_path / "part-0.tfrecord")
+    actual = read_tfrecord(str(tmp_path / "part-*.tfrecord"), TYPES)
+    assert_features_equal(actual, features)
+
+
+def test_variable_length_lists_are_left_padded_keeping_the_last_items(tmp_path):
+    frame = pd.DataFrame({"history": ["1|2|3|4", "5", "", "6|7"]})
+    frame.to_csv(tmp_path / "h.csv", index=False)
+    assert read_csv(tmp_path / "h.csv", {"history": "int64_list"})["history"].tolist() == [
+        [1, 2, 3, 4], [0, 0, 0, 5], [0, 0, 0, 0], [0, 0, 6, 7]]
+    assert read_csv(tmp_path / "h.csv", {"history": "int64_list"}, max_length=2)["history"].tolist() == [
+        [3, 4], [0, 5], [0, 0], [6, 7]]
+
+
+def test_left_pad():
+    values, lengths = np.array([1, 2, 3, 4, 5, 6]), np.array([3, 0, 1, 2])
+    assert left_pad(values, lengths).tolist() == [[1, 2, 3], [0, 0, 0], [0, 0, 4], [0, 5, 6]]
+    assert left_pad(values, lengths, max_length=4).tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [0, 0, 0, 4],
+                                                                [0, 0, 5, 6]]
+    assert left_pad(values, lengths, max_length=1).tolist() == [[3], [0], [4], [6]]
+
+
+def test_tfrecord_variable_length_lists(tmp_path):
+    with tf.io.TFRecordWriter(str(tmp_path / "v.tfrecord")) as writer:
+        for history in ([1, 2, 3], [], [4]):
+            feature = {"history": tf.train.Feature(int64_list=tf.train.Int64List(value=history))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    actual = read_tfrecord(tmp_path / "v.tfrecord", {"history": "int64_list"}, max_length=2)
+    assert actual["history"].tolist() == [[2, 3], [0, 0], [0, 4]]
+
+
+def test_from_dataframe_with_list_cells_and_missing_strings():
+    frame = pd.DataFrame({"history": [[1, 2], np.array([3]), None], "name": ["a", None, "c"]})
+    actual = from_dataframe(frame, {"history": "int64_list", "name": "string"})
+    assert actual["history"].tolist() == [[1, 2], [0, 3], [0, 0]]
+    assert actual["name"].tolist() == ["a", "", "c"]
+    assert actual["name"].dtype == object
+
+
+def test_headerless_file_with_a_multi_character_separator(tmp_path):
+    (tmp_path / "r.dat").write_bytes("1::Café: the film::3|4\n2::Ünïcode::\n".encode("latin-1"))
+    actual = read_delimited(tmp_path / "r.dat", {"id": "int64", "title": "string", "history": "int64_list"},
+                            sep="::", names=["id", "title", "history"], encoding="latin-1")
+    assert actual["id"].tolist() == [1, 2]
+    assert actual["title"].tolist() == ["Café: the film", "Ünïcode"]
+    assert actual["history"].tolist() == [[3, 4], [0, 0]]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_column_csv(tmp_path, features):
+    frame_with_list_strings(features).drop(columns="score").to_csv(tmp_path / "f.csv", index=False)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'f.csv'} has no column 'score' (expected float32)")):
+        read_csv(tmp_path / "f.csv", TYPES)
+
+
+def test_missing_column_parquet(tmp_path, features):
+    frame_with_list_strings(features).drop(columns="country").to_parquet(tmp_path / "f.parquet")
+    message = f"{tmp_path / 'f.parquet'} has no column 'country' (expected string)"
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_parquet(tmp_path / "f.parquet", TYPES)
+
+
+def test_missing_column_tfrecord(tmp_path, features):
+    write_tfrecord({k: v for k, v in features.items() if k != "score"}, tmp_path / "f.tfrecord")
+    message = f"{tmp_path / 'f.tfrecord'}: record 0 has no feature 'score' (expected float32)"
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_tfrecord(tmp_path / "f.tfrecord", TYPES)
+
+
+def test_missing_column_dataframe():
+    with pytest.raises(DataError, match=re.escape("DataFrame has no column 'b' (expected int64)")):
+        from_dataframe(pd.DataFrame({"a": [1]}), {"b": "int64"})
+
+
+def test_wrong_feature_kind_tfrecord(tmp_path, features):
+    write_tfrecord(features, tmp_path / "f.tfrecord")
+    with pytest.raises(DataError, match=re.escape("record 0, feature 'user_id' holds int64_list, expected string")):
+        read_tfrecord(tmp_path / "f.tfrecord", {"user_id": "string"})
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    ("user_id", "12a", "'12a' is not an integer"),
+    ("user_id", "", "'' is not an integer"),
+    ("user_id", "2.5", "'2.5' is not an integer"),
+    ("score", "high", "'high' is not a number"),
+    ("history", "1|two", "'1|two' is not a '|'-separated list of integers"),
+])
+def test_bad_value_csv_names_column_file_and_line(tmp_path, column, value, problem):
+    rows = [{"user_id": "1", "country": "DE", "score": "0.5", "history": "1|2"} for _ in range(4)]
+    rows[2][column] = value
+    pd.DataFrame(rows).to_csv(tmp_path / "bad.csv", index=False)
+    message = f"{tmp_path / 'bad.csv'}: column '{column}' ({TYPES[column]}), line 4: {problem}"
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_csv(tmp_path / "bad.csv", TYPES)
+
+
+def test_bad_value_parquet_names_the_row(tmp_path):
+    pd.DataFrame({"user_id": ["1", "2", "x"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=re.escape("column 'user_id' (int64), row 2: 'x' is not an integer")):
+        read_parquet(tmp_path / "bad.parquet", {"user_id": "int64"})
+
+
+def test_missing_value_parquet_names_the_row(tmp_path):
+    pd.DataFrame({"user_id": [1, None, 3]}).to_parquet(tmp_path / "null.parquet")
+    with pytest.raises(DataError, match=re.escape("column 'user_id' (int64), row 1: missing value")):
+        read_parquet(tmp_path / "null.parquet", {"user_id": "int64"})
+
+
+def test_empty_files(tmp_path):
+    (tmp_path / "e.csv").write_text("")
+    (tmp_path / "h.csv").write_text("user_id\n")
+    (tmp_path / "e.parquet").write_bytes(b"")
+    pd.DataFrame({"user_id": pd.Series([], dtype="int64")}).to_parquet(tmp_path / "h.parquet")
+    (tmp_path / "e.tfrecord").write_bytes(b"")
+    types = {"user_id": "int64"}
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'e.csv'} is empty; expected columns user_id (int64)")):
+        read_csv(tmp_path / "e.csv", types)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'h.csv'} has no data rows")):
+        read_csv(tmp_path / "h.csv", types)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'e.parquet'} is empty")):
+        read_parquet(tmp_path / "e.parquet", types)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'h.parquet'} has no rows")):
+        read_parquet(tmp_path / "h.parquet", types)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'e.tfrecord'} holds no records")):
+        read_tfrecord(tmp_path / "e.tfrecord", types)
+
+
+def test_not_a_parquet_or_tfrecord_file(tmp_path):
+    (tmp_path / "x.parquet").write_text("hello")
+    (tmp_path / "x.tfrecord").write_text("hello, this is not a record")
+    with pytest.raises(DataError, match="is not a readable Parquet file"):
+        read_parquet(tmp_path / "x.parquet", {"a": "int64"})
+    with pytest.raises(DataError, match="is not a valid TFRecord file"):
+        read_tfrecord(tmp_path / "x.tfrecord", {"a": "int64"})
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv does not exist; expected a file with columns a \(int64\)"):
+        read_csv(tmp_path / "nope.csv", {"a": "int64"})
+    with pytest.raises(FileNotFoundError, match=r"nope\.parquet does not exist"):
+        read_parquet(tmp_path / "nope.parquet", {"a": "int64"})
+    with pytest.raises(FileNotFoundError, match=r"No TFRecord file matches .*part-\*"):
+        read_tfrecord(tmp_path / "part-*", {"a": "int64"})
+
+
+def test_too_many_fields_per_line(tmp_path):
+    (tmp_path / "wide.txt").write_text("1|2|3\n")
+    with pytest.raises(DataError, match=re.escape("wide.txt has 3 fields per line, expected 2 (a, b)")):
+        read_delimited(tmp_path / "wide.txt", {"a": "int64"}, sep="|", names=["a", "b"])
+
+
+def test_ragged_line_is_named(tmp_path):
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3,4,5\n")
+    with pytest.raises(DataError, match=r"ragged\.csv: .*line 3"):
+        read_csv(tmp_path / "ragged.csv", {"a": "int64"})
+
+
+def test_unknown_column_type_and_bad_max_length(tmp_path):
+    (tmp_path / "f.csv").write_text("a\n1\n")
+    with pytest.raises(ValueError, match="Column 'a' has unknown type 'int32'"):
+        read_csv(tmp_path / "f.csv", {"a": "int32"})
+    with pytest.raises(ValueError, match=re.escape("`max_length` must be a positive int or None. Received: 0")):
+        read_csv(tmp_path / "f.csv", {"a": "int64_list"}, max_length=0)
+
+
+def test_write_tfrecord_rejects_other_dtypes(tmp_path):
+    with pytest.raises(DataError, match="Cannot write column 'x' of dtype bool"):
+        write_tfrecord({"x": np.array([True])}, tmp_path / "x.tfrecord")
+
+
+@pytest.mark.parametrize("sep", ["|", "::"])
+def test_ragged_line_in_headerless_file_is_named(tmp_path, sep):
+    (tmp_path / "ragged.txt").write_text(sep.join("12") + "\n" + sep.join("345") + "\n")
+    with pytest.raises(DataError, match=r"ragged\.txt: .*Expected 2 fields in line 2, saw 3"):
+        read_delimited(tmp_path / "ragged.txt", {"a": "int64"}, sep=sep, names=["a", "b"])
