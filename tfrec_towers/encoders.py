@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from tfrec_towers.features import (
     POOLINGS,
-    CategoricalFeature,
     Feature,
     HashedFeature,
     NumericFeature,

@@ -1,0 +1,116 @@
+"""Ablation of the retrieval science, side by side with the plain TFRS recipe, in one run.
+
+    python benchmarks/ablation.py --data-dir ../shared/data/ml-100k [--seeds 0 1 2] [--datasets movielens synthetic]
+
+For each data set (MovieLens under the leave-last-out protocol of DESIGN §4, and the embedded
+synthetic data) and each seed, trains the plain TFRS recipe and the rows below on the same towers,
+then reports HR@10/50/100 and NDCG@10/50 as mean ± std over seeds and training examples/s.
+A second table measures the throughput cost of logQ + a memory bank of M = 16384 against plain
+in-batch training on the same towers. Writes ``benchmarks/results/ablation.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
+import tensorflow as tf  # noqa: E402
+
+from benchmarks.baselines import plain_tfrs_model  # noqa: E402
+from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
+from pipelines.schemas import FEATURE_SPECS  # noqa: E402
+from pipelines.train import build_model, evaluate_model, fit_model, load_data  # noqa: E402
+from tfrec_towers.config import ExperimentConfig, LossConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
+from tfrec_towers.features import adapt  # noqa: E402
+
+PLAIN = "plain TFRS recipe"
+
+# name → overrides of the `loss` section (everything else: the default configuration's towers)
+ROWS = {
+    "in-batch softmax": [],
+    "+ logQ (counts)": ["loss.logq=counts"],
+    "+ logQ (streaming)": ["loss.logq=streaming"],
+    "+ logQ (streaming) + memory bank": ["loss.logq=streaming", "loss.memory_bank_size=2048", "loss.memory_bank_warmup_steps=200"],
+    "+ logQ (streaming) + mixed negatives": ["loss.logq=streaming", "loss.mixed_negatives=512"],
+    "+ logQ (streaming) + adaptive margin/τ": ["loss.logq=streaming", "loss.adaptive.enabled=true"],
+}
+THROUGHPUT_ROWS = {
+    "in-batch softmax": [],
+    "logQ (streaming) + memory bank M=16384": ["loss.logq=streaming", "loss.memory_bank_size=16384"],
+}
+
+
+def row_config(base: ExperimentConfig, overrides) -> ExperimentConfig:
+    """The default towers with a plain loss plus this row's changes, so each row shows only its own."""
+    return apply_overrides(dataclasses.replace(base, loss=LossConfig()), list(overrides))
+
+
+def run_row(name, config, data, spec_factory, seed, epochs=None):
+    training = dataclasses.replace(config.training, seed=seed, epochs=epochs or config.training.epochs)
+    config = dataclasses.replace(config, training=training)
+    tf.keras.utils.set_random_seed(seed)
+    if name == PLAIN:
+        model = plain_tfrs_model(data.train, data.candidate_id)
+        training = TrainingConfig(epochs=training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad", seed=seed)
+        columns = {k: data.train[k] for k in ("user_id", "history", data.candidate_id)}
+    else:
+        spec = adapt(spec_factory(config.features), data.train, data.candidates)
+        model = build_model(spec, config, data)
+        columns = {f.name: data.train[f.name] for f in spec.all_features}
+    _, seconds, rate = fit_model(model, columns, training, verbose=0)
+    metrics = evaluate_model(model, data)
+    print(f"[{data.name}] {name} seed={seed}: HR@50={metrics['HR@50']:.4f} NDCG@10={metrics['NDCG@10']:.4f} "
+          f"{rate:,.0f} ex/s", flush=True)
+    return {"name": name, "seed": seed, "loss": config_to_dict(config)["loss"], "metrics": metrics,
+            "train_seconds": seconds, "examples_per_second": rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", help="a MovieLens directory (needed for the movielens data set)")
+    parser.add_argument("--datasets", nargs="+", default=["movielens", "synthetic"], choices=["movielens", "synthetic"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--throughput-epochs", type=int, default=2)
+    parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    if "movielens" in args.datasets and not args.data_dir:
+        parser.error("--data-dir is required for the movielens data set")
+
+    default = ExperimentConfig()
+    results, tables = {}, []
+    for dataset in args.datasets:
+        base = apply_overrides(default, [f"data.dataset={dataset}"] + ([f"data.data_dir={args.data_dir}"] if dataset == "movielens" else []))
+        data = load_data(base)
+        configs = {name: row_config(base, overrides) for name, overrides in ROWS.items()}
+        configs["best combination (the default configuration)"] = base
+        rows = []
+        for seed in args.seeds:
+            rows.append(run_row(PLAIN, base, data, FEATURE_SPECS[dataset], seed))
+            rows += [run_row(name, config, data, FEATURE_SPECS[dataset], seed) for name, config in configs.items()]
+        summary = summarise(rows)
+        results[dataset] = {"name": data.name, "rows": rows, "summary": summary}
+        tables.append(f"### {data.name}\n\n" + markdown_table(summary, baseline=PLAIN))
+
+        throughput = [
+            run_row(name, row_config(base, overrides), data, FEATURE_SPECS[dataset], args.seeds[0], epochs=args.throughput_epochs)
+            for name, overrides in THROUGHPUT_ROWS.items()
+        ]
+        plain_rate = throughput[0]["examples_per_second"]
+        results[dataset]["throughput"] = throughput
+        lines = ["| loss | examples/s | ratio to in-batch |", "|---|---|---|"]
+        lines += [f"| {r['name']} | {r['examples_per_second']:,.0f} | {r['examples_per_second'] / plain_rate:.2f} |" for r in throughput]
+        tables.append(f"Throughput on {data.name} ({args.throughput_epochs} epochs, seed {args.seeds[0]}):\n\n" + "\n".join(lines) + "\n")
+
+    command = " ".join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
+    text = f"`{command}`\n\n" + "\n".join(tables)
+    write_results(Path(args.output_dir), "ablation", {"command": command, "default_config": config_to_dict(default), "datasets": results}, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

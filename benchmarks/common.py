@@ -1,0 +1,47 @@
+"""Shared pieces of the benchmark scripts: seeds, mean ± std summaries, JSON + Markdown output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+REPORTED = ("HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50")
+
+
+def summarise(rows: List[dict], reported: Sequence[str] = REPORTED) -> Dict[str, dict]:
+    """Mean and std over seeds of every reported metric and of examples/s, per configuration."""
+    summary: Dict[str, dict] = {}
+    for name in dict.fromkeys(r["name"] for r in rows):
+        runs = [r for r in rows if r["name"] == name]
+        stats = {}
+        for key in list(reported) + ["examples_per_second", "train_seconds"]:
+            values = np.array([r["metrics"][key] if key in r["metrics"] else r[key] for r in runs], float)
+            stats[key] = {"mean": float(values.mean()), "std": float(values.std())}
+        summary[name] = {"seeds": [r["seed"] for r in runs], **stats}
+    return summary
+
+
+def markdown_table(summary: Dict[str, dict], baseline: str, reported: Sequence[str] = REPORTED) -> str:
+    """One row per configuration: mean ± std of each metric, HR@50 ratio to ``baseline``, examples/s."""
+    header = ["configuration", *reported, f"HR@50 / {baseline}", "examples/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base = summary[baseline]["HR@50"]["mean"]
+    for name, stats in summary.items():
+        cells = [name] + [f"{stats[k]['mean']:.4f} ± {stats[k]['std']:.4f}" for k in reported]
+        cells.append(f"{stats['HR@50']['mean'] / base:.2f}×" if base > 0 else "n/a")
+        cells.append(f"{stats['examples_per_second']['mean']:,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(output_dir: Path, stem: str, payload: dict, table: str) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, "machine": {"platform": platform.platform(), "python": platform.python_version()},
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (output_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (output_dir / f"{stem}.md").write_text(table)
