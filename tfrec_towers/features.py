@@ -41,11 +41,12 @@ def _check_dtype(name: str, dtype: str, allowed: Sequence[str]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class CategoricalFeature:
-    """A single id or category per example, looked up in a vocabulary learnt from data.
+class _VocabularyFeature:
+    """Fields shared by the features that look values up in a vocabulary learnt from data.
 
     Values outside the vocabulary (unseen at training, or below ``min_count``) are hashed into
-    ``num_oov_buckets`` OOV rows, so an unknown id never fails a request.
+    ``num_oov_buckets`` OOV rows, so an unknown id never fails a request. Features naming the
+    same ``embedding_table`` share one vocabulary and one embedding matrix.
     """
 
     name: str
@@ -69,6 +70,11 @@ class CategoricalFeature:
 
 
 @dataclasses.dataclass(frozen=True)
+class CategoricalFeature(_VocabularyFeature):
+    """A single id or category per example, looked up in a vocabulary learnt from data."""
+
+
+@dataclasses.dataclass(frozen=True)
 class HashedFeature:
     """A high-cardinality id embedded through ``hash(value) mod num_bins`` (no vocabulary)."""
 
@@ -88,7 +94,7 @@ class HashedFeature:
 
 
 @dataclasses.dataclass(frozen=True)
-class SequenceFeature:
+class SequenceFeature(_VocabularyFeature):
     """A multi-valued feature pooled under a mask: ``pool({e(x_l) : x_l != padding})``.
 
     ``dtype="int64"``: the raw input is an ``int64 [B, L]`` matrix padded with ``padding_value``.
@@ -97,30 +103,16 @@ class SequenceFeature:
     (an all-padding row pools to zeros).
     """
 
-    name: str
-    dtype: IdDtype = "int64"
-    embedding_dim: int = 32
     pooling: Pooling = "mean"
     separator: str = "|"
     padding_value: int = 0
-    num_oov_buckets: int = 1
-    min_count: int = 1
-    max_vocabulary_size: Optional[int] = None
-    embedding_table: Optional[str] = None
-    vocabulary: Optional[Tuple[Union[int, str], ...]] = None
 
     def __post_init__(self) -> None:
-        _check_dtype(self.name, self.dtype, ("int64", "string"))
+        super().__post_init__()
         if self.pooling not in POOLINGS:
             raise ValueError(
                 f"Feature `{self.name}`: `pooling` must be one of {list(POOLINGS)}. Received: {self.pooling!r}"
             )
-        for field in ("embedding_dim", "num_oov_buckets", "min_count", "max_vocabulary_size"):
-            _check_positive(self.name, field, getattr(self, field))
-
-    @property
-    def table(self) -> str:
-        return self.embedding_table or self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +245,7 @@ def _sequence_values(feature: SequenceFeature, column: np.ndarray) -> np.ndarray
     return np.asarray(tokens, dtype=object)
 
 
-def _vocabulary(values: np.ndarray, feature: Union[CategoricalFeature, SequenceFeature]) -> Tuple:
+def _vocabulary(values: np.ndarray, feature: _VocabularyFeature) -> Tuple:
     """Values by descending count (ties by value), above ``min_count``, capped in size."""
     values = values.astype(np.int64) if feature.dtype == "int64" else values.astype(str)
     unique, counts = np.unique(values, return_counts=True)
@@ -303,7 +295,7 @@ def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
     }
 
     def adapted(feature: Feature) -> Feature:
-        if isinstance(feature, (CategoricalFeature, SequenceFeature)):
+        if isinstance(feature, _VocabularyFeature):
             return dataclasses.replace(feature, vocabulary=vocabularies[feature.table])
         if isinstance(feature, NumericFeature) and feature.mean is None:
             values = np.concatenate(pooled[feature.name]).astype(np.float64)
