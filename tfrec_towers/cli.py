@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
 
     train = commands.add_parser("train", help="train, evaluate, export and verify", epilog=TRAIN_EXAMPLE, formatter_class=fmt)
-    train.add_argument("--dataset", choices=["synthetic", "movielens"], help="data set (default: config or synthetic)")
+    train.add_argument("--dataset", choices=["synthetic", "movielens"], help="data set (default: the config's; movielens when --data-dir is given, else synthetic)")
     train.add_argument("--data-dir", help="a MovieLens release directory (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest)")
     train.add_argument("--output", required=True, help="new run directory")
     train.add_argument("--config", help="YAML or JSON experiment configuration")
@@ -74,8 +74,9 @@ def _resolve_config(args: argparse.Namespace):
 
     config = load_config(args.config) if args.config else ExperimentConfig()
     overrides: List[str] = []
-    if args.dataset:
-        overrides.append(f"data.dataset={args.dataset}")
+    dataset = args.dataset or ("movielens" if args.data_dir else None)
+    if dataset:
+        overrides.append(f"data.dataset={dataset}")
     if args.data_dir:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
     if args.epochs is not None:

@@ -212,12 +212,17 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything a run needs; saved as ``config.json`` next to its outputs."""
+    """Everything a run needs; saved as ``config.json`` next to its outputs.
+
+    The default loss is the in-batch softmax with logQ correction from the streaming frequency
+    estimator: the best combination of ``benchmarks/ablation.py`` on MovieLens (a plain
+    ``LossConfig()`` is TFRS's in-batch softmax).
+    """
 
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
+    loss: LossConfig = LossConfig(logq="streaming")
     training: TrainingConfig = TrainingConfig()
     export: ExportConfig = ExportConfig()
 
