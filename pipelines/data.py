@@ -124,7 +124,7 @@ def leave_last_out(
       The split, with candidates sorted by id and eval queries sorted by user id.
 
     Raises:
-      DataError: no interactions, an item id <= 0, an id missing from its table, a
+      DataError: no interactions, no user with two or more interactions, an item id <= 0, an id missing from its table, a
         duplicate id in a table, or a column name used by both tables.
       ValueError: ``max_history`` is not a positive int.
     """
@@ -160,6 +160,11 @@ def leave_last_out(
     is_train[last] = False
     train_rows = np.flatnonzero(is_train)
     evaluated = last[counts >= 2]
+    if len(evaluated) == 0:
+        raise DataError(
+            f"{name}: no user has two or more interactions, so there is nothing to train on "
+            f"(the last interaction of each of the {len(starts)} users is held out)."
+        )
 
     train = {
         **take_rows(users, user_rows[train_rows]),

@@ -172,6 +172,13 @@ def test_header_only_ratings_file(tmp_path):
         load_movielens(directory)
 
 
+def test_no_user_with_two_interactions_is_nothing_to_train_on(tmp_path):
+    directory = write_100k(tmp_path / "ml-100k")
+    (directory / "u.data").write_text("1\t10\t4\t100\n2\t20\t4\t101\n")
+    with pytest.raises(DataError, match="no user has two or more interactions"):
+        load_movielens(directory)
+
+
 def test_max_history_is_validated(tmp_path):
     with pytest.raises(ValueError, match="`max_history` must be a positive int. Received: 0"):
         load_movielens(write_1m(tmp_path / "ml-1m"), max_history=0)
