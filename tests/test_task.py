@@ -226,3 +226,8 @@ def test_model_fit_updates_bank_estimator_and_uses_mixed_negatives():
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert int(task.memory_bank.rows_written.numpy()) == rows * 3
     assert int(task.candidate_probability.step.numpy()) == 6 * 3
+
+    rebuilt = TwoTowerModel.from_config(model.get_config())
+    assert isinstance(rebuilt.task, RetrievalLoss)
+    assert rebuilt.task.get_config() == task.get_config()
+    assert rebuilt.mixed_negatives.get_config() == model.mixed_negatives.get_config()

@@ -92,16 +92,28 @@ class TwoTowerModel(tfrs.Model):
         )
 
     def get_config(self) -> Dict[str, Any]:
+        """Towers, candidate id, and the task and sampler when they are serialisable layers.
+
+        TFRS's ``Retrieval`` task has no config: a model built with it reloads with the default
+        :func:`in_batch_softmax_task`.
+        """
+        serialize = tf.keras.utils.serialize_keras_object
+        task_is_serialisable = not isinstance(self.task, tfrs.tasks.Retrieval)
         return {
-            "query_tower": tf.keras.utils.serialize_keras_object(self.query_tower),
-            "candidate_tower": tf.keras.utils.serialize_keras_object(self.candidate_tower),
+            "query_tower": serialize(self.query_tower),
+            "candidate_tower": serialize(self.candidate_tower),
             "candidate_id": self.candidate_id,
+            "task": serialize(self.task) if task_is_serialisable else None,
+            "mixed_negatives": serialize(self.mixed_negatives) if self.mixed_negatives is not None else None,
         }
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "TwoTowerModel":
         """Rebuilds the towers; two :class:`Tower` s get one set of tables, so sharing survives."""
         config = dict(config)
+        for key in ("task", "mixed_negatives"):
+            if config.get(key) is not None:
+                config[key] = tf.keras.utils.deserialize_keras_object(config[key])
         serialized = [config.pop("query_tower"), config.pop("candidate_tower")]
         if all(s.get("class_name", "").endswith("Tower") for s in serialized):
             query_cfg, candidate_cfg = (s["config"] for s in serialized)
