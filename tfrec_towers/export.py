@@ -7,8 +7,10 @@
 * ``candidate_embedding``: candidate features → ``embedding [B, d]``;
 
 and, under ``assets.extra/``, TF Serving's warm-up requests, ``tfrec_towers_metadata.json`` (what was
-exported and how) and ``verification_sample.json`` (raw rows with the in-memory model's outputs, so
-:func:`tfrec_towers.verify.verify_export` can check the export in a fresh process without this package).
+exported and how, and any warning such as a clamped ``k``) and ``verification_sample.json`` (raw query
+rows with the in-memory model's outputs and their exact top-k over the whole corpus, so
+:func:`tfrec_towers.verify.verify_export` can check the export, and measure its recall, in a fresh
+process without this package).
 
 The version is written into a hidden sibling directory (TF Serving ignores names that are not
 integers) and renamed into place, so a polling server never sees half a model.
@@ -17,6 +19,7 @@ integers) and renamed into place, so a polling server never sees half a model.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -28,19 +31,23 @@ import tensorflow as tf
 
 import tfrec_towers
 from tfrec_towers import warmup
-from tfrec_towers.index import IndexConfig, RetrievalIndex, build_index
+from tfrec_towers.index import IndexConfig, RetrievalIndex, build_index, check_candidate_ids, exact_top_k, recall_at_k
+
+logger = logging.getLogger(__name__)
 
 SIGNATURE_NAMES: Tuple[str, ...] = ("serving_default", "query_embedding", "candidate_embedding")
 METADATA_FILENAME = "tfrec_towers_metadata.json"
 VERIFICATION_SAMPLE_FILENAME = "verification_sample.json"
 NUM_WARMUP_ROWS = 4
 """Rows per warm-up request (the first query rows, the first catalogue rows)."""
-NUM_SAMPLE_QUERIES = 4
+NUM_SAMPLE_QUERIES = 256
+NUM_SCORED_QUERIES = 4
 NUM_SAMPLE_CANDIDATES = 8
 NUM_SAMPLE_RETRIEVED = 3
-"""The verification sample holds up to ``NUM_SAMPLE_QUERIES`` query rows, the first
-``NUM_SAMPLE_CANDIDATES`` catalogue rows and each sample query's ``NUM_SAMPLE_RETRIEVED`` best
-candidates (so retrieved scores can be checked against dot products of recorded embeddings)."""
+"""The verification sample holds up to ``NUM_SAMPLE_QUERIES`` query rows (recall, latency and
+throughput are measured on them), the first ``NUM_SAMPLE_CANDIDATES`` catalogue rows and the
+``NUM_SAMPLE_RETRIEVED`` best candidates of the first ``NUM_SCORED_QUERIES`` queries (so retrieved
+scores can be checked against dot products of recorded embeddings)."""
 
 METADATA_KEYS: Tuple[str, ...] = (
     "model_name",
@@ -55,6 +62,7 @@ METADATA_KEYS: Tuple[str, ...] = (
     "candidate_id_dtype",
     "query_input_spec",
     "candidate_input_spec",
+    "warnings",
 )
 """The entries of ``tfrec_towers_metadata.json`` written by the export; user ``metadata`` adds others."""
 
@@ -118,6 +126,28 @@ def _named_specs(argument: str, specs: Mapping[str, tf.TensorSpec]) -> Dict[str,
             )
         named[name] = tf.TensorSpec(spec.shape, spec.dtype, name=name)
     return named
+
+
+def _check_candidate_column(candidates: Mapping[str, Any], candidate_id: str, spec: tf.TensorSpec) -> None:
+    """The candidate id column has the spec's dtype (a clear message for the common mix-up), rows and no repeats."""
+    if candidate_id not in candidates:
+        return  # reported with the other missing columns by _as_features
+    ids = np.asarray(candidates[candidate_id])
+    is_string = ids.dtype.kind in "USO" and all(isinstance(v, (str, bytes)) for v in ids.flat)
+    is_integer = ids.dtype.kind in "iu"
+    if (spec.dtype == tf.int64 and not is_integer) or (spec.dtype == tf.string and not is_string):
+        convert = "ids.astype(np.int64)" if spec.dtype == tf.int64 else "ids.astype(str)"
+        other = "tf.string" if spec.dtype == tf.int64 else "tf.int64"
+        raise ValueError(
+            f"The candidate id column {candidate_id!r} has dtype {ids.dtype}, but the candidate input spec "
+            f"declares it {spec.dtype.name}: convert the ids (`{convert}`) or declare the feature {other}."
+        )
+    if ids.ndim != 1 or ids.shape[0] == 0:
+        raise ValueError(
+            f"`candidates` is empty or malformed: the candidate id column {candidate_id!r} must hold one id per "
+            f"candidate, at least one. Received shape {ids.shape}"
+        )
+    check_candidate_ids(ids)
 
 
 def _as_features(argument: str, columns: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> Features:
@@ -228,7 +258,11 @@ def _verification_sample(
     candidate_embeddings: np.ndarray,
     candidate_ids: np.ndarray,
 ) -> Dict[str, Any]:
-    """Sample rows with the in-memory model's outputs, and the exact top-k for ScaNN's recall."""
+    """Sample rows with the in-memory model's outputs, and the exact top-k over the whole corpus.
+
+    The exact neighbours are computed here, where the corpus embeddings are in memory, so that the
+    fresh-process check can measure the served recall without re-embedding the catalogue.
+    """
     query_embeddings = _check_embeddings(
         "query_model", query_model(sample_queries, training=False), _num_rows(sample_queries)
     )
@@ -238,13 +272,12 @@ def _verification_sample(
             f"`candidate_model` returns {candidate_embeddings.shape[1]}."
         )
     scores, top_ids = (t.numpy() for t in index(tf.constant(query_embeddings)))
-    exact_positions = np.argsort(-(query_embeddings @ candidate_embeddings.T), axis=1, kind="stable")[:, : index.k]
-    exact_ids = candidate_ids[exact_positions]
-    recall = float(np.mean([len(set(found) & set(exact)) / index.k for found, exact in zip(top_ids, exact_ids)]))
+    exact_ids = candidate_ids[exact_top_k(query_embeddings, candidate_embeddings, index.k)[1]]
 
-    position_of = {candidate_id: position for position, candidate_id in enumerate(candidate_ids.tolist())}
-    retrieved = [position_of[i] for i in top_ids[:, :NUM_SAMPLE_RETRIEVED].ravel().tolist() if i in position_of]
-    positions = np.array(list(dict.fromkeys(list(range(min(NUM_SAMPLE_CANDIDATES, len(candidate_ids)))) + retrieved)))
+    retrieved = top_ids[:NUM_SCORED_QUERIES, :NUM_SAMPLE_RETRIEVED].ravel()
+    retrieved_positions = np.flatnonzero(np.isin(candidate_ids, retrieved))
+    first_positions = np.arange(min(NUM_SAMPLE_CANDIDATES, len(candidate_ids)))
+    positions = np.array(list(dict.fromkeys(first_positions.tolist() + retrieved_positions.tolist())))
     return {
         "queries": _features_to_json(sample_queries),
         "query_embeddings": query_embeddings.tolist(),
@@ -252,7 +285,7 @@ def _verification_sample(
         "candidate_embeddings": candidate_embeddings[positions].tolist(),
         "top_k": {"candidate_ids": _to_json(top_ids), "scores": scores.tolist()},
         "exact_top_k_candidate_ids": _to_json(exact_ids),
-        "index_recall": recall,
+        "index_recall": recall_at_k(top_ids, exact_ids),
     }
 
 
@@ -266,7 +299,7 @@ def _target_directory(export_base: Union[str, Path], model_name: str, version: O
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"{directory} is a file; the export needs a directory there (created if missing).")
     existing = (
-        sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
+        sorted(int(p.name) for p in model_dir.iterdir() if p.name.isascii() and p.name.isdigit())
         if model_dir.is_dir()
         else []
     )
@@ -276,8 +309,9 @@ def _target_directory(export_base: Union[str, Path], model_name: str, version: O
     if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version <= 0:
         raise ValueError(f"`version` must be a positive int or None. Received: {version!r}")
     if int(version) in existing:
+        kind = "directory" if (model_dir / str(int(version))).is_dir() else "file"
         raise FileExistsError(
-            f"Version {version} of model {model_name!r} already exists in {model_dir}. "
+            f"Version {version} of model {model_name!r} already exists in {model_dir} (a {kind}). "
             f"Pass another `version`, or None for the next one ({next_version})."
         )
     return model_dir, int(version)
@@ -328,24 +362,32 @@ def export_retrieval_model(
       candidate_model: raw candidate features (``candidate_input_spec``) → ``float32 [batch, dim]``.
       query_input_spec: ``{feature: tf.TensorSpec([None, ...], dtype)}`` of the query signatures.
       candidate_input_spec: ``{feature: tf.TensorSpec}`` of ``candidate_embedding``.
-      candidates: the catalogue's raw candidate features, one row per unique id, numpy columns.
-      candidate_id: the column of ``candidates`` whose values ``serving_default`` returns.
+      candidates: the catalogue's raw candidate features, one row per unique id, numpy columns
+        (:func:`tfrec_towers.candidate_table.read_candidate_table` reads them from a DataFrame,
+        Parquet, CSV or TFRecord file).
+      candidate_id: the column of ``candidates`` whose values ``serving_default`` returns; its dtype
+        must be the candidate input spec's (int64 or string).
       export_base: the directory TF Serving's ``base_path`` points above (created if missing).
       model_name: the model's directory name (TF Serving's model name).
-      index: which index to build (:class:`~tfrec_towers.index.IndexConfig`).
+      index: which index to build (:class:`~tfrec_towers.index.IndexConfig`); a ``k`` larger than the
+        corpus is clamped to its size, with a warning logged and recorded in the metadata.
       version: the version number; ``None`` = one more than the highest existing version (1 if none).
       metadata: JSON-serialisable entries merged into ``tfrec_towers_metadata.json``.
-      warmup_queries: a few real raw query rows for the warm-up requests and the verification
-        sample; ``None`` uses zero / empty-string placeholder rows.
+      warmup_queries: real raw query rows: the first ``NUM_WARMUP_ROWS`` make the warm-up requests,
+        the first ``NUM_SAMPLE_QUERIES`` the verification sample on which the fresh-process check
+        measures recall, latency and throughput (pass a few hundred held-out queries for a
+        meaningful recall); ``None`` uses zero / empty-string placeholder rows.
       embedding_batch_size: catalogue rows per ``candidate_model`` call.
 
     Returns:
       The path of the written version directory.
 
     Raises:
-      ValueError: on inconsistent specs, columns, towers, ``metadata`` keys or ``version``.
+      ValueError: on inconsistent specs, columns, towers, ``metadata`` keys or ``version``; on an
+        empty catalogue, repeated candidate ids (naming some) or a candidate id column whose dtype
+        is not the spec's. Nothing is written then.
       NotADirectoryError: if ``export_base`` or ``<export_base>/<model_name>`` is a file.
-      FileExistsError: if ``version`` already exists.
+      FileExistsError: if ``version`` already exists (as a directory or a file).
     """
     query_spec = _named_specs("query_input_spec", query_input_spec)
     candidate_spec = _named_specs("candidate_input_spec", candidate_input_spec)
@@ -365,6 +407,7 @@ def export_retrieval_model(
     except TypeError as e:
         raise ValueError(f"`metadata` must be JSON-serialisable: {e}") from e
     model_dir, version = _target_directory(export_base, model_name, version)
+    _check_candidate_column(candidates, candidate_id, candidate_spec[candidate_id])
     catalogue = _as_features("candidates", candidates, candidate_spec)
     sample_queries = _rows(
         _as_features("warmup_queries", warmup_queries, query_spec)
@@ -376,6 +419,14 @@ def export_retrieval_model(
     candidate_embeddings = _embed_in_batches(candidate_model, candidate_spec, catalogue, embedding_batch_size)
     retrieval_index = build_index(index, candidate_embeddings, catalogue[candidate_id])
     candidate_ids = retrieval_index.candidate_ids.numpy()
+    warnings = []
+    if retrieval_index.k < index.k:
+        warnings.append(
+            f"k={index.k} exceeds the corpus size ({retrieval_index.num_candidates} candidates); "
+            f"clamped to k={retrieval_index.k}."
+        )
+    for warning in warnings:
+        logger.warning("Export %s/%s: %s", model_name, version, warning)
     sample = _verification_sample(
         query_model, retrieval_index, sample_queries, catalogue, candidate_embeddings, candidate_ids
     )
@@ -392,6 +443,7 @@ def export_retrieval_model(
         "candidate_id_dtype": retrieval_index.id_dtype.name,
         "query_input_spec": _spec_to_json(query_spec),
         "candidate_input_spec": _spec_to_json(candidate_spec),
+        "warnings": warnings,
     }
     description.update(metadata or {})
     warmup_queries_rows = _rows(sample_queries, slice(0, NUM_WARMUP_ROWS))

@@ -158,33 +158,22 @@ class IndexConfig:
         return dataclasses.asdict(self)
 
 
-def _validate_corpus(candidate_embeddings: np.ndarray, candidate_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Checks the corpus; returns ``(embeddings float32 [N, d], ids int64 or bytes-object [N])``."""
-    embeddings = np.asarray(candidate_embeddings)
-    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
-        raise ValueError(
-            "`candidate_embeddings` must be a float matrix [num_candidates, dim]. "
-            f"Received: dtype {embeddings.dtype}, shape {embeddings.shape}"
-        )
-    if embeddings.shape[0] == 0:
-        raise ValueError("`candidate_embeddings` is empty: an index needs at least one candidate.")
-    if embeddings.shape[1] == 0:
-        raise ValueError("`candidate_embeddings` has dimension 0.")
-    embeddings = embeddings.astype(np.float32)
-    bad_rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
-    if bad_rows.size:
-        raise ValueError(
-            f"`candidate_embeddings` has {bad_rows.size} rows with NaN or inf, e.g. rows {bad_rows[:5].tolist()}."
-        )
+def check_candidate_ids(candidate_ids: np.ndarray) -> np.ndarray:
+    """Checks that candidate ids are a vector of unique integers or strings.
 
+    Args:
+      candidate_ids: ``int or string [N]`` (``str`` or ``bytes`` values).
+
+    Returns:
+      The ids as ``int64 [N]`` or as a ``bytes`` object array ``[N]`` (strings UTF-8 encoded).
+
+    Raises:
+      ValueError: if the ids are not a vector, neither integers nor strings, or repeat (the
+        message names up to five repeated ids).
+    """
     ids = np.asarray(candidate_ids)
     if ids.ndim != 1:
         raise ValueError(f"`candidate_ids` must be a vector [num_candidates]. Received shape {ids.shape}")
-    if ids.shape[0] != embeddings.shape[0]:
-        raise ValueError(
-            f"`candidate_ids` has {ids.shape[0]} entries but `candidate_embeddings` has "
-            f"{embeddings.shape[0]} rows; they must match one to one."
-        )
     if np.issubdtype(ids.dtype, np.integer):
         ids = ids.astype(np.int64)
     elif ids.dtype.kind in "USO" and all(isinstance(i, (str, bytes, np.str_, np.bytes_)) for i in ids):
@@ -197,7 +186,97 @@ def _validate_corpus(candidate_embeddings: np.ndarray, candidate_ids: np.ndarray
         raise ValueError(
             f"`candidate_ids` must be unique; {duplicates.size} ids repeat, e.g. {duplicates[:5].tolist()}."
         )
-    return embeddings, ids
+    return ids
+
+
+def _validate_corpus(candidate_embeddings: np.ndarray, candidate_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Checks the corpus; returns ``(embeddings float32 [N, d], ids int64 or bytes-object [N])``."""
+    embeddings = np.asarray(candidate_embeddings)
+    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
+        raise ValueError(
+            "`candidate_embeddings` must be a float matrix [num_candidates, dim]. "
+            f"Received: dtype {embeddings.dtype}, shape {embeddings.shape}"
+        )
+    if embeddings.shape[0] == 0:
+        raise ValueError("`candidate_embeddings` is empty: an index needs at least one candidate.")
+    if embeddings.shape[1] == 0:
+        raise ValueError("`candidate_embeddings` has dimension 0.")
+    embeddings = embeddings.astype(np.float32, copy=False)
+    bad_rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(
+            f"`candidate_embeddings` has {bad_rows.size} rows with NaN or inf, e.g. rows {bad_rows[:5].tolist()}."
+        )
+    ids = np.asarray(candidate_ids)
+    if ids.ndim == 1 and ids.shape[0] != embeddings.shape[0]:
+        raise ValueError(
+            f"`candidate_ids` has {ids.shape[0]} entries but `candidate_embeddings` has "
+            f"{embeddings.shape[0]} rows; they must match one to one."
+        )
+    return embeddings, check_candidate_ids(ids)
+
+
+def exact_top_k(
+    query_embeddings: np.ndarray, candidate_embeddings: np.ndarray, k: int, chunk_size: int = 64
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by dot product in numpy, ``chunk_size`` queries at a time (the reference for recall).
+
+    ``scores = Q · Cᵀ``; ties are broken by the lower candidate row, as ``tf.math.top_k`` does.
+
+    Args:
+      query_embeddings: ``float [num_queries, dim]``.
+      candidate_embeddings: ``float [N, dim]``.
+      k: neighbours per query, ``1 <= k <= N``.
+      chunk_size: queries scored per matmul (bounds memory to ``chunk_size · N`` floats).
+
+    Returns:
+      ``(scores float32 [num_queries, k], rows int64 [num_queries, k])``, best first.
+
+    Raises:
+      ValueError: on mismatched dimensions or ``k`` outside ``[1, N]``.
+    """
+    queries = np.asarray(query_embeddings, np.float32)
+    candidates = np.asarray(candidate_embeddings, np.float32)
+    if queries.ndim != 2 or candidates.ndim != 2 or queries.shape[1] != candidates.shape[1]:
+        raise ValueError(
+            f"Query embeddings {queries.shape} and candidate embeddings {candidates.shape} must be "
+            "matrices of the same dimension."
+        )
+    _check_positive_int("k", k)
+    if k > candidates.shape[0]:
+        raise ValueError(f"`k` must not exceed the number of candidates ({candidates.shape[0]}). Received: {k}")
+    all_scores, all_rows = [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        scores = queries[start : start + chunk_size] @ candidates.T
+        if k < scores.shape[1]:
+            pool = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            # Widen the pool to every candidate tied with the k-th score, so ties resolve by row.
+            kth = np.take_along_axis(scores, pool, axis=1).min(axis=1, keepdims=True)
+            rows = [np.flatnonzero(row >= bound) for row, bound in zip(scores, kth)]
+        else:
+            rows = [np.arange(scores.shape[1]) for _ in scores]
+        for row_scores, candidate_rows in zip(scores, rows):
+            order = np.lexsort((candidate_rows, -row_scores[candidate_rows]))[:k]
+            all_rows.append(candidate_rows[order])
+            all_scores.append(row_scores[candidate_rows[order]])
+    if not all_rows:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.stack(all_scores).astype(np.float32), np.stack(all_rows).astype(np.int64)
+
+
+def recall_at_k(found_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean over queries of ``|found ∩ exact| / k``: recall@k of an approximate top-k.
+
+    Args:
+      found_ids: ``[num_queries, k]`` ids returned by an index (padding ids never match).
+      exact_ids: ``[num_queries, k]`` ids of the exact top-k.
+
+    Returns:
+      The recall in ``[0, 1]``.
+    """
+    found_ids, exact_ids = np.asarray(found_ids), np.asarray(exact_ids)
+    hits = [len(set(found) & set(exact)) for found, exact in zip(found_ids.tolist(), exact_ids.tolist())]
+    return float(np.sum(hits) / exact_ids.size) if exact_ids.size else 0.0
 
 
 class RetrievalIndex(tf.Module):
@@ -301,8 +380,39 @@ class ScannIndex(RetrievalIndex):
         self._trace()
 
     def _search(self, query_embeddings: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        return self.search(query_embeddings)
+
+    def search(
+        self,
+        query_embeddings: tf.Tensor,
+        num_leaves_to_search: Optional[int] = None,
+        num_reordering_candidates: Optional[int] = None,
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Top-k with the built searcher, optionally overriding its search-time parameters.
+
+        Overriding the leaves searched and the re-ordering pool needs no rebuild: the tree and the
+        quantiser do not depend on them, which is how :func:`tfrec_towers.tuning.tune_index`
+        sweeps them. Served requests use the config's values (``__call__``).
+
+        Args:
+          query_embeddings: ``float32 [batch, dim]``.
+          num_leaves_to_search: leaves scored per query (default ``config.num_leaves_to_search``).
+          num_reordering_candidates: candidates re-scored exactly (default ``reordering_multiplier · k``,
+            at most N).
+
+        Returns:
+          ``(scores float32 [batch, k], candidate_ids [batch, k])``, best first; slots ScaNN
+          could not fill hold :data:`PADDING_SCORE` and the padding id.
+        """
+        leaves = num_leaves_to_search or self.config.num_leaves_to_search
+        reordering = num_reordering_candidates or self.config.num_reordering_candidates
         searcher = _scann_ops().searcher_from_module(self.searcher_state)
-        result = searcher.search_batched_parallel(query_embeddings, final_num_neighbors=self.k)
+        result = searcher.search_batched_parallel(
+            query_embeddings,
+            final_num_neighbors=self.k,
+            pre_reorder_num_neighbors=min(self.num_candidates, reordering),
+            leaves_to_search=leaves,
+        )
         # ScaNN returns only the candidates it found (NaN distance, index 0 for empty slots).
         found = tf.math.logical_not(tf.math.is_nan(result.distances))
         padding_id = tf.constant(self.padding_id, self.id_dtype)

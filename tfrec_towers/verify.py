@@ -3,8 +3,9 @@
 :func:`verify_export` runs ``verify_worker.py`` by file path in a new interpreter that imports only
 TensorFlow, NumPy and the standard library (and ``scann`` for a ScaNN index). The worker loads the
 SavedModel, checks the three signatures, replays the verification sample recorded at export and
-compares with the in-memory model's outputs, sends unknown ids and strings, and replays the warm-up
-requests. ``tfrec-towers verify EXPORT_PATH`` is a thin shell over this function.
+compares with the in-memory model's outputs, measures recall@k against the exact top-k recorded at
+export, single-query latency and batched throughput, sends unknown ids and strings, and replays the
+warm-up requests. ``tfrec-towers verify EXPORT_PATH`` is a thin shell over this function.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class ExportVerificationError(RuntimeError):
 
 def _worker_failure(export_path: Path, detail: str) -> Dict[str, Any]:
     check = {"name": "verification worker", "ok": False, "detail": detail}
-    return {"ok": False, "export_path": str(export_path), "checks": [check]}
+    return {"ok": False, "export_path": str(export_path), "checks": [check], "metrics": {}}
 
 
 def verify_export(
@@ -52,7 +53,12 @@ def verify_export(
       raise_on_failure: raise :class:`ExportVerificationError` instead of returning a failed report.
 
     Returns:
-      The worker's report: ``{"ok": bool, "export_path": str, "checks": [{"name", "ok", "detail"}]}``.
+      The worker's report: ``{"ok": bool, "export_path": str, "checks": [{"name", "ok", "detail"}],
+      "metrics": {...}}``. ``metrics`` (empty if the worker could not run the sample) holds
+      ``recall_at_k`` of ``serving_default`` on the sample queries against the exact top-k recorded
+      at export (with ``k`` and ``num_recall_queries``), ``latency_ms`` (``p50``, ``p99`` and
+      ``num_requests`` of single-row requests) and ``batched_qps`` (with ``qps_batch_size``).
+      Timings are of the loaded SavedModel in this process, not of a TF Serving server.
 
     Raises:
       FileNotFoundError: if ``export_path`` is not a directory.

@@ -5,9 +5,15 @@ the standard library (plus ``scann`` when the export's index is ScaNN) and never
 so it sees the export exactly as a serving process would. It loads the SavedModel, checks the
 three signatures (DESIGN §5) against ``assets.extra/tfrec_towers_metadata.json``, replays the rows of
 ``assets.extra/verification_sample.json`` and compares with the in-memory model's recorded outputs,
-sends unknown ids and strings to every signature, and replays the TF Serving warm-up requests.
+measures ``serving_default``'s recall@k against the exact top-k recorded at export, its single-query
+latency and its batched throughput, sends unknown ids and strings to every signature, and replays
+the TF Serving warm-up requests.
 
-The report is JSON: ``{"ok": bool, "export_path": str, "checks": [{"name", "ok", "detail"}]}``.
+The report is JSON: ``{"ok": bool, "export_path": str, "checks": [{"name", "ok", "detail"}],
+"metrics": {...}}`` with the metrics of :func:`measure_serving` and ``recall_at_k``.
+
+:func:`measure_batched_qps` and :func:`measure_latency_ms` are the package's one implementation of
+these timings (``tfrec_towers.tuning`` and the benchmarks import them from here).
 """
 
 import os
@@ -21,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -42,7 +49,14 @@ EMBEDDING_RTOL = 1e-5
 SCORE_ATOL = 1e-4
 SCORE_RTOL = 1e-4
 RECALL_SLACK = 0.05
-"""A ScaNN export passes if its recall on the sample is within RECALL_SLACK of the in-memory index's."""
+"""An export passes if its recall on the sample is within RECALL_SLACK of the in-memory index's."""
+NUM_LATENCY_REQUESTS = 200
+"""Single-row ``serving_default`` requests timed for the p50/p99 latency (after one untimed request)."""
+QPS_BATCH_SIZE = 256
+QPS_MIN_PASSES = 3
+QPS_MIN_SECONDS = 1.0
+"""Batched throughput: passes over the sample in batches of ``QPS_BATCH_SIZE`` rows, at least
+``QPS_MIN_PASSES`` and until ``QPS_MIN_SECONDS`` have elapsed; the fastest pass counts."""
 UNKNOWN_INT = 2**62 + 12345
 UNKNOWN_STRING = "tfrec-towers-unknown-value"
 
@@ -53,6 +67,7 @@ class Report:
     def __init__(self, export_path):
         self.export_path = export_path
         self.checks = []
+        self.metrics = {}
 
     def add(self, name, ok, detail=""):
         self.checks.append({"name": name, "ok": bool(ok), "detail": str(detail)})
@@ -73,6 +88,7 @@ class Report:
             "ok": bool(self.checks) and all(c["ok"] for c in self.checks),
             "export_path": self.export_path,
             "checks": self.checks,
+            "metrics": self.metrics,
         }
 
 
@@ -114,6 +130,72 @@ def unknown_features(specs, num_rows=2):
         else:
             features[name] = tf.fill(shape, tf.constant(1e6, dtype))
     return features
+
+
+def measure_batched_qps(run, batches, min_passes=QPS_MIN_PASSES, min_seconds=QPS_MIN_SECONDS):
+    """Rows per second of ``run`` over ``batches``, from the fastest full pass.
+
+    Args:
+      run: called as ``run(batch)``; must return when the work is done (eager TensorFlow, numpy).
+      batches: ``[(batch, num_rows)]``; one untimed call on the first batch warms up.
+      min_passes: timed passes over all batches, at least.
+      min_seconds: keep making passes until this much time has been spent.
+
+    Returns:
+      ``sum(num_rows) / fastest pass seconds``.
+    """
+    run(batches[0][0])
+    rows = sum(num_rows for _, num_rows in batches)
+    passes, spent = [], 0.0
+    while len(passes) < min_passes or spent < min_seconds:
+        start = time.perf_counter()
+        for batch, _ in batches:
+            run(batch)
+        passes.append(time.perf_counter() - start)
+        spent += passes[-1]
+    return rows / max(min(passes), 1e-9)
+
+
+def measure_latency_ms(run, requests, num_requests=NUM_LATENCY_REQUESTS):
+    """p50 and p99 milliseconds of ``run(request)``, cycling through ``requests``.
+
+    Args:
+      run: called as ``run(request)``; one untimed call on the first request warms up.
+      requests: the requests to cycle through (e.g. single rows).
+      num_requests: timed calls.
+
+    Returns:
+      ``{"p50": ms, "p99": ms, "num_requests": num_requests}``.
+    """
+    run(requests[0])
+    seconds = []
+    for i in range(num_requests):
+        start = time.perf_counter()
+        run(requests[i % len(requests)])
+        seconds.append(time.perf_counter() - start)
+    p50, p99 = np.percentile(np.array(seconds) * 1000.0, [50, 99])
+    return {"p50": float(p50), "p99": float(p99), "num_requests": num_requests}
+
+
+def take(features, rows):
+    """Rows ``rows`` (a numpy index) of every feature tensor."""
+    return {name: tf.gather(values, rows) for name, values in features.items()}
+
+
+def measure_serving(report, signature, features, num_rows):
+    """Single-row latency and batched throughput of ``serving_default`` on the sample rows."""
+    with report.check("serving_default latency and throughput measured") as result:
+        run = lambda request: signature(**request)  # noqa: E731
+        singles = [take(features, [row]) for row in range(num_rows)]
+        latency = measure_latency_ms(run, singles)
+        batch = take(features, np.arange(QPS_BATCH_SIZE) % num_rows)
+        qps = measure_batched_qps(run, [(batch, QPS_BATCH_SIZE)])
+        report.metrics.update(latency_ms=latency, batched_qps=qps, qps_batch_size=QPS_BATCH_SIZE)
+        result.update(
+            ok=latency["p50"] > 0 and qps > 0,
+            detail=f"single-row p50 {latency['p50']:.3f} ms, p99 {latency['p99']:.3f} ms; "
+            f"{qps:,.0f} queries/s in batches of {QPS_BATCH_SIZE}",
+        )
 
 
 def check_signature_contract(report, signature_name, signature, metadata):
@@ -163,7 +245,8 @@ def check_embeddings(report, name, signature, features, recorded):
 
 
 def check_retrieval(report, signature, features, sample, metadata):
-    """Shapes, ids (exact) or recall (ScaNN), descending scores, scores = q · c on sample candidates."""
+    """Shapes, recall against the recorded exact top-k, the recorded ids (brute force), descending
+    scores, scores = q · c on sample candidates."""
     k = metadata["k"]
     outputs = signature(**features)
     ids = to_numpy(outputs["candidate_ids"])
@@ -177,16 +260,18 @@ def check_retrieval(report, signature, features, sample, metadata):
     if ids.shape != (num_queries, k) or scores.shape != (num_queries, k):
         return
     recorded_ids = np.array(sample["top_k"]["candidate_ids"], dtype=ids.dtype)
-    if metadata["index"]["kind"] == "scann":
-        exact = sample["exact_top_k_candidate_ids"]
-        recall = float(np.mean([len(set(row.tolist()) & set(truth)) / k for row, truth in zip(ids, exact)]))
-        floor = sample["index_recall"] - RECALL_SLACK
-        report.add(
-            "serving_default recall against exact top-k",
-            recall >= floor,
-            f"recall@{k} = {recall:.3f}; in-memory index {sample['index_recall']:.3f}; required >= {floor:.3f}",
-        )
-    else:
+    exact = sample["exact_top_k_candidate_ids"]
+    hits = sum(len(set(row.tolist()) & set(truth)) for row, truth in zip(ids, exact))
+    recall = hits / (num_queries * k)
+    floor = sample["index_recall"] - RECALL_SLACK
+    report.metrics.update(k=k, recall_at_k=recall, num_recall_queries=num_queries)
+    report.add(
+        "serving_default recall against exact top-k",
+        recall >= floor,
+        f"recall@{k} = {recall:.3f} over {num_queries} queries; in-memory index {sample['index_recall']:.3f}; "
+        f"required >= {floor:.3f}",
+    )
+    if metadata["index"]["kind"] == "brute-force":
         recorded_scores = np.array(sample["top_k"]["scores"], np.float32)
         same_ids = np.array_equal(ids, recorded_ids)
         report.add(
@@ -333,6 +418,7 @@ def verify(export_path):
     if "serving_default" in signatures:
         with report.check("serving_default runs on the sample") as result:
             check_retrieval(report, signatures["serving_default"], queries, sample, metadata)
+        measure_serving(report, signatures["serving_default"], queries, len(sample["query_embeddings"]))
     check_unknown_values(report, signatures, metadata)
     check_warmup(report, export_path, signatures, metadata)
     report.add(
