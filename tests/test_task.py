@@ -231,3 +231,90 @@ def test_model_fit_updates_bank_estimator_and_uses_mixed_negatives():
     assert isinstance(rebuilt.task, RetrievalLoss)
     assert rebuilt.task.get_config() == task.get_config()
     assert rebuilt.mixed_negatives.get_config() == model.mixed_negatives.get_config()
+
+
+def _numeric_gradient(loss, x, eps=1e-6):
+    """Central differences of a float64 numpy loss with respect to every entry of ``x``."""
+    gradient = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        step = np.zeros_like(x)
+        step[index] = eps
+        gradient[index] = (loss(x + step) - loss(x - step)) / (2 * eps)
+    return gradient
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_gradients_with_bank_logq_and_mixed_negatives_match_finite_differences(learnable):
+    rng = np.random.default_rng(6)
+    q, v, extra, first_v = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3), _unit(rng, 3)
+    ids, extra_ids, first_ids = np.array([1, 2, 2, 3]), np.array([3, 5, 6]), np.array([2, 4, 5])
+    training_ids = np.array([1, 2, 2, 3, 3, 3, 4, 5, 6, 6])
+    config = LossConfig(logq="counts", memory_bank_size=5, mixed_negatives=3, learnable_temperature=learnable)
+    task = build_retrieval_task(config, 0.5, 4, "int64", training_ids=training_ids, corpus_size=10)
+    counts = {1: 1, 2: 2, 3: 3, 4: 1, 5: 1, 6: 2}
+
+    def p(x):
+        return np.array([counts[int(i)] / 10 for i in x])
+
+    def negatives(e):
+        return NegativeSet(tf.constant(e), tf.constant(extra_ids), tf.zeros([3]), tf.ones([3], tf.bool))
+
+    task(tf.constant(_unit(rng, 3)), tf.constant(first_v), tf.constant(first_ids), extra_negatives=negatives(extra), training=True)
+    tensors = [tf.constant(x) for x in (q, v, extra)]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        loss = task(tensors[0], tensors[1], tf.constant(ids), extra_negatives=negatives(tensors[2]), training=True)
+    variables = [task.temperature.log_temperature] if learnable else []
+    got = tape.gradient(loss, tensors + variables)
+
+    # bank: 3 of 5 slots written by the first call (log_q as stored then: the same counts)
+    def numpy_loss(q, v, extra, tau=0.5):
+        sources = [(first_v.astype(np.float64), first_ids, np.ones(3, bool), p(first_ids)), (extra, extra_ids, np.ones(3, bool), p(extra_ids))]
+        return _numpy_loss(q, v, ids, tau, negatives=sources, log_p=p, bank_valid_slots=3, mixed=3, corpus=10)
+
+    q64, v64, e64 = (x.astype(np.float64) for x in (q, v, extra))
+    np.testing.assert_allclose(got[0].numpy(), _numeric_gradient(lambda x: numpy_loss(x, v64, e64), q64), atol=2e-4)
+    np.testing.assert_allclose(got[1].numpy(), _numeric_gradient(lambda x: numpy_loss(q64, x, e64), v64), atol=2e-4)
+    np.testing.assert_allclose(got[2].numpy(), _numeric_gradient(lambda x: numpy_loss(q64, v64, x), e64), atol=2e-4)
+    if learnable:
+        log_tau = np.array([np.log(0.5)])
+        expected = _numeric_gradient(lambda x: numpy_loss(q64, v64, e64, tau=np.exp(x[0])), log_tau)
+        assert got[3].numpy() == pytest.approx(expected[0], abs=2e-4)
+
+
+def test_adaptive_gradients_with_memory_bank_match_finite_differences():
+    rng = np.random.default_rng(7)
+    q, v, bank_v = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3)
+    ids, bank_ids = np.array([1, 2, 3, 2]), np.array([3, 7, 8])
+    alpha, d0, t0, w = 0.5, 0.01, 1 / 30, 0.05
+    task = build_retrieval_task(LossConfig(memory_bank_size=4, adaptive=AdaptiveConfig(enabled=True)), 0.05, 4, "int64")
+    task(tf.constant(_unit(rng, 3)), tf.constant(bank_v), tf.constant(bank_ids), training=True)
+    tensors = [tf.constant(q), tf.constant(v)]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        loss = task(tensors[0], tensors[1], tf.constant(ids), training=True)
+    got = tape.gradient(loss, tensors)
+
+    def anchored(anchor, positive, negatives, hardness, mask):
+        """ℓ_i = log(1 + Σ_j exp((a_i·n_j − a_i·p_i + δ_ij) / τ_ij)), hardness held fixed (stop-gradient)."""
+        losses = []
+        for i in range(len(anchor)):
+            c = np.clip((hardness[i] + 1) / 2, 0, 1)
+            delta, tau = d0 * (1 - alpha * c), np.maximum(t0 * (1 - alpha * c), 1e-3)
+            terms = ((negatives @ anchor[i] - anchor[i] @ positive[i] + delta) / tau)[mask[i]]
+            losses.append(np.logaddexp.reduce(np.concatenate([[0.0], terms])))
+        return np.mean(losses)
+
+    q64, v64, b64 = (x.astype(np.float64) for x in (q, v, bank_v))
+    query_mask = np.concatenate([ids[:, None] != ids[None, :], ids[:, None] != bank_ids[None, :]], axis=1)
+    query_hardness = v64 @ np.concatenate([v64, b64]).T
+    item_hardness = q64 @ q64.T
+
+    def numpy_loss(q, v):
+        query_term = anchored(q, v, np.concatenate([v, b64]), query_hardness, query_mask)
+        item_term = anchored(v, q, q, item_hardness, ids[:, None] != ids[None, :])
+        return (1 - w) * query_term + w * item_term
+
+    assert loss.numpy() == pytest.approx(numpy_loss(q64, v64), rel=1e-4)
+    np.testing.assert_allclose(got[0].numpy(), _numeric_gradient(lambda x: numpy_loss(x, v64), q64), atol=2e-3)
+    np.testing.assert_allclose(got[1].numpy(), _numeric_gradient(lambda x: numpy_loss(q64, x), v64), atol=2e-3)

@@ -32,10 +32,32 @@ MASKED_LOGIT = float(np.finfo(np.float32).min / 100.0)
 def _softmax_row_losses(
     positive_logits: tf.Tensor, negative_logits: tf.Tensor, negative_mask: tf.Tensor
 ) -> tf.Tensor:
-    """``ℓ_i = logsumexp([z_i, z_ij for valid j]) − z_i``, ``[batch]``."""
-    masked = tf.where(negative_mask, negative_logits, MASKED_LOGIT)
-    all_logits = tf.concat([positive_logits[:, tf.newaxis], masked], axis=1)
-    return tf.reduce_logsumexp(all_logits, axis=1) - positive_logits
+    """``ℓ_i = logsumexp([z_i, z_ij for valid j]) − z_i``, ``[batch]``.
+
+    Computed as ``m_i + log(e^{z_i − m_i} + Σ_{j valid} e^{z_ij − m_i}) − z_i`` with
+    ``m_i = max(z_i, max_{j valid} z_ij)``, without a ``[batch, 1 + num_negatives]`` copy. The
+    gradient is the softmax itself, ``∂ℓ_i/∂z_ij = e^{z_ij − m_i} / Σ_i`` (0 for masked slots)
+    and ``∂ℓ_i/∂z_i = e^{z_i − m_i} / Σ_i − 1``, formed from the forward pass's exponentials in
+    one ``[batch, num_negatives]`` product instead of differentiating each step of the
+    log-sum-exp. Masked slots enter neither the value nor the gradient.
+    """
+    negative_mask = tf.cast(negative_mask, tf.bool)
+
+    @tf.custom_gradient
+    def row_losses(positive: tf.Tensor, negative: tf.Tensor):
+        masked = tf.where(negative_mask, negative, MASKED_LOGIT)
+        shift = tf.maximum(tf.reduce_max(masked, axis=1), positive)
+        negative_exp = tf.exp(masked - shift[:, tf.newaxis])
+        positive_exp = tf.exp(positive - shift)
+        total = positive_exp + tf.reduce_sum(negative_exp, axis=1)
+
+        def gradient(upstream: tf.Tensor):
+            scale = upstream / total
+            return scale * positive_exp - upstream, negative_exp * scale[:, tf.newaxis]
+
+        return shift + tf.math.log(total) - positive, gradient
+
+    return row_losses(positive_logits, negative_logits)
 
 
 def _mean_over_valid(values: tf.Tensor, negative_mask: tf.Tensor) -> tf.Tensor:
@@ -55,8 +77,12 @@ class ModeLoss(tf.keras.layers.Layer):
     """Base of the mode losses: casts to float32, takes the weighted mean of row losses.
 
     Subclasses implement ``_row_losses(positive_logits [batch], negative_logits
-    [batch, num_negatives], negative_mask [batch, num_negatives]) -> [batch]``.
+    [batch, num_negatives], negative_mask [batch, num_negatives]) -> [batch]``. Unless a
+    subclass sets ``reads_masked_slots = False`` (its ``_row_losses`` selects a constant in
+    masked slots and gives them an exact zero gradient), ``call`` first zeroes masked slots.
     """
+
+    reads_masked_slots = True
 
     def _row_losses(
         self,
@@ -85,9 +111,11 @@ class ModeLoss(tf.keras.layers.Layer):
           Scalar float32: ``Σ_i w_i·ℓ_i / Σ_i w_i``.
         """
         negative_mask = tf.cast(negative_mask, tf.bool)
-        # Masked slots may hold anything (inf, NaN in an empty memory-bank slot): they are
-        # zeroed before any arithmetic so neither the loss nor its gradient sees them.
-        negative_logits = tf.where(negative_mask, tf.cast(negative_logits, tf.float32), 0.0)
+        negative_logits = tf.cast(negative_logits, tf.float32)
+        if self.reads_masked_slots:
+            # Masked slots may hold anything (inf, NaN in an empty memory-bank slot): they are
+            # zeroed before any arithmetic so neither the loss nor its gradient sees them.
+            negative_logits = tf.where(negative_mask, negative_logits, 0.0)
         row_losses = self._row_losses(
             tf.cast(positive_logits, tf.float32), negative_logits, negative_mask
         )
@@ -107,6 +135,8 @@ class SampledSoftmaxLoss(ModeLoss):
     Corrected Neural Modeling for Large Corpus Item Recommendations", with logQ-corrected
     logits).
     """
+
+    reads_masked_slots = False
 
     def _row_losses(self, positive_logits, negative_logits, negative_mask):
         return _softmax_row_losses(positive_logits, negative_logits, negative_mask)
@@ -252,6 +282,8 @@ class SymmetricSoftmaxLoss(ModeLoss):
     For adaptive-margin logits use ``adaptive.item_anchored_similarities`` instead: those
     logits are anchored on the query of their row.
     """
+
+    reads_masked_slots = False
 
     def __init__(self, candidate_to_query_weight: float = 0.5, **kwargs: Any) -> None:
         """Initializes the loss.

@@ -22,6 +22,11 @@ For a batch of B (query, positive candidate) pairs with embeddings q_i, v_i and 
    L = (1 − w) · L_query + w · L_item;
 5. in training, the frequency estimator sees the batch's ids and the bank enqueues the batch's
    candidate embeddings (after they were read, without gradient).
+
+Cost: with a bank of M slots the step is dominated by ``[B, B + M]`` work, so the similarities
+are one matmul whose gradient skips the bank's stored rows (they are constants), a fixed
+temperature scales the ``[B, d]`` queries instead of the ``[B, B + M]`` similarities, and the
+softmax mode differentiates its log-sum-exp in one pass (``modes._softmax_row_losses``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,32 @@ from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
 from tfrec_towers.losses.modes import ModeLoss, SampledSoftmaxLoss, SymmetricSoftmaxLoss
 from tfrec_towers.losses.negatives import NegativeSet, concat_negative_sets
 from tfrec_towers.losses.temperature import Temperature
+
+
+def _similarities(anchors: tf.Tensor, negatives: tf.Tensor, trainable_rows: tf.Tensor) -> tf.Tensor:
+    """``⟨a_i, n_j⟩``, ``[B, N]``, where only the first ``trainable_rows`` negatives take gradient.
+
+    Args:
+      anchors: ``[B, d]``.
+      negatives: ``[N, d]``; rows from ``trainable_rows`` on are stored (memory-bank) embeddings.
+      trainable_rows: ``T``, int32 scalar.
+
+    Returns:
+      ``anchors @ negativesᵀ``. Its gradient is ``∂/∂anchors = G · negatives`` and
+      ``∂/∂negatives = [Gᵀ_{:, :T} · anchors; 0]``: the ``[N − T, d]`` product for the stored rows,
+      as costly as the forward matmul, is never formed (it would be discarded anyway).
+    """
+
+    @tf.custom_gradient
+    def similarities(anchors: tf.Tensor, negatives: tf.Tensor):
+        def gradient(upstream: tf.Tensor):
+            trainable = tf.matmul(upstream[:, :trainable_rows], anchors, transpose_a=True)
+            stored = tf.zeros(tf.stack([tf.shape(negatives)[0] - trainable_rows, tf.shape(negatives)[1]]), negatives.dtype)
+            return tf.matmul(upstream, negatives), tf.concat([trainable, stored], axis=0)
+
+        return tf.matmul(anchors, negatives, transpose_b=True), gradient
+
+    return similarities(anchors, negatives)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -113,12 +144,17 @@ class RetrievalLoss(tf.keras.layers.Layer):
             expected = expected + self.num_mixed_negatives / self.corpus_size
         return tf.math.log(expected)
 
-    def _logits(self, anchors, positives, negatives, positive_negative_similarity):
-        positive_similarity = tf.reduce_sum(anchors * positives, axis=1)
-        negative_similarity = tf.matmul(anchors, negatives, transpose_b=True)
+    def _logits(self, anchors, positives, negatives, trainable_rows):
+        """``(positive_logits [B], negative_logits [B, N])`` before the logQ correction."""
         if self.adaptive is not None:
-            return self.adaptive(positive_similarity, negative_similarity, positive_negative_similarity)
-        return self.temperature(positive_similarity), self.temperature(negative_similarity)
+            return self.adaptive(
+                tf.reduce_sum(anchors * positives, axis=1),
+                _similarities(anchors, negatives, trainable_rows),
+                _similarities(positives, negatives, trainable_rows),
+            )
+        # ⟨q, v⟩ / τ = ⟨q / τ, v⟩: the temperature scales [B, d] instead of [B, N].
+        scaled = self.temperature(anchors)
+        return tf.reduce_sum(scaled * positives, axis=1), _similarities(scaled, negatives, trainable_rows)
 
     def call(
         self,
@@ -140,29 +176,28 @@ class RetrievalLoss(tf.keras.layers.Layer):
             if self.candidate_probability is not None
             else tf.zeros([batch_size], tf.float32)
         )
+        # Sources that take gradient first, the bank's stored rows last.
         sources = [NegativeSet(candidate_embeddings, candidate_ids, batch_log_p, tf.ones([batch_size], tf.bool))]
-        bank_slots = tf.constant(0, tf.int64)
-        if self.memory_bank is not None:
-            bank = self.memory_bank.read()
-            sources.append(bank)
-            bank_slots = tf.reduce_sum(tf.cast(bank.valid, tf.int64))
         if extra_negatives is not None:
             if self.candidate_probability is not None:
                 extra_negatives = extra_negatives._replace(
                     log_q=self._per_example_log_p(extra_negatives.ids, batch_size)
                 )
             sources.append(extra_negatives)
+        trainable_rows = tf.add_n([tf.shape(source.ids)[0] for source in sources])
+        bank_slots = tf.constant(0, tf.int64)
+        if self.memory_bank is not None:
+            bank = self.memory_bank.read()
+            sources.append(bank)
+            bank_slots = tf.reduce_sum(tf.cast(bank.valid, tf.int64))
         negatives = concat_negative_sets(sources)
 
         mask = tf.logical_and(
             negatives.valid[tf.newaxis, :],
             tf.not_equal(candidate_ids[:, tf.newaxis], negatives.ids[tf.newaxis, :]),
         )
-        positive_negative_similarity = (
-            tf.matmul(candidate_embeddings, negatives.embeddings, transpose_b=True) if self.adaptive is not None else None
-        )
         positive_logits, negative_logits = self._logits(
-            query_embeddings, candidate_embeddings, negatives.embeddings, positive_negative_similarity
+            query_embeddings, candidate_embeddings, negatives.embeddings, trainable_rows
         )
         if self.candidate_probability is not None:
             negative_logits = self.logq(negative_logits, self._log_expected_count(negatives.log_q, batch_size, bank_slots))
