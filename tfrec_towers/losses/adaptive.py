@@ -31,7 +31,7 @@ the inputs of :func:`item_anchored_similarities`; the total loss is
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
@@ -56,32 +56,37 @@ class AnchoredSimilarities(NamedTuple):
 
 
 def item_anchored_similarities(
-    query_embeddings: tf.Tensor, candidate_embeddings: tf.Tensor
+    query_embeddings: tf.Tensor,
+    candidate_embeddings: tf.Tensor,
+    all_query_embeddings: Optional[tf.Tensor] = None,
+    row_offset: Optional[tf.Tensor] = None,
 ) -> AnchoredSimilarities:
     """Similarities of the item-anchored term: anchor ``v_i``, positive ``q_i``, negatives ``q_j``.
 
     ``positive_similarity[i] = s(v_i, q_i)``, ``negative_similarity[i, j] = s(v_i, q_j)``,
     ``positive_negative_similarity[i, j] = s(q_i, q_j)``; ``negative_mask`` excludes
-    ``j = i``. AND it with a mask of duplicate queries when the batch may hold the
-    same query twice. The stop-gradient of ``s(q_i, q_j)`` is taken by the layer.
+    ``j = i`` (``j = row_offset + i`` among gathered queries). AND it with a mask of duplicate
+    queries when the batch may hold the same query twice. The stop-gradient of ``s(q_i, q_j)``
+    is taken by the layer.
 
     Args:
       query_embeddings: ``[batch, dim]`` query tower outputs ``q``.
       candidate_embeddings: ``[batch, dim]`` positive candidate tower outputs ``v``.
+      all_query_embeddings: ``[global_batch, dim]`` the negatives ``q_j`` (default: ``q``); under
+        ``tf.distribute`` the queries of every replica, this replica's rows from ``row_offset``.
+      row_offset: int32 scalar, the index of row 0 of ``q`` in ``all_query_embeddings`` (default 0).
 
     Returns:
-      An :class:`AnchoredSimilarities` of ``[batch]`` and ``[batch, batch]`` tensors.
+      An :class:`AnchoredSimilarities` of ``[batch]`` and ``[batch, global_batch]`` tensors.
     """
-    batch_size = tf.shape(query_embeddings)[0]
+    negatives = query_embeddings if all_query_embeddings is None else all_query_embeddings
+    offset = tf.zeros([], tf.int32) if row_offset is None else tf.cast(row_offset, tf.int32)
+    rows = tf.range(tf.shape(query_embeddings)[0]) + offset
     return AnchoredSimilarities(
         positive_similarity=tf.reduce_sum(query_embeddings * candidate_embeddings, axis=1),
-        negative_similarity=tf.matmul(
-            candidate_embeddings, query_embeddings, transpose_b=True
-        ),
-        positive_negative_similarity=tf.matmul(
-            query_embeddings, query_embeddings, transpose_b=True
-        ),
-        negative_mask=tf.logical_not(tf.eye(batch_size, dtype=tf.bool)),
+        negative_similarity=tf.matmul(candidate_embeddings, negatives, transpose_b=True),
+        positive_negative_similarity=tf.matmul(query_embeddings, negatives, transpose_b=True),
+        negative_mask=tf.not_equal(rows[:, tf.newaxis], tf.range(tf.shape(negatives)[0])[tf.newaxis, :]),
     )
 
 

@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
+from tfrec_towers.losses import cross_replica
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature, item_anchored_similarities
 from tfrec_towers.losses.frequency import CandidateProbability, StreamingFrequencyEstimator
 from tfrec_towers.losses.logq import LogQCorrection
@@ -136,12 +137,14 @@ class RetrievalLoss(tf.keras.layers.Layer):
             log_p = log_p - tf.math.log(tf.cast(batch_size, tf.float32))
         return log_p
 
-    def _log_expected_count(self, log_p: tf.Tensor, batch_size: tf.Tensor, bank_slots: tf.Tensor) -> tf.Tensor:
-        """log Q_y = log((B + M_valid) · p_y + B'/N)."""
+    def _log_expected_count(
+        self, log_p: tf.Tensor, batch_size: tf.Tensor, bank_slots: tf.Tensor, replicas: int = 1
+    ) -> tf.Tensor:
+        """log Q_y = log((B + M_valid) · p_y + R·B'/N), ``B`` the global batch of ``R`` replicas."""
         draws = tf.cast(batch_size, tf.float32) + tf.cast(bank_slots, tf.float32)
         expected = draws * tf.exp(log_p)
         if self.num_mixed_negatives:
-            expected = expected + self.num_mixed_negatives / self.corpus_size
+            expected = expected + replicas * self.num_mixed_negatives / self.corpus_size
         return tf.math.log(expected)
 
     def _logits(self, anchors, positives, negatives, trainable_rows):
@@ -168,17 +171,29 @@ class RetrievalLoss(tf.keras.layers.Layer):
     ) -> tf.Tensor:
         del compute_metrics
         training = bool(training)
-        batch_size = tf.shape(candidate_ids)[0]
+        replicas = cross_replica.num_replicas()
+        if replicas > 1 and isinstance(self.mode, SymmetricSoftmaxLoss):
+            raise ValueError(
+                "`mode`='symmetric' scores square in-batch logits of one replica; under tf.distribute "
+                f"({replicas} replicas) use the 'softmax' mode."
+            )
+        # Under tf.distribute the negatives are the global batch (every replica's candidates, in
+        # replica order, with gradient); a single device gathers nothing.
+        all_candidate_embeddings = cross_replica.all_gather(candidate_embeddings)
+        all_candidate_ids = cross_replica.all_gather(candidate_ids)
+        batch_size = tf.shape(all_candidate_ids)[0]
         if self.candidate_probability is not None and training:
-            self.candidate_probability.update(candidate_ids)
-        batch_log_p = (
-            self._per_example_log_p(candidate_ids, batch_size)
-            if self.candidate_probability is not None
-            else tf.zeros([batch_size], tf.float32)
-        )
+            self.candidate_probability.update(all_candidate_ids)
+        if self.candidate_probability is not None:
+            positive_log_p = self._per_example_log_p(candidate_ids, batch_size)
+            all_log_p = self._per_example_log_p(all_candidate_ids, batch_size)
+        else:
+            positive_log_p = tf.zeros([tf.shape(candidate_ids)[0]], tf.float32)
+            all_log_p = tf.zeros([batch_size], tf.float32)
         # Sources that take gradient first, the bank's stored rows last.
-        sources = [NegativeSet(candidate_embeddings, candidate_ids, batch_log_p, tf.ones([batch_size], tf.bool))]
+        sources = [NegativeSet(all_candidate_embeddings, all_candidate_ids, all_log_p, tf.ones([batch_size], tf.bool))]
         if extra_negatives is not None:
+            extra_negatives = NegativeSet(*(cross_replica.all_gather(t) for t in extra_negatives))
             if self.candidate_probability is not None:
                 extra_negatives = extra_negatives._replace(
                     log_q=self._per_example_log_p(extra_negatives.ids, batch_size)
@@ -200,15 +215,22 @@ class RetrievalLoss(tf.keras.layers.Layer):
             query_embeddings, candidate_embeddings, negatives.embeddings, trainable_rows
         )
         if self.candidate_probability is not None:
-            negative_logits = self.logq(negative_logits, self._log_expected_count(negatives.log_q, batch_size, bank_slots))
-            positive_logits = positive_logits - self._log_expected_count(batch_log_p, batch_size, bank_slots)
+            log_count = lambda log_p: self._log_expected_count(log_p, batch_size, bank_slots, replicas)  # noqa: E731
+            negative_logits = self.logq(negative_logits, log_count(negatives.log_q))
+            positive_logits = positive_logits - log_count(positive_log_p)
         loss = self.mode(positive_logits, negative_logits, mask, sample_weight)
 
         if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
             weight = self.adaptive.item_anchored_weight
-            item = item_anchored_similarities(query_embeddings, candidate_embeddings)
+            local_rows = tf.shape(candidate_ids)[0]
+            item = item_anchored_similarities(
+                query_embeddings,
+                candidate_embeddings,
+                cross_replica.all_gather(query_embeddings),
+                cross_replica.row_offset(local_rows),
+            )
             item_mask = tf.logical_and(
-                item.negative_mask, tf.not_equal(candidate_ids[:, tf.newaxis], candidate_ids[tf.newaxis, :])
+                item.negative_mask, tf.not_equal(candidate_ids[:, tf.newaxis], all_candidate_ids[tf.newaxis, :])
             )
             item_positive, item_negative = self.adaptive(
                 item.positive_similarity, item.negative_similarity, item.positive_negative_similarity
@@ -216,7 +238,16 @@ class RetrievalLoss(tf.keras.layers.Layer):
             loss = (1.0 - weight) * loss + weight * self.mode(item_positive, item_negative, item_mask, sample_weight)
 
         if self.memory_bank is not None and training:
-            self.memory_bank.enqueue(candidate_embeddings, candidate_ids, batch_log_p)
+            self.memory_bank.enqueue(all_candidate_embeddings, all_candidate_ids, all_log_p)
+        if replicas > 1:
+            # Local weighted mean × local weight / global weight: summed over replicas (as
+            # tf.distribute sums gradients), the global weighted mean.
+            local_weight = (
+                tf.cast(tf.shape(candidate_ids)[0], tf.float32)
+                if sample_weight is None
+                else tf.reduce_sum(tf.cast(sample_weight, tf.float32))
+            )
+            loss = loss * local_weight / cross_replica.global_sum(local_weight)
         return loss
 
     def get_config(self) -> Dict[str, Any]:
