@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-_BYTE_STRINGS = tf.constant([bytes([b]) for b in range(256)])
+# Every single byte as a one-byte string (a Python list: a module-level tensor would initialise
+# TensorFlow's devices at import, before a user could configure logical devices).
+_BYTE_STRINGS = [bytes([b]) for b in range(256)]
 
 
 def num_replicas() -> int:
@@ -53,7 +55,7 @@ def _all_gather_strings(values: tf.Tensor) -> tf.Tensor:
     codes = tf.reshape(tf.cast(codes, tf.int32), [-1, width])
     gathered_codes = _context().all_gather(codes, axis=0)
     gathered_lengths = _context().all_gather(lengths, axis=0)
-    joined = tf.strings.reduce_join(tf.gather(_BYTE_STRINGS, gathered_codes), axis=1)
+    joined = tf.strings.reduce_join(tf.gather(tf.constant(_BYTE_STRINGS), gathered_codes), axis=1)
     return tf.strings.substr(joined, tf.zeros_like(gathered_lengths), gathered_lengths)
 
 
