@@ -315,8 +315,10 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
         """``ids [N]`` → ``float32 [N]`` ``log p_j``."""
         return tf.math.log(self.probability(ids))
 
+    @tf.autograph.experimental.do_not_convert
     def update(self, ids: tf.Tensor) -> None:
         """No-op: the counts are fixed (see :class:`CandidateProbability`)."""
+        del ids
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
         """``ids [N]`` → ``float32 [N]`` :meth:`log_probability`."""
