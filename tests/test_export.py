@@ -336,13 +336,38 @@ def test_saved_model_cli_run_uses_the_session_loader(exported, tmp_path):
     )
 
 
-def test_k_clamped_to_corpus_size(tmp_path):
+def test_k_clamped_to_corpus_size_with_a_recorded_warning(tmp_path, caplog):
     cat = catalogue()
     cat["genres"] = cat["genres"][:3]
     cat["movie_id"] = cat["movie_id"][:3]
     path, _, candidate_tower = export_models(tmp_path, candidates=cat, index=IndexConfig(k=50))
     meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
     assert meta["k"] == 3 and meta["corpus_size"] == 3
+    assert meta["warnings"] == ["k=50 exceeds the corpus size (3 candidates); clamped to k=3."]
+    assert "clamped to k=3" in caplog.text
+
+
+def test_sample_records_the_exact_top_k_of_every_sample_query(exported):
+    path, query_tower, candidate_tower = exported
+    sample = json.loads((path / "assets.extra" / export.VERIFICATION_SAMPLE_FILENAME).read_text())
+    scores = query_tower(queries()).numpy() @ candidate_tower(catalogue()).numpy().T
+    expected = MOVIE_IDS[np.argsort(-scores, axis=1, kind="stable")[:, :K]]
+    np.testing.assert_array_equal(sample["exact_top_k_candidate_ids"], expected)
+    assert sample["index_recall"] == 1.0 and len(sample["queries"]["user_id"]) == 5
+    meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+    assert meta["warnings"] == []
+
+
+def test_model_directory_or_version_that_is_a_file(tmp_path):
+    (tmp_path / "movies").write_text("x")
+    with pytest.raises(NotADirectoryError, match="movies is a file"):
+        export_models(tmp_path)
+    (tmp_path / "movies").unlink()
+    (tmp_path / "movies").mkdir()
+    (tmp_path / "movies" / "3").write_text("x")
+    with pytest.raises(FileExistsError, match=r"Version 3 of model 'movies' already exists .* \(a file\)"):
+        export_models(tmp_path, version=3)
+    assert export_models(tmp_path)[0] == tmp_path / "movies" / "4"
 
 
 @pytest.mark.parametrize(
@@ -350,8 +375,26 @@ def test_k_clamped_to_corpus_size(tmp_path):
     [
         (dict(candidates={"movie_id": MOVIE_IDS}), r"Missing: \['genres'\]"),
         (dict(candidates={"movie_id": MOVIE_IDS, "genres": np.array(["Action"] * 3)}), "same number of rows"),
-        (dict(candidates={"movie_id": MOVIE_IDS.astype(float), "genres": catalogue()["genres"]}), "int64 array"),
-        (dict(candidates={"movie_id": np.repeat(MOVIE_IDS[:20], 2), "genres": catalogue()["genres"]}), "unique"),
+        (
+            dict(candidates={"movie_id": MOVIE_IDS.astype(float), "genres": catalogue()["genres"]}),
+            "candidate id column 'movie_id' has dtype float64, but the candidate input spec declares it int64",
+        ),
+        (
+            dict(candidates=catalogue(string_ids=True)),
+            r"'movie_id' has dtype <U21, but .* declares it int64: convert the ids \(`ids.astype\(np.int64\)`\)",
+        ),
+        (
+            dict(candidates=catalogue(), candidate_spec=dict(CANDIDATE_SPEC, movie_id=tf.TensorSpec([None], tf.string))),
+            r"'movie_id' has dtype int64, but .* declares it string: convert the ids \(`ids.astype\(str\)`\)",
+        ),
+        (
+            dict(candidates={"movie_id": np.repeat(MOVIE_IDS[:20], 2), "genres": catalogue()["genres"]}),
+            r"must be unique; 20 ids repeat, e.g. \[10, 20, 30, 40, 50\]",
+        ),
+        (
+            dict(candidates={"movie_id": np.zeros(0, np.int64), "genres": np.zeros(0, str)}),
+            "`candidates` is empty",
+        ),
         (dict(metadata={"k": 3}), r"must not override .*\['k'\]"),
         (dict(metadata={"when": object()}), "JSON-serialisable"),
         (dict(version=0), "`version` must be a positive int"),
@@ -368,3 +411,14 @@ def test_metadata_keys_constant_matches_the_file(exported):
     path, _, _ = exported
     meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
     assert sorted(meta) == sorted(export.METADATA_KEYS + ("dataset",))
+
+
+def test_scann_over_a_tiny_corpus_is_exported_as_exact_search_with_a_warning(tmp_path, caplog):
+    cat = {name: values[:10] for name, values in catalogue().items()}
+    path = export_models(tmp_path, candidates=cat, index=IndexConfig(kind="scann", k=K))[0]
+    meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+    assert meta["index"]["kind"] == "brute-force" and meta["corpus_size"] == 10 and meta["k"] == K
+    assert meta["warnings"] == [
+        "index 'scann' needs at least 16 candidates; the corpus has 10, so it is searched exactly ('brute-force')."
+    ]
+    assert "searched exactly" in caplog.text

@@ -191,3 +191,16 @@ def test_scann_block_larger_than_dimension():
     embeddings, _, ids = random_corpus(0, dim=2)
     with pytest.raises(ValueError, match=r"`dimensions_per_block` must not exceed the embedding dimension \(2\)"):
         build_index(IndexConfig(kind="scann", dimensions_per_block=3), embeddings, ids)
+
+
+def test_scann_below_its_minimum_corpus_is_exact_search():
+    """ScaNN's hashing trains 16 centres per block: 15 candidates resolve to brute force, 16 stay ScaNN."""
+    assert IndexConfig(kind="scann", k=5).resolve(15) == IndexConfig(kind="brute-force", k=5)
+    assert IndexConfig(kind="scann", k=5).resolve(16).kind == "scann"
+    embeddings, queries, ids = random_corpus(4, num_candidates=6)
+    index = build_index(IndexConfig(kind="scann", k=10), embeddings, ids)
+    assert index.config == IndexConfig(kind="brute-force", k=6)
+    scores, found = (t.numpy() for t in index(tf.constant(queries)))
+    expected_scores, expected_ids = numpy_top_k(queries, embeddings, ids, 6)
+    np.testing.assert_array_equal(found, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)

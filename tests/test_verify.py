@@ -20,10 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_export import (  # noqa: E402
     CANDIDATE_SPEC,
     K,
+    MOVIE_IDS,
     catalogue,
     export_models,
     make_candidate_tower,
     make_query_tower,
+    queries,
 )
 
 EXPECTED_CHECKS = {
@@ -42,6 +44,8 @@ EXPECTED_CHECKS = {
     "serving_default scores sorted best first",
     "serving_default scores are query · candidate dot products",
     "serving_default runs on the sample",
+    "serving_default recall against exact top-k",
+    "serving_default latency and throughput measured",
     "unknown ids and strings: serving_default",
     "unknown ids and strings: query_embedding",
     "unknown ids and strings: candidate_embedding",
@@ -66,12 +70,39 @@ def brute_force_export(tmp_path_factory):
     return export_models(tmp_path_factory.mktemp("exports"))[0]
 
 
+def check_metrics(metrics, num_queries):
+    """The performance fields exist and are positive (their values are not asserted: timing varies)."""
+    assert metrics["k"] == K and metrics["num_recall_queries"] == num_queries
+    assert 0.0 < metrics["recall_at_k"] <= 1.0
+    assert metrics["latency_ms"]["p99"] >= metrics["latency_ms"]["p50"] > 0
+    assert metrics["latency_ms"]["num_requests"] > 0
+    assert metrics["batched_qps"] > 0 and metrics["qps_batch_size"] > 0
+
+
 def test_good_brute_force_export_passes(brute_force_export):
     report = verify.verify_export(brute_force_export, raise_on_failure=True)
     assert report["ok"] and failed(report) == set()
     names = {c["name"] for c in report["checks"]}
     assert EXPECTED_CHECKS | {"serving_default reproduces the in-memory top-k"} == names
     assert report["export_path"] == str(brute_force_export.resolve())
+    check_metrics(report["metrics"], num_queries=len(queries()["user_id"]))
+    assert report["metrics"]["recall_at_k"] == 1.0
+
+
+def test_recall_is_measured_against_the_recorded_exact_top_k(brute_force_export, tmp_path):
+    """Replace the recorded exact neighbours of 3 of the 5 queries by ids outside the top-k: the
+    served top-k (unchanged) now matches only 2 queries' exact lists, so recall@k = 2/5."""
+    tampered = tmp_path / "1"
+    shutil.copytree(brute_force_export, tampered)
+    sample_file = tampered / "assets.extra" / export.VERIFICATION_SAMPLE_FILENAME
+    sample = json.loads(sample_file.read_text())
+    top_k = sample["top_k"]["candidate_ids"]
+    outside = [[i for i in MOVIE_IDS.tolist() if i not in row][:K] for row in top_k]
+    sample["exact_top_k_candidate_ids"] = top_k[:2] + outside[2:]
+    sample_file.write_text(json.dumps(sample))
+    report = verify.verify_export(tampered)
+    assert failed(report) == {"serving_default recall against exact top-k"}
+    assert report["metrics"]["recall_at_k"] == pytest.approx(2 / 5)
 
 
 def test_scann_export_with_string_ids_passes(tmp_path):
@@ -86,7 +117,8 @@ def test_scann_export_with_string_ids_passes(tmp_path):
     report = verify.verify_export(path)
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
     names = {c["name"] for c in report["checks"]}
-    assert EXPECTED_CHECKS | {"scann ops load", "serving_default recall against exact top-k"} == names
+    assert EXPECTED_CHECKS | {"scann ops load"} == names
+    check_metrics(report["metrics"], num_queries=len(queries()["user_id"]))
 
 
 def test_tampered_export_fails_and_raises(brute_force_export, tmp_path):
@@ -112,6 +144,7 @@ def test_tampered_export_fails_and_raises(brute_force_export, tmp_path):
 def test_directory_without_an_export_reports_failure(tmp_path):
     report = verify.verify_export(tmp_path)
     assert not report["ok"] and failed(report) == {"metadata and verification sample parse"}
+    assert report["metrics"] == {}
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         verify.verify_export(tmp_path / "missing")
 
@@ -122,6 +155,7 @@ def test_worker_that_cannot_start_is_a_failed_check(tmp_path):
     assert report["checks"] == [
         {"name": "verification worker", "ok": False, "detail": "exited with code 1 without a report:\n"}
     ]
+    assert report["metrics"] == {}
 
 
 def test_worker_constants_match_the_package():

@@ -31,7 +31,15 @@ import tensorflow as tf
 
 import tfrec_towers
 from tfrec_towers import warmup
-from tfrec_towers.index import IndexConfig, RetrievalIndex, build_index, check_candidate_ids, exact_top_k, recall_at_k
+from tfrec_towers.index import (
+    SCANN_MIN_CANDIDATES,
+    IndexConfig,
+    RetrievalIndex,
+    build_index,
+    check_candidate_ids,
+    exact_top_k,
+    recall_at_k,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +378,9 @@ def export_retrieval_model(
       export_base: the directory TF Serving's ``base_path`` points above (created if missing).
       model_name: the model's directory name (TF Serving's model name).
       index: which index to build (:class:`~tfrec_towers.index.IndexConfig`); a ``k`` larger than the
-        corpus is clamped to its size, with a warning logged and recorded in the metadata.
+        corpus is clamped to its size, and ScaNN over fewer than
+        :data:`~tfrec_towers.index.SCANN_MIN_CANDIDATES` candidates becomes exact search, each with a
+        warning logged and recorded in the metadata.
       version: the version number; ``None`` = one more than the highest existing version (1 if none).
       metadata: JSON-serialisable entries merged into ``tfrec_towers_metadata.json``.
       warmup_queries: real raw query rows: the first ``NUM_WARMUP_ROWS`` make the warm-up requests,
@@ -420,6 +430,11 @@ def export_retrieval_model(
     retrieval_index = build_index(index, candidate_embeddings, catalogue[candidate_id])
     candidate_ids = retrieval_index.candidate_ids.numpy()
     warnings = []
+    if retrieval_index.config.kind != index.kind:
+        warnings.append(
+            f"index {index.kind!r} needs at least {SCANN_MIN_CANDIDATES} candidates; the corpus has "
+            f"{retrieval_index.num_candidates}, so it is searched exactly ({retrieval_index.config.kind!r})."
+        )
     if retrieval_index.k < index.k:
         warnings.append(
             f"k={index.k} exceeds the corpus size ({retrieval_index.num_candidates} candidates); "

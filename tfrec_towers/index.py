@@ -29,6 +29,10 @@ BRUTE_FORCE_MAX_CANDIDATES = 5_000
 """Corpora up to this size use exact search in :meth:`IndexConfig.for_corpus`: a [batch, N]
 matmul is then cheaper than ScaNN's tree search and needs no custom serving binary."""
 
+SCANN_MIN_CANDIDATES = 16
+"""ScaNN's asymmetric hashing trains 16 centres per block, so it cannot index fewer candidates:
+:meth:`IndexConfig.resolve` searches such corpora exactly (and the export records a warning)."""
+
 PADDING_SCORE = float(np.finfo(np.float32).min)
 """Score of a padding slot, returned when ScaNN finds fewer than k candidates in the searched
 leaves. The slot's id is -1 (int64 ids) or the empty string (string ids). The lowest float32,
@@ -52,7 +56,8 @@ class IndexConfig:
       capped at ``num_leaves``: a tenth of the leaves, but enough leaves to hold about four times the
       re-ordering pool, so small corpora are not starved.
 
-    :meth:`for_corpus` picks exact search up to :data:`BRUTE_FORCE_MAX_CANDIDATES` candidates.
+    :meth:`for_corpus` picks exact search up to :data:`BRUTE_FORCE_MAX_CANDIDATES` candidates, and
+    :meth:`resolve` degrades ScaNN to exact search below :data:`SCANN_MIN_CANDIDATES`.
 
     Attributes:
       kind: ``"brute-force"`` (exact) or ``"scann"`` (approximate).
@@ -127,6 +132,8 @@ class IndexConfig:
     def resolve(self, num_candidates: int) -> "IndexConfig":
         """The config with ``k`` clamped to ``N`` and every ScaNN parameter filled in.
 
+        A ScaNN config over fewer than :data:`SCANN_MIN_CANDIDATES` candidates resolves to brute force.
+
         Args:
           num_candidates: corpus size ``N``.
 
@@ -138,13 +145,13 @@ class IndexConfig:
         """
         _check_positive_int("num_candidates", num_candidates)
         k = min(self.k, num_candidates)
-        if self.kind == "brute-force":
-            return dataclasses.replace(self, k=k, num_leaves=None, num_leaves_to_search=None)
-        if self.num_leaves is not None and self.num_leaves > num_candidates:
+        if self.num_leaves is not None and self.num_leaves > num_candidates and self.kind == "scann":
             raise ValueError(
                 f"`num_leaves` must not exceed the number of candidates ({num_candidates}). "
                 f"Received: {self.num_leaves}"
             )
+        if self.kind == "brute-force" or num_candidates < SCANN_MIN_CANDIDATES:
+            return dataclasses.replace(self, kind="brute-force", k=k, num_leaves=None, num_leaves_to_search=None)
         num_leaves = self.num_leaves or max(1, round(math.sqrt(num_candidates)))
         reordering = min(num_candidates, self.reordering_multiplier * k)
         num_leaves_to_search = self.num_leaves_to_search or min(
@@ -189,8 +196,20 @@ def check_candidate_ids(candidate_ids: np.ndarray) -> np.ndarray:
     return ids
 
 
-def _validate_corpus(candidate_embeddings: np.ndarray, candidate_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Checks the corpus; returns ``(embeddings float32 [N, d], ids int64 or bytes-object [N])``."""
+def validate_corpus(candidate_embeddings: np.ndarray, candidate_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Checks a corpus before an index is built over it.
+
+    Args:
+      candidate_embeddings: ``float [N, dim]``.
+      candidate_ids: ``int or string [N]``, unique, in the rows' order.
+
+    Returns:
+      ``(embeddings float32 [N, dim], ids int64 or bytes-object [N])``.
+
+    Raises:
+      ValueError: on an empty corpus, a length mismatch, repeated ids (naming some), non-finite
+        embeddings or ids that are neither integers nor strings.
+    """
     embeddings = np.asarray(candidate_embeddings)
     if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
         raise ValueError(
@@ -450,6 +469,6 @@ def build_index(config: IndexConfig, candidate_embeddings: np.ndarray, candidate
         ids that are neither integers nor strings.
       ImportError: for ``kind="scann"`` without the scann package.
     """
-    embeddings, ids = _validate_corpus(candidate_embeddings, candidate_ids)
+    embeddings, ids = validate_corpus(candidate_embeddings, candidate_ids)
     resolved = config.resolve(embeddings.shape[0])
     return _INDEXES[resolved.kind](embeddings, ids, resolved)
