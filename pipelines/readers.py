@@ -77,7 +77,7 @@ def from_dataframe(
       DataError: a column is missing or holds a value of the wrong type (names the row).
       ValueError: an unknown column type or a bad ``max_length``.
     """
-    return _convert(df, column_types, source="DataFrame", row_unit="row", first_row=0, max_length=max_length)
+    return convert_columns(df, column_types, source="DataFrame", row_unit="row", first_row=0, max_length=max_length)
 
 
 def read_csv(
@@ -166,7 +166,7 @@ def read_delimited(
     if len(frame) == 0:
         raise DataError(f"{path} has no data rows; expected columns {expected}.")
     first_line = 1 if names is not None else 2
-    return _convert(frame, column_types, source=str(path), row_unit="line", first_row=first_line, max_length=max_length)
+    return convert_columns(frame, column_types, source=str(path), row_unit="line", first_row=first_line, max_length=max_length)
 
 
 def read_parquet(
@@ -209,7 +209,7 @@ def read_parquet(
     table = dataset.to_table(columns=list(column_types))
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows; expected columns {expected}.")
-    return _convert(table.to_pandas(), column_types, source=str(path), row_unit="row", first_row=0,
+    return convert_columns(table.to_pandas(), column_types, source=str(path), row_unit="row", first_row=0,
                     max_length=max_length)
 
 
@@ -335,7 +335,7 @@ def left_pad(values: np.ndarray, lengths: np.ndarray, max_length: Optional[int] 
     return padded
 
 
-def _convert(
+def convert_columns(
     frame: pd.DataFrame,
     column_types: Mapping[str, ColumnType],
     *,

@@ -158,7 +158,7 @@ def _check_candidate_column(candidates: Mapping[str, Any], candidate_id: str, sp
     check_candidate_ids(ids)
 
 
-def _as_features(argument: str, columns: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> Features:
+def as_features(argument: str, columns: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> Features:
     """Raw columns as numpy arrays of the spec dtypes, checked against the specs, equal row counts."""
     missing = sorted(set(specs) - set(columns))
     extra = sorted(set(columns) - set(specs))
@@ -188,7 +188,7 @@ def _as_features(argument: str, columns: Mapping[str, Any], specs: Mapping[str, 
     return features
 
 
-def _rows(features: Features, positions: Union[slice, np.ndarray]) -> Features:
+def take_feature_rows(features: Features, positions: Union[slice, np.ndarray]) -> Features:
     return {name: values[positions] for name, values in features.items()}
 
 
@@ -234,7 +234,7 @@ def _embed_in_batches(
     num_rows = _num_rows(candidates)
     batches = []
     for start in range(0, num_rows, batch_size):
-        batch = _rows(candidates, slice(start, start + batch_size))
+        batch = take_feature_rows(candidates, slice(start, start + batch_size))
         batches.append(_check_embeddings("candidate_model", embed(batch), _num_rows(batch)))
     return np.concatenate(batches, axis=0)
 
@@ -243,15 +243,15 @@ def _decode(value: Union[bytes, str]) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-def _to_json(values: np.ndarray) -> list:
+def to_json(values: np.ndarray) -> list:
     """Nested lists; strings as text (non-UTF-8 bytes survive as surrogate escapes)."""
     if values.dtype == object:
         return np.vectorize(_decode, otypes=[object])(values).tolist()
     return values.tolist()
 
 
-def _features_to_json(features: Features) -> Dict[str, list]:
-    return {name: _to_json(values) for name, values in features.items()}
+def features_to_json(features: Features) -> Dict[str, list]:
+    return {name: to_json(values) for name, values in features.items()}
 
 
 def _spec_to_json(specs: Mapping[str, tf.TensorSpec]) -> Dict[str, Dict[str, Any]]:
@@ -287,17 +287,17 @@ def _verification_sample(
     first_positions = np.arange(min(NUM_SAMPLE_CANDIDATES, len(candidate_ids)))
     positions = np.array(list(dict.fromkeys(first_positions.tolist() + retrieved_positions.tolist())))
     return {
-        "queries": _features_to_json(sample_queries),
+        "queries": features_to_json(sample_queries),
         "query_embeddings": query_embeddings.tolist(),
-        "candidates": _features_to_json(_rows(candidates, positions)),
+        "candidates": features_to_json(take_feature_rows(candidates, positions)),
         "candidate_embeddings": candidate_embeddings[positions].tolist(),
-        "top_k": {"candidate_ids": _to_json(top_ids), "scores": scores.tolist()},
-        "exact_top_k_candidate_ids": _to_json(exact_ids),
+        "top_k": {"candidate_ids": to_json(top_ids), "scores": scores.tolist()},
+        "exact_top_k_candidate_ids": to_json(exact_ids),
         "index_recall": recall_at_k(top_ids, exact_ids),
     }
 
 
-def _target_directory(export_base: Union[str, Path], model_name: str, version: Optional[int]) -> Tuple[Path, int]:
+def target_directory(export_base: Union[str, Path], model_name: str, version: Optional[int]) -> Tuple[Path, int]:
     """``(<export_base>/<model_name>, version)`` after checking the target can be written."""
     if not model_name or model_name in (".", "..") or "/" in model_name or os.sep in model_name:
         raise ValueError(f"`model_name` must be a plain directory name. Received: {model_name!r}")
@@ -416,11 +416,11 @@ def export_retrieval_model(
         json.dumps(dict(metadata or {}))
     except TypeError as e:
         raise ValueError(f"`metadata` must be JSON-serialisable: {e}") from e
-    model_dir, version = _target_directory(export_base, model_name, version)
+    model_dir, version = target_directory(export_base, model_name, version)
     _check_candidate_column(candidates, candidate_id, candidate_spec[candidate_id])
-    catalogue = _as_features("candidates", candidates, candidate_spec)
-    sample_queries = _rows(
-        _as_features("warmup_queries", warmup_queries, query_spec)
+    catalogue = as_features("candidates", candidates, candidate_spec)
+    sample_queries = take_feature_rows(
+        as_features("warmup_queries", warmup_queries, query_spec)
         if warmup_queries is not None
         else _placeholder_queries(query_spec),
         slice(0, NUM_SAMPLE_QUERIES),
@@ -461,24 +461,48 @@ def export_retrieval_model(
         "warnings": warnings,
     }
     description.update(metadata or {})
-    warmup_queries_rows = _rows(sample_queries, slice(0, NUM_WARMUP_ROWS))
-    warmup_candidates = _rows(catalogue, slice(0, NUM_WARMUP_ROWS))
     module = RetrievalExport(query_model, candidate_model, retrieval_index, query_spec, candidate_spec)
+    warmup_inputs = {
+        "serving_default": take_feature_rows(sample_queries, slice(0, NUM_WARMUP_ROWS)),
+        "query_embedding": take_feature_rows(sample_queries, slice(0, NUM_WARMUP_ROWS)),
+        "candidate_embedding": take_feature_rows(catalogue, slice(0, NUM_WARMUP_ROWS)),
+    }
+    return write_export(model_dir, version, module, model_name, description, sample, warmup_inputs)
+
+
+def write_export(
+    model_dir: Path,
+    version: int,
+    module: RetrievalExport,
+    model_name: str,
+    description: Mapping[str, Any],
+    verification_sample: Mapping[str, Any],
+    warmup_inputs: Mapping[str, Features],
+) -> Path:
+    """Writes ``model_dir/<version>/`` atomically: the SavedModel and its ``assets.extra``.
+
+    ``assets.extra`` holds the TF Serving warm-up requests (one per signature, from
+    ``warmup_inputs``), the metadata file (``description``) and the verification sample.
+
+    Args:
+      model_dir: ``<export_base>/<model_name>`` (:func:`target_directory`).
+      version: the new version number.
+      module: the :class:`RetrievalExport` to save with its three signatures.
+      model_name: TF Serving's model name, written into the warm-up requests.
+      description: JSON-serialisable metadata (``tfrec_towers_metadata.json``).
+      verification_sample: JSON-serialisable sample for ``tfrec-towers verify``.
+      warmup_inputs: ``{signature: raw feature rows}`` for the warm-up requests.
+
+    Returns:
+      The written version directory; nothing is left behind on failure.
+    """
 
     def write(directory: Path) -> None:
         tf.saved_model.save(module, str(directory), signatures=module.signatures())
         extra = directory / "assets.extra"
         extra.mkdir()
-        warmup.write_warmup_requests(
-            extra / warmup.WARMUP_FILENAME,
-            model_name,
-            {
-                "serving_default": warmup_queries_rows,
-                "query_embedding": warmup_queries_rows,
-                "candidate_embedding": warmup_candidates,
-            },
-        )
-        (extra / METADATA_FILENAME).write_text(json.dumps(description, indent=2) + "\n")
-        (extra / VERIFICATION_SAMPLE_FILENAME).write_text(json.dumps(sample) + "\n")
+        warmup.write_warmup_requests(extra / warmup.WARMUP_FILENAME, model_name, warmup_inputs)
+        (extra / METADATA_FILENAME).write_text(json.dumps(dict(description), indent=2) + "\n")
+        (extra / VERIFICATION_SAMPLE_FILENAME).write_text(json.dumps(dict(verification_sample)) + "\n")
 
     return _write_atomically(model_dir, version, write)
