@@ -182,3 +182,16 @@ def test_worker_protobuf_reader_agrees_with_tf_serving_protos():
     classify = prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog())
     with pytest.raises(ValueError, match="not a PredictionLog with a predict_log"):
         load_worker().parse_warmup_record(classify.SerializeToString())
+
+
+def test_top_k_ids_may_differ_only_within_tied_scores():
+    from tfrec_towers.verify_worker import same_ids_up_to_ties
+
+    recorded_ids = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    scores = np.array([[0.9, 0.5, 0.5, 0.1], [0.8, 0.7, 0.3, 0.3]], np.float32)
+    assert same_ids_up_to_ties(recorded_ids, recorded_ids, scores)
+    # 2 and 3 tie: either order; 7 and 8 tie at the end: a tied id beyond k may replace one.
+    assert same_ids_up_to_ties(np.array([[1, 3, 2, 4], [5, 6, 8, 9]]), recorded_ids, scores)
+    # 1 and 2 do not tie; 4 is alone in the last run only if its score ties nothing: a swap is a failure.
+    assert not same_ids_up_to_ties(np.array([[2, 1, 3, 4], [5, 6, 7, 8]]), recorded_ids, scores)
+    assert not same_ids_up_to_ties(np.array([[1, 2, 3, 4], [6, 5, 7, 8]]), recorded_ids, scores)
