@@ -376,9 +376,9 @@ def run_embed_job(config: EmbedJobConfig, pipeline_options: Optional[PipelineOpt
     return EmbedJobResult(config.output, run, tuple(names), counters)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m pipelines.embed_job") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.embed_job",
+        prog=prog,
         description="Embed feature rows with a tfrec-towers SavedModel on Apache Beam and write id, embedding "
         "shards. Arguments not listed here are Beam pipeline options, passed on unchanged "
         "(default runner: DirectRunner).",
@@ -403,12 +403,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipelines.embed_job") -> int:
     """CLI: parses the job's arguments, passes the rest to Beam's ``PipelineOptions`` and runs the job.
 
     Beam options are passed on unchanged; :data:`DIRECT_RUNNER_DEFAULTS` are added when absent.
     """
-    args, beam_args = _parser().parse_known_args(argv)
+    args, beam_args = _parser(prog).parse_known_args(argv)
     given = {argument.split("=")[0] for argument in beam_args}
     beam_args = [d for d in DIRECT_RUNNER_DEFAULTS if d.split("=")[0] not in given] + beam_args
     config = EmbedJobConfig(

@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 import tfrec_towers
 from pipelines import embed_output
-from tfrec_towers import export, warmup
+from tfrec_towers import export
 from tfrec_towers.candidate_table import read_candidate_table
 from tfrec_towers.index import INDEX_KINDS, IndexConfig, build_index, exact_top_k, recall_at_k
 
@@ -221,10 +221,15 @@ def build_index_export(
     return export.write_export(model_dir, version, module, model_name, description, verification, warmup_inputs)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipelines.index_from_embeddings") -> int:
     """CLI: ``python -m pipelines.index_from_embeddings --embeddings DIR --towers VERSION_DIR --export-base DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.index_from_embeddings",
-                                     description="Index an embedding job's output and export it for TF Serving.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Index an embedding job's output and export it for TF Serving.",
+        epilog=f"example:\n  {prog} --embeddings embeddings/movies --towers exports/movies/1 "
+        "--export-base exports --model-name movies_full --index scann --candidate-features 'corpus/*.parquet'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--embeddings", required=True, help="output directory of pipelines.embed_job")
     parser.add_argument("--towers", required=True, help="export version directory whose towers made the embeddings")
     parser.add_argument("--export-base", required=True)

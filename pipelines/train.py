@@ -24,24 +24,28 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from pipelines.data import RetrievalData, take_rows
 from pipelines.dataset import training_dataset
+from pipelines.distribute import is_chief, make_strategy
 from pipelines.movielens import load_movielens
 from pipelines.schemas import FEATURE_SPECS
+from pipelines.sequences import num_targets, sequence_examples
 from pipelines.synthetic import make_synthetic
-from tfrec_towers.config import ExperimentConfig, LossConfig, TrainingConfig, config_from_dict, save_config
+from tfrec_towers.candidate_table import CandidateSource, read_candidate_table
+from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig, config_from_dict, save_config
 from tfrec_towers.evaluation import metrics_from_ranks, target_ranks
-from tfrec_towers.export import export_retrieval_model
+from tfrec_towers.export import NUM_SAMPLE_QUERIES, export_retrieval_model
 from tfrec_towers.features import FeatureSpec, adapt, input_signature
 from tfrec_towers.index import IndexConfig
 from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
 from tfrec_towers.model import TwoTowerModel, build_towers
 from tfrec_towers.towers import compute_embeddings
+from tfrec_towers.tuning import TuningGrid, TuningResult, check_report_directory, save_tuning_report, tune_index
 from tfrec_towers.verify import verify_export
 
 logger = logging.getLogger(__name__)
@@ -94,8 +98,16 @@ def build_model(spec: FeatureSpec, config: ExperimentConfig, data: Optional[Retr
 
     ``data`` supplies what some losses need (training ids for ``logq='counts'``, the corpus for
     mixed negatives); without it the model gets the plain in-batch task, enough for inference.
+
+    Raises:
+      ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled.
     """
-    query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower)
+    if config.training.example_format == "every_position" and not config.model.history.is_sequential:
+        raise ConfigError(
+            "`training.example_format` 'every_position' needs a sequence `model.history.encoder` "
+            "(mean, attention, gru or transformer), not 'pooling'."
+        )
+    query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, config.model.history)
     loss = config.loss if data is not None else LossConfig()
     id_dtype = spec.candidate_id_feature.dtype
     task = build_retrieval_task(
@@ -135,12 +147,22 @@ def fit_model(
 ) -> tuple[Dict[str, list], float, float]:
     """``model.fit`` on shuffled batches of ``features``.
 
+    With ``training.example_format`` ``every_position``, the per-prefix ``features`` are first
+    regrouped into sequence examples of ``model.query_tower.history.max_length`` positions
+    (:func:`pipelines.sequences.sequence_examples`); examples/s then counts trained positions.
+
     Returns:
-      (per-epoch history, training seconds, training examples per second).
+      (per-epoch history, training seconds, training examples (targets) per second).
 
     Raises:
       RunError: the loss became NaN or infinite (the run stops at that batch).
     """
+    if training.example_format == "every_position":
+        reading = model.query_tower.history
+        features = sequence_examples(
+            features, [f.name for f in model.candidate_tower.features], model.candidate_id, reading.max_length,
+            history=reading.feature,
+        )
     dataset = training_dataset(features, training.batch_size, shuffle=True, seed=training.seed)
     start = time.perf_counter()
     history = model.fit(dataset, epochs=training.epochs, verbose=verbose, callbacks=[tf.keras.callbacks.TerminateOnNaN()])
@@ -151,7 +173,9 @@ def fit_model(
             f"Training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch {len(losses)}. "
             "Lower `training.learning_rate` or raise `model.temperature`."
         )
-    examples = len(next(iter(features.values()))) * len(losses)
+    candidate_id = getattr(model, "candidate_id", None)
+    per_epoch = num_targets(features, candidate_id) if candidate_id in features else len(next(iter(features.values())))
+    examples = per_epoch * len(losses)
     plain = {k: [float(x) for x in v] for k, v in history.history.items()}
     return plain, seconds, examples / max(seconds, 1e-9)
 
@@ -162,30 +186,59 @@ def _sample_rows(features: Dict[str, np.ndarray], count: int, seed: int) -> Dict
     return take_rows(features, np.sort(index))
 
 
+def candidate_corpus(
+    spec: FeatureSpec, data: RetrievalData, candidates: Optional[CandidateSource] = None
+) -> Dict[str, np.ndarray]:
+    """The corpus to index: the run's catalogue, or a candidate feature table read with the run's candidate spec."""
+    if candidates is None:
+        return {f.name: data.candidates[f.name] for f in spec.candidate}
+    return read_candidate_table(candidates, input_signature(spec.candidate))
+
+
 def export_model(
     model: TwoTowerModel,
     spec: FeatureSpec,
     data: RetrievalData,
     export_base: Path,
     config: ExperimentConfig,
-    index: Optional[str] = None,
+    index: Union[str, IndexConfig, None] = None,
     k: Optional[int] = None,
+    candidates: Optional[CandidateSource] = None,
+    index_settings: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Writes the DESIGN §5 SavedModel: retrieval over the whole catalogue plus both embeddings."""
-    index_config = IndexConfig(kind=index or config.export.index, k=k or config.export.k)
+    """Writes the DESIGN §5 SavedModel: retrieval over the corpus plus both embeddings.
+
+    Args:
+      index: ``"brute-force"`` or ``"scann"`` (ScaNN parameters derived from the corpus size), or a
+        full :class:`~tfrec_towers.index.IndexConfig` (e.g. ``tune-index``'s choice); default the
+        run's ``export.index``.
+      k: candidates per query; overrides the index config's ``k`` (default the run's ``export.k``).
+      candidates: a candidate feature table (DataFrame, or Parquet / CSV / TFRecord path) to index
+        instead of the run's catalogue; ``serving_default`` returns the values of its id column.
+      index_settings: :class:`~tfrec_towers.index.IndexConfig` fields overriding the index's, e.g.
+        ``{"num_leaves": 1000, "num_leaves_to_search": 60}``.
+
+    Up to :data:`~tfrec_towers.export.NUM_SAMPLE_QUERIES` held-out queries (seeded sample) make the
+    warm-up requests and the verification sample on which ``verify`` measures recall and latency.
+    """
+    if not isinstance(index, IndexConfig):
+        index = IndexConfig(kind=index or config.export.index, k=config.export.k)
+    index_config = dataclasses.replace(index, k=k or index.k, **(index_settings or {}))
     query_names = [f.name for f in spec.query]
     return export_retrieval_model(
         query_model=model.query_tower,
         candidate_model=model.candidate_tower,
         query_input_spec=input_signature(spec.query),
         candidate_input_spec=input_signature(spec.candidate),
-        candidates={f.name: data.candidates[f.name] for f in spec.candidate},
+        candidates=candidate_corpus(spec, data, candidates),
         candidate_id=spec.candidate_id,
         export_base=export_base,
         model_name=config.export.model_name,
         index=index_config,
         metadata={"dataset": data.name, "feature_spec": json.loads(spec.to_json())},
-        warmup_queries=_sample_rows({n: data.eval_queries[n] for n in query_names}, 4, config.training.seed),
+        warmup_queries=_sample_rows(
+            {n: data.eval_queries[n] for n in query_names}, NUM_SAMPLE_QUERIES, config.training.seed
+        ),
     )
 
 
@@ -210,11 +263,19 @@ def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> 
       RunError: ``output`` is a file or already holds a run.
     """
     output = Path(output)
+    strategy = make_strategy(config.training.distribute)  # before any other TensorFlow work
+    if not is_chief(strategy):
+        # A non-chief worker of a multi-worker run trains in step with the chief, writes nothing.
+        scratch = Path(tempfile.mkdtemp(prefix="tfrec-towers-worker-"))
+        try:
+            return _train_into(config, scratch, verbose, strategy)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     _check_new_run_dir(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        result = _train_into(config, work, verbose)
+        result = _train_into(config, work, verbose, strategy)
         if output.exists():
             output.rmdir()
         os.rename(work, output)
@@ -229,7 +290,7 @@ def _relocate(result: RunResult, old: Path, new: Path) -> RunResult:
     return dataclasses.replace(result, run_dir=new, export_path=export)
 
 
-def _train_into(config: ExperimentConfig, run_dir: Path, verbose: int) -> RunResult:
+def _train_into(config: ExperimentConfig, run_dir: Path, verbose: int, strategy: tf.distribute.Strategy) -> RunResult:
     tf.keras.utils.set_random_seed(config.training.seed)
     save_config(config, run_dir / CONFIG_FILE)
     data = load_data(config)
@@ -238,7 +299,8 @@ def _train_into(config: ExperimentConfig, run_dir: Path, verbose: int) -> RunRes
     spec = adapt(FEATURE_SPECS[config.data.dataset](config.features), data.train, data.candidates)
     (run_dir / SPEC_FILE).write_text(spec.to_json())
 
-    model = build_model(spec, config, data)
+    with strategy.scope():
+        model = build_model(spec, config, data)
     columns = {f.name: data.train[f.name] for f in spec.all_features}
     history, seconds, examples_per_second = fit_model(model, columns, config.training, verbose)
     (run_dir / HISTORY_FILE).write_text(json.dumps(history))
@@ -282,10 +344,56 @@ def evaluate_run(run_dir: str | Path, data_dir: Optional[str] = None) -> Dict[st
 def export_run(
     run_dir: str | Path,
     export_base: Optional[str | Path] = None,
-    index: Optional[str] = None,
+    index: Union[str, IndexConfig, None] = None,
     k: Optional[int] = None,
+    candidates: Optional[CandidateSource] = None,
+    index_settings: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Exports a trained run as a new SavedModel version (under ``RUN/export`` by default)."""
+    """Exports a trained run as a new SavedModel version (under ``RUN/export`` by default).
+
+    ``index``, ``k``, ``candidates`` and ``index_settings`` are those of :func:`export_model`.
+    """
     config, spec, model = load_run(run_dir)
     base = Path(export_base) if export_base else Path(run_dir) / EXPORT_DIR
-    return export_model(model, spec, load_data(config), base, config, index=index, k=k)
+    return export_model(
+        model, spec, load_data(config), base, config, index=index, k=k, candidates=candidates,
+        index_settings=index_settings,
+    )
+
+
+def tune_run(
+    run_dir: str | Path,
+    output: str | Path,
+    candidates: Optional[CandidateSource] = None,
+    k: int = 10,
+    target_recall: float = 0.95,
+    grid: Optional[TuningGrid] = None,
+    num_queries: int = 1000,
+) -> Tuple[TuningResult, Dict[str, Path]]:
+    """Tunes the retrieval index of a trained run on its held-out queries; saves the report in ``output``.
+
+    The queries are up to ``num_queries`` of the run's evaluation queries (seeded sample), the
+    corpus is the run's catalogue or the ``candidates`` table, both embedded by the trained towers.
+
+    Returns:
+      ``(result, {"json": path, "plot": path})``; export with ``result.chosen.config``
+      (``tfrec-towers export --index-config OUTPUT/tuning.json``).
+
+    Raises:
+      NotADirectoryError: if ``output`` is a file (checked before tuning).
+      ValueError: see :func:`tfrec_towers.tuning.tune_index`.
+    """
+    check_report_directory(output)
+    config, spec, model = load_run(run_dir)
+    data = load_data(config)
+    corpus = candidate_corpus(spec, data, candidates)
+    queries = _sample_rows({f.name: data.eval_queries[f.name] for f in spec.query}, num_queries, config.training.seed)
+    result = tune_index(
+        compute_embeddings(model.candidate_tower, corpus),
+        corpus[spec.candidate_id],
+        compute_embeddings(model.query_tower, queries),
+        k=k,
+        target_recall=target_recall,
+        grid=grid,
+    )
+    return result, save_tuning_report(result, output)

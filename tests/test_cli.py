@@ -1,8 +1,11 @@
 """The tfrec-towers command: help with examples, MovieLens end to end, exit codes and messages."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tfrec_towers.cli import EXIT_OK, EXIT_USAGE, main
@@ -41,12 +44,20 @@ def _write_ml100k(directory, users=40, items=60, seed=0):
     return directory
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "export", "verify"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "tune-index", "verify", "embed", "index-embeddings"])
 def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert "example" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "example" in out and f"tfrec-towers {command}" in out
+
+
+def test_batch_jobs_pass_their_arguments_through_and_exit_2_on_bad_input(tmp_path, capsys):
+    code = main(["--quiet", "embed", "--model", str(tmp_path / "missing"), "--input", str(tmp_path / "x.parquet"),
+                 "--output", str(tmp_path / "out")])
+    assert code == EXIT_USAGE
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_movielens_train_then_evaluate_export_verify(tmp_path, capsys):
@@ -80,3 +91,143 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "missing")]) == EXIT_USAGE
     assert main(["evaluate", "--run", str(tmp_path)]) == EXIT_USAGE
     assert "not a tfrec-towers run" in capsys.readouterr().err
+
+
+TINY_SYNTHETIC = [
+    "--set", "data.num_items=300",
+    "--set", "data.num_users=120",
+    "--set", "data.interactions_per_user=12",
+    "--set", "data.max_history=8",
+    "--set", "export.verify=false",
+    *SMALL,
+]
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """A tiny trained synthetic run (300 items, ids 1..300, k=10), exported without ScaNN."""
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["--quiet", "train", "--output", str(run), "--epochs", "1", "--index", "brute-force", *TINY_SYNTHETIC]) == EXIT_OK
+    return run
+
+
+def _metadata(version_dir):
+    return json.loads((version_dir / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+
+
+def test_export_and_tune_index_help_show_examples(capsys):
+    for command, example in (("export", "--candidates catalogue.parquet"), ("tune-index", "--target-recall 0.95")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0 and example in capsys.readouterr().out
+
+
+def test_export_scann_from_a_candidate_table_returns_its_ids(synthetic_run, tmp_path, capsys):
+    """A table with every third catalogue item (100 rows): the index holds exactly those ids, with the flags' settings."""
+    from pipelines.train import load_data, load_run
+
+    config, _, _ = load_run(synthetic_run)
+    catalogue = load_data(config).candidates
+    table = pd.DataFrame({name: values[::3] for name, values in catalogue.items()})
+    table.to_csv(tmp_path / "table.csv", index=False)
+    code = main([
+        "export", "--run", str(synthetic_run), "--output", str(tmp_path / "models"), "--index", "scann",
+        "--candidates", str(tmp_path / "table.csv"), "--num-leaves", "8", "--leaves-to-search", "4",
+        "--reordering-multiplier", "3", "--k", "5",
+    ])
+    assert code == EXIT_OK, capsys.readouterr().err
+    version = tmp_path / "models" / "tfrec_towers" / "1"
+    meta = _metadata(version)
+    assert meta["corpus_size"] == 100 and meta["k"] == 5
+    assert {key: meta["index"][key] for key in ("kind", "num_leaves", "num_leaves_to_search", "reordering_multiplier")} == {
+        "kind": "scann", "num_leaves": 8, "num_leaves_to_search": 4, "reordering_multiplier": 3,
+    }
+    sample = json.loads((version / "assets.extra" / "verification_sample.json").read_text())
+    returned = set(np.ravel(sample["top_k"]["candidate_ids"]).tolist()) - {-1}
+    assert returned and returned <= set(table["item_id"].tolist())
+
+
+def test_tune_index_then_export_with_its_choice(synthetic_run, tmp_path, capsys):
+    output = tmp_path / "tuning"
+    code = main(["tune-index", "--run", str(synthetic_run), "--k", "5", "--target-recall", "0.9",
+                 "--num-leaves", "17", "--num-queries", "64", "--output", str(output)])
+    printed = capsys.readouterr().out
+    assert code == EXIT_OK
+    report = json.loads((output / "tuning.json").read_text())
+    assert (output / "tuning.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["target_met"] and report["chosen"]["recall"] >= 0.9 and report["num_queries"] == 64
+    assert "| * |" in printed and f"--index-config {output / 'tuning.json'}" in printed
+    chosen = report["chosen"]["config"]
+    assert main(["--quiet", "export", "--run", str(synthetic_run), "--output", str(tmp_path / "models"),
+                 "--index-config", str(output / "tuning.json"), "--no-verify"]) == EXIT_OK
+    assert _metadata(tmp_path / "models" / "tfrec_towers" / "1")["index"] == chosen
+
+
+def test_export_bad_input_exits_2_and_writes_nothing(synthetic_run, tmp_path, capsys):
+    from pipelines.train import load_data, load_run
+
+    config, _, _ = load_run(synthetic_run)
+    catalogue = load_data(config).candidates
+    models = tmp_path / "models"
+    base = ["export", "--run", str(synthetic_run), "--output", str(models), "--no-verify"]
+
+    duplicated = pd.DataFrame({name: np.concatenate([values[:5], values[:5]]) for name, values in catalogue.items()})
+    duplicated.to_parquet(tmp_path / "dup.parquet")
+    assert main([*base, "--candidates", str(tmp_path / "dup.parquet")]) == EXIT_USAGE
+    assert "must be unique; 5 ids repeat, e.g. [1, 2, 3, 4, 5]" in capsys.readouterr().err
+    pd.DataFrame({name: values[:0] for name, values in catalogue.items()}).to_csv(tmp_path / "empty.csv", index=False)
+    assert main([*base, "--candidates", str(tmp_path / "empty.csv")]) == EXIT_USAGE
+    assert "empty" in capsys.readouterr().err
+    pd.DataFrame({"item_id": ["a", "b"], "category": ["x", "y"]}).to_csv(tmp_path / "strings.csv", index=False)
+    assert main([*base, "--candidates", str(tmp_path / "strings.csv")]) == EXIT_USAGE
+    assert "'item_id' (int64)" in capsys.readouterr().err
+    assert main([*base, "--index", "brute-force", "--num-leaves", "4"]) == EXIT_USAGE
+    assert "--num-leaves set ScaNN parameters, but the index is brute-force" in capsys.readouterr().err
+    assert main([*base, "--index", "scann", "--index-config", str(tmp_path / "dup.parquet")]) == EXIT_USAGE
+    assert "either --index or --index-config" in capsys.readouterr().err
+    assert main([*base, "--index-config", str(tmp_path / "empty.csv")]) == EXIT_USAGE
+    assert "is not JSON" in capsys.readouterr().err
+    assert not models.exists()
+
+    (tmp_path / "file").write_text("x")
+    assert main([*base[:4], str(tmp_path / "file"), "--no-verify"]) == EXIT_USAGE
+    assert "is a file" in capsys.readouterr().err
+    assert main([*base, "--k", "1000"]) == EXIT_OK
+    meta = _metadata(models / "tfrec_towers" / "1")
+    assert meta["k"] == 300 and meta["warnings"] == ["k=1000 exceeds the corpus size (300 candidates); clamped to k=300."]
+
+
+def test_verify_report_holds_recall_latency_and_throughput(synthetic_run, tmp_path, capsys):
+    report_file = tmp_path / "report.json"
+    assert main(["verify", str(synthetic_run / "export" / "tfrec_towers" / "1"), "--report", str(report_file)]) == EXIT_OK
+    report = json.loads(report_file.read_text())
+    metrics = report["metrics"]
+    assert report["ok"] and metrics["recall_at_k"] == 1.0 and metrics["k"] == 10  # brute force: exact
+    assert metrics["num_recall_queries"] == 120  # every held-out query of the 120 users (at most 256)
+    assert metrics["latency_ms"]["p50"] > 0 and metrics["batched_qps"] > 0
+    assert "recall@10 against exact search: 1.0000 (120 queries)" in capsys.readouterr().err
+
+
+def test_report_and_compare(synthetic_run, tmp_path, capsys):
+    from html.parser import HTMLParser
+
+    assert main(["--quiet", "report", "--run", str(synthetic_run), "--output", str(tmp_path / "report")]) == EXIT_OK
+    html_path = Path(capsys.readouterr().out.strip())
+    assert html_path == tmp_path / "report" / "report.html"
+    images = []
+
+    class Images(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                images.append(dict(attrs)["src"])
+
+    Images().feed(html_path.read_text())
+    assert len(images) >= 5 and all(src.startswith("data:image/png;base64,") for src in images)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_run, copy)
+    assert main(["--quiet", "compare", str(synthetic_run), str(copy), "--output", str(tmp_path / "both")]) == EXIT_OK
+    table = capsys.readouterr().out
+    hr50 = json.loads((synthetic_run / "metrics.json").read_text())["HR@50"]
+    assert table.count(f"{hr50:.4f}") == 2
+    assert (tmp_path / "both" / "report.html").is_file()

@@ -1,18 +1,20 @@
 """The ``tfrec-towers`` command: a thin shell over ``pipelines.train`` and ``tfrec_towers.verify``.
 
-Exit codes: 0 success · 2 bad arguments, configuration or data · 3 the export failed verification.
+Exit codes: 0 success · 2 bad arguments, configuration or data · 3 the export failed verification ·
+4 ``tune-index`` found no configuration reaching the target recall (the report is still written).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_TARGET_MISSED = 0, 2, 3, 4
 
 TRAIN_EXAMPLE = """examples:
   tfrec-towers train --output runs/demo                      # synthetic data, default config
@@ -23,14 +25,53 @@ TRAIN_EXAMPLE = """examples:
 EVALUATE_EXAMPLE = """example:
   tfrec-towers evaluate --run runs/ml1m            # prints HR@K / NDCG@K as JSON
 """
-EXPORT_EXAMPLE = """example:
+EXPORT_EXAMPLE = """examples:
   tfrec-towers export --run runs/ml1m --output /models --index brute-force --k 50
-  # writes /models/<model_name>/<next version>/ (DESIGN §5 signatures), atomically
+  # writes /models/<model_name>/<next version>/ (DESIGN §5 signatures), atomically, then verifies it
+  tfrec-towers export --run runs/ml1m --output /models --index scann --candidates catalogue.parquet
+  # indexes the rows of a candidate table (Parquet/CSV/TFRecord); results are its ids
+  tfrec-towers export --run runs/ml1m --output /models --index-config tuning/tuning.json
+  tfrec-towers export --run runs/ml1m --output /models --index scann --num-leaves 1000 \\
+      --leaves-to-search 60 --reordering-multiplier 10 --k 10
+"""
+TUNE_INDEX_EXAMPLE = """example:
+  tfrec-towers tune-index --run runs/ml1m --k 10 --target-recall 0.95 --output runs/ml1m/tuning
+  # prints the recall/QPS frontier, writes tuning.json + tuning.png and the export command
+"""
+REPORT_EXAMPLE = """example:
+  tfrec-towers report --run runs/ml1m                  # writes runs/ml1m/report/report.html and its PNGs
+  tfrec-towers report --run runs/ml1m --tuning tuned/ --output /tmp/ml1m-report
+"""
+COMPARE_EXAMPLE = """example:
+  tfrec-towers compare runs/a runs/b runs/c            # prints a metrics table
+  tfrec-towers compare runs/a runs/b --output reports/a-vs-b   # and renders one HTML report of all
 """
 VERIFY_EXAMPLE = """example:
   tfrec-towers verify runs/ml1m/export/tfrec_towers/1 --report verify.json
   # loads the SavedModel in a fresh Python process that imports only TensorFlow
 """
+
+
+PASSTHROUGH_HELP = {
+    "embed": "batch embedding job on Apache Beam (see `tfrec-towers embed --help`)",
+    "index-embeddings": "index an embed job's output and export it for TF Serving",
+}
+
+
+def _run_passthrough(command: str, argv: Sequence[str]) -> int:
+    """``embed`` → :func:`pipelines.embed_job.main`; ``index-embeddings`` → :func:`pipelines.index_from_embeddings.main`."""
+    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+    from pipelines.data import DataError
+
+    if command == "embed":
+        from pipelines.embed_job import main as run
+    else:
+        from pipelines.index_from_embeddings import main as run
+    try:
+        return run(list(argv), prog=f"tfrec-towers {command}")
+    except (ValueError, DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,8 +101,37 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--run", required=True, help="run directory written by train")
     export.add_argument("--output", help="export base directory (default: RUN/export)")
     export.add_argument("--index", choices=["brute-force", "scann"], help="retrieval index (default: the run's)")
-    export.add_argument("--k", type=int, help="candidates returned per query (default: the run's)")
+    export.add_argument("--k", type=int, help="candidates returned per query (default: the run's, or the index config's)")
+    export.add_argument("--candidates", metavar="TABLE", help="candidate feature table to index (Parquet/CSV/TFRecord; default: the run's catalogue)")
+    export.add_argument("--index-config", metavar="JSON", help="tune-index's tuning.json (its chosen config) or an IndexConfig JSON")
+    export.add_argument("--num-leaves", type=int, help="ScaNN partitions (default: about sqrt(N))")
+    export.add_argument("--leaves-to-search", dest="num_leaves_to_search", type=int, help="ScaNN leaves searched per query")
+    export.add_argument("--reordering-multiplier", type=int, help="ScaNN re-scores this many times k candidates exactly")
     export.add_argument("--no-verify", action="store_true", help="skip the fresh-process verification")
+
+    tune = commands.add_parser(
+        "tune-index", help="sweep ScaNN settings on held-out queries", epilog=TUNE_INDEX_EXAMPLE, formatter_class=fmt
+    )
+    tune.add_argument("--run", required=True, help="run directory written by train")
+    tune.add_argument("--output", required=True, help="directory for tuning.json and tuning.png")
+    tune.add_argument("--candidates", metavar="TABLE", help="candidate feature table to index (default: the run's catalogue)")
+    tune.add_argument("--k", type=int, default=10, help="neighbours per query (default: 10)")
+    tune.add_argument("--target-recall", type=float, default=0.95, help="recall@k against exact search to reach (default: 0.95)")
+    tune.add_argument("--num-queries", type=int, default=1000, help="held-out queries to tune on (default: 1000)")
+    tune.add_argument("--num-leaves", type=int, nargs="+", help="ScaNN partition counts to try (default: 0.5, 1 and 2 x sqrt(N))")
+
+    report = commands.add_parser("report", help="HTML report of a run, with plots", epilog=REPORT_EXAMPLE, formatter_class=fmt)
+    report.add_argument("--run", required=True, help="run directory written by train")
+    report.add_argument("--output", help="report directory (default: RUN/report)")
+    report.add_argument("--tuning", help="a tune-index output (tuning.json or its directory) to plot the index frontier")
+
+    compare = commands.add_parser("compare", help="metrics of several runs side by side", epilog=COMPARE_EXAMPLE, formatter_class=fmt)
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by train")
+    compare.add_argument("--output", help="also render one HTML report comparing the runs here")
+
+    # Batch jobs with their own parsers (Beam options pass through): `main` hands them the rest of argv.
+    for name, help_text in PASSTHROUGH_HELP.items():
+        commands.add_parser(name, help=help_text, add_help=False)
 
     verify = commands.add_parser("verify", help="check a SavedModel in a fresh process", epilog=VERIFY_EXAMPLE, formatter_class=fmt)
     verify.add_argument("export_path", help="<export_base>/<model_name>/<version>")
@@ -93,6 +163,13 @@ def _print_verification(report: dict, out: Callable[[str], None]) -> int:
     for check in failed:
         out(f"  FAILED {check.get('name')}: {check.get('detail')}")
     out(f"verification: {'ok' if report.get('ok') else 'FAILED'} ({len(report.get('checks', []))} checks, {len(failed)} failed)")
+    metrics = report.get("metrics") or {}
+    if "recall_at_k" in metrics:
+        out(f"  recall@{metrics['k']} against exact search: {metrics['recall_at_k']:.4f} ({metrics['num_recall_queries']} queries)")
+    if "latency_ms" in metrics:
+        latency = metrics["latency_ms"]
+        out(f"  single query: p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms; "
+            f"{metrics['batched_qps']:,.0f} queries/s in batches of {metrics['qps_batch_size']} (in-process, not a server)")
     return EXIT_OK if report.get("ok") else EXIT_VERIFY_FAILED
 
 
@@ -118,13 +195,61 @@ def _cmd_evaluate(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return EXIT_OK
 
 
+SCANN_FLAGS = {"num_leaves": "--num-leaves", "num_leaves_to_search": "--leaves-to-search",
+               "reordering_multiplier": "--reordering-multiplier"}
+
+
+def _export_index(args: argparse.Namespace) -> Tuple[Any, Dict[str, int]]:
+    """``(index, index_settings)`` of ``export_run``: a kind or a config from a file, and ScaNN flags."""
+    from tfrec_towers.tuning import load_index_config
+
+    if args.index_config and args.index:
+        raise ValueError("Pass either --index or --index-config (which names the index kind), not both.")
+    index = load_index_config(args.index_config) if args.index_config else args.index
+    settings = {field: getattr(args, field) for field in SCANN_FLAGS if getattr(args, field) is not None}
+    if settings and getattr(index, "kind", index) == "brute-force":
+        flags = ", ".join(SCANN_FLAGS[field] for field in settings)
+        raise ValueError(f"{flags} set ScaNN parameters, but the index is brute-force: drop them or use --index scann.")
+    if settings and index is None:
+        index = "scann"
+    return index, settings
+
+
+def _export_command(config) -> str:
+    """The export flags that reproduce an ``IndexConfig``."""
+    flags = [f"--index {config.kind}", f"--k {config.k}"]
+    if config.kind == "scann":
+        flags += [f"{flag} {getattr(config, field)}" for field, flag in SCANN_FLAGS.items()]
+    return " ".join(flags)
+
+
 def _cmd_export(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from pipelines.train import export_run
     from tfrec_towers.verify import verify_export
 
-    path = export_run(args.run, args.output, index=args.index, k=args.k)
+    index, settings = _export_index(args)
+    path = export_run(
+        args.run, args.output, index=index, k=args.k, candidates=args.candidates, index_settings=settings
+    )
     print(path)
     return EXIT_OK if args.no_verify else _print_verification(verify_export(path), out)
+
+
+def _cmd_tune_index(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from pipelines.train import tune_run
+    from tfrec_towers.tuning import TuningGrid
+
+    result, paths = tune_run(
+        args.run, args.output, candidates=args.candidates, k=args.k, target_recall=args.target_recall,
+        grid=TuningGrid(num_leaves=tuple(args.num_leaves)) if args.num_leaves else None, num_queries=args.num_queries,
+    )
+    print(result.frontier_table())
+    chosen = result.chosen
+    print(f"chosen: {chosen.label} (recall@{result.k} {chosen.recall:.4f}, {chosen.queries_per_second:,.0f} queries/s)")
+    print(f"export with: tfrec-towers export --run {args.run} --index-config {paths['json']}")
+    print(f"         or: tfrec-towers export --run {args.run} {_export_command(chosen.config)}")
+    out(f"report: {paths['json']}, plot: {paths['plot']}")
+    return EXIT_OK if result.target_met else EXIT_TARGET_MISSED
 
 
 def _cmd_verify(args: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -138,15 +263,53 @@ def _cmd_verify(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return _print_verification(report, out)
 
 
+def _cmd_report(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from tfrec_towers.report import write_report
+
+    path = write_report([args.run], args.output or Path(args.run) / "report", tuning=args.tuning)
+    print(path)
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from tfrec_towers.report import compare_table, write_report
+
+    print(compare_table(args.runs))
+    if args.output:
+        out(f"report: {write_report(args.runs, args.output)}")
+    return EXIT_OK
+
+
+def _value_errors_exit_2(command: Callable[[argparse.Namespace, Callable[[str], None]], int]):
+    """Runs ``command``; a ValueError (bad corpus, ids, index settings: the library names the problem) exits 2."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+        try:
+            return command(args, out)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
 COMMANDS: Dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
-    "export": _cmd_export,
+    "export": _value_errors_exit_2(_cmd_export),
+    "tune-index": _value_errors_exit_2(_cmd_tune_index),
+    "report": _value_errors_exit_2(_cmd_report),
+    "compare": _value_errors_exit_2(_cmd_compare),
     "verify": _cmd_verify,
 }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((position for position, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is not None and argv[command] in PASSTHROUGH_HELP:
+        return _run_passthrough(argv[command], argv[command + 1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for ours in ("pipelines", "tfrec_towers"):

@@ -17,6 +17,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.towers import TowerConfig
 
 
@@ -74,11 +75,20 @@ class FeaturesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The towers and the temperature of the scores s(q, v) = ⟨u, v⟩ / τ."""
+    """The towers and the temperature of the scores s(q, v) = ⟨u, v⟩ / τ.
+
+    Attributes:
+      query_tower, candidate_tower: the MLP of each tower.
+      temperature: τ.
+      history: how the query tower reads the history: ``encoder`` ``pooling`` (default, pooled by
+        ``features.history_pooling``), ``mean``, ``attention``, ``gru`` or ``transformer``, with
+        ``num_layers``, ``num_heads``, ``dropout`` and ``max_length`` (see ``history_encoders.py``).
+    """
 
     query_tower: TowerConfig = TowerConfig()
     candidate_tower: TowerConfig = TowerConfig()
     temperature: float = 0.05
+    history: HistoryEncoderConfig = HistoryEncoderConfig()
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -178,13 +188,25 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation. ``seed`` seeds TensorFlow, numpy, the shuffles and the synthetic data."""
+    """Optimisation. ``seed`` seeds TensorFlow, numpy, the shuffles and the synthetic data.
+
+    ``example_format``: ``per_prefix`` (default: one example per training interaction, its history
+    → the item) or ``every_position`` (one sequence of up to ``model.history.max_length`` items per
+    example, every position predicting its next item in one pass; needs a sequence
+    ``model.history.encoder``). ``batch_size`` counts examples: sequences for ``every_position``.
+
+    ``distribute``: the ``tf.distribute`` strategy (:mod:`pipelines.distribute`): ``none`` (one
+    device), ``mirrored`` (every local GPU) or ``multi_worker`` (the machines of ``TF_CONFIG``);
+    ``batch_size`` is then the global batch, and the loss scores every replica's queries against it.
+    """
 
     epochs: int = 10
     batch_size: int = 512
     learning_rate: float = 0.003
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     seed: int = 0
+    example_format: Literal["per_prefix", "every_position"] = "per_prefix"
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

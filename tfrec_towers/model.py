@@ -3,6 +3,12 @@
 ``TwoTowerModel.compute_loss`` only wires features → embeddings → task, as TFRS's ``models/base.py``
 intends, so replacing the loss (logQ correction, memory bank, mixed negatives, …) means passing
 another task, not rewriting the model.
+
+Two example formats feed the same model: a per-prefix example (history → its next item, the
+candidate id ``[B]``) and a sequence example (a history ``[B, L]`` whose position ``l`` is followed
+by the candidate of column ``l``: the candidate features are ``[B, L]``, padded with 0 or ""). A
+sequence batch trains every position at once: its N valid positions become N (query, candidate)
+pairs for the same task, so in-batch negatives span all positions of all sequences.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_towers.encoders import build_embedding_tables
 from tfrec_towers.features import FeatureSpec, feature_from_dict
+from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.losses.negatives import NegativeSet
 from tfrec_towers.towers import Tower, TowerConfig
 
@@ -74,18 +81,38 @@ class TwoTowerModel(tfrs.Model):
             "candidate_embedding": self.candidate_tower(features, training=training),
         }
 
+    def _every_position(
+        self, features: Mapping[str, tf.Tensor], training: bool
+    ) -> tuple[tf.Tensor, Dict[str, tf.Tensor], tf.Tensor]:
+        """A sequence batch as N pairs: queries ``[N, d]``, candidate features ``[N]``, ids ``[N]``.
+
+        Position ``l`` of row ``b`` is a pair when its candidate id is not padding (0 or "");
+        the query tower's ``sequence_embeddings`` give the causal query of each position.
+        """
+        ids = features[self.candidate_id]
+        padding = "" if ids.dtype == tf.string else tf.zeros([], ids.dtype)
+        valid = tf.not_equal(ids, padding)
+        queries = tf.boolean_mask(self.query_tower.sequence_embeddings(features, training=training), valid)
+        candidates = {f.name: tf.boolean_mask(features[f.name], valid) for f in self.candidate_tower.features}
+        return queries, candidates, candidates[self.candidate_id]
+
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        query_embeddings = self.query_tower(features, training=training)
+        """The task's loss on a per-prefix batch, or on every valid position of a sequence batch
+        (a candidate id of rank 2)."""
+        if features[self.candidate_id].shape.rank == 2:
+            query_embeddings, features, ids = self._every_position(features, training)
+        else:
+            query_embeddings, ids = self.query_tower(features, training=training), features[self.candidate_id]
         candidate_embeddings = self.candidate_tower(features, training=training)
         extra = {}
         if self.mixed_negatives is not None and training:
-            sampled, ids, log_q = self.mixed_negatives.sample()
+            sampled, sampled_ids, log_q = self.mixed_negatives.sample()
             embeddings = self.candidate_tower(sampled, training=training)
-            extra["extra_negatives"] = NegativeSet(embeddings, ids, log_q, tf.ones_like(log_q, tf.bool))
+            extra["extra_negatives"] = NegativeSet(embeddings, sampled_ids, log_q, tf.ones_like(log_q, tf.bool))
         return self.task(
             query_embeddings,
             candidate_embeddings,
-            candidate_ids=features[self.candidate_id],
+            candidate_ids=ids,
             compute_metrics=False,
             training=training,
             **extra,
@@ -121,8 +148,8 @@ class TwoTowerModel(tfrs.Model):
             candidate_features = [feature_from_dict(f) for f in candidate_cfg["features"]]
             tables = build_embedding_tables(query_features + candidate_features)
             towers = [
-                Tower(query_features, query_cfg["config"], tables, name=query_cfg["name"]),
-                Tower(candidate_features, candidate_cfg["config"], tables, name=candidate_cfg["name"]),
+                Tower(features, cfg["config"], tables, cfg.get("history", HistoryEncoderConfig()), name=cfg["name"])
+                for features, cfg in ((query_features, query_cfg), (candidate_features, candidate_cfg))
             ]
         else:
             towers = [tf.keras.utils.deserialize_keras_object(s) for s in serialized]
@@ -130,9 +157,13 @@ class TwoTowerModel(tfrs.Model):
 
 
 def build_towers(
-    spec: FeatureSpec, query_config: TowerConfig, candidate_config: TowerConfig
+    spec: FeatureSpec,
+    query_config: TowerConfig,
+    candidate_config: TowerConfig,
+    history: HistoryEncoderConfig = HistoryEncoderConfig(),
 ) -> tuple[Tower, Tower]:
-    """Both towers over one set of embedding tables (shared where the spec says so).
+    """Both towers over one set of embedding tables (shared where the spec says so); the query
+    tower reads its history as ``history`` says.
 
     Raises:
       ValueError: the towers' output dimensions differ (their dot product would be undefined).
@@ -143,6 +174,6 @@ def build_towers(
             f"Received: {query_config.output_dim} and {candidate_config.output_dim}"
         )
     tables = build_embedding_tables(spec.all_features)
-    query = Tower(spec.query, query_config, tables, name="query_tower")
+    query = Tower(spec.query, query_config, tables, history, name="query_tower")
     candidate = Tower(spec.candidate, candidate_config, tables, name="candidate_tower")
     return query, candidate

@@ -3,6 +3,9 @@
     u = normalize(W_K σ(… σ(W_1 [e_1(x_1); …; e_F(x_F)]) …))
 
 as in the two-tower models of Yi et al. (RecSys 2019) and Covington et al. (RecSys 2016).
+With a sequence history encoder (``history_encoders.py``) the history's vector is the encoder's
+output ``h`` instead of a pooled embedding, ``u = normalize(MLP([e_1(x_1); …; h]))``, and the tower
+also gives one embedding per history position (``sequence_embeddings``) for every-position training.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfrec_towers.encoders import FeatureEncoder
-from tfrec_towers.features import Feature
+from tfrec_towers.encoders import FeatureEncoder, build_embedding_tables
+from tfrec_towers.features import Feature, SequenceFeature, feature_from_dict, feature_to_dict
+from tfrec_towers.history_encoders import HistoryEncoderConfig, make_history_encoder
 
 Normalization = Literal["none", "batch", "layer"]
 
@@ -57,23 +61,47 @@ class Tower(tf.keras.Model):
     """Encodes one side (query or candidate) into an embedding ``[batch, output_dim]``.
 
     Args:
-      features: the tower's feature declarations (adapted: vocabularies filled in).
+      features: the tower's feature declarations (adapted: vocabularies filled in), or their dict form.
       config: the MLP's :class:`TowerConfig` (or its dict form).
       tables: embedding layers shared with the other tower (see ``FeatureEncoder``).
+      history: how the history feature is read (:class:`HistoryEncoderConfig` or its dict form);
+        with a sequence encoder the feature named ``history.feature`` (an ``int64`` sequence) is
+        looked up in its (shared) table and encoded by it, the other features by the feature encoder.
+
+    Raises:
+      ValueError: a sequence encoder is configured but the tower has no ``int64`` sequence
+        feature named ``history.feature``.
 
     Call: a dict of raw feature tensors (extra keys are ignored) → ``[batch, output_dim]``.
     """
 
     def __init__(
         self,
-        features: Sequence[Feature],
+        features: Sequence[Feature | Mapping[str, Any]],
         config: TowerConfig | Mapping[str, Any] = TowerConfig(),
         tables: Optional[Mapping[str, tf.keras.layers.Layer]] = None,
+        history: HistoryEncoderConfig | Mapping[str, Any] = HistoryEncoderConfig(),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.config = config if isinstance(config, TowerConfig) else TowerConfig(**config)
-        self.encoder = FeatureEncoder(features, tables, name="features")
+        self.history = history if isinstance(history, HistoryEncoderConfig) else HistoryEncoderConfig(**history)
+        self._features = [feature_from_dict(f) if isinstance(f, Mapping) else f for f in features]
+        self.history_feature: Optional[SequenceFeature] = None
+        if self.history.is_sequential:
+            self.history_feature = next((f for f in self._features if f.name == self.history.feature), None)
+            if not isinstance(self.history_feature, SequenceFeature) or self.history_feature.dtype != "int64":
+                raise ValueError(
+                    f"`history.encoder`={self.history.encoder!r} needs an int64 sequence feature named "
+                    f"{self.history.feature!r}; the tower's features are {[f.name for f in self._features]}."
+                )
+            tables = dict(tables) if tables is not None else build_embedding_tables(self._features)
+            side = [f for f in self._features if f is not self.history_feature]
+            self.encoder = FeatureEncoder(side, tables, name="features") if side else None
+            self.history_table = tables[self.history_feature.table]
+            self.history_encoder = make_history_encoder(self.history)
+        else:
+            self.encoder = FeatureEncoder(self._features, tables, name="features")
         self.hidden = []
         for i, units in enumerate(self.config.hidden_units):
             self.hidden.append(tf.keras.layers.Dense(units, activation=self.config.activation, name=f"hidden_{i}"))
@@ -87,10 +115,20 @@ class Tower(tf.keras.Model):
 
     @property
     def features(self) -> Sequence[Feature]:
-        return self.encoder.features
+        return self._features
 
-    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        x = self.encoder(inputs)
+    def _encode_history(self, inputs: Mapping[str, tf.Tensor], training: bool, return_sequences: bool) -> tf.Tensor:
+        feature = self.history_feature
+        ids = inputs[feature.name]
+        if not return_sequences:
+            ids = ids[:, -self.history.max_length :]
+        mask = tf.not_equal(ids, tf.cast(feature.padding_value, ids.dtype))
+        return self.history_encoder(
+            self.history_table(ids), mask, training=training, return_sequences=return_sequences
+        )
+
+    def _head(self, x: tf.Tensor, training: bool) -> tf.Tensor:
+        """MLP, projection and L2 normalisation over the last axis: ``[..., in] → [..., output_dim]``."""
         for layer in self.hidden:
             x = layer(x, training=training)
         x = self.projection(x)
@@ -98,11 +136,42 @@ class Tower(tf.keras.Model):
             x = tf.math.l2_normalize(x, axis=-1)
         return x
 
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        if self.history_feature is None:
+            return self._head(self.encoder(inputs), training)
+        parts = [self._encode_history(inputs, training, return_sequences=False)]
+        if self.encoder is not None:
+            parts.insert(0, self.encoder(inputs))
+        return self._head(tf.concat(parts, axis=-1), training)
+
+    def sequence_embeddings(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """The query of every history prefix in one pass: ``[batch, L, output_dim]``.
+
+        Position ``l`` sees the history items ``≤ l`` (causal) and the example's other features
+        (``[batch]`` each, broadcast over positions); padding positions hold embeddings of the
+        features alone and must be left out by the caller.
+
+        Raises:
+          ValueError: the tower has no sequence history encoder (``history.encoder``='pooling').
+        """
+        if self.history_feature is None:
+            raise ValueError(
+                f"{self.name} pools its history inside the feature encoder (`history.encoder`='pooling'): "
+                "every-position training needs a sequence encoder (mean, attention, gru or transformer)."
+            )
+        sequence = self._encode_history(inputs, training, return_sequences=True)
+        if self.encoder is not None:
+            side = self.encoder(inputs)[:, tf.newaxis, :]
+            side = tf.tile(side, tf.stack([1, tf.shape(sequence)[1], 1]))
+            sequence = tf.concat([side, sequence], axis=-1)
+        return self._head(sequence, training)
+
     def get_config(self) -> Dict[str, Any]:
         return {
             "name": self.name,
-            "features": self.encoder.get_config()["features"],
+            "features": [feature_to_dict(f) for f in self._features],
             "config": dataclasses.asdict(self.config),
+            "history": dataclasses.asdict(self.history),
         }
 
 

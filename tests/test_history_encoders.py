@@ -1,0 +1,184 @@
+"""History encoders: causality, padding invariance, numpy oracles, the tower around them, configs."""
+
+import numpy as np
+import pytest
+
+import tfrec_towers  # noqa: F401
+import tensorflow as tf
+
+from tfrec_towers.features import CategoricalFeature, SequenceFeature
+from tfrec_towers.history_encoders import (
+    AttentionHistoryEncoder,
+    GRUHistoryEncoder,
+    HistoryEncoderConfig,
+    MeanHistoryEncoder,
+    TransformerHistoryEncoder,
+    make_history_encoder,
+)
+from tfrec_towers.towers import Tower, TowerConfig
+
+ENCODERS = ["mean", "attention", "gru", "transformer"]
+
+
+def _encoder(kind):
+    return make_history_encoder(HistoryEncoderConfig(encoder=kind, num_layers=2, num_heads=2, dropout=0.1, max_length=8))
+
+
+def _batch(seed, batch=3, length=6, dim=4, padding=(2, 0, 5)):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, length, dim)).astype(np.float32)
+    mask = np.ones((batch, length), bool)
+    for b, p in enumerate(padding):
+        mask[b, :p] = False
+    return x, mask
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_changing_a_future_item_never_changes_an_earlier_position(kind):
+    tf.keras.utils.set_random_seed(0)
+    encoder = _encoder(kind)
+    x, mask = _batch(0)
+    before = encoder(tf.constant(x), tf.constant(mask), return_sequences=True).numpy()
+    for position in (2, 4, 5):
+        changed = x.copy()
+        changed[:, position] = np.random.default_rng(position).normal(size=changed[:, position].shape)
+        after = encoder(tf.constant(changed), tf.constant(mask), return_sequences=True).numpy()
+        np.testing.assert_allclose(after[:, :position], before[:, :position], atol=1e-6)
+        assert np.abs(after[1, position:] - before[1, position:]).max() > 1e-4  # the change is seen from there on
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_padding_neither_its_amount_nor_its_content_changes_the_output(kind):
+    tf.keras.utils.set_random_seed(1)
+    encoder = _encoder(kind)
+    x, mask = _batch(1)
+    sequences = encoder(tf.constant(x), tf.constant(mask), return_sequences=True).numpy()
+    summary = encoder(tf.constant(x), tf.constant(mask)).numpy()
+    garbage = np.random.default_rng(2).normal(size=(3, 3, 4)).astype(np.float32)
+    x_more = np.concatenate([garbage, np.where(mask[..., None], x, 7.0)], axis=1)
+    mask_more = np.concatenate([np.zeros((3, 3), bool), mask], axis=1)
+    sequences_more = encoder(tf.constant(x_more), tf.constant(mask_more), return_sequences=True).numpy()
+    np.testing.assert_allclose(sequences_more[:, 3:], sequences, atol=1e-5)
+    np.testing.assert_allclose(sequences_more[:, :3], 0.0)
+    np.testing.assert_allclose(encoder(tf.constant(x_more), tf.constant(mask_more)).numpy(), summary, atol=1e-5)
+    np.testing.assert_allclose(summary, sequences[:, -1], atol=1e-6)  # the summary is the newest position
+    empty = encoder(tf.constant(x), tf.zeros_like(mask)).numpy()
+    np.testing.assert_allclose(empty, 0.0)
+
+
+def test_mean_encoder_matches_numpy_prefix_means():
+    x, mask = _batch(3)
+    got = MeanHistoryEncoder()(tf.constant(x), tf.constant(mask), return_sequences=True).numpy()
+    for b in range(3):
+        for l in range(6):
+            valid = x[b, : l + 1][mask[b, : l + 1]]
+            expected = valid.mean(axis=0) if mask[b, l] else np.zeros(4)
+            np.testing.assert_allclose(got[b, l], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_encoder_matches_numpy():
+    x, mask = _batch(4)
+    encoder = AttentionHistoryEncoder(max_length=3)
+    encoder(tf.constant(x), tf.constant(mask))
+    rng = np.random.default_rng(5)
+    encoder.recency.assign(rng.normal(size=3).astype(np.float32))
+    got = encoder(tf.constant(x), tf.constant(mask), return_sequences=True).numpy()
+    kernel, query, recency = encoder.keys.kernel.numpy(), encoder.query.numpy(), encoder.recency.numpy()
+    for b in range(3):
+        valid = np.flatnonzero(mask[b])
+        for newest_rank, l in enumerate(valid):
+            items = valid[: newest_rank + 1]
+            logits = (x[b, items] @ kernel @ query) / np.sqrt(4) + recency[np.minimum(newest_rank - np.arange(len(items)), 2)]
+            weights = np.exp(logits - logits.max())
+            expected = (weights / weights.sum()) @ x[b, items]
+            np.testing.assert_allclose(got[b, l], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gru_encoder_equals_a_gru_run_on_the_valid_items_alone():
+    x, mask = _batch(6)
+    encoder = GRUHistoryEncoder()
+    got = encoder(tf.constant(x), tf.constant(mask), return_sequences=True).numpy()
+    for b in range(3):
+        valid = x[b][mask[b]][np.newaxis]
+        expected = encoder.gru(tf.constant(valid)).numpy()[0]
+        np.testing.assert_allclose(got[b][mask[b]], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_dropout_acts_only_in_training():
+    tf.keras.utils.set_random_seed(7)
+    encoder = TransformerHistoryEncoder(num_layers=1, num_heads=1, dropout=0.5, max_length=8)
+    x, mask = _batch(7)
+    a, b = (encoder(tf.constant(x), tf.constant(mask), training=False).numpy() for _ in range(2))
+    np.testing.assert_allclose(a, b)
+    assert np.abs(encoder(tf.constant(x), tf.constant(mask), training=True).numpy() - a).max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_encoder_config_round_trip_and_checkpoint(kind, tmp_path):
+    encoder = _encoder(kind)
+    x, mask = _batch(8)
+    expected = encoder(tf.constant(x), tf.constant(mask)).numpy()
+    clone = type(encoder).from_config(encoder.get_config())
+    assert clone.get_config() == encoder.get_config()
+    clone(tf.constant(x), tf.constant(mask))
+    path = tf.train.Checkpoint(encoder=encoder).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(encoder=clone).read(path).assert_consumed()
+    np.testing.assert_allclose(clone(tf.constant(x), tf.constant(mask)).numpy(), expected, atol=1e-6)
+
+
+def test_encoder_config_validation_names_the_argument():
+    with pytest.raises(ValueError, match="`encoder` must be one of"):
+        HistoryEncoderConfig(encoder="lstm")
+    with pytest.raises(ValueError, match="`num_heads` must be a positive int. Received: 0"):
+        HistoryEncoderConfig(num_heads=0)
+    with pytest.raises(ValueError, match="`dropout` must be in"):
+        TransformerHistoryEncoder(dropout=1.0)
+    with pytest.raises(ValueError, match="`max_length` must be a positive int"):
+        AttentionHistoryEncoder(max_length=0)
+    with pytest.raises(ValueError, match="pools inside the feature encoder"):
+        make_history_encoder(HistoryEncoderConfig())
+
+
+def _tower(kind, side=True):
+    history = SequenceFeature("history", vocabulary=tuple(range(1, 13)), embedding_dim=8)
+    features = [CategoricalFeature("user_id", vocabulary=(1, 2, 3), embedding_dim=4)] if side else []
+    return Tower(features + [history], TowerConfig(hidden_units=(16,), output_dim=8),
+                 history=HistoryEncoderConfig(encoder=kind, num_layers=1, num_heads=2, dropout=0.0, max_length=6))
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_tower_sequence_embeddings_equal_the_per_prefix_queries(kind):
+    tf.keras.utils.set_random_seed(9)
+    tower = _tower(kind)
+    history = np.array([[0, 0, 3, 5, 7, 11], [2, 4, 6, 8, 10, 12]], np.int64)
+    users = np.array([1, 3], np.int64)
+    sequences = tower.sequence_embeddings({"history": tf.constant(history), "user_id": tf.constant(users)}).numpy()
+    for b in range(2):
+        for l in range(6):
+            if history[b, l] == 0:
+                continue
+            prefix = np.zeros((1, 9), np.int64)  # a longer padding than training used
+            prefix[0, 9 - (l + 1):] = history[b, : l + 1]
+            query = tower({"history": tf.constant(prefix), "user_id": tf.constant(users[b : b + 1])}).numpy()[0]
+            np.testing.assert_allclose(sequences[b, l], query, atol=1e-5)
+
+
+def test_tower_reads_only_the_last_max_length_items_and_round_trips():
+    tower = _tower("transformer", side=False)
+    long = np.arange(1, 13, dtype=np.int64)[np.newaxis]
+    out = tower({"history": tf.constant(long)}).numpy()
+    np.testing.assert_allclose(tower({"history": tf.constant(long[:, -6:])}).numpy(), out, atol=1e-6)
+    clone = Tower.from_config(tower.get_config())
+    assert clone.get_config() == tower.get_config()
+    clone({"history": tf.constant(long)})
+    clone.set_weights(tower.get_weights())
+    np.testing.assert_allclose(clone({"history": tf.constant(long)}).numpy(), out, atol=1e-6)
+
+
+def test_pooling_tower_refuses_every_position_and_unknown_history_is_named():
+    pooled = Tower([SequenceFeature("history", vocabulary=(1, 2), embedding_dim=4)], TowerConfig(output_dim=4))
+    with pytest.raises(ValueError, match="every-position training needs a sequence encoder"):
+        pooled.sequence_embeddings({"history": tf.constant([[1, 2]], tf.int64)})
+    with pytest.raises(ValueError, match="needs an int64 sequence feature named 'events'"):
+        Tower([SequenceFeature("history", vocabulary=(1, 2), embedding_dim=4)], TowerConfig(output_dim=4),
+              history=HistoryEncoderConfig(encoder="gru", feature="events"))
