@@ -44,7 +44,9 @@ def _write_ml100k(directory, users=40, items=60, seed=0):
     return directory
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "export", "tune-index", "verify", "embed", "index-embeddings"])
+@pytest.mark.parametrize(
+    "command", ["init", "train", "evaluate", "export", "tune-index", "verify", "report", "compare", "embed", "index-embeddings"]
+)
 def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -231,3 +233,15 @@ def test_report_and_compare(synthetic_run, tmp_path, capsys):
     hr50 = json.loads((synthetic_run / "metrics.json").read_text())["HR@50"]
     assert table.count(f"{hr50:.4f}") == 2
     assert (tmp_path / "both" / "report.html").is_file()
+
+
+def test_init_writes_a_commented_default_configuration(tmp_path, capsys):
+    from tfrec_towers.config import ExperimentConfig, load_config
+
+    path = tmp_path / "conf" / "experiment.yaml"
+    assert main(["init", str(path)]) == EXIT_OK
+    text = path.read_text()
+    assert load_config(path) == ExperimentConfig()
+    assert "# width of every id and category embedding." in text and "logq: streaming" in text
+    assert main(["--verbose", "init", str(path)]) == EXIT_USAGE
+    assert "init never overwrites" in capsys.readouterr().err

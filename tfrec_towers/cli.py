@@ -38,6 +38,10 @@ TUNE_INDEX_EXAMPLE = """example:
   tfrec-towers tune-index --run runs/ml1m --k 10 --target-recall 0.95 --output runs/ml1m/tuning
   # prints the recall/QPS frontier, writes tuning.json + tuning.png and the export command
 """
+INIT_EXAMPLE = """example:
+  tfrec-towers init experiment.yaml              # every key with its default and what it means
+  tfrec-towers train --config experiment.yaml --output runs/a
+"""
 REPORT_EXAMPLE = """example:
   tfrec-towers report --run runs/ml1m                  # writes runs/ml1m/report/report.html and its PNGs
   tfrec-towers report --run runs/ml1m --tuning tuned/ --output /tmp/ml1m-report
@@ -78,7 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfrec-towers", description="Train, evaluate, export and verify two-tower retrieval models."
     )
-    parser.add_argument("--quiet", action="store_true", help="print only results and errors")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", action="store_true", help="print only results and errors")
+    loudness.add_argument("--verbose", action="store_true", help="also print debugging detail")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -119,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--target-recall", type=float, default=0.95, help="recall@k against exact search to reach (default: 0.95)")
     tune.add_argument("--num-queries", type=int, default=1000, help="held-out queries to tune on (default: 1000)")
     tune.add_argument("--num-leaves", type=int, nargs="+", help="ScaNN partition counts to try (default: 0.5, 1 and 2 x sqrt(N))")
+
+    init = commands.add_parser("init", help="write a commented example configuration", epilog=INIT_EXAMPLE, formatter_class=fmt)
+    init.add_argument("path", help="the YAML file to write (refused if it exists)")
 
     report = commands.add_parser("report", help="HTML report of a run, with plots", epilog=REPORT_EXAMPLE, formatter_class=fmt)
     report.add_argument("--run", required=True, help="run directory written by train")
@@ -177,7 +186,9 @@ def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from pipelines.train import train
 
     config = _resolve_config(args)
-    result = train(config, args.output, verbose=0 if args.quiet else 2)
+    # Keras progress bars on a terminal (or with --verbose), one line per epoch in logs.
+    verbose = 0 if args.quiet else 1 if (args.verbose or sys.stdout.isatty()) else 2
+    result = train(config, args.output, verbose=verbose)
     print(json.dumps(result.metrics, indent=2))
     out(f"run: {result.run_dir}")
     out(f"export: {result.export_path}")
@@ -263,6 +274,18 @@ def _cmd_verify(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return _print_verification(report, out)
 
 
+def _cmd_init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from tfrec_towers.config_template import commented_yaml
+
+    path = Path(args.path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists: choose another path (init never overwrites a file).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(commented_yaml())
+    print(path)
+    return EXIT_OK
+
+
 def _cmd_report(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from tfrec_towers.report import write_report
 
@@ -299,6 +322,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] 
     "evaluate": _cmd_evaluate,
     "export": _value_errors_exit_2(_cmd_export),
     "tune-index": _value_errors_exit_2(_cmd_tune_index),
+    "init": _cmd_init,
     "report": _value_errors_exit_2(_cmd_report),
     "compare": _value_errors_exit_2(_cmd_compare),
     "verify": _cmd_verify,
@@ -313,7 +337,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for ours in ("pipelines", "tfrec_towers"):
-        logging.getLogger(ours).setLevel(logging.WARNING if args.quiet else logging.INFO)
+        logging.getLogger(ours).setLevel(
+            logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+        )
 
     def out(message: str) -> None:
         if not args.quiet:
