@@ -11,6 +11,7 @@ also gives one embedding per history position (``sequence_embeddings``) for ever
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -175,6 +176,16 @@ class Tower(tf.keras.Model):
         }
 
 
+_PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.WeakKeyDictionary()
+
+
+def _predict_function(tower: tf.keras.Model):
+    """One traced inference function per tower, reused across calls (batch size left dynamic)."""
+    if tower not in _PREDICT_FUNCTIONS:
+        _PREDICT_FUNCTIONS[tower] = tf.function(lambda batch: tower(batch, training=False), reduce_retracing=True)
+    return _PREDICT_FUNCTIONS[tower]
+
+
 def compute_embeddings(
     tower: tf.keras.Model, features: Mapping[str, np.ndarray], batch_size: int = 4096
 ) -> np.ndarray:
@@ -185,7 +196,7 @@ def compute_embeddings(
     names = [f.name for f in tower.features] if hasattr(tower, "features") else list(features)
     columns = {name: features[name] for name in names}
     num_rows = len(next(iter(columns.values())))
-    predict = tf.function(lambda batch: tower(batch, training=False))
+    predict = _predict_function(tower)
     outputs = []
     for start in range(0, num_rows, batch_size):
         batch = {name: tf.constant(values[start : start + batch_size]) for name, values in columns.items()}
