@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +51,7 @@ from tfrec_towers.verify import verify_export
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE, SPEC_FILE, METRICS_FILE, HISTORY_FILE = "config.json", "feature_spec.json", "metrics.json", "history.json"
+TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir RUN/tensorboard` (training.tensorboard: true)
 CHECKPOINT_DIR, EXPORT_DIR, VERIFICATION_FILE = "checkpoint", "export", "verification.json"
 
 
@@ -143,9 +144,13 @@ def evaluate_model(model: TwoTowerModel, data: RetrievalData, batch_size: int = 
 
 
 def fit_model(
-    model: tf.keras.Model, features: Dict[str, np.ndarray], training: TrainingConfig, verbose: int = 1
+    model: tf.keras.Model,
+    features: Dict[str, np.ndarray],
+    training: TrainingConfig,
+    verbose: int = 1,
+    callbacks: Sequence[tf.keras.callbacks.Callback] = (),
 ) -> tuple[Dict[str, list], float, float]:
-    """``model.fit`` on shuffled batches of ``features``.
+    """``model.fit`` on shuffled batches of ``features`` (with ``callbacks`` besides TerminateOnNaN).
 
     With ``training.example_format`` ``every_position``, the per-prefix ``features`` are first
     regrouped into sequence examples of ``model.query_tower.history.max_length`` positions
@@ -165,7 +170,9 @@ def fit_model(
         )
     dataset = training_dataset(features, training.batch_size, shuffle=True, seed=training.seed)
     start = time.perf_counter()
-    history = model.fit(dataset, epochs=training.epochs, verbose=verbose, callbacks=[tf.keras.callbacks.TerminateOnNaN()])
+    history = model.fit(
+        dataset, epochs=training.epochs, verbose=verbose, callbacks=[tf.keras.callbacks.TerminateOnNaN(), *callbacks]
+    )
     seconds = time.perf_counter() - start
     losses = history.history.get("loss", [])
     if not losses or not np.all(np.isfinite(losses)):
@@ -302,7 +309,8 @@ def _train_into(config: ExperimentConfig, run_dir: Path, verbose: int, strategy:
     with strategy.scope():
         model = build_model(spec, config, data)
     columns = {f.name: data.train[f.name] for f in spec.all_features}
-    history, seconds, examples_per_second = fit_model(model, columns, config.training, verbose)
+    callbacks = [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))] if config.training.tensorboard else []
+    history, seconds, examples_per_second = fit_model(model, columns, config.training, verbose, callbacks)
     (run_dir / HISTORY_FILE).write_text(json.dumps(history))
     tf.train.Checkpoint(model=model).write(str(run_dir / CHECKPOINT_DIR / "model"))
 

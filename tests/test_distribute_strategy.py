@@ -71,3 +71,4 @@ def test_train_under_a_mirrored_strategy_writes_a_complete_run(tmp_path):
     assert set(metrics) == {"HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50", "NDCG@100"}
     assert result.export_path is not None and (result.export_path / "saved_model.pb").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["distribute"] == "mirrored"
+

@@ -102,3 +102,27 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a MovieLens directory"):
         train(config, tmp_path / "out", verbose=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_tensorboard_logs_hold_the_epoch_losses_of_history_json(tmp_path):
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+
+    from pipelines.train import train
+    from tfrec_towers.config import ExperimentConfig, apply_overrides
+
+    config = apply_overrides(ExperimentConfig(), [
+        "data.num_items=150", "data.num_users=60", "data.interactions_per_user=8", "data.max_history=5",
+        "training.epochs=2", "training.batch_size=64", "export.verify=false", "training.tensorboard=true",
+    ])
+    train(config, tmp_path / "run", verbose=0)
+    losses = {}
+    for events in (tmp_path / "run" / "tensorboard" / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag == "epoch_loss":
+                    losses[event.step] = float(tf.make_ndarray(value.tensor))
+    history = json.loads((tmp_path / "run" / "history.json").read_text())["loss"]
+    np.testing.assert_allclose([losses[step] for step in sorted(losses)], history, rtol=1e-6)

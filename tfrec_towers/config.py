@@ -198,6 +198,8 @@ class TrainingConfig:
     ``distribute``: the ``tf.distribute`` strategy (:mod:`pipelines.distribute`): ``none`` (one
     device), ``mirrored`` (every local GPU) or ``multi_worker`` (the machines of ``TF_CONFIG``);
     ``batch_size`` is then the global batch, and the loss scores every replica's queries against it.
+
+    ``tensorboard``: write TensorBoard logs (the loss of every epoch, the graph) to ``RUN/tensorboard``.
     """
 
     epochs: int = 10
@@ -207,6 +209,7 @@ class TrainingConfig:
     seed: int = 0
     example_format: Literal["per_prefix", "every_position"] = "per_prefix"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
