@@ -59,7 +59,7 @@ VERIFICATION = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two tiny runs (logQ streaming, no logQ); the first with a tuning report, the second with a verification."""
+    """Two tiny runs (logQ from counts, the default, no logQ); the first with a tuning report, the second with a verification."""
     root = tmp_path_factory.mktemp("report_runs")
     logq = train(apply_overrides(ExperimentConfig(), TINY), root / "logq", verbose=0).run_dir
     plain = train(apply_overrides(ExperimentConfig(), [*TINY, "loss.logq=none"]), root / "plain", verbose=0).run_dir
@@ -236,7 +236,7 @@ def test_two_run_report_compares_both(runs, tmp_path):
     verification = next(t for t in parser.tables if t[0][:2] == ["run", "checks"])
     assert verification[1][:4] == ["plain", "passed", "brute-force", "0.9870 (k=20)"]
     differences = next(t for t in parser.tables if t[0][0] == "key")
-    assert ["loss.logq", '"streaming"', '"none"'] in differences
+    assert ["loss.logq", '"counts"', '"none"'] in differences
 
 
 def test_report_without_tuning_has_no_frontier(runs, tmp_path):
@@ -255,7 +255,7 @@ def test_compare_table_equals_metrics_files(runs):
         assert cells[0] == str(run_dir)
         for key in METRIC_KEYS:
             assert float(cells[columns.index(key)]) == pytest.approx(metrics[key], abs=5e-5)
-    assert rows[0].split("|")[2].strip() == "softmax, logQ streaming"
+    assert rows[0].split("|")[2].strip() == "softmax, logQ counts"
     assert rows[1].split("|")[-2].strip() == "0.9870 (k=20)"
 
 
