@@ -336,7 +336,8 @@ class RetrievalIndex(tf.Module):
         return self._search(query_embeddings)
 
     def _search(self, query_embeddings: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        raise NotImplementedError
+        """The subclass's search (brute force or ScaNN); this base class has none."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_search`.")
 
 
 class BruteForceIndex(RetrievalIndex):
