@@ -51,6 +51,7 @@ from tfrec_towers.verify import verify_export
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE, SPEC_FILE, METRICS_FILE, HISTORY_FILE = "config.json", "feature_spec.json", "metrics.json", "history.json"
+MAX_EVERY_POSITION_PAIRS = 8192  # above this many pairs per batch, every-position training warns
 TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir RUN/tensorboard` (training.tensorboard: true)
 CHECKPOINT_DIR, EXPORT_DIR, VERIFICATION_FILE = "checkpoint", "export", "verification.json"
 
@@ -168,6 +169,13 @@ def fit_model(
             features, [f.name for f in model.candidate_tower.features], model.candidate_id, reading.max_length,
             history=reading.feature,
         )
+        positions = training.batch_size * reading.max_length
+        if positions > MAX_EVERY_POSITION_PAIRS:
+            logger.warning(
+                "training.batch_size=%d sequences of up to %d items is up to %d (query, item) pairs per batch, "
+                "an in-batch logit matrix of up to %d x %d: every-position training usually takes 32-128 sequences.",
+                training.batch_size, reading.max_length, positions, positions, positions,
+            )
     dataset = training_dataset(features, training.batch_size, shuffle=True, seed=training.seed)
     start = time.perf_counter()
     history = model.fit(

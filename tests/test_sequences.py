@@ -186,3 +186,19 @@ def test_every_position_model_exports_and_verifies_in_a_fresh_process(tmp_path):
     expected = model.query_tower({"user_id": queries["user_id"], "history": tf.constant(data.eval_queries["history"])})
     got = loaded.signatures["query_embedding"](**queries)["embedding"]
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_every_position_batches_too_large_for_in_batch_logits_warn(caplog):
+    from pipelines.train import MAX_EVERY_POSITION_PAIRS, fit_model
+    from tfrec_towers.config import TrainingConfig
+
+    tf.keras.utils.set_random_seed(2)
+    data = _split()
+    model = _model(build_retrieval_task(LossConfig(), 0.2, 8, "int64"), data)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    large = MAX_EVERY_POSITION_PAIRS // 4 + 1  # sequences of max_length 4
+    fit_model(model, data.train, TrainingConfig(epochs=1, batch_size=large, example_format="every_position"), verbose=0)
+    assert f"training.batch_size={large} sequences of up to 4 items" in caplog.text
+    caplog.clear()
+    fit_model(model, data.train, TrainingConfig(epochs=1, batch_size=2, example_format="every_position"), verbose=0)
+    assert "training.batch_size" not in caplog.text
