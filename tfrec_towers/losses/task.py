@@ -185,8 +185,9 @@ class RetrievalLoss(tf.keras.layers.Layer):
         if self.candidate_probability is not None and training:
             self.candidate_probability.update(all_candidate_ids)
         if self.candidate_probability is not None:
-            positive_log_p = self._per_example_log_p(candidate_ids, batch_size)
             all_log_p = self._per_example_log_p(all_candidate_ids, batch_size)
+            # One replica: the positives are the gathered rows themselves, looked up once.
+            positive_log_p = all_log_p if replicas == 1 else self._per_example_log_p(candidate_ids, batch_size)
         else:
             positive_log_p = tf.zeros([tf.shape(candidate_ids)[0]], tf.float32)
             all_log_p = tf.zeros([batch_size], tf.float32)
