@@ -31,6 +31,7 @@ import numpy as np
 
 from pipelines.data import ColumnType, FeatureDict, RetrievalData, leave_last_out
 from pipelines.readers import read_delimited
+from tfrec_towers.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
     """
     data_dir = Path(data_dir)
     layout = _find_layout(data_dir)
-    ratings = layout.read_ratings(data_dir)
+    with progress(f"Reading the {layout.name} ratings of {data_dir.name}", unit="ratings") as bar:
+        ratings = layout.read_ratings(data_dir)
+        bar.update(len(ratings["user_id"]))
     movies = layout.read_movies(data_dir)
     users = layout.read_users(data_dir) if layout.read_users else _users_without_features(ratings["user_id"])
 
@@ -91,18 +94,20 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
             logger.warning("%s: dropped %d ratings of a %s missing from the %s file.", data_dir,
                            dropped[f"ratings_dropped_unknown_{reason}"], reason, reason)
     keep = known_movie & known_user
-    data = leave_last_out(
-        name=data_dir.resolve().name,
-        user_ids=ratings["user_id"][keep],
-        item_ids=ratings["movie_id"][keep],
-        timestamps=ratings["timestamp"][keep],
-        users=users,
-        candidates=movies,
-        user_id="user_id",
-        candidate_id="movie_id",
-        column_types={**USER_COLUMNS, **MOVIE_COLUMNS},
-        max_history=max_history,
-    )
+    with progress("Sorting ratings and building per-user histories", unit="ratings") as bar:
+        data = leave_last_out(
+            name=data_dir.resolve().name,
+            user_ids=ratings["user_id"][keep],
+            item_ids=ratings["movie_id"][keep],
+            timestamps=ratings["timestamp"][keep],
+            users=users,
+            candidates=movies,
+            user_id="user_id",
+            candidate_id="movie_id",
+            column_types={**USER_COLUMNS, **MOVIE_COLUMNS},
+            max_history=max_history,
+        )
+        bar.update(data.summary["interactions"])
     data.summary.update(dropped)
     logger.info("%s (%s layout): %s", data.name, layout.name, data.summary)
     return data

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.data import ColumnType, RetrievalData, leave_last_out
+from tfrec_towers.progress import progress
 
 COUNTRIES = ("US", "BR", "DE", "FR", "GB", "IN", "JP", "MX", "NG", "KR")
 NUM_CATEGORIES = 20
@@ -105,10 +106,12 @@ def make_synthetic(
 
     sampler = _Sampler(item_vectors, log_weight, np.cumsum(proposal), rng)
     chunk = max(1, _CHUNK_ELEMENTS // _NUM_PROPOSALS)
-    consumed = np.concatenate([
-        sampler.sequences(tastes[start : start + chunk], interactions_per_user)
-        for start in range(0, num_users, chunk)
-    ])
+    chunks = []
+    with progress("Sampling synthetic interactions", total=num_users, unit="users") as bar:
+        for start in range(0, num_users, chunk):
+            chunks.append(sampler.sequences(tastes[start : start + chunk], interactions_per_user))
+            bar.update(len(chunks[-1]))
+    consumed = np.concatenate(chunks)
 
     category_names = np.array([f"category_{k:02d}" for k in range(NUM_CATEGORIES)], dtype=object)
     return leave_last_out(

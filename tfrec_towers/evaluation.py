@@ -17,6 +17,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from tfrec_towers.progress import progress
+
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100)
 METRIC_KEYS: tuple[str, ...] = tuple(f"{m}@{k}" for m in ("HR", "NDCG") for k in DEFAULT_KS)
 
@@ -76,20 +78,22 @@ def target_ranks(
 
     target_scores = np.einsum("ud,ud->u", query_embeddings, candidate_embeddings[target_rows])
     ranks = np.zeros(num_queries, np.int64)
-    for q0 in range(0, num_queries, query_chunk):
-        q1 = min(q0 + query_chunk, num_queries)
-        in_chunk = (seen_owner >= q0) & (seen_owner < q1)
-        owners, rows = seen_owner[in_chunk] - q0, seen_rows[in_chunk]
-        threshold = target_scores[q0:q1, None]
-        for c0 in range(0, num_candidates, candidate_chunk):
-            c1 = min(c0 + candidate_chunk, num_candidates)
-            scores = query_embeddings[q0:q1] @ candidate_embeddings[c0:c1].T
-            beats = scores >= threshold
-            local = (rows >= c0) & (rows < c1)
-            beats[owners[local], rows[local] - c0] = False
-            targets_here = (target_rows[q0:q1] >= c0) & (target_rows[q0:q1] < c1)
-            beats[np.nonzero(targets_here)[0], target_rows[q0:q1][targets_here] - c0] = False
-            ranks[q0:q1] += beats.sum(axis=1)
+    with progress(f"Ranking among {num_candidates:,} candidates", total=num_queries, unit="queries") as bar:
+        for q0 in range(0, num_queries, query_chunk):
+            q1 = min(q0 + query_chunk, num_queries)
+            in_chunk = (seen_owner >= q0) & (seen_owner < q1)
+            owners, rows = seen_owner[in_chunk] - q0, seen_rows[in_chunk]
+            threshold = target_scores[q0:q1, None]
+            for c0 in range(0, num_candidates, candidate_chunk):
+                c1 = min(c0 + candidate_chunk, num_candidates)
+                scores = query_embeddings[q0:q1] @ candidate_embeddings[c0:c1].T
+                beats = scores >= threshold
+                local = (rows >= c0) & (rows < c1)
+                beats[owners[local], rows[local] - c0] = False
+                targets_here = (target_rows[q0:q1] >= c0) & (target_rows[q0:q1] < c1)
+                beats[np.nonzero(targets_here)[0], target_rows[q0:q1][targets_here] - c0] = False
+                ranks[q0:q1] += beats.sum(axis=1)
+            bar.update(q1 - q0)
     return ranks
 
 

@@ -40,6 +40,7 @@ from tfrec_towers.index import (
     exact_top_k,
     recall_at_k,
 )
+from tfrec_towers.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -233,9 +234,11 @@ def _embed_in_batches(
     embed = tf.function(lambda features: candidate_model(features, training=False), input_signature=[dict(specs)])
     num_rows = _num_rows(candidates)
     batches = []
-    for start in range(0, num_rows, batch_size):
-        batch = take_feature_rows(candidates, slice(start, start + batch_size))
-        batches.append(_check_embeddings("candidate_model", embed(batch), _num_rows(batch)))
+    with progress("Embedding the corpus", total=num_rows, unit="rows") as bar:
+        for start in range(0, num_rows, batch_size):
+            batch = take_feature_rows(candidates, slice(start, start + batch_size))
+            batches.append(_check_embeddings("candidate_model", embed(batch), _num_rows(batch)))
+            bar.update(len(batches[-1]))
     return np.concatenate(batches, axis=0)
 
 
@@ -498,10 +501,12 @@ def write_export(
     """
 
     def write(directory: Path) -> None:
-        tf.saved_model.save(module, str(directory), signatures=module.signatures())
+        with progress(f"Writing the SavedModel of {model_name!r} version {version}"):
+            tf.saved_model.save(module, str(directory), signatures=module.signatures())
         extra = directory / "assets.extra"
         extra.mkdir()
-        warmup.write_warmup_requests(extra / warmup.WARMUP_FILENAME, model_name, warmup_inputs)
+        with progress("Writing the warm-up requests"):
+            warmup.write_warmup_requests(extra / warmup.WARMUP_FILENAME, model_name, warmup_inputs)
         (extra / METADATA_FILENAME).write_text(json.dumps(dict(description), indent=2) + "\n")
         (extra / VERIFICATION_SAMPLE_FILENAME).write_text(json.dumps(dict(verification_sample)) + "\n")
 

@@ -24,6 +24,8 @@ from typing import Any, Dict, Iterable, Literal, Mapping, Optional, Sequence, Tu
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.progress import progress
+
 IdDtype = Literal["int64", "string"]
 NumericDtype = Literal["int64", "float32"]
 Pooling = Literal["mean", "sum", "max"]
@@ -268,31 +270,33 @@ def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
       KeyError: a feature's column is in none of the tables.
     """
     pooled: Dict[str, list] = {}
-    for feature in spec.all_features:
-        columns = [t[feature.name] for t in tables if feature.name in t]
-        if not columns:
-            raise KeyError(
-                f"Feature `{feature.name}` is declared but no input table has a column of that name "
-                f"(columns seen: {sorted({c for t in tables for c in t})})."
-            )
-        if isinstance(feature, SequenceFeature):
-            values = [_sequence_values(feature, c) for c in columns]
-        else:
-            values = [np.asarray(c).reshape(-1) for c in columns]
-        if not isinstance(feature, (NumericFeature, HashedFeature)):
-            pooled.setdefault(feature.table, []).extend(values)
-        else:
-            pooled[feature.name] = values
+    with progress("Collecting feature values", total=len(spec.all_features), unit="features") as bar:
+        for feature in bar.track(spec.all_features):
+            columns = [t[feature.name] for t in tables if feature.name in t]
+            if not columns:
+                raise KeyError(
+                    f"Feature `{feature.name}` is declared but no input table has a column of that name "
+                    f"(columns seen: {sorted({c for t in tables for c in t})})."
+                )
+            if isinstance(feature, SequenceFeature):
+                values = [_sequence_values(feature, c) for c in columns]
+            else:
+                values = [np.asarray(c).reshape(-1) for c in columns]
+            if not isinstance(feature, (NumericFeature, HashedFeature)):
+                pooled.setdefault(feature.table, []).extend(values)
+            else:
+                pooled[feature.name] = values
 
     owners: Dict[str, Feature] = {}
     for feature in spec.all_features:
         if not isinstance(feature, (NumericFeature, HashedFeature)):
             if feature.name == feature.table or feature.table not in owners:
                 owners[feature.table] = feature
-    vocabularies = {
-        table: (owner.vocabulary or _vocabulary(np.concatenate(pooled[table]), owner))  # type: ignore[union-attr]
-        for table, owner in owners.items()
-    }
+    with progress("Building vocabularies", total=len(owners), unit="vocabularies") as bar:
+        vocabularies = {
+            table: (owner.vocabulary or _vocabulary(np.concatenate(pooled[table]), owner))  # type: ignore[union-attr]
+            for table, owner in bar.track(owners.items())
+        }
 
     def adapted(feature: Feature) -> Feature:
         if isinstance(feature, _VocabularyFeature):

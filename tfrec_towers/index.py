@@ -22,6 +22,8 @@ from typing import Callable, Dict, Literal, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.progress import progress
+
 IndexKind = Literal["brute-force", "scann"]
 INDEX_KINDS: Tuple[str, ...] = ("brute-force", "scann")
 
@@ -382,20 +384,21 @@ class ScannIndex(RetrievalIndex):
                 f"Received: {config.dimensions_per_block}"
             )
         super().__init__(config, candidate_ids, dim, name="scann_index")
-        searcher = (
-            scann_ops.builder(candidate_embeddings, config.k, "dot_product")
-            .tree(
-                num_leaves=config.num_leaves,
-                num_leaves_to_search=config.num_leaves_to_search,
-                training_iterations=config.training_iterations,
+        with progress(f"Building ScaNN index ({self.num_candidates:,} × {dim})"):
+            searcher = (
+                scann_ops.builder(candidate_embeddings, config.k, "dot_product")
+                .tree(
+                    num_leaves=config.num_leaves,
+                    num_leaves_to_search=config.num_leaves_to_search,
+                    training_iterations=config.training_iterations,
+                )
+                .score_ah(
+                    config.dimensions_per_block,
+                    anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
+                )
+                .reorder(min(self.num_candidates, config.num_reordering_candidates))
+                .build(shared_name=f"tfrec_towers_scann/{uuid.uuid4()}")
             )
-            .score_ah(
-                config.dimensions_per_block,
-                anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
-            )
-            .reorder(min(self.num_candidates, config.num_reordering_candidates))
-            .build(shared_name=f"tfrec_towers_scann/{uuid.uuid4()}")
-        )
         self.searcher_state = searcher.serialize_to_module()
         self._trace()
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfrec_towers.encoders import FeatureEncoder, build_embedding_tables
 from tfrec_towers.features import Feature, SequenceFeature, feature_from_dict, feature_to_dict
 from tfrec_towers.history_encoders import HistoryEncoderConfig, make_history_encoder
+from tfrec_towers.progress import progress
 
 Normalization = Literal["none", "batch", "layer"]
 
@@ -198,9 +199,11 @@ def compute_embeddings(
     num_rows = len(next(iter(columns.values())))
     predict = _predict_function(tower)
     outputs = []
-    for start in range(0, num_rows, batch_size):
-        batch = {name: tf.constant(values[start : start + batch_size]) for name, values in columns.items()}
-        outputs.append(predict(batch).numpy())
+    with progress(f"Embedding with {tower.name}", total=num_rows, unit="rows") as bar:
+        for start in range(0, num_rows, batch_size):
+            batch = {name: tf.constant(values[start : start + batch_size]) for name, values in columns.items()}
+            outputs.append(predict(batch).numpy())
+            bar.update(len(outputs[-1]))
     if not outputs:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(outputs).astype(np.float32)
