@@ -1,12 +1,14 @@
 """Feature dictionaries as ``tf.data`` pipelines, following the tf.data performance guide.
 
 Training: ``from_tensor_slices → cache → shuffle → [repeat] → batch → prefetch``;
-inference: ``from_tensor_slices → batch → prefetch``. Each element is a dict of
+resumable training (:func:`epoch_batches`): each epoch in the order of ``(seed, epoch)``, from any
+global step; inference: ``from_tensor_slices → batch → prefetch``. Each element is a dict of
 tensors: ``int64 [B]``, ``float32 [B]``, ``string [B]`` or ``int64 [B, L]``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -52,6 +54,74 @@ def training_dataset(
     if repeat:
         dataset = dataset.repeat()
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits ``rows`` examples: a function of ``(seed, epoch)`` only.
+
+    order = ``np.random.default_rng([seed, epoch]).permutation(rows)``, so a run resumed at any
+    step sees the same batches as an uninterrupted one.
+
+    Returns:
+      ``int64 [rows]``, a permutation of ``0 … rows − 1``.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(rows).astype(np.int64)
+
+
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """Batches of one epoch, the last one partial: ``⌈rows / batch_size⌉``.
+
+    Raises:
+      DataError: there are no rows to train on.
+    """
+    if rows <= 0:
+        raise DataError("There are no training examples: every column is empty.")
+    return math.ceil(rows / batch_size)
+
+
+def epoch_batches(
+    features: Mapping[str, np.ndarray], batch_size: int, *, seed: int, epochs: int, start_step: int = 0
+) -> tf.data.Dataset:
+    """The batches of epochs ``0 … epochs − 1``, from global step ``start_step`` on.
+
+    Epoch ``e`` visits the rows in :func:`epoch_order` ``(rows, seed, e)`` in batches of
+    ``batch_size`` (the last one partial; batches never span two epochs). Step ``s`` is batch
+    ``s mod S`` of epoch ``⌊s / S⌋`` (``S`` = :func:`steps_per_epoch`); starting at ``s`` slices
+    that epoch's order instead of reading the skipped batches.
+
+    Args:
+      features: the feature dictionary (see :mod:`pipelines.data`).
+      batch_size: examples per batch.
+      seed: the order's seed.
+      epochs: the epochs of the whole run.
+      start_step: the first global step to yield (0: the whole run; a resumed run's step).
+
+    Returns:
+      A dataset of ``{name: tensor [batch, ...]}`` of ``epochs · S − start_step`` batches.
+
+    Raises:
+      ValueError: ``batch_size`` is not a positive int, or ``start_step`` is outside ``[0, epochs · S]``.
+      DataError: a column has an unsupported dtype, or columns differ in length.
+    """
+    _check_batch_size(batch_size)
+    columns = _to_tensors(features)
+    rows = num_rows(features)
+    per_epoch = steps_per_epoch(rows, batch_size)
+    if not 0 <= start_step <= epochs * per_epoch:
+        raise ValueError(f"`start_step` must be in [0, {epochs * per_epoch}]. Received: {start_step}")
+    first_epoch, first_batch = divmod(start_step, per_epoch)
+
+    def batches_of(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = tf.numpy_function(lambda e: epoch_order(rows, seed, int(e)), [epoch], tf.int64, stateful=False)
+        skip = tf.where(epoch == first_epoch, first_batch * batch_size, 0)
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(order, [rows])[skip:]).batch(batch_size)
+
+    return (
+        tf.data.Dataset.range(first_epoch, epochs)
+        .flat_map(batches_of)
+        .map(lambda index: {name: tf.gather(column, index) for name, column in columns.items()})
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def inference_dataset(features: Mapping[str, np.ndarray], batch_size: int) -> tf.data.Dataset:

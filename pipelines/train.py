@@ -29,8 +29,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from pipelines.data import RetrievalData, take_rows
-from pipelines.dataset import training_dataset
+from pipelines.checkpointing import CHECKPOINTS_DIR, CONFIG_FILE, RunError, fit_resumably, partial_directory, partial_run
+from pipelines.data import RetrievalData, num_rows, take_rows
+from pipelines.dataset import steps_per_epoch
 from pipelines.distribute import is_chief, make_strategy
 from pipelines.movielens import load_movielens
 from pipelines.schemas import FEATURE_SPECS
@@ -44,20 +45,17 @@ from tfrec_towers.features import FeatureSpec, adapt, input_signature
 from tfrec_towers.index import IndexConfig
 from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
 from tfrec_towers.model import TwoTowerModel, build_towers
+from tfrec_towers.projector import write_projector_embeddings
 from tfrec_towers.towers import compute_embeddings
 from tfrec_towers.tuning import TuningGrid, TuningResult, check_report_directory, save_tuning_report, tune_index
 from tfrec_towers.verify import verify_export
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE, SPEC_FILE, METRICS_FILE, HISTORY_FILE = "config.json", "feature_spec.json", "metrics.json", "history.json"
+SPEC_FILE, METRICS_FILE, HISTORY_FILE = "feature_spec.json", "metrics.json", "history.json"
 MAX_EVERY_POSITION_PAIRS = 8192  # above this many pairs per batch, every-position training warns
 TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir RUN/tensorboard` (training.tensorboard: true)
 CHECKPOINT_DIR, EXPORT_DIR, VERIFICATION_FILE = "checkpoint", "export", "verification.json"
-
-
-class RunError(RuntimeError):
-    """A run directory is missing, incomplete, or already holds a run."""
 
 
 @dataclasses.dataclass
@@ -150,18 +148,23 @@ def fit_model(
     training: TrainingConfig,
     verbose: int = 1,
     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+    checkpoints: Optional[Path] = None,
+    restore_from: Optional[Path] = None,
 ) -> tuple[Dict[str, list], float, float]:
-    """``model.fit`` on shuffled batches of ``features`` (with ``callbacks`` besides TerminateOnNaN).
+    """``model.fit`` on batches of ``features`` in a seeded order per epoch (with ``callbacks``),
+    resumable from the checkpoints in ``checkpoints`` (see :func:`pipelines.checkpointing.fit_resumably`).
 
     With ``training.example_format`` ``every_position``, the per-prefix ``features`` are first
     regrouped into sequence examples of ``model.query_tower.history.max_length`` positions
     (:func:`pipelines.sequences.sequence_examples`); examples/s then counts trained positions.
 
     Returns:
-      (per-epoch history, training seconds, training examples (targets) per second).
+      (per-epoch history, training seconds, training examples (targets) per second of the steps
+      this call trained).
 
     Raises:
       RunError: the loss became NaN or infinite (the run stops at that batch).
+      TrainingInterrupted: Ctrl-C stopped training after a checkpoint (only with ``checkpoints``).
     """
     if training.example_format == "every_position":
         reading = model.query_tower.history
@@ -176,23 +179,13 @@ def fit_model(
                 "an in-batch logit matrix of up to %d x %d: every-position training usually takes 32-128 sequences.",
                 training.batch_size, reading.max_length, positions, positions, positions,
             )
-    dataset = training_dataset(features, training.batch_size, shuffle=True, seed=training.seed)
     start = time.perf_counter()
-    history = model.fit(
-        dataset, epochs=training.epochs, verbose=verbose, callbacks=[tf.keras.callbacks.TerminateOnNaN(), *callbacks]
-    )
+    history, steps = fit_resumably(model, features, training, checkpoints, verbose, callbacks, restore_from)
     seconds = time.perf_counter() - start
-    losses = history.history.get("loss", [])
-    if not losses or not np.all(np.isfinite(losses)):
-        raise RunError(
-            f"Training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch {len(losses)}. "
-            "Lower `training.learning_rate` or raise `model.temperature`."
-        )
     candidate_id = getattr(model, "candidate_id", None)
-    per_epoch = num_targets(features, candidate_id) if candidate_id in features else len(next(iter(features.values())))
-    examples = per_epoch * len(losses)
-    plain = {k: [float(x) for x in v] for k, v in history.history.items()}
-    return plain, seconds, examples / max(seconds, 1e-9)
+    per_epoch = num_targets(features, candidate_id) if candidate_id in features else num_rows(features)
+    examples = per_epoch * steps / steps_per_epoch(num_rows(features), training.batch_size)
+    return history, seconds, examples / max(seconds, 1e-9)
 
 
 def _sample_rows(features: Dict[str, np.ndarray], count: int, seed: int) -> Dict[str, np.ndarray]:
@@ -271,32 +264,34 @@ def _check_new_run_dir(output: Path) -> None:
 def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> RunResult:
     """Trains, evaluates, exports and verifies; the run directory appears only when all went well.
 
-    The run is written into a temporary sibling of ``output`` and renamed at the end, so a failed
-    or interrupted run leaves nothing half-written at ``output``.
+    The run is written into the sibling ``.<output.name>.partial`` of ``output`` and renamed at the
+    end, so a failed or interrupted run leaves nothing half-written at ``output``. Training
+    checkpoints go to its ``checkpoints/`` on the schedule of ``config.training``; after a crash,
+    a kill or Ctrl-C, calling ``train`` again with the same configuration resumes from the latest
+    one (:mod:`pipelines.checkpointing`); other failures keep the directory only if it holds one.
 
     Raises:
-      RunError: ``output`` is a file or already holds a run.
+      RunError: ``output`` is a file or already holds a run; the ``.partial`` directory holds a run
+        of another configuration; training diverged (the message names the last good checkpoint).
+      TrainingInterrupted: Ctrl-C stopped training after writing a checkpoint.
     """
     output = Path(output)
     strategy = make_strategy(config.training.distribute)  # before any other TensorFlow work
     if not is_chief(strategy):
         # A non-chief worker of a multi-worker run trains in step with the chief, writes nothing.
         scratch = Path(tempfile.mkdtemp(prefix="tfrec-towers-worker-"))
-        try:
-            return _train_into(config, scratch, verbose, strategy)
+        try:  # resuming (on a shared file system) from the chief's checkpoints
+            return _train_into(config, scratch, verbose, strategy, partial_directory(output) / CHECKPOINTS_DIR)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     _check_new_run_dir(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with partial_run(output, config, keep=[TENSORBOARD_DIR]) as work:
         result = _train_into(config, work, verbose, strategy)
         if output.exists():
             output.rmdir()
         os.rename(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    shutil.rmtree(output / CHECKPOINTS_DIR, ignore_errors=True)  # the final weights are in checkpoint/
     return _relocate(result, work, output)
 
 
@@ -305,7 +300,10 @@ def _relocate(result: RunResult, old: Path, new: Path) -> RunResult:
     return dataclasses.replace(result, run_dir=new, export_path=export)
 
 
-def _train_into(config: ExperimentConfig, run_dir: Path, verbose: int, strategy: tf.distribute.Strategy) -> RunResult:
+def _train_into(
+    config: ExperimentConfig, run_dir: Path, verbose: int, strategy: tf.distribute.Strategy,
+    restore_from: Optional[Path] = None,
+) -> RunResult:
     tf.keras.utils.set_random_seed(config.training.seed)
     save_config(config, run_dir / CONFIG_FILE)
     data = load_data(config)
@@ -318,9 +316,14 @@ def _train_into(config: ExperimentConfig, run_dir: Path, verbose: int, strategy:
         model = build_model(spec, config, data)
     columns = {f.name: data.train[f.name] for f in spec.all_features}
     callbacks = [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))] if config.training.tensorboard else []
-    history, seconds, examples_per_second = fit_model(model, columns, config.training, verbose, callbacks)
+    history, seconds, examples_per_second = fit_model(
+        model, columns, config.training, verbose, callbacks, run_dir / CHECKPOINTS_DIR, restore_from
+    )
     (run_dir / HISTORY_FILE).write_text(json.dumps(history))
     tf.train.Checkpoint(model=model).write(str(run_dir / CHECKPOINT_DIR / "model"))
+    if config.training.tensorboard_embeddings:  # the projector: candidate embeddings labelled with their features
+        embeddings = compute_embeddings(model.candidate_tower, data.candidates)
+        write_projector_embeddings(run_dir / TENSORBOARD_DIR, embeddings, data.candidates)
 
     metrics = evaluate_model(model, data)
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

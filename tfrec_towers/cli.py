@@ -1,7 +1,8 @@
 """The ``tfrec-towers`` command: a thin shell over ``pipelines.train`` and ``tfrec_towers.verify``.
 
 Exit codes: 0 success · 2 bad arguments, configuration or data · 3 the export failed verification ·
-4 ``tune-index`` found no configuration reaching the target recall (the report is still written).
+4 ``tune-index`` found no configuration reaching the target recall (the report is still written) ·
+130 ``train`` was interrupted (Ctrl-C) after writing a checkpoint: rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_TARGET_MISSED = 0, 2, 3, 4
+from tfrec_towers.progress import set_progress
+
+EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_TARGET_MISSED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 
 TRAIN_EXAMPLE = """examples:
   tfrec-towers train --output runs/demo                      # synthetic data, default config
   tfrec-towers train --dataset movielens --data-dir ~/data/ml-1m --output runs/ml1m --epochs 5
   tfrec-towers train --dataset movielens --data-dir ml-100k --output runs/a --config my.yaml \\
       --set model.temperature=0.1 --set training.batch_size=1024
+
+resuming: checkpoints go to .<output name>.partial/ beside --output (every epoch and every
+training.checkpoint_every_seconds); after a crash, kill or Ctrl-C (which finishes the batch,
+saves and exits 130), rerun the same command to resume.
 """
 EVALUATE_EXAMPLE = """example:
   tfrec-towers evaluate --run runs/ml1m            # prints HR@K / NDCG@K as JSON
@@ -183,12 +190,17 @@ def _print_verification(report: dict, out: Callable[[str], None]) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from pipelines.checkpointing import TrainingInterrupted
     from pipelines.train import train
 
     config = _resolve_config(args)
     # Keras progress bars on a terminal (or with --verbose), one line per epoch in logs.
     verbose = 0 if args.quiet else 1 if (args.verbose or sys.stdout.isatty()) else 2
-    result = train(config, args.output, verbose=verbose)
+    try:
+        result = train(config, args.output, verbose=verbose)
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(json.dumps(result.metrics, indent=2))
     out(f"run: {result.run_dir}")
     out(f"export: {result.export_path}")
@@ -340,6 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.getLogger(ours).setLevel(
             logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
         )
+    set_progress(not args.quiet)  # progress bars with rate and ETA on a terminal (tfrec_towers/progress.py)
 
     def out(message: str) -> None:
         if not args.quiet:

@@ -200,6 +200,13 @@ class TrainingConfig:
     ``batch_size`` is then the global batch, and the loss scores every replica's queries against it.
 
     ``tensorboard``: write TensorBoard logs (the loss of every epoch, the graph) to ``RUN/tensorboard``.
+    ``tensorboard_embeddings``: also write the trained candidate embeddings there for the projector
+    (the first 10,000 candidates, labelled with their features); needs ``tensorboard: true``.
+
+    ``checkpoint_every_steps``, ``checkpoint_every_seconds``: besides every epoch end, a checkpoint
+    (model, optimizer, loss state, data position) every that many steps and every that many seconds
+    (0: off; default every 10 minutes; a save of the default synthetic model takes about 0.1 s). A
+    killed run resumes from the last one when the same command is rerun (:mod:`pipelines.checkpointing`).
     """
 
     epochs: int = 10
@@ -210,6 +217,9 @@ class TrainingConfig:
     example_format: Literal["per_prefix", "every_position"] = "per_prefix"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     tensorboard: bool = False
+    tensorboard_embeddings: bool = False
+    checkpoint_every_steps: int = 0
+    checkpoint_every_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -217,6 +227,13 @@ class TrainingConfig:
                 raise ConfigError(f"`training.{name}` must be positive. Received: {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ConfigError(f"`training.learning_rate` must be positive. Received: {self.learning_rate}")
+        for name in ("checkpoint_every_steps", "checkpoint_every_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`training.{name}` must be ≥ 0 (0 turns it off). Received: {getattr(self, name)}")
+        if self.tensorboard_embeddings and not self.tensorboard:
+            raise ConfigError(
+                "`training.tensorboard_embeddings` needs `training.tensorboard: true` (the projector reads RUN/tensorboard)."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,330 @@
+"""Resumable training: kill -9 and Ctrl-C mid-run, then the same command, end where an uninterrupted run ends.
+
+The command-line runs are subprocesses (a SIGKILL'd process must really die); the uninterrupted
+reference, the run to kill and the run to interrupt start together, then both reruns together,
+so the module takes two run-lengths of wall time. The rest runs in this process.
+"""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tensorflow as tf
+
+from pipelines.checkpointing import (
+    CHECKPOINTS_DIR,
+    ResumableTraining,
+    RunError,
+    TrainingInterrupted,
+    config_differences,
+    partial_directory,
+    partial_run,
+)
+from pipelines.dataset import epoch_batches
+from pipelines.schemas import FEATURE_SPECS
+from pipelines.train import build_model, fit_model, load_data, train
+from tfrec_towers.config import ConfigError, ExperimentConfig, TrainingConfig, apply_overrides
+from tfrec_towers.features import adapt
+
+# Small synthetic data with every piece of loss state a checkpoint must carry: the streaming
+# frequency estimator, the memory bank and the mixed-negative draw counter.
+SMALL = [
+    "data.num_items=200", "data.num_users=100", "data.interactions_per_user=10", "data.max_history=6",
+    "features.embedding_dim=8", "model.query_tower.hidden_units=[16]", "model.candidate_tower.hidden_units=[16]",
+    "model.query_tower.output_dim=8", "model.candidate_tower.output_dim=8",
+    "training.epochs=3", "training.batch_size=64", "training.checkpoint_every_steps=4",
+    "loss.logq=streaming", "loss.frequency.hash_buckets=1024", "loss.memory_bank_size=64", "loss.mixed_negatives=8",
+    "export.k=10", "export.verify=false",
+]
+CONFIG = apply_overrides(ExperimentConfig(), SMALL)
+RESUMED = re.compile(r"Resuming from step (\d+) \(epoch (\d+) of 3, after batch (\d+) of (\d+)\) of (\S+): (\d+) of (\d+) steps left")
+
+
+def _steps_per_epoch():
+    rows = len(load_data(CONFIG).train["item_id"])
+    return math.ceil(rows / CONFIG.training.batch_size)
+
+
+def _command(output):
+    sets = [arg for item in SMALL for arg in ("--set", item)]
+    return [sys.executable, "-m", "tfrec_towers.cli", "train", "--output", str(output), *sets]
+
+
+def _start(output):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen(_command(output), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _checkpoint_steps(output):
+    """Steps of the complete checkpoints: those the manager's state file lists (written after the data)."""
+    state = tf.train.get_checkpoint_state(str(partial_directory(output) / CHECKPOINTS_DIR))
+    return [int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths] if state else []
+
+
+def _signal_at_checkpoints(runs):
+    """Sends each ``(process, output, accept, signal)`` its signal once a checkpoint step satisfies ``accept``.
+
+    One loop for all runs, so a slow start of one does not let another finish training unsignalled.
+    """
+    pending, deadline = list(runs), time.monotonic() + 240
+    while pending:
+        for run in list(pending):
+            process, output, accept, signum = run
+            assert process.poll() is None, f"{output} ended before its checkpoint: {process.communicate()[1][-2000:]}"
+            if any(accept(step) for step in _checkpoint_steps(output)):
+                os.kill(process.pid, signum)
+                pending.remove(run)
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """The reference run; a run killed (SIGKILL) after a mid-epoch checkpoint; a run sent SIGINT; both reruns."""
+    root = tmp_path_factory.mktemp("resume")
+    per_epoch = _steps_per_epoch()
+    reference, killed, interrupted = _start(root / "reference"), _start(root / "killed"), _start(root / "interrupted")
+    _signal_at_checkpoints([
+        (killed, root / "killed", lambda step: step % per_epoch, signal.SIGKILL),  # a mid-epoch checkpoint
+        (interrupted, root / "interrupted", lambda step: True, signal.SIGINT),
+    ])
+    killed.communicate()
+    steps_at_kill = _checkpoint_steps(root / "killed")
+    interrupted_out = interrupted.communicate()
+    reference_out = reference.communicate()
+    assert reference.returncode == 0, reference_out[1][-3000:]
+    reruns = {name: _start(root / name) for name in ("killed", "interrupted")}
+    outputs = {name: process.communicate() for name, process in reruns.items()}
+    for name, process in reruns.items():
+        assert process.returncode == 0, outputs[name][1][-3000:]
+    return {
+        "root": root,
+        "per_epoch": per_epoch,
+        "killed": {"code": killed.returncode, "steps": steps_at_kill, "rerun_stderr": outputs["killed"][1]},
+        "interrupted": {"code": interrupted.returncode, "stderr": interrupted_out[1], "rerun_stderr": outputs["interrupted"][1]},
+    }
+
+
+def _assert_same_run(run, reference):
+    for name in ("metrics.json", "history.json"):
+        got, expected = (json.loads((d / name).read_text()) for d in (run, reference))
+        assert got.keys() == expected.keys()
+        for key in expected:
+            np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-6, err_msg=f"{name} {key}")
+
+
+def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_uninterrupted_result(cli_runs):
+    root, per_epoch, killed = cli_runs["root"], cli_runs["per_epoch"], cli_runs["killed"]
+    assert killed["code"] == -signal.SIGKILL
+    latest = killed["steps"][-1]
+    match = RESUMED.search(killed["rerun_stderr"])
+    assert match, killed["rerun_stderr"][-3000:]
+    step, epoch, batch, of, directory, left, total = match.groups()
+    assert int(step) == latest and (int(epoch) - 1, int(batch)) == divmod(latest, per_epoch) and int(of) == per_epoch
+    assert Path(directory) == partial_directory(root / "killed") / CHECKPOINTS_DIR / f"ckpt-{latest}"
+    assert int(total) == 3 * per_epoch and int(left) == int(total) - latest < int(total)  # it trained fewer steps
+    _assert_same_run(root / "killed", root / "reference")
+    assert not partial_directory(root / "killed").exists() and not (root / "killed" / CHECKPOINTS_DIR).exists()
+
+
+def test_ctrl_c_writes_a_checkpoint_exits_130_and_the_rerun_finishes(cli_runs):
+    root, interrupted = cli_runs["root"], cli_runs["interrupted"]
+    assert interrupted["code"] == 130, (interrupted["code"], interrupted["stderr"][-3000:])
+    match = re.search(r"Interrupted at step (\d+); checkpoint written to (\S+); rerun the same command to resume", interrupted["stderr"])
+    assert match, interrupted["stderr"][-3000:]
+    step = int(match.group(1))
+    assert match.group(2) == str(partial_directory(root / "interrupted") / CHECKPOINTS_DIR / f"ckpt-{step}")
+    assert RESUMED.search(interrupted["rerun_stderr"]).group(1) == str(step)
+    _assert_same_run(root / "interrupted", root / "reference")
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_epoch_order_depends_only_on_seed_and_epoch_and_resumes_at_any_step(seed):
+    rows, batch, epochs = 11, 4, 3
+    features = {
+        "id": np.arange(rows, dtype=np.int64),
+        "name": np.array([f"n{i}" for i in range(rows)], dtype=object),
+        "history": np.arange(rows * 2, dtype=np.int64).reshape(rows, 2),
+    }
+    expected = []  # the numpy reference: per epoch, the permutation of default_rng([seed, epoch]) in batches
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(rows)
+        expected += [order[i:i + batch].tolist() for i in range(0, rows, batch)]
+    assert len(expected) == 9
+    for start in range(len(expected) + 1):
+        batches = list(epoch_batches(features, batch, seed=seed, epochs=epochs, start_step=start))
+        assert [b["id"].numpy().tolist() for b in batches] == expected[start:]
+        for b in batches:
+            assert [s.decode() for s in b["name"].numpy()] == [f"n{i}" for i in b["id"].numpy()]
+            assert b["history"].numpy().tolist() == features["history"][b["id"].numpy()].tolist()
+    two_epochs = [b["id"].numpy().tolist() for b in epoch_batches(features, batch, seed=seed, epochs=2)]
+    assert two_epochs == expected[:6]  # the length of the run does not change an epoch's order
+    with pytest.raises(ValueError, match=r"`start_step` must be in \[0, 9\]. Received: 10"):
+        epoch_batches(features, batch, seed=seed, epochs=epochs, start_step=10)
+
+
+@pytest.fixture(scope="module")
+def small():
+    data = load_data(CONFIG)
+    spec = adapt(FEATURE_SPECS["synthetic"](CONFIG.features), data.train, data.candidates)
+    columns = {f.name: data.train[f.name] for f in spec.all_features}
+
+    def model():
+        tf.keras.utils.set_random_seed(CONFIG.training.seed)
+        return build_model(spec, CONFIG, data)
+
+    return model, columns
+
+
+class _Crash(tf.keras.callbacks.Callback):
+    """Records every variable after batch ``snapshot_at`` (after the checkpointing callback ran), then raises at ``crash_at``."""
+
+    def __init__(self, snapshot_at, crash_at):
+        super().__init__()
+        self.snapshot_at, self.crash_at, self.steps, self.snapshot = snapshot_at, crash_at, 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == self.snapshot_at:
+            self.snapshot = _state(self.model)
+        if self.steps == self.crash_at:
+            raise RuntimeError("crash")
+
+
+def _state(model):
+    """Every model and optimizer variable, by checkpoint-independent position."""
+    return [v.numpy() for v in model.variables] + [v.numpy() for v in model.optimizer.variables]
+
+
+@pytest.fixture(scope="module")
+def crashed(small, tmp_path_factory):
+    """A run that crashed at step 6 of 3·S, its last checkpoint at step 4 (mid-epoch), and the variables then."""
+    make_model, columns = small
+    directory = tmp_path_factory.mktemp("crashed") / CHECKPOINTS_DIR
+    crash = _Crash(snapshot_at=4, crash_at=6)
+    with pytest.raises(RuntimeError, match="crash"):
+        fit_model(make_model(), columns, CONFIG.training, 0, [crash], checkpoints=directory)
+    return directory, crash.snapshot
+
+
+def test_a_checkpoint_restores_optimizer_slots_memory_bank_and_estimator_exactly(small, crashed):
+    make_model, columns = small
+    directory, snapshot = crashed
+    model = make_model()
+    fit_model(model, columns, TrainingConfig(epochs=1, batch_size=512), 0)  # a different state, every variable built
+    assert any(not np.array_equal(a, b) for a, b in zip(_state(model), snapshot))
+    resumable = ResumableTraining(model, directory, per_epoch=_steps_per_epoch(), epochs=3)
+    assert resumable.start == 4
+    restored = _state(model)
+    assert len(restored) == len(snapshot)
+    for got, expected in zip(restored, snapshot):
+        np.testing.assert_array_equal(got, expected)
+    assert int(model.task.memory_bank.rows_written.numpy()) == 4 * CONFIG.training.batch_size  # four batches enqueued
+    assert int(model.optimizer.iterations.numpy()) == 4
+    assert int(model.mixed_negatives.draws.numpy()) == 4
+
+
+def test_a_crash_mid_epoch_resumes_to_the_uninterrupted_weights_and_history(small, crashed, tmp_path):
+    make_model, columns = small
+    directory, _ = crashed
+    uninterrupted = make_model()
+    expected_history, _, _ = fit_model(uninterrupted, columns, CONFIG.training, 0, checkpoints=tmp_path / "full")
+    resumed = make_model()
+    history, _, _ = fit_model(resumed, columns, CONFIG.training, 0, checkpoints=directory)
+    assert history == expected_history and len(history["loss"]) == 3
+    for got, expected in zip(_state(resumed), _state(uninterrupted)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_sigint_in_process_saves_stops_and_restores_the_previous_handler(small, tmp_path):
+    make_model, columns = small
+
+    class CtrlC(tf.keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match=r"Interrupted at step 3; checkpoint written to .*ckpt-3; rerun"):
+        fit_model(make_model(), columns, CONFIG.training, 0, [CtrlC()], checkpoints=tmp_path)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
+
+
+@pytest.mark.parametrize("learning_rate", ["1.0e+30", "1.0e+38"])
+def test_divergence_stops_with_the_last_good_checkpoint_which_is_finite(tmp_path, learning_rate):
+    config = apply_overrides(CONFIG, ["training.optimizer=sgd", f"training.learning_rate={learning_rate}", "training.checkpoint_every_steps=1"])
+    with pytest.raises(RunError, match=r"Training diverged at step \d+ \(epoch 1\)") as error:
+        train(config, tmp_path / "run", verbose=0)
+    message = str(error.value)
+    assert "Lower `training.learning_rate` or raise `model.temperature`." in message
+    assert not (tmp_path / "run").exists()
+    checkpoints = partial_directory(tmp_path / "run") / CHECKPOINTS_DIR
+    named = re.search(r"The last good checkpoint is (\S+) \(step (\d+)\)\.", message)
+    if learning_rate == "1.0e+30":  # step 1's update is huge but finite; step 2's loss is NaN
+        assert "step 2 (epoch 1): loss = nan." in message and named and named.group(2) == "1"
+        assert named.group(1) == str(checkpoints / "ckpt-1")
+        reader = tf.train.load_checkpoint(named.group(1))
+        floats = [name for name, dtype in reader.get_variable_to_dtype_map().items() if dtype.is_floating]
+        assert len(floats) > 10 and all(np.all(np.isfinite(reader.get_tensor(name))) for name in floats)
+    else:  # step 1's update overflows: its checkpoint is never written, and nothing is left to resume
+        assert "step 1 (epoch 1): the weights became NaN or infinite. No checkpoint was written before it." in message
+        assert not partial_directory(tmp_path / "run").exists()
+
+
+def _fake_checkpoint(work):
+    tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(work / CHECKPOINTS_DIR), 1).save(checkpoint_number=3)
+
+
+def test_a_partial_run_of_another_configuration_is_refused_naming_the_keys(tmp_path):
+    output = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        with partial_run(output, CONFIG) as work:
+            _fake_checkpoint(work)
+            for name in ("export", "tensorboard"):
+                (work / name).mkdir()
+                (work / name / "file").write_text("written before the failure")
+            raise RuntimeError("boom")
+    assert work == tmp_path / ".run.partial" and json.loads((work / "config.json").read_text())["training"]["epochs"] == 3
+    other = apply_overrides(CONFIG, ["training.learning_rate=0.01", "loss.memory_bank_size=32"])
+    with pytest.raises(RunError, match=r"another configuration \(differing keys: loss.memory_bank_size, training.learning_rate\)"
+                       r".*delete that directory"):
+        with partial_run(output, other):
+            pass
+    with partial_run(output, CONFIG, keep=["tensorboard"]) as again:  # the same configuration resumes it
+        assert sorted(p.name for p in again.iterdir()) == [CHECKPOINTS_DIR, "config.json", "tensorboard"]
+        assert (again / CHECKPOINTS_DIR / "ckpt-3.index").exists() and (again / "tensorboard" / "file").exists()
+        with pytest.raises(RunError, match="Another process is writing"):
+            with partial_run(output, CONFIG):
+                pass
+
+
+def test_a_failure_before_any_checkpoint_deletes_the_partial_directory(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with partial_run(tmp_path / "run", CONFIG):
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_differences_are_dotted_keys():
+    saved = {"a": 1, "b": {"c": [1, 2], "d": "x"}, "e": None}
+    current = {"a": 1, "b": {"c": [1, 3], "d": "x"}, "f": 0}
+    assert config_differences(saved, current) == ["b.c", "e", "f"]
+
+
+@pytest.mark.parametrize("field, value", [("checkpoint_every_steps", -1), ("checkpoint_every_seconds", -0.5)])
+def test_negative_checkpoint_schedules_are_refused(field, value):
+    with pytest.raises(ConfigError, match=rf"`training.{field}` must be ≥ 0 \(0 turns it off\). Received: {value}"):
+        TrainingConfig(**{field: value})
+    defaults = TrainingConfig()
+    assert (defaults.checkpoint_every_steps, defaults.checkpoint_every_seconds) == (0, 600.0)
