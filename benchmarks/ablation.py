@@ -35,9 +35,9 @@ ROWS = {
     "in-batch softmax": [],
     "+ logQ (counts)": ["loss.logq=counts"],
     "+ logQ (streaming)": ["loss.logq=streaming"],
-    "+ logQ (streaming) + memory bank": ["loss.logq=streaming", "loss.memory_bank_size=2048", "loss.memory_bank_warmup_steps=200"],
-    "+ logQ (streaming) + mixed negatives": ["loss.logq=streaming", "loss.mixed_negatives=512"],
-    "+ logQ (streaming) + adaptive margin/τ": ["loss.logq=streaming", "loss.adaptive.enabled=true"],
+    "+ logQ (counts) + memory bank": ["loss.logq=counts", "loss.memory_bank_size=2048", "loss.memory_bank_warmup_steps=200"],
+    "+ logQ (counts) + mixed negatives": ["loss.logq=counts", "loss.mixed_negatives=512"],
+    "+ logQ (counts) + adaptive margin/τ": ["loss.logq=counts", "loss.adaptive.enabled=true"],
 }
 THROUGHPUT_ROWS = {
     "in-batch softmax": [],

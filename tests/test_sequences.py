@@ -133,14 +133,14 @@ def test_per_prefix_batches_still_train_the_same_model():
 
 def test_configuration_fields_defaults_and_errors():
     default = ExperimentConfig()
-    assert default.model.history.encoder == "pooling" and default.training.example_format == "per_prefix"
+    assert default.model.history.encoder == "attention" and default.training.example_format == "per_prefix"
     with pytest.raises(ConfigError, match="`model.history.encoder` must be one of"):
         apply_overrides(default, ["model.history.encoder=lstm"])
     with pytest.raises(ConfigError, match="`model.history`: `num_heads` must be a positive int. Received: 0"):
         apply_overrides(default, ["model.history.num_heads=0"])
     with pytest.raises(ConfigError, match="`training.example_format` must be one of"):
         apply_overrides(default, ["training.example_format=sequences"])
-    config = apply_overrides(default, ["training.example_format=every_position"])
+    config = apply_overrides(default, ["training.example_format=every_position", "model.history.encoder=pooling"])
     data = _split()
     spec = adapt(
         FeatureSpec(query=(SequenceFeature("history", embedding_dim=4, embedding_table="movie_id"),),

@@ -80,15 +80,16 @@ class ModelConfig:
     Attributes:
       query_tower, candidate_tower: the MLP of each tower.
       temperature: τ.
-      history: how the query tower reads the history: ``encoder`` ``pooling`` (default, pooled by
-        ``features.history_pooling``), ``mean``, ``attention``, ``gru`` or ``transformer``, with
+      history: how the query tower reads the history: ``encoder`` ``attention`` (default: attention
+        pooling with a learned query and a learned recency bias over the last ``max_length`` items),
+        ``pooling`` (pooled by ``features.history_pooling``), ``mean``, ``gru`` or ``transformer``, with
         ``num_layers``, ``num_heads``, ``dropout`` and ``max_length`` (see ``history_encoders.py``).
     """
 
     query_tower: TowerConfig = TowerConfig()
     candidate_tower: TowerConfig = TowerConfig()
     temperature: float = 0.05
-    history: HistoryEncoderConfig = HistoryEncoderConfig()
+    history: HistoryEncoderConfig = HistoryEncoderConfig(encoder="attention")
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:

@@ -95,7 +95,8 @@ class Tower(tf.keras.Model):
             if not isinstance(self.history_feature, SequenceFeature) or self.history_feature.dtype != "int64":
                 raise ValueError(
                     f"`history.encoder`={self.history.encoder!r} needs an int64 sequence feature named "
-                    f"{self.history.feature!r}; the tower's features are {[f.name for f in self._features]}."
+                    f"{self.history.feature!r}; the tower's features are {[f.name for f in self._features]}. "
+                    "Name it with `model.history.feature`, or pool the history with `model.history.encoder=pooling`."
                 )
             tables = dict(tables) if tables is not None else build_embedding_tables(self._features)
             side = [f for f in self._features if f is not self.history_feature]
