@@ -111,7 +111,10 @@ _STRINGS = _PRELUDE + textwrap.dedent(
     values = {"ids": np.array([b"a", b"", b"caf\\xc3\\xa9", b"\\xff\\x00x", b"longer id 42", b"z"], object)}
     gathered = strategy.run(tf.function(lambda f: (cross_replica.all_gather(f["ids"]), cross_replica.row_offset(tf.shape(f["ids"])[0]))),
                             (per_replica(values),))
+    masks = strategy.run(tf.function(lambda f: cross_replica.all_gather(f["valid"])),
+                         (per_replica({"valid": np.array([True, False, True, False, False, True])}),))
     print("RESULT" + json.dumps({
+        "masks": [m.numpy().tolist() for m in strategy.experimental_local_results(masks)],
         "gathered": [[s.hex() for s in g.numpy().tolist()] for g in strategy.experimental_local_results(gathered[0])],
         "offsets": [int(o) for o in strategy.experimental_local_results(gathered[1])],
         "expected": [s.hex() for s in values["ids"].tolist()],
@@ -154,7 +157,8 @@ def test_replica_losses_sum_to_the_global_batch_loss_and_negatives_are_global(mo
     assert abs(result["local_only_loss"] - result["global_loss"]) > 1e-3
 
 
-def test_string_ids_are_gathered_exactly_in_replica_order():
+def test_string_ids_and_bool_masks_are_gathered_exactly_in_replica_order():
     result = _run(_STRINGS)
     assert result["gathered"] == [result["expected"], result["expected"]]
+    assert result["masks"] == [[True, False, True, False, False, True]] * 2
     assert result["offsets"] == [0, 3]

@@ -35,13 +35,15 @@ def all_gather(values: tf.Tensor) -> tf.Tensor:
     """The rows of every replica's ``values``, concatenated in replica order along axis 0.
 
     Args:
-      values: ``[B_r, ...]``, any dtype ``all_gather`` carries, or ``tf.string`` ``[B_r]``.
+      values: ``[B_r, ...]``, any dtype ``all_gather`` carries, ``tf.bool``, or ``tf.string`` ``[B_r]``.
 
     Returns:
       ``[Σ_r B_r, ...]``; gradients flow back to each replica's rows.
     """
     if num_replicas() == 1:
         return values
+    if values.dtype == tf.bool:  # collectives carry numbers only: masks travel as int32
+        return tf.cast(_context().all_gather(tf.cast(values, tf.int32), axis=0), tf.bool)
     if values.dtype != tf.string:
         return _context().all_gather(values, axis=0)
     return _all_gather_strings(values)
