@@ -255,7 +255,7 @@ def test_compare_table_equals_metrics_files(runs):
         assert cells[0] == str(run_dir)
         for key in METRIC_KEYS:
             assert float(cells[columns.index(key)]) == pytest.approx(metrics[key], abs=5e-5)
-    assert rows[0].split("|")[2].strip() == "softmax, logQ counts"
+    assert rows[0].split("|")[2].strip() == "softmax, logQ counts, mixed 512"
     assert rows[1].split("|")[-2].strip() == "0.9870 (k=20)"
 
 
