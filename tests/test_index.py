@@ -94,8 +94,12 @@ def test_scann_recall_on_random_corpus_and_saved_model(tmp_path):
     np.testing.assert_allclose(loaded_scores.numpy(), scores, rtol=1e-6)
 
 
-def test_scann_default_parameters_on_clustered_corpus():
-    """Embedding-like data (40 clusters): the derived defaults reach recall@10 >= 0.9 (0.94-1.0 observed)."""
+@pytest.mark.parametrize("build", range(3))  # ScaNN's partition training is not seeded: several builds
+def test_scann_default_parameters_on_clustered_corpus(build):
+    """Embedding-like data (40 clusters, 44 points a leaf): the derived defaults reach recall@10 >= 0.95.
+
+    With ScaNN's default minimum partition size of 50 this corpus gave 0.84-0.98 from build to build.
+    """
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(40, 16))
     embeddings = (centers[rng.integers(0, 40, 2000)] + 0.2 * rng.normal(size=(2000, 16))).astype(np.float32)
@@ -104,7 +108,7 @@ def test_scann_default_parameters_on_clustered_corpus():
     index = build_index(IndexConfig(kind="scann", k=10), embeddings, ids)
     assert (index.config.num_leaves, index.config.num_leaves_to_search) == (45, 9)
     _, found = index(tf.constant(queries))
-    assert recall(found.numpy(), numpy_top_k(queries, embeddings, ids, 10)[1]) >= 0.9
+    assert recall(found.numpy(), numpy_top_k(queries, embeddings, ids, 10)[1]) >= 0.95
 
 
 @pytest.mark.parametrize("ids, padding", [(np.arange(200, dtype=np.int64), -1), (np.arange(200).astype(str), b"")])
