@@ -31,7 +31,8 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.ablation import PLAIN, run_row  # noqa: E402
 from benchmarks.common import summarise, write_results  # noqa: E402
-from pipelines.dataset import training_dataset  # noqa: E402
+from pipelines.data import num_rows  # noqa: E402
+from pipelines.dataset import epoch_batches, steps_per_epoch  # noqa: E402
 from pipelines.schemas import FEATURE_SPECS  # noqa: E402
 from pipelines.sequences import num_targets, sequence_examples  # noqa: E402
 from pipelines.train import build_model, evaluate_model, load_data  # noqa: E402
@@ -102,8 +103,10 @@ def time_to_quality(config: ExperimentConfig, data, seed: int, args) -> dict:
         columns = sequence_examples(columns, [f.name for f in spec.candidate], spec.candidate_id, history.max_length,
                                     history=history.feature)
     callback = _TimeToQuality(data, args.eval_every, args.target_hr50, args.time_budget)
-    dataset = training_dataset(columns, config.training.batch_size, shuffle=True, seed=seed)
-    model.fit(dataset, epochs=10_000, verbose=0, callbacks=[callback])
+    epochs = 10_000  # the callback stops training at the target or the time budget
+    dataset = epoch_batches(columns, config.training.batch_size, seed=seed, epochs=epochs)  # the order `train` uses
+    per_epoch = steps_per_epoch(num_rows(columns), config.training.batch_size)
+    model.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=0, callbacks=[callback])
     reached = next((point for point in callback.curve if point["HR@50"] >= args.target_hr50), None)
     return {"example_format": config.training.example_format, "batch_size": config.training.batch_size,
             "targets_per_epoch": num_targets(columns, spec.candidate_id), "curve": callback.curve,
