@@ -6,8 +6,10 @@ On MovieLens under the leave-last-out protocol of DESIGN §4 (the protocol and s
 ``benchmarks/ablation.py``), for each seed: the plain TFRS recipe (``benchmarks/baselines.py``) and
 one row per history encoder (mean, attention, GRU, transformer), each trained on every position
 with the configuration of ``configs/movielens_transformer.yaml`` (the best loss of the ablation:
-in-batch softmax + streaming logQ) and only its encoder changed. Reports HR@10/50 and NDCG@10/50
-as mean ± std over seeds, the ratios of HR@50 and NDCG@10 to the plain recipe, training seconds and
+in-batch softmax + counts logQ + 512 mixed negatives) and only its encoder changed; the library's
+default configuration (attention pooling trained per prefix); and the minimal SASRec of
+``benchmarks/reference_transformer.py``, written apart from the library, with each loss of
+``--references`` (``--reference-epochs`` epochs). Reports HR@10/50 and NDCG@10/50 as mean ± std over seeds, the ratios of HR@50 and NDCG@10 to the plain recipe, training seconds and
 trained examples (targets) per second.
 
 A second table trains the transformer on seed ``seeds[0]`` with per-prefix and with every-position
@@ -31,6 +33,7 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.ablation import PLAIN, run_row  # noqa: E402
 from benchmarks.common import summarise, write_results  # noqa: E402
+from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402
 from pipelines.data import num_rows  # noqa: E402
 from pipelines.dataset import epoch_batches, steps_per_epoch  # noqa: E402
 from pipelines.schemas import FEATURE_SPECS  # noqa: E402
@@ -42,6 +45,9 @@ from tfrec_towers.features import adapt  # noqa: E402
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "movielens_transformer.yaml"
 ENCODERS = {"mean": "mean", "attention pooling": "attention", "GRU": "gru", "transformer": "transformer"}
 REPORTED = ("HR@10", "HR@50", "NDCG@10", "NDCG@50")
+DEFAULT = "tfrec-towers default (attention pooling, per prefix)"
+REFERENCE_LOSSES = {"in_batch_logq": "minimal SASRec reference, in-batch + logQ",
+                    "full_softmax": "minimal SASRec reference, full softmax"}
 
 
 def encoder_config(base: ExperimentConfig, encoder: str) -> ExperimentConfig:
@@ -124,16 +130,27 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, default=20.0, help="training seconds between evaluations")
     parser.add_argument("--time-budget", type=float, default=240.0, help="training seconds per example format")
     parser.add_argument("--per-prefix-batch-size", type=int, default=512)
+    parser.add_argument("--references", nargs="*", default=list(REFERENCE_LOSSES), choices=list(REFERENCE_LOSSES),
+                        help="minimal SASRec references to train (benchmarks/reference_transformer.py); none skips them")
+    parser.add_argument("--reference-epochs", type=int, default=30)
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
     base = apply_overrides(load_config(args.config), [f"data.data_dir={args.data_dir}"])
     data = load_data(base)
     configs = {name: encoder_config(base, encoder) for name, encoder in ENCODERS.items() if name in args.encoders}
+    default = apply_overrides(ExperimentConfig(), ["data.dataset=movielens", f"data.data_dir={args.data_dir}"])
     rows = []
     for seed in args.seeds:
         rows.append(run_row(PLAIN, ExperimentConfig(), data, FEATURE_SPECS["movielens"], seed))
         rows += [run_row(name, config, data, FEATURE_SPECS["movielens"], seed) for name, config in configs.items()]
+        rows.append(run_row(DEFAULT, default, data, FEATURE_SPECS["movielens"], seed))
+        for loss in args.references:
+            result = train_and_evaluate(data, seed, loss=loss, epochs=args.reference_epochs,
+                                        max_length=base.model.history.max_length)
+            rows.append({"name": REFERENCE_LOSSES[loss], "seed": seed, **result})
+            print(f"{REFERENCE_LOSSES[loss]} seed={seed}: HR@50={result['metrics']['HR@50']:.4f} "
+                  f"NDCG@10={result['metrics']['NDCG@10']:.4f}", flush=True)
     summary = summarise(rows, REPORTED)
     table = results_table(summary, PLAIN)
 
@@ -152,7 +169,8 @@ def main() -> None:
                      f"{result['best_HR@50']:.4f} |")
 
     command = " ".join(["python", "benchmarks/sequential.py", *sys.argv[1:]])
-    text = (f"`{command}`\n\n### {data.name}: history encoders (every-position training) vs the plain TFRS recipe\n\n"
+    text = (f"`{command}`\n\n### {data.name}: history encoders (every-position training) vs the plain TFRS recipe, "
+            "the per-prefix default and a minimal SASRec written apart from the library\n\n"
             f"{table}\n### Time to quality, seed {args.seeds[0]}\n\n" + "\n".join(lines) + "\n")
     write_results(Path(args.output_dir), "sequential",
                   {"command": command, "config": config_to_dict(base), "rows": rows, "summary": summary,
