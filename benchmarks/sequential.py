@@ -34,11 +34,9 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.ablation import PLAIN, run_row  # noqa: E402
 from benchmarks.common import summarise, write_results  # noqa: E402
 from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402
-from pipelines.data import num_rows  # noqa: E402
-from pipelines.dataset import epoch_batches, steps_per_epoch  # noqa: E402
 from pipelines.schemas import FEATURE_SPECS  # noqa: E402
 from pipelines.sequences import num_targets, sequence_examples  # noqa: E402
-from pipelines.train import build_model, evaluate_model, load_data  # noqa: E402
+from pipelines.train import build_model, evaluate_model, fit_model, load_data  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
 from tfrec_towers.features import adapt  # noqa: E402
 
@@ -104,18 +102,18 @@ def time_to_quality(config: ExperimentConfig, data, seed: int, args) -> dict:
     spec = adapt(FEATURE_SPECS["movielens"](config.features), data.train, data.candidates)
     model = build_model(spec, config, data)
     columns = {f.name: data.train[f.name] for f in spec.all_features}
-    if config.training.example_format == "every_position":
+    targets = columns
+    if config.training.example_format == "every_position":  # counted as fit_model will regroup them
         history = config.model.history
-        columns = sequence_examples(columns, [f.name for f in spec.candidate], spec.candidate_id, history.max_length,
+        targets = sequence_examples(columns, [f.name for f in spec.candidate], spec.candidate_id, history.max_length,
                                     history=history.feature)
     callback = _TimeToQuality(data, args.eval_every, args.target_hr50, args.time_budget)
-    epochs = 10_000  # the callback stops training at the target or the time budget
-    dataset = epoch_batches(columns, config.training.batch_size, seed=seed, epochs=epochs)  # the order `train` uses
-    per_epoch = steps_per_epoch(num_rows(columns), config.training.batch_size)
-    model.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=0, callbacks=[callback])
+    # The callback stops training at the target or the time budget; fit_model trains on the
+    # batches and per-epoch order `train` uses.
+    fit_model(model, columns, dataclasses.replace(config.training, epochs=10_000), verbose=0, callbacks=[callback])
     reached = next((point for point in callback.curve if point["HR@50"] >= args.target_hr50), None)
     return {"example_format": config.training.example_format, "batch_size": config.training.batch_size,
-            "targets_per_epoch": num_targets(columns, spec.candidate_id), "curve": callback.curve,
+            "targets_per_epoch": num_targets(targets, spec.candidate_id), "curve": callback.curve,
             "seconds_to_target": reached["train_seconds"] if reached else None,
             "best_HR@50": max((p["HR@50"] for p in callback.curve), default=0.0)}
 
