@@ -141,15 +141,64 @@ def test_tampered_export_fails_and_raises(brute_force_export, tmp_path):
     assert "query_embedding reproduces the in-memory model: max |difference| = 0.5" in str(error.value)
 
 
-def test_directory_without_an_export_reports_failure(tmp_path):
-    report = verify.verify_export(tmp_path)
+def test_version_without_its_metadata_reports_failure(brute_force_export, tmp_path):
+    version = tmp_path / "1"
+    shutil.copytree(brute_force_export, version)
+    shutil.rmtree(version / "assets.extra")
+    report = verify.verify_export(version)
     assert not report["ok"] and failed(report) == {"metadata and verification sample parse"}
     assert report["metrics"] == {}
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+
+
+@pytest.fixture
+def no_worker(monkeypatch):
+    """Fails the test if a verification worker is started."""
+    monkeypatch.setattr(verify.subprocess, "run", lambda *args, **kwargs: pytest.fail("the worker was started"))
+
+
+EXPECTED_LAYOUT = "expected a version directory <export_base>/<model_name>/<version> holding saved_model.pb"
+
+
+def test_missing_path_and_empty_directory_are_not_exports(tmp_path, no_worker):
+    with pytest.raises(FileNotFoundError) as error:
         verify.verify_export(tmp_path / "missing")
+    assert str(error.value) == f"`export_path` {tmp_path / 'missing'} does not exist: {EXPECTED_LAYOUT}."
+    with pytest.raises(FileNotFoundError) as error:
+        verify.verify_export(tmp_path)
+    assert str(error.value) == f"`export_path` {tmp_path} holds no saved_model.pb: {EXPECTED_LAYOUT}."
+
+
+def test_model_base_directory_suggests_its_newest_version(tmp_path, no_worker):
+    """Versions sort as integers (10 after 9); hidden temporaries, files and other names are not versions."""
+    model_dir = tmp_path / "movies"
+    for name in ("2", "9", "10", ".tmp-11-abc", "latest"):
+        (model_dir / name).mkdir(parents=True)
+        (model_dir / name / "saved_model.pb").write_bytes(b"")
+    (model_dir / "12").write_text("not a version directory")
+    with pytest.raises(FileNotFoundError) as error:
+        verify.verify_export(model_dir)
+    assert str(error.value) == (
+        f"`export_path` {model_dir} holds no saved_model.pb: {EXPECTED_LAYOUT}. "
+        f"It holds the version directories [2, 9, 10] of a model: pass one, e.g. the newest, {model_dir / '10'}."
+    )
+
+
+def test_file_is_not_an_export(brute_force_export, tmp_path, no_worker):
+    text_file = tmp_path / "export.txt"
+    text_file.write_text("")
+    with pytest.raises(NotADirectoryError) as error:
+        verify.verify_export(text_file)
+    assert str(error.value) == f"`export_path` {text_file} is a file: {EXPECTED_LAYOUT}."
+    saved_model = brute_force_export.resolve() / "saved_model.pb"
+    with pytest.raises(NotADirectoryError) as error:
+        verify.verify_export(saved_model)
+    assert str(error.value) == (
+        f"`export_path` {saved_model} is a file: {EXPECTED_LAYOUT}. Pass its directory, {brute_force_export.resolve()}."
+    )
 
 
 def test_worker_that_cannot_start_is_a_failed_check(tmp_path):
+    (tmp_path / "saved_model.pb").write_bytes(b"")
     report = verify.verify_export(tmp_path, python="/bin/false")
     assert not report["ok"]
     assert report["checks"] == [

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Union
 
 WORKER_PATH = Path(__file__).resolve().with_name("verify_worker.py")
+SAVED_MODEL_FILENAME = "saved_model.pb"
 OUTPUT_TAIL_CHARS = 4000
 
 
@@ -35,6 +36,25 @@ class ExportVerificationError(RuntimeError):
 def _worker_failure(export_path: Path, detail: str) -> Dict[str, Any]:
     check = {"name": "verification worker", "ok": False, "detail": detail}
     return {"ok": False, "export_path": str(export_path), "checks": [check], "metrics": {}}
+
+
+def _check_version_directory(export_path: Path) -> None:
+    """Raises unless ``export_path`` is a directory holding ``saved_model.pb``, suggesting the right path."""
+    expected = f"expected a version directory <export_base>/<model_name>/<version> holding {SAVED_MODEL_FILENAME}"
+    if not export_path.exists():
+        raise FileNotFoundError(f"`export_path` {export_path} does not exist: {expected}.")
+    if not export_path.is_dir():
+        hint = f" Pass its directory, {export_path.parent}." if export_path.name == SAVED_MODEL_FILENAME else ""
+        raise NotADirectoryError(f"`export_path` {export_path} is a file: {expected}.{hint}")
+    if (export_path / SAVED_MODEL_FILENAME).is_file():
+        return
+    names = [p.name for p in export_path.iterdir() if p.is_dir()]
+    versions = sorted(int(name) for name in names if name.isascii() and name.isdigit())
+    hint = ""
+    if versions:
+        newest = export_path / str(versions[-1])
+        hint = f" It holds the version directories {versions} of a model: pass one, e.g. the newest, {newest}."
+    raise FileNotFoundError(f"`export_path` {export_path} holds no {SAVED_MODEL_FILENAME}: {expected}.{hint}")
 
 
 def verify_export(
@@ -61,14 +81,13 @@ def verify_export(
       Timings are of the loaded SavedModel in this process, not of a TF Serving server.
 
     Raises:
-      FileNotFoundError: if ``export_path`` is not a directory.
+      FileNotFoundError: if ``export_path`` does not exist or holds no ``saved_model.pb`` (the message
+        names the newest version directory when ``export_path`` is a model's base directory).
+      NotADirectoryError: if ``export_path`` is a file.
       ExportVerificationError: if a check failed and ``raise_on_failure`` is set.
     """
     export_path = Path(export_path).resolve()
-    if not export_path.is_dir():
-        raise FileNotFoundError(
-            f"`export_path` {export_path} is not a directory (expected <export_base>/<model_name>/<version>)."
-        )
+    _check_version_directory(export_path)
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="tfrec_towers_verify_") as workdir:
