@@ -1,4 +1,4 @@
-"""MovieLens release directories, split by the leave-last-out protocol (DESIGN §4).
+"""MovieLens release directories, split by the leave-last-out protocol.
 
 Any GroupLens MovieLens directory is read the same way; the layout is recognised from
 its files:
@@ -15,8 +15,16 @@ ml-20m      ``ratings.csv``, ``movies.csv`` (with header;    none
             also ml-25m, ml-32m and ml-latest)
 ==========  ===============================================  ===========================
 
+The files marked latin-1 are read as Latin-1, as GroupLens writes them; every other
+file as UTF-8 (the releases' ratings and users files are ASCII), and a byte that is not
+UTF-8 is a :class:`~pipelines.data.DataError` naming the file and the line. A
+directory must hold one release: the files of two layouts (say ``u.data`` and
+``ratings.csv``) are an error, not a choice. The ml-1m files include those of ml-10m,
+so an ml-1m directory is one release.
+
 Without a users file, ``gender``, ``occupation`` and ``zip_code`` are ``""`` and
-``age`` is 0, so every layout has the same schema (DESIGN §5).
+``age`` is 0, so every layout has the same schema, that of the exported model's
+MovieLens features.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pipelines.data import ColumnType, FeatureDict, RetrievalData, leave_last_out
+from pipelines.data import ColumnType, DataError, FeatureDict, RetrievalData, leave_last_out
 from pipelines.readers import read_delimited
 from tfrec_towers.progress import progress
 
@@ -56,7 +64,11 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
     are dropped from evaluation. The candidates are every movie of the item file, rated
     or not, sorted by id. Ratings of movies missing from the item file (or of users
     missing from the users file) are dropped; ``summary`` counts them, and they are
-    logged.
+    logged. An exact duplicate rating (same user, movie and timestamp as an earlier one,
+    whatever the score) is a logging artefact: it is dropped, keeping the first, counted
+    in ``summary["duplicate_interactions"]`` and logged (see
+    :func:`~pipelines.data.leave_last_out`). So ``interactions`` = ``ratings_read`` minus
+    the three counts of dropped ratings.
 
     Args:
       data_dir: a MovieLens release directory; its base name becomes ``name``.
@@ -68,10 +80,14 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
       candidate features: ``movie_id`` int64, ``genres`` string (``"Action|Comedy"``).
 
     Raises:
-      FileNotFoundError: no layout's files are all in ``data_dir`` (lists, per layout,
-        the files looked for and those missing).
-      DataError: a file is empty, lacks a column, or holds a non-numeric value in a
-        numeric column (names the file, column and line).
+      FileNotFoundError: ``data_dir`` does not exist, or no layout's files are all in it
+        (lists, per layout, the files looked for and those missing).
+      NotADirectoryError: ``data_dir`` is not a directory.
+      DataError: ``data_dir`` holds the files of two layouts (names both); a file is
+        empty, is not valid text in its encoding, lacks a column, holds a value that is
+        not of its column's type or does not fit in it, or repeats a user or movie id
+        of its users or item file (names the file, column and line, both lines for a
+        repeated id).
       ValueError: ``max_history`` is not a positive int.
     """
     data_dir = Path(data_dir)
@@ -125,9 +141,22 @@ class _Layout:
 
 
 def _find_layout(data_dir: Path) -> _Layout:
-    for layout in _LAYOUTS:
-        if all((data_dir / name).is_file() for name in layout.files):
-            return layout
+    """The one layout whose files are all in ``data_dir`` (ml-1m, not ml-10m, when both match)."""
+    layouts = "; ".join(f"{layout.name}: {', '.join(layout.files)}" for layout in _LAYOUTS)
+    if not data_dir.exists():
+        raise FileNotFoundError(f"{data_dir} does not exist; expected a MovieLens release directory ({layouts}).")
+    if not data_dir.is_dir():
+        raise NotADirectoryError(f"{data_dir} is not a directory; expected a MovieLens release directory ({layouts}).")
+    complete = [layout for layout in _LAYOUTS if all((data_dir / name).is_file() for name in layout.files)]
+    found = [layout for layout in complete if not any(set(layout.files) < set(other.files) for other in complete)]
+    if len(found) > 1:
+        raise DataError(
+            f"{data_dir} holds the files of {len(found)} MovieLens layouts: "
+            + "; ".join(f"{layout.name} ({', '.join(layout.files)})" for layout in found)
+            + ". Point the data directory (--data-dir) at a directory that holds one release."
+        )
+    if found:
+        return found[0]
     looked_for = "; ".join(
         f"{layout.name}: {', '.join(layout.files)}"
         f" (missing {', '.join(n for n in layout.files if not (data_dir / n).is_file())})"
@@ -150,7 +179,8 @@ def _read_100k_ratings(data_dir: Path) -> FeatureDict:
 
 def _read_100k_users(data_dir: Path) -> FeatureDict:
     return read_delimited(data_dir / "u.user", USER_COLUMNS, sep="|",
-                          names=["user_id", "age", "gender", "occupation", "zip_code"], quoting=csv.QUOTE_NONE)
+                          names=["user_id", "age", "gender", "occupation", "zip_code"], quoting=csv.QUOTE_NONE,
+                          unique=["user_id"])
 
 
 def _read_100k_movies(data_dir: Path) -> FeatureDict:
@@ -166,6 +196,7 @@ def _read_100k_movies(data_dir: Path) -> FeatureDict:
         names=["movie_id", "title", "release_date", "video_release_date", "imdb_url", *flag_columns],
         encoding="latin-1",
         quoting=csv.QUOTE_NONE,
+        unique=["movie_id"],
     )
     flags = np.stack([items[column] for column in flag_columns], axis=1).astype(bool)
     joined = np.array(["|".join(genres[row]) for row in flags], dtype=object)
@@ -179,12 +210,13 @@ def _read_dat_ratings(data_dir: Path) -> FeatureDict:
 
 def _read_dat_users(data_dir: Path) -> FeatureDict:
     return read_delimited(data_dir / "users.dat", USER_COLUMNS, sep="::",
-                          names=["user_id", "gender", "age", "occupation", "zip_code"], quoting=csv.QUOTE_NONE)
+                          names=["user_id", "gender", "age", "occupation", "zip_code"], quoting=csv.QUOTE_NONE,
+                          unique=["user_id"])
 
 
 def _read_dat_movies(data_dir: Path) -> FeatureDict:
     return read_delimited(data_dir / "movies.dat", MOVIE_COLUMNS, sep="::", names=["movie_id", "title", "genres"],
-                          encoding="latin-1", quoting=csv.QUOTE_NONE)
+                          encoding="latin-1", quoting=csv.QUOTE_NONE, unique=["movie_id"])
 
 
 def _read_csv_ratings(data_dir: Path) -> FeatureDict:
@@ -193,7 +225,7 @@ def _read_csv_ratings(data_dir: Path) -> FeatureDict:
 
 
 def _read_csv_movies(data_dir: Path) -> FeatureDict:
-    table = read_delimited(data_dir / "movies.csv", {"movieId": "int64", "genres": "string"})
+    table = read_delimited(data_dir / "movies.csv", {"movieId": "int64", "genres": "string"}, unique=["movieId"])
     return {"movie_id": table["movieId"], "genres": table["genres"]}
 
 

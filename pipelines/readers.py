@@ -6,6 +6,10 @@ every column it should return, validates the file against it, and returns a
 :class:`~pipelines.data.DataError` naming the file, the column, the expected type and,
 for a bad value, the first bad line, row or record.
 
+Integers that do not fit in ``int64`` are errors naming their line or row, never
+wrapped around; a delimited file that is not valid text in its encoding is an error
+naming the line.
+
 ``int64_list`` columns are stored as ``"3|17|42"`` strings in CSV, as list columns (or
 the same strings) in Parquet and as variable-length ``int64_list`` features in
 TFRecord. They are returned as ``int64 [N, L]``, left-padded with 0 so the most recent
@@ -15,6 +19,7 @@ rows then keep their last ``max_length`` items).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import io
@@ -34,7 +39,9 @@ LIST_SEPARATOR = "|"
 _COLUMN_TYPES = ("int64", "float32", "string", "int64_list")
 _INTEGER = r"\s*[+-]?\d+\s*"
 _INTEGER_LIST = rf"(?:{_INTEGER}(?:{re.escape(LIST_SEPARATOR)}{_INTEGER})*)?"
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _SUBSTITUTE_SEPARATOR = "\x1f"  # ASCII unit separator: stands in for multi-character separators.
+_DECODE_CHUNK_BYTES = 1 << 20  # read size when looking for the line that is not valid text
 _PARSE_BATCH_SIZE = 4096  # records per tf.io.parse_example call
 _PANDAS_DTYPES = {"int64": np.int64, "float32": np.float32, "string": str, "int64_list": str}
 _TF_FEATURES = {
@@ -96,6 +103,7 @@ def read_delimited(
     encoding: str = "utf-8",
     quoting: int = csv.QUOTE_MINIMAL,
     max_length: Optional[int] = None,
+    unique: Sequence[str] = (),
 ) -> FeatureDict:
     """Reads a delimited text file with pandas' C parser and explicit dtypes.
 
@@ -112,19 +120,26 @@ def read_delimited(
       quoting: a :mod:`csv` quoting constant; ``csv.QUOTE_NONE`` for files whose text
         fields may hold a bare ``"``.
       max_length: width of ``int64_list`` columns (default: the longest row).
+      unique: columns of ``column_types`` whose values must not repeat (key columns).
 
     Returns:
       The feature dictionary.
 
     Raises:
       FileNotFoundError: ``path`` is not a file.
-      DataError: the file is empty or has no data rows, a column is missing (a header
-        without it, or too few fields per line), a line has the wrong number of fields,
-        or a value does not parse as its column's type (names the line).
-      ValueError: an unknown column type or a bad ``max_length``.
+      DataError: the file is empty or has no data rows, is not valid ``encoding`` text
+        (names the line), a column is missing (a header without it, or too few fields
+        per line), a line has the wrong number of fields, a value does not parse as its
+        column's type or does not fit in it (names the line), or a ``unique`` column
+        repeats a value (names both lines).
+      ValueError: an unknown column type, a bad ``max_length``, or a ``unique`` column
+        that is not in ``column_types``.
     """
     path = Path(path)
     _check_column_types(column_types)
+    not_read = [name for name in unique if name not in column_types]
+    if not_read:
+        raise ValueError(f"`unique` names columns {not_read} that are not in `column_types` ({list(column_types)}).")
     expected = _describe(column_types)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; expected a file with columns {expected}.")
@@ -138,7 +153,10 @@ def read_delimited(
         if names is not None:
             options.update(header=None, names=list(names))
         options.update(kwargs)
-        return pd.read_csv(path if content is None else io.BytesIO(content), **options)
+        try:
+            return pd.read_csv(path if content is None else io.BytesIO(content), **options)
+        except UnicodeDecodeError as e:
+            raise _decoding_error(path, encoding, e) from None
 
     try:
         head = read(nrows=1, header=None, names=None) if names is not None else read(nrows=0)
@@ -161,12 +179,18 @@ def read_delimited(
         frame = read(dtype={f: _PANDAS_DTYPES[column_types[f]] if f in column_types else "category" for f in fields})
     except pd.errors.ParserError as e:  # names the line, e.g. "Expected 4 fields in line 7, saw 5"
         raise DataError(f"{path}: {str(e).strip()}") from None
-    except (ValueError, OverflowError):
+    except DataError:
+        raise
+    except (ValueError, OverflowError):  # a value that is not of its dtype: found and named by convert_columns
         frame = read(dtype=str)
     if len(frame) == 0:
         raise DataError(f"{path} has no data rows; expected columns {expected}.")
     first_line = 1 if names is not None else 2
-    return convert_columns(frame, column_types, source=str(path), row_unit="line", first_row=first_line, max_length=max_length)
+    features = convert_columns(frame, column_types, source=str(path), row_unit="line", first_row=first_line,
+                               max_length=max_length)
+    for name in unique:
+        _check_unique(features[name], _Column(str(path), name, column_types[name], "line", first_line))
+    return features
 
 
 def read_parquet(
@@ -185,8 +209,8 @@ def read_parquet(
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      DataError: the file is empty or not Parquet, has no rows, lacks a column, or holds
-        a value of the wrong type (names the row).
+      DataError: the file is empty, not Parquet or corrupt (names the file), has no rows,
+        lacks a column, or holds a value of the wrong type (names the row).
       ValueError: an unknown column type or a bad ``max_length``.
     """
     path = Path(path)
@@ -206,7 +230,10 @@ def read_parquet(
             f"{path} has no column '{missing[0]}' (expected {column_types[missing[0]]}); "
             f"its columns are {dataset.schema.names}."
         )
-    table = dataset.to_table(columns=list(column_types))
+    try:
+        table = dataset.to_table(columns=list(column_types))
+    except Exception as e:  # a corrupt page raises OSError, ArrowInvalid, ...
+        raise _unreadable_parquet_error(path, dataset, list(column_types), e) from None
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows; expected columns {expected}.")
     return convert_columns(table.to_pandas(), column_types, source=str(path), row_unit="row", first_row=0,
@@ -374,23 +401,37 @@ def _to_int64(series: pd.Series, column: _Column) -> np.ndarray:
     missing = series.isna().to_numpy()
     if missing.any():
         raise column.error(int(np.argmax(missing)), "missing value")
+    if pd.api.types.is_unsigned_integer_dtype(series):
+        _check_int64_range(series.to_numpy(np.uint64), series, column)
     if pd.api.types.is_integer_dtype(series):
         return series.to_numpy(np.int64)
     if pd.api.types.is_float_dtype(series):
         values = series.to_numpy(np.float64)
         bad = ~np.isfinite(values) | (values != np.floor(values))
         if bad.any():
-            raise column.error(int(np.argmax(bad)), f"{values[bad][0]!r} is not an integer")
+            raise column.error(int(np.argmax(bad)), f"{values[bad][0].item()!r} is not an integer")
+        _check_int64_range(values, series, column)
         return values.astype(np.int64)
     text = series.astype(str)
     bad = ~text.str.fullmatch(_INTEGER).to_numpy(bool)
     if bad.any():
         first = int(np.argmax(bad))
         raise column.error(first, f"{series.iloc[first]!r} is not an integer")
-    try:
-        return text.to_numpy(dtype=str).astype(np.int64)
-    except OverflowError:
-        raise column.error(None, "a value does not fit in int64") from None
+    long = text.str.len().to_numpy() > 18  # only integers of 19 digits or more can be outside int64
+    if long.any():
+        values = np.zeros(len(text), dtype=object)
+        values[long] = [int(value) for value in text[long]]
+        _check_int64_range(values, series, column)
+    return text.to_numpy(dtype=str).astype(np.int64)
+
+
+def _check_int64_range(values: np.ndarray, series: pd.Series, column: _Column) -> None:
+    """Raises naming the first of ``values`` (the numbers in ``series``) outside int64."""
+    outside = (values < _INT64_MIN) | (values >= _INT64_MAX + 1)  # exact for floats too: 2**63 is a float64
+    if outside.any():
+        first = int(np.argmax(outside))
+        value = series.iloc[first : first + 1].tolist()[0]  # a Python scalar: its repr is the file's text
+        raise column.error(first, f"{value!r} does not fit in int64 (from {_INT64_MIN} to {_INT64_MAX})")
 
 
 def _to_float32(series: pd.Series, column: _Column) -> np.ndarray:
@@ -437,6 +478,51 @@ def _to_int64_rows(series: pd.Series, column: _Column) -> tuple[np.ndarray, np.n
     if empty.all():
         return np.zeros(0, np.int64), lengths
     return np.array(LIST_SEPARATOR.join(text[~empty]).split(LIST_SEPARATOR)).astype(np.int64), lengths
+
+
+def _check_unique(values: np.ndarray, column: _Column) -> None:
+    """Raises naming the first value of ``column`` that repeats an earlier one, and both places."""
+    _, first_index, inverse = np.unique(values, return_index=True, return_inverse=True)
+    repeats = np.ones(len(values), bool)
+    repeats[first_index] = False
+    if repeats.any():
+        row = int(np.argmax(repeats))
+        earlier = column.first_row + int(first_index[inverse[row]])
+        raise column.error(
+            row,
+            f"{values[row : row + 1].tolist()[0]!r} already appears on {column.row_unit} {earlier}; each "
+            f"{column.name} must appear once ({column.row_unit}s repeating an earlier one: {int(repeats.sum())})",
+        )
+
+
+def _decoding_error(path: Path, encoding: str, error: UnicodeDecodeError) -> DataError:
+    """The first line of ``path`` that is not valid ``encoding`` text, in words (read in chunks)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    lines_before = 0
+    with path.open("rb") as file:
+        while True:
+            chunk = file.read(_DECODE_CHUNK_BYTES)
+            try:
+                lines_before += decoder.decode(chunk, final=not chunk).count("\n")
+            except UnicodeDecodeError as e:  # e.object: the undecoded bytes, from the last complete character
+                lines_before += e.object[: e.start].decode(encoding).count("\n")
+                bad = " ".join(f"0x{byte:02x}" for byte in e.object[e.start : e.end])
+                return DataError(
+                    f"{path}: line {lines_before + 1} is not valid {encoding} text ({bad}: {e.reason}); "
+                    f"expected a {encoding}-encoded file."
+                )
+            if not chunk:
+                return DataError(f"{path} is not valid {encoding} text: {error}")
+
+
+def _unreadable_parquet_error(path: Path, dataset: pa_dataset.Dataset, columns: list, error: Exception) -> DataError:
+    """Names the Parquet file of ``dataset`` that cannot be read (one file or one of a directory)."""
+    for fragment in dataset.get_fragments():
+        try:
+            fragment.to_table(schema=dataset.schema, columns=columns)
+        except Exception as e:  # as in read_parquet: OSError, ArrowInvalid, ...
+            return DataError(f"{fragment.path} is not a readable Parquet file: {e}")
+    return DataError(f"{path}: its Parquet files cannot be read together: {error}")
 
 
 def _tfrecord_error(file: str, column_types: Mapping[str, ColumnType], error: Exception) -> DataError:

@@ -203,3 +203,110 @@ def test_ratings_of_unknown_users_are_dropped_and_counted(tmp_path):
     assert data.summary["ratings_dropped_unknown_movie"] == 1
     assert data.train["movie_id"].tolist() == EXPECTED_TRAIN_MOVIES
     assert data.eval_targets.tolist() == EXPECTED_TARGETS
+
+
+# A repeat of user 1's last rating (movie 40 at t=200) with another score, in each layout's format.
+DUPLICATE_RATING = {"ml-100k": ("u.data", "1\t40\t2\t200\n"), "ml-1m": ("ratings.dat", "1::40::2::200\n"),
+                    "ml-20m": ("ratings.csv", "1,40,2.0,200\n")}
+
+
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_exact_duplicate_ratings_are_dropped_counted_and_logged(tmp_path, caplog, layout):
+    directory = WRITERS[layout](tmp_path / layout)
+    file, line = DUPLICATE_RATING[layout]
+    with open(directory / file, "a") as ratings:
+        ratings.write(line)
+    data = load_movielens(directory, max_history=2)
+
+    # Kept, the repeat would be user 1's test target with movie 40 also in its training items.
+    assert data.train["movie_id"].tolist() == EXPECTED_TRAIN_MOVIES
+    assert data.train["history"].tolist() == EXPECTED_TRAIN_HISTORY
+    assert data.eval_targets.tolist() == EXPECTED_TARGETS
+    assert [data.seen(u).tolist() for u in range(2)] == EXPECTED_SEEN
+    assert data.summary["ratings_read"] == 9
+    assert data.summary["duplicate_interactions"] == 1
+    assert data.summary["interactions"] == 7  # 9 read - 1 of an unknown movie - 1 duplicate
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "exact duplicate" in warning and "1 of 8" in warning
+    assert "user_id 1, movie_id 40, timestamp 200" in warning
+
+
+def test_a_release_without_duplicates_counts_none(tmp_path):
+    data = load_movielens(write_1m(tmp_path / "ml-1m"), max_history=2)
+    assert data.summary["duplicate_interactions"] == 0
+    assert data.summary["interactions"] == 7
+
+
+def _merge(directory: Path, other: Path) -> None:
+    for file in other.iterdir():
+        file.rename(directory / file.name)
+
+
+@pytest.mark.parametrize("first, second", [("ml-100k", "ml-20m"), ("ml-1m", "ml-20m"), ("ml-100k", "ml-1m")])
+def test_two_layouts_in_one_directory_is_an_error(tmp_path, first, second):
+    directory = WRITERS[first](tmp_path / "mixed")
+    _merge(directory, WRITERS[second](tmp_path / second))
+    with pytest.raises(DataError) as error:
+        load_movielens(directory)
+    message = str(error.value)
+    assert message.startswith(f"{directory} holds the files of 2 MovieLens layouts: ")
+    assert f"{first} (" in message and f"{second} (" in message
+    assert "ml-10m" not in message  # its files are part of ml-1m's
+    assert "--data-dir" in message and "one release" in message
+
+
+def test_missing_data_dir_is_named_first(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        load_movielens(tmp_path / "ml-1m")
+    assert str(error.value).startswith(f"{tmp_path / 'ml-1m'} does not exist; expected a MovieLens release directory")
+    assert "ratings.dat" in str(error.value)
+
+
+def test_data_dir_that_is_a_file_is_named_first(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    with pytest.raises(NotADirectoryError) as error:
+        load_movielens(tmp_path / "ratings.csv")
+    assert str(error.value).startswith(f"{tmp_path / 'ratings.csv'} is not a directory")
+
+
+@pytest.mark.parametrize("layout, file, text, line", [
+    ("ml-100k", "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|Zürich\n", 3),
+    ("ml-1m", "users.dat", "1::F::1::10::48067\n2::M::56::16::Zürich\n3::M::25::15::55117\n", 2),
+    ("ml-20m", "movies.csv", "movieId,title,genres\n10,Heat (1995),Action\n20,Café (1995),Comedy\n", 3),
+])
+def test_latin_1_text_in_a_utf_8_file_names_file_and_line(tmp_path, layout, file, text, line):
+    directory = WRITERS[layout](tmp_path / layout)
+    (directory / file).write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataError) as error:
+        load_movielens(directory)
+    assert str(error.value).startswith(f"{directory / file}: line {line} is not valid utf-8 text")
+
+
+@pytest.mark.parametrize("layout, file, text, column, line, earlier", [
+    ("ml-100k", "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|T8H1N\n2|30|M|x|1\n",
+     "user_id", 4, 2),
+    ("ml-100k", "u.item", "10|A|01-Jan-1995||u|0|1|1|0\n20|B|01-Jan-1995||u|1|0|0|0\n10|C|01-Jan-1995||u|0|0|0|1\n",
+     "movie_id", 3, 1),
+    ("ml-1m", "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n3::F::1::1::1\n",
+     "user_id", 4, 3),
+    ("ml-1m", "movies.dat", "10::A::Action\n20::B::Drama\n30::C::Drama\n40::D::Drama\n20::E::Comedy\n",
+     "movie_id", 5, 2),
+    ("ml-20m", "movies.csv", "movieId,title,genres\n10,A,Action\n20,B,Drama\n10,C,Comedy\n", "movieId", 4, 2),
+])
+def test_repeated_id_names_the_file_and_both_lines(tmp_path, layout, file, text, column, line, earlier):
+    directory = WRITERS[layout](tmp_path / layout)
+    (directory / file).write_text(text)
+    with pytest.raises(DataError) as error:
+        load_movielens(directory)
+    message = str(error.value)
+    assert message.startswith(f"{directory / file}: column '{column}' (int64), line {line}: ")
+    assert f"already appears on line {earlier}" in message
+
+
+def test_id_too_large_for_int64_names_file_column_and_line(tmp_path):
+    directory = write_100k(tmp_path / "ml-100k")
+    (directory / "u.data").write_text("1\t10\t4\t5\n99999999999999999999\t20\t3\t6\n")
+    with pytest.raises(DataError) as error:
+        load_movielens(directory)
+    assert str(error.value).startswith(
+        f"{directory / 'u.data'}: column 'user_id' (int64), line 2: '99999999999999999999' does not fit in int64")

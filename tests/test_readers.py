@@ -258,3 +258,88 @@ def test_ragged_line_in_headerless_file_is_named(tmp_path, sep):
     (tmp_path / "ragged.txt").write_text(sep.join("12") + "\n" + sep.join("345") + "\n")
     with pytest.raises(DataError, match=r"ragged\.txt: .*Expected 2 fields in line 2, saw 3"):
         read_delimited(tmp_path / "ragged.txt", {"a": "int64"}, sep=sep, names=["a", "b"])
+
+
+@pytest.mark.parametrize("sep, names, lines, line", [
+    (",", None, ["a,b", "1,x", "2,Café", "3,y"], 3),
+    (",", None, ["a,Année", "1,x"], 1),
+    ("::", ["a", "b"], ["1::x", "2::y", "3::Zürich"], 3),
+])
+def test_text_not_in_the_encoding_names_file_line_and_encoding(tmp_path, sep, names, lines, line):
+    (tmp_path / "latin.txt").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    message = f"{tmp_path / 'latin.txt'}: line {line} is not valid utf-8 text"
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_delimited(tmp_path / "latin.txt", {"a": "int64", "b": "string"}, sep=sep, names=names)
+
+
+def test_bad_byte_line_is_counted_across_read_chunks(tmp_path, monkeypatch):
+    """The two bytes of the valid "é" fall in the 2nd and 3rd 5-byte reads; the bad byte is on line 4."""
+    monkeypatch.setattr("pipelines.readers._DECODE_CHUNK_BYTES", 5)
+    (tmp_path / "t.csv").write_bytes("a,b\n1,xxxé\n2,yü\n".encode("utf-8") + b"3,\xe9\n")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 't.csv'}: line 4 is not valid utf-8 text (0xe9")):
+        read_csv(tmp_path / "t.csv", {"a": "int64", "b": "string"})
+
+
+def test_integer_outside_int64_names_file_column_and_line(tmp_path):
+    (tmp_path / "big.csv").write_text("a\n-9223372036854775808\n0000000000000000000042\n9223372036854775807\n"
+                                      "9223372036854775808\n99999999999999999999\n")
+    message = (f"{tmp_path / 'big.csv'}: column 'a' (int64), line 5: '9223372036854775808' does not fit in int64 "
+               "(from -9223372036854775808 to 9223372036854775807)")
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_csv(tmp_path / "big.csv", {"a": "int64"})
+    (tmp_path / "fits.csv").write_text("a\n-9223372036854775808\n0000000000000000000042\n9223372036854775807\n")
+    assert read_csv(tmp_path / "fits.csv", {"a": "int64"})["a"].tolist() == [-2**63, 42, 2**63 - 1]
+
+
+@pytest.mark.parametrize("values, row, shown", [
+    (np.array([1, 2**63 + 5], np.uint64), 1, "9223372036854775813"),
+    (np.array([1.0, 2.0, 2.0**63], np.float64), 2, "9.223372036854776e+18"),
+    (np.array([-1e19, 1.0]), 0, "-1e+19"),
+    (pd.array([3, 2**64 - 1], dtype="UInt64"), 1, "18446744073709551615"),
+])
+def test_numbers_outside_int64_are_not_wrapped_around(values, row, shown):
+    with pytest.raises(DataError, match=re.escape(f"column 'a' (int64), row {row}: {shown} does not fit in int64")):
+        from_dataframe(pd.DataFrame({"a": values}), {"a": "int64"})
+
+
+def test_unique_column_names_both_lines(tmp_path):
+    (tmp_path / "items.csv").write_text("id,name\n7,a\n8,b\n9,c\n8,d\n7,e\n")
+    message = (f"{tmp_path / 'items.csv'}: column 'id' (int64), line 5: 8 already appears on line 3; "
+               "each id must appear once (lines repeating an earlier one: 2)")
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_delimited(tmp_path / "items.csv", {"id": "int64", "name": "string"}, unique=["id"])
+    (tmp_path / "names.txt").write_text("7|a\n8|b\n9|a\n")
+    with pytest.raises(DataError, match=re.escape("names.txt: column 'name' (string), line 3: 'a' already appears on "
+                                                  "line 1")):
+        read_delimited(tmp_path / "names.txt", {"name": "string"}, sep="|", names=["id", "name"], unique=["name"])
+    with pytest.raises(ValueError, match=re.escape("`unique` names columns ['id'] that are not in `column_types`")):
+        read_delimited(tmp_path / "names.txt", {"name": "string"}, sep="|", names=["id", "name"], unique=["id"])
+
+
+def _overwrite_column_data(path):
+    """Overwrites everything between the leading magic bytes and the footer: the footer still parses."""
+    data = bytearray(path.read_bytes())
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    data[4:footer_start] = b"\xff" * (footer_start - 4)
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_parquet_file_is_named(tmp_path):
+    pd.DataFrame({"a": np.arange(1000)}).to_parquet(tmp_path / "corrupt.parquet")
+    _overwrite_column_data(tmp_path / "corrupt.parquet")
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'corrupt.parquet'} is not a readable Parquet file: ")):
+        read_parquet(tmp_path / "corrupt.parquet", {"a": "int64"})
+
+
+@pytest.mark.parametrize("corruption", ["column data", "not Parquet"])
+def test_unreadable_file_in_a_parquet_directory_is_named(tmp_path, corruption):
+    (tmp_path / "parts").mkdir()
+    pd.DataFrame({"a": np.arange(1000)}).to_parquet(tmp_path / "parts" / "part-0.parquet")
+    pd.DataFrame({"a": np.arange(1000)}).to_parquet(tmp_path / "parts" / "part-1.parquet")
+    if corruption == "column data":
+        _overwrite_column_data(tmp_path / "parts" / "part-1.parquet")
+    else:
+        (tmp_path / "parts" / "part-1.parquet").write_text("hello, this is not Parquet")
+    message = f"{tmp_path / 'parts' / 'part-1.parquet'} is not a readable Parquet file: "
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_parquet(tmp_path / "parts", {"a": "int64"})
