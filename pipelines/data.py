@@ -1,7 +1,7 @@
 """The in-memory contract every reader produces: feature dictionaries of numpy arrays.
 
 A *feature dictionary* maps a feature name to a numpy array whose first axis is the
-example axis. Dtypes and shapes follow the raw-feature contract of DESIGN §5:
+example axis. Dtypes and shapes follow the raw-feature contract of the exported SavedModel:
 
 =============  ==========================  ===========================================
 column type    numpy array                 example
@@ -10,19 +10,23 @@ column type    numpy array                 example
 ``float32``    ``float32 [N]``             a numeric side feature
 ``string``     ``object [N]`` of ``str``   ``gender``, ``genres`` ("Action|Comedy")
 ``int64_list`` ``int64 [N, L]``, 0-padded  ``history`` (most recent last, padded left)
+``string_list`` ``object [N, L]``, ""-pad. ``history`` of string ids
 =============  ==========================  ===========================================
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Literal, Mapping
+import logging
+from typing import Dict, Literal, Mapping, Optional
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-ColumnType = Literal["int64", "float32", "string", "int64_list"]
+ColumnType = Literal["int64", "float32", "string", "int64_list", "string_list"]
 FeatureDict = Dict[str, np.ndarray]
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -45,7 +49,7 @@ def take_rows(features: Mapping[str, np.ndarray], index: np.ndarray) -> FeatureD
 
 @dataclasses.dataclass
 class RetrievalData:
-    """A retrieval data set split by the leave-last-out protocol (DESIGN §4).
+    """A retrieval data set split by the leave-last-out protocol (:func:`leave_last_out`).
 
     Attributes:
       name: a short name for reports, e.g. ``"ml-100k"`` or ``"synthetic-10000"``.
@@ -95,33 +99,49 @@ def leave_last_out(
     column_types: Mapping[str, ColumnType],
     max_history: int,
     history: str = "history",
+    interaction_columns: Optional[Mapping[str, np.ndarray]] = None,
 ) -> RetrievalData:
-    """Splits implicit interactions by the leave-last-out protocol of DESIGN §4.
+    """Splits implicit interactions by the leave-last-out protocol.
 
     Each user's interactions are sorted by (timestamp, item id). The last one is the
     user's test target; every earlier one is a training example whose ``history`` holds
-    the up-to-``max_history`` items before it, most recent last, left-padded with 0
-    (the first interaction has an all-zero history). Users with fewer than 2
+    the up-to-``max_history`` items before it, most recent last, left-padded with 0 for
+    integer ids and ``""`` for string ids (the first interaction has an all-padding history). Users with fewer than 2
     interactions have no training example and are not evaluated (counted in
     ``summary["users_with_one_interaction"]``). The eval query of a user has the last
     ``max_history`` training items as history; its seen set is its unique training items.
 
+    An exact duplicate (the same user, item and timestamp as an earlier row) is taken
+    for a logging artefact, not a second positive: it is dropped, counted in
+    ``summary["duplicate_interactions"]`` and logged as a warning with an example; the
+    first occurrence is kept. (Kept, it would put the item in its own history and, as a
+    user's last interaction, make the test target one of the user's training items,
+    which evaluation filters out.) The same item at another timestamp is kept: it is
+    another interaction.
+
     Built from sorted arrays and offsets, without a loop over users or interactions:
-    the item sequence is laid out with ``max_history`` zeros in front of every user,
-    and each history is the window of the ``max_history`` slots just before its row.
+    the item sequence (as 1-based catalogue rows) is laid out with ``max_history`` zeros
+    in front of every user, each history is the window of the ``max_history`` slots just
+    before its row, and the rows are mapped back to ids (0 to the padding).
 
     Args:
       name: the data set name for reports.
-      user_ids, item_ids, timestamps: ``int64 [R]`` the interactions; item ids > 0.
+      user_ids, item_ids: ``[R]`` the interactions' ids, integers (item ids > 0) or strings
+        (not empty); timestamps: ``int64 [R]``. Exact duplicate rows are dropped (see above).
       users: the query feature table, one row per user, keyed by ``users[user_id]``.
       candidates: the catalogue, one row per item, keyed by ``candidates[candidate_id]``.
       user_id, candidate_id: the key columns of ``users`` and ``candidates``.
       column_types: the :data:`ColumnType` of every column of ``users`` and ``candidates``.
       max_history: the history width ``L``.
       history: the name of the history column added to the query features.
+      interaction_columns: per-interaction columns (``[R]`` each, e.g. a sample weight) added
+        to the training examples.
 
     Returns:
-      The split, with candidates sorted by id and eval queries sorted by user id.
+      The split, with candidates sorted by id and eval queries sorted by user id. Its
+      ``summary`` counts the ``interactions`` kept, the ``duplicate_interactions``
+      dropped, ``users``, ``users_with_one_interaction``, ``train_examples``,
+      ``eval_queries`` and ``candidates``.
 
     Raises:
       DataError: no interactions, no user with two or more interactions, an item id <= 0, an id missing from its table, a
@@ -130,19 +150,31 @@ def leave_last_out(
     """
     if not isinstance(max_history, (int, np.integer)) or isinstance(max_history, bool) or max_history < 1:
         raise ValueError(f"`max_history` must be a positive int. Received: {max_history!r}")
-    user_ids, item_ids, timestamps = (np.asarray(a, np.int64) for a in (user_ids, item_ids, timestamps))
+    user_ids, item_ids = (_id_array(a) for a in (user_ids, item_ids))
+    timestamps = np.asarray(timestamps, np.int64)
     if len(item_ids) == 0:
         raise DataError(f"{name}: there are no interactions to split.")
-    if item_ids.min() <= 0:
+    if item_ids.dtype.kind in "iu" and item_ids.min() <= 0:
         raise DataError(f"{name}: item ids must be positive (0 pads histories). Found {item_ids.min()}.")
     shared = (set(users) | {history}) & set(candidates)
     if shared:
         raise DataError(f"{name}: columns {sorted(shared)} are both query and candidate features.")
-    users = _sorted_by_key(users, user_id, "user")
-    candidates = _sorted_by_key(candidates, candidate_id, "candidate")
+    users = _sorted_by_key(users, user_id, f"{name}: the user")
+    candidates = _sorted_by_key(candidates, candidate_id, f"{name}: the candidate")
     item_rows = _rows_of(candidates[candidate_id], item_ids, f"{name}: item")
-    order = _chronological_order(user_ids, timestamps, item_rows, len(candidates[candidate_id]))
-    user_rows = _rows_of(users[user_id], user_ids[order], f"{name}: user")
+    all_user_rows = _rows_of(users[user_id], user_ids, f"{name}: user")
+    order = _chronological_order(all_user_rows, timestamps, item_rows, len(candidates[candidate_id]))
+    repeats = _repeats_previous(order, (user_ids, item_ids, timestamps))
+    if repeats.any():
+        row = order[np.argmax(repeats)]
+        user, item, timestamp = (column[row : row + 1].tolist()[0] for column in (user_ids, item_ids, timestamps))
+        logger.warning(
+            "%s: dropped exact duplicate interactions (the same %s, %s and timestamp as an earlier row; the first "
+            "occurrence is kept): %d of %d, e.g. %s %r, %s %r, timestamp %r.",
+            name, user_id, candidate_id, int(repeats.sum()), len(repeats), user_id, user, candidate_id, item, timestamp,
+        )
+        order = order[~repeats]
+    user_rows = all_user_rows[order]
     item_rows, items = item_rows[order], item_ids[order]
     n = len(items)
     is_first = np.r_[True, user_rows[1:] != user_rows[:-1]]
@@ -153,8 +185,10 @@ def leave_last_out(
 
     slot = np.arange(n) + max_history * (group + 1)
     padded = np.zeros(n + max_history * len(starts), np.int64)
-    padded[slot] = items
+    padded[slot] = item_rows + 1
     windows = sliding_window_view(padded, max_history)  # windows[p] = padded[p : p + L]
+    item_of_code = np.r_[np.zeros(1, candidates[candidate_id].dtype) if items.dtype.kind in "iu" else np.array([""], object),
+                         candidates[candidate_id]]
 
     is_train = np.ones(n, bool)
     is_train[last] = False
@@ -168,10 +202,14 @@ def leave_last_out(
 
     train = {
         **take_rows(users, user_rows[train_rows]),
-        history: windows[slot[train_rows] - max_history],
+        history: item_of_code[windows[slot[train_rows] - max_history]],
         **take_rows(candidates, item_rows[train_rows]),
+        **{column: np.asarray(values)[order][train_rows] for column, values in (interaction_columns or {}).items()},
     }
-    eval_queries = {**take_rows(users, user_rows[evaluated]), history: windows[slot[evaluated] - max_history]}
+    eval_queries = {
+        **take_rows(users, user_rows[evaluated]),
+        history: item_of_code[windows[slot[evaluated] - max_history]],
+    }
 
     num_candidates = len(candidates[candidate_id])
     seen = np.sort(group[train_rows] * num_candidates + item_rows[train_rows])  # (user, item) pairs
@@ -180,6 +218,7 @@ def leave_last_out(
 
     summary = {
         "interactions": n,
+        "duplicate_interactions": int(repeats.sum()),
         "users": len(starts),
         "users_with_one_interaction": int(np.sum(counts == 1)),
         "train_examples": len(train_rows),
@@ -197,30 +236,55 @@ def leave_last_out(
         query_features=(*users, history),
         candidate_features=tuple(candidates),
         candidate_id=candidate_id,
-        column_types={**column_types, history: "int64_list"},
+        column_types={**column_types, history: "int64_list" if items.dtype.kind in "iu" else "string_list"},
         summary=summary,
     )
 
 
 def _chronological_order(
-    user_ids: np.ndarray, timestamps: np.ndarray, item_rows: np.ndarray, num_items: int
+    user_rows: np.ndarray, timestamps: np.ndarray, item_rows: np.ndarray, num_items: int
 ) -> np.ndarray:
-    """``np.lexsort((item_rows, timestamps, user_ids))``, faster: two stable argsorts of
-    int64 keys when (timestamp, item) packs into one int64 (always for second timestamps)."""
+    """``np.lexsort((item_rows, timestamps, user_rows))``, faster: two stable argsorts of
+    int64 keys when (timestamp, item) packs into one int64 (always for second timestamps).
+    Rows of the id-sorted tables order like the ids themselves."""
     earliest = int(timestamps.min())
     if (int(timestamps.max()) - earliest + 1) * num_items >= 2**63:
-        return np.lexsort((item_rows, timestamps, user_ids))
+        return np.lexsort((item_rows, timestamps, user_rows))
     order = np.argsort((timestamps - earliest) * num_items + item_rows, kind="stable")
-    return order[np.argsort(user_ids[order], kind="stable")]
+    return order[np.argsort(user_rows[order], kind="stable")]
+
+
+def _id_array(ids: np.ndarray) -> np.ndarray:
+    """Integer ids as ``int64``, anything else as an ``object`` array of the values."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iub":
+        return ids.astype(np.int64)
+    return ids.astype(object)
+
+
+def _repeats_previous(order: np.ndarray, columns: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``bool [R]``: whether row ``order[i]`` equals row ``order[i - 1]`` in every one of ``columns``
+    (gathered one at a time, to hold a single reordered copy)."""
+    repeats = np.ones(len(order), bool)
+    repeats[0] = False
+    for column in columns:
+        ordered = column[order]
+        repeats[1:] &= ordered[1:] == ordered[:-1]
+    return repeats
 
 
 def _sorted_by_key(table: Mapping[str, np.ndarray], key: str, what: str) -> FeatureDict:
-    """``table`` sorted by its ``key`` column, which must be unique."""
-    sorted_table = take_rows(table, np.argsort(table[key], kind="stable"))
+    """``table`` sorted by its ``key`` column, which must be unique (a repeat names both rows)."""
+    order = np.argsort(table[key], kind="stable")
+    sorted_table = take_rows(table, order)
     ids = sorted_table[key]
-    duplicated = ids[1:][ids[1:] == ids[:-1]]
-    if len(duplicated):
-        raise DataError(f"The {what} table has duplicate {key} values, e.g. {duplicated[0]}.")
+    repeated = np.flatnonzero(ids[1:] == ids[:-1])
+    if len(repeated):
+        first, second = order[repeated[0]], order[repeated[0] + 1]
+        raise DataError(
+            f"{what} table has {key} {ids[repeated[0]]} in rows {first} and {second} (counting from 0); "
+            f"each {key} must appear once."
+        )
     return sorted_table
 
 
