@@ -13,7 +13,8 @@ column                          shape                    value
 ==============================  =======================  =========================================
 query side features             ``[S]``                  the user's (taken from the sequence's
                                                          last target row)
-``history``                     ``int64 [S, L]``         the items, most recent last, 0-padded
+``history``                     ``[S, L]``               the items, most recent last, padded with
+                                                         0 (int64 ids) or ``""`` (string ids)
 candidate features              ``[S, L]``               the next item's features, padded
 ==============================  =======================  =========================================
 """
@@ -61,7 +62,8 @@ def sequence_examples(
         raise DataError(f"Sequence examples need the columns {missing}; the training data has {sorted(train)}.")
     rows = num_rows(train)
     histories, items = np.asarray(train[history]), np.asarray(train[candidate_id])
-    starts = ~histories.any(axis=1)
+    padding = "" if histories.dtype.kind in "OUS" else 0
+    starts = ~(histories != padding).any(axis=1)
     continues = histories[1:, -1] == items[:-1]
     broken = np.flatnonzero(~starts[1:] & ~continues)
     if rows and (not starts[0] or len(broken)):

@@ -224,11 +224,9 @@ class FeatureEncoder(tf.keras.layers.Layer):
         if isinstance(feature, NumericFeature):
             return self.normalizers[feature.name](values)
         if isinstance(feature, SequenceFeature):
-            if feature.dtype == "string":
+            if not feature.is_matrix:
                 values = tf.strings.split(values, sep=feature.separator).to_tensor(default_value="")
-                mask = tf.not_equal(values, "")
-            else:
-                mask = tf.not_equal(values, tf.cast(feature.padding_value, values.dtype))
+            mask = tf.not_equal(values, tf.constant(feature.padding, values.dtype))
             return self.poolers[feature.name](self.tables[feature.table](values), mask)
         return self.tables[feature.table](values)
 

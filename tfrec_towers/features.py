@@ -5,8 +5,9 @@ model turns it into a vector:
 
 * :class:`CategoricalFeature` — a vocabulary built from data plus out-of-vocabulary (OOV) buckets;
 * :class:`HashedFeature` — no vocabulary: ``hash(value) mod num_bins``;
-* :class:`SequenceFeature` — multi-valued: a 0-padded ``int64 [B, L]`` matrix (a watch history) or a
-  separator-joined string (``"Action|Comedy"``), embedded item by item and pooled under a mask;
+* :class:`SequenceFeature` — multi-valued: a padded ``[B, L]`` matrix of ids (a watch history: int64
+  padded with 0, or strings padded with ``""``) or a separator-joined string (``"Action|Comedy"``),
+  embedded item by item and pooled under a mask;
 * :class:`NumericFeature` — ``(f(x) − mean) / std`` with ``f`` the identity or ``log1p``.
 
 Vocabularies and normalisation statistics are learnt from data by :func:`adapt` and stored in the
@@ -100,13 +101,14 @@ class SequenceFeature(_VocabularyFeature):
     """A multi-valued feature pooled under a mask: ``pool({e(x_l) : x_l != padding})``.
 
     ``dtype="int64"``: the raw input is an ``int64 [B, L]`` matrix padded with ``padding_value``.
-    ``dtype="string"``: the raw input is a ``string [B]`` of values joined by ``separator``; empty
-    strings are padding. ``pooling`` is ``mean``, ``sum`` or ``max`` over the valid positions
-    (an all-padding row pools to zeros).
+    ``dtype="string"`` with a ``separator``: the raw input is a ``string [B]`` of values joined by
+    ``separator`` (``"Action|Comedy"``); with ``separator=None``: a ``string [B, L]`` matrix padded
+    with ``""`` (a history of string ids). Empty strings are padding. ``pooling`` is ``mean``,
+    ``sum`` or ``max`` over the valid positions (an all-padding row pools to zeros).
     """
 
     pooling: Pooling = "mean"
-    separator: str = "|"
+    separator: Optional[str] = "|"
     padding_value: int = 0
 
     def __post_init__(self) -> None:
@@ -115,6 +117,18 @@ class SequenceFeature(_VocabularyFeature):
             raise ValueError(
                 f"Feature `{self.name}`: `pooling` must be one of {list(POOLINGS)}. Received: {self.pooling!r}"
             )
+        if self.separator is not None and not self.separator:
+            raise ValueError(f"Feature `{self.name}`: `separator` must be a non-empty string or None.")
+
+    @property
+    def is_matrix(self) -> bool:
+        """True when the raw input is a padded ``[B, L]`` matrix (an id history), not joined strings."""
+        return self.dtype == "int64" or self.separator is None
+
+    @property
+    def padding(self) -> Union[int, str]:
+        """The value that pads a row of the matrix: ``padding_value`` for int64, ``""`` for strings."""
+        return self.padding_value if self.dtype == "int64" else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +243,7 @@ def _tensor_spec(feature: Feature) -> tf.TensorSpec:
     if isinstance(feature, NumericFeature):
         return tf.TensorSpec([None], tf.float32 if feature.dtype == "float32" else tf.int64, feature.name)
     dtype = tf.string if feature.dtype == "string" else tf.int64
-    if isinstance(feature, SequenceFeature) and feature.dtype == "int64":
+    if isinstance(feature, SequenceFeature) and feature.is_matrix:
         return tf.TensorSpec([None, None], dtype, feature.name)
     return tf.TensorSpec([None], dtype, feature.name)
 
@@ -240,9 +254,9 @@ def input_signature(features: Iterable[Feature]) -> Dict[str, tf.TensorSpec]:
 
 
 def _sequence_values(feature: SequenceFeature, column: np.ndarray) -> np.ndarray:
-    if feature.dtype == "int64":
+    if feature.is_matrix:
         values = np.asarray(column).reshape(-1)
-        return values[values != feature.padding_value]
+        return values[values != feature.padding]
     tokens = [t for text in column for t in str(text).split(feature.separator) if t]
     return np.asarray(tokens, dtype=object)
 
