@@ -1,4 +1,4 @@
-"""Batch embedding export on Apache Beam: feature files → ``id, embedding`` shards (DESIGN §1, §6).
+"""Batch embedding export on Apache Beam: feature files → ``id, embedding`` shards.
 
     files ─► read units ─► Reshuffle ─► read + validate ─► BatchElements ─► embed ─┬─► Parquet
     (Parquet, CSV,                            │                        (signature;   ├─► TFRecord
@@ -7,9 +7,13 @@
 
 The SavedModel of a tfrec-towers export is loaded once per worker (``DoFn.setup``); rows are
 embedded with its ``candidate_embedding`` or ``query_embedding`` signature, whose input spec
-names the columns read. Rows that cannot be embedded (a missing or ill-typed value, an unparsable
-record, a non-finite embedding) and files that cannot be read go to the dead letter with the reason;
-they never fail the job. The counters ``rows_read``, ``rows_embedded``, ``rows_rejected`` and
+names the columns read and the type each value must have; a string input that the export's feature
+spec declares multi-valued (``genres``, ``"Action|Comedy"``) also takes a list of strings, joined with
+its declared separator. Rows that cannot be embedded (a missing value, a value the input cannot hold
+exactly, an unparsable record, a non-finite embedding) and files that cannot be read, wherever they
+come in the inputs, go to the dead letter with the reason (file, row, column, what was expected); they
+never fail the job, unless no input file can be read at all. What each input accepts:
+:mod:`pipelines.embed_sources`. The counters ``rows_read``, ``rows_embedded``, ``rows_rejected`` and
 ``files_rejected`` (namespace ``tfrec_towers.embed_job``) are reported and stored in the output's
 manifest; ``rows_read = rows_embedded + rows_rejected``. Output layout, atomicity and resumption:
 :mod:`pipelines.embed_output`. The follow-up step that indexes the embeddings:
@@ -31,7 +35,7 @@ import json
 import logging
 import sys
 import uuid
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -46,6 +50,7 @@ from pipelines import embed_output, embed_sources
 from pipelines.embed_output import EMBEDDING_DTYPES, OUTPUT_FORMATS, EmbeddedChunk, OutputSpec
 from pipelines.embed_sources import DEAD_LETTER, FORMATS, METRICS_NAMESPACE, RowChunk
 from tfrec_towers.candidate_table import column_types as reader_column_types
+from tfrec_towers.features import SequenceFeature, feature_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +118,24 @@ class EmbedJobConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SignatureInfo:
-    """What the launcher learns from the SavedModel: input specs, embedding dim, id column and dtype."""
+    """What the launcher learns from the SavedModel.
+
+    Attributes:
+      input_specs: ``{input: tf.TensorSpec}`` of the signature.
+      embedding_dim: ``d`` of its ``embedding [B, d]`` output.
+      id_column: the column written beside each embedding.
+      id_dtype: ``"int64"`` or ``"string"``.
+      needs_scann: whether loading the export needs the ScaNN ops.
+      separators: ``{string input: separator}`` of the inputs the export's feature spec declares
+        multi-valued (``{"genres": "|"}``); empty when the export carries no feature spec.
+    """
 
     input_specs: Dict[str, tf.TensorSpec]
     embedding_dim: int
     id_column: str
     id_dtype: str
     needs_scann: bool
+    separators: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +165,27 @@ def _load_signature(model_dir: str, signature: str, needs_scann: bool):
     return loaded, loaded.signatures[signature]
 
 
+def _separators(metadata: Mapping[str, Any], signature: str, specs: Mapping[str, tf.TensorSpec]) -> Dict[str, str]:
+    """The separator of each ``string [None]`` input declared as a string :class:`SequenceFeature`.
+
+    The declarations are the ``feature_spec`` a training run stores in the export's metadata; an
+    export without it declares none.
+    """
+    side = "candidate" if signature == "candidate_embedding" else "query"
+    features = [feature_from_dict(values) for values in metadata.get("feature_spec", {}).get(side, [])]
+    return {
+        f.name: f.separator for f in features
+        if isinstance(f, SequenceFeature) and f.dtype == "string" and f.name in specs
+        and specs[f.name].dtype == tf.string and specs[f.name].shape.rank == 1
+    }
+
+
 def describe_signature(config: EmbedJobConfig) -> SignatureInfo:
-    """The signature's input spec and output dimension, and the id column and its dtype.
+    """The signature's input spec and output dimension, the id column and its dtype, the separators.
 
     The spec and dimension come from the export's ``tfrec_towers_metadata.json`` (so the launcher
-    need not load a large export); the SavedModel is loaded only for an export without it.
+    need not load a large export); the SavedModel is loaded only for an export without it. The
+    separators of multi-valued string inputs come from the feature spec in that metadata.
 
     Raises:
       ValueError: no such signature, no ``id_column`` for query embeddings, or a signature input
@@ -185,7 +217,8 @@ def describe_signature(config: EmbedJobConfig) -> SignatureInfo:
         id_dtype = "int64" if specs[id_column].dtype == tf.int64 else "string"
     else:
         id_dtype = config.id_dtype
-    return SignatureInfo(specs, embedding_dim, id_column, id_dtype, needs_scann)
+    return SignatureInfo(specs, embedding_dim, id_column, id_dtype, needs_scann,
+                         _separators(metadata, config.signature, specs))
 
 
 def _concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -281,7 +314,9 @@ def build_pipeline(
         units.units
         | "Distribute" >> beam.Reshuffle()
         | "ReadRows" >> beam.ParDo(
-            embed_sources.ReadRowChunks(column_types, info.id_column, tuple(info.input_specs), chunk_rows)
+            embed_sources.ReadRowChunks(
+                column_types, info.id_column, tuple(info.input_specs), chunk_rows, info.separators
+            )
         ).with_outputs(DEAD_LETTER, main="chunks")
     )
     embedded = (
@@ -344,7 +379,8 @@ def run_embed_job(config: EmbedJobConfig, pipeline_options: Optional[PipelineOpt
 
     Raises:
       FileNotFoundError: an input pattern matches no file.
-      pipelines.data.DataError: the first input file lacks the id column or a signature input.
+      pipelines.data.DataError: the first readable input file lacks the id column or a signature
+        input, or no input file can be read (the message names each file and why).
       ValueError: a bad signature, an input suffix naming no format (without ``input_format``), or an
         existing output of another embedding dimension or dtype.
       FileExistsError: the output directory exists and is not an embedding output.
@@ -355,7 +391,7 @@ def run_embed_job(config: EmbedJobConfig, pipeline_options: Optional[PipelineOpt
     files = _match(config.inputs)
     formats = [config.input_format or embed_sources.file_format(path) for path in files]  # raises for a suffix
     column_types = {**reader_column_types(info.input_specs), info.id_column: info.id_dtype}
-    embed_sources.check_source_columns(files[0], formats[0], column_types)
+    embed_sources.check_source_columns(files, formats, column_types)
     run = f"{uuid.uuid4().hex[:8]}"
     tmp = FileSystems.join(config.output, f".tmp-{run}")
     FileSystems.mkdirs(tmp)

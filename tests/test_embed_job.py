@@ -4,9 +4,12 @@ its follow-up step (pipelines.index_from_embeddings).
 One DirectRunner run over four input files (Parquet, CSV, TFRecord and a damaged "Parquet" file,
 4,000 good rows and six malformed ones) is shared by the tests through a module-scoped fixture;
 the expected embeddings come from the export's ``candidate_embedding`` signature called here.
+A second shared run reads ill-typed Parquet values and unreadable files first, in the middle and
+last in the inputs' order.
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,8 @@ from pipelines.data import DataError
 from pipelines.embed_job import EmbedJobConfig, run_embed_job
 from pipelines.embed_sources import RowChunk
 from pipelines.index_from_embeddings import build_index_export
+from tfrec_towers import cli as tfrec_cli
+from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature
 from tfrec_towers.verify import verify_export
 from test_export import GENRES, export_models, queries
 
@@ -52,7 +57,7 @@ def write_inputs(directory: Path):
     rng = np.random.default_rng(0)
     ids = rng.permutation(np.arange(1, NUM_GOOD + 1, dtype=np.int64) * 10)  # some ids are in the tower's vocabulary
     genres = _genres(rng, NUM_GOOD)
-    genres[5] = None  # a null string is read as "" (as pipelines.readers does)
+    genres[5] = ""  # an empty string is a value: no genres
     a, b, c = ids[:2000], ids[2000:3000], ids[3000:]
     # a.parquet: 2000 good rows, one row without an id.
     frame = pd.DataFrame({"movie_id": pd.array(list(a[:1000]) + [None] + list(a[1000:]), dtype="Int64"),
@@ -78,7 +83,6 @@ def write_inputs(directory: Path):
                 movie_id, genre = next(good)
                 writer.write(_example(movie_id=_int(movie_id), genres=_bytes(genre.encode())))
     (directory / "d.parquet").write_bytes(b"PAR1 this file was truncated")
-    genres[5] = ""
     return {"movie_id": ids, "genres": genres}
 
 
@@ -135,24 +139,31 @@ def test_tfrecord_and_npy_outputs_hold_the_same_rows(job):
     np.testing.assert_allclose(npy_embeddings, np.stack([expected[i] for i in npy_ids.tolist()]), rtol=1e-5, atol=1e-6)
 
 
+def _dead_letters(output):
+    return [json.loads(line) for path in embed_output.manifest_files(output, [".jsonl"])
+            for line in Path(path).read_text().splitlines()]
+
+
 def test_malformed_rows_and_the_unreadable_file_are_dead_letters_with_reasons(job):
-    output = job["config"].output
-    entries = [json.loads(line) for path in embed_output.manifest_files(output, [".jsonl"])
-               for line in Path(path).read_text().splitlines()]
+    entries = _dead_letters(job["config"].output)
     found = sorted((Path(e["source"]).name, e["row"], e["reason"]) for e in entries)
     assert len(found) == 7
     by_file = {}
     for name, row, reason in found:
         by_file.setdefault(name, []).append((row, reason))
-    assert by_file["a.parquet"] == [(1000, "column 'movie_id' (the id): missing value")]
+    inputs = job["base"] / "inputs"
+    missing_id = f"{inputs}/a.parquet: column 'movie_id' (int64), row 1000: missing value (null)"
+    assert by_file["a.parquet"] == [(1000, missing_id)]
     (bad_value, bad_line) = by_file["b.csv"]
     assert bad_value[0] == 502 and "'abc' is not an integer" in bad_value[1] and "line 502" in bad_value[1]
-    assert bad_line == (801, "the line has 3 fields, the header 2")
+    assert bad_value[1].startswith(f"{inputs}/b.csv: column 'movie_id' (int64)")
+    assert bad_line == (801, f"{inputs}/b.csv: line 801: the line has 3 fields, the header 2")
     tfrecord = dict(by_file["c.tfrecord"])
-    assert tfrecord[10] == "feature 'movie_id' holds bytes_list, expected int64"
-    assert tfrecord[20] == "feature 'genres' (string) is missing"
-    assert tfrecord[30].startswith("not a tf.train.Example")
-    assert by_file["d.parquet"][0][0] is None and "not a readable Parquet file" in by_file["d.parquet"][0][1]
+    assert tfrecord[10] == f"{inputs}/c.tfrecord: record 10: feature 'movie_id' holds bytes_list, expected int64"
+    assert tfrecord[20] == f"{inputs}/c.tfrecord: record 20: feature 'genres' (string) is missing"
+    assert tfrecord[30].startswith(f"{inputs}/c.tfrecord: record 30: not a tf.train.Example")
+    assert by_file["d.parquet"][0][0] is None
+    assert by_file["d.parquet"][0][1].startswith(f"{inputs}/d.parquet is not a readable Parquet file: ")
     values = {(Path(e["source"]).name, e["row"]): e["value"] for e in entries}
     assert values[("b.csv", 502)] == {"movie_id": "abc", "genres": "Drama"}
     assert values[("b.csv", 801)] == ["7", "Drama", "extra"]
@@ -331,3 +342,151 @@ def test_query_embeddings_with_history_lists_of_any_length(job, tmp_path):
     features = {name: tf.constant(frame[name].to_numpy()) for name in scalars}
     expected = signature(history=tf.constant(padded), **features)["embedding"].numpy()
     np.testing.assert_allclose(embeddings, expected[ids], rtol=1e-5, atol=1e-6)
+
+
+def _embeddings(model_dir, movie_ids, genres):
+    """The export's ``candidate_embedding`` of hand-written rows, ``{movie_id: embedding}``."""
+    signature = tf.saved_model.load(str(model_dir)).signatures["candidate_embedding"]
+    output = signature(movie_id=tf.constant(movie_ids, tf.int64), genres=tf.constant(genres, tf.string))
+    return dict(zip(movie_ids, output["embedding"].numpy()))
+
+
+def _write_typed_inputs(directory: Path):
+    """Parquet files of ill-typed values and unreadable files (first, middle and last in name order)."""
+    (directory / "a_damaged.parquet").write_bytes(b"PAR1 not a Parquet file")
+    pq.write_table(pa.table({"movie_id": pa.array([10, None, 30, 40], pa.int64()),
+                             "genres": ["Action", "Comedy", None, "Drama|Horror"]}), directory / "b_nulls.parquet")
+    pq.write_table(pa.table({"movie_id": [50, 60], "genres": [["Comedy", "Action"], ["Drama"]]}),
+                   directory / "c_lists.parquet")
+    pq.write_table(pa.table({"movie_id": [70], "genres": [5]}), directory / "d_int_genres.parquet")
+    (directory / "e_damaged.parquet").write_bytes(b"PAR1" + bytes(range(200)) + b"PAR1")
+    pq.write_table(pa.table({"movie_id": ["80"], "genres": ["Action"]}), directory / "f_string_ids.parquet")
+    pq.write_table(pa.table({"movie_id": [90.0, 100.5, 1e19, 110.0], "genres": ["Comedy", "Drama", "Horror", ""]}),
+                   directory / "g_float_ids.parquet")
+    (directory / "h_not_utf8.csv").write_bytes(b"movie_id,genres\n120,Dr\xffama\n")
+    (directory / "z_damaged.tfrecord").write_bytes(b"\x00" * 40)
+
+
+@pytest.fixture(scope="module")
+def typed_job(job):
+    inputs = job["base"] / "typed_inputs"
+    inputs.mkdir()
+    _write_typed_inputs(inputs)
+    config = EmbedJobConfig(str(job["model_dir"]), (str(inputs / "*"),), str(job["base"] / "typed_out"))
+    return {"config": config, "result": run_embed_job(config), "inputs": inputs}
+
+
+def test_ill_typed_values_send_their_rows_to_the_dead_letter_naming_file_row_and_column(typed_job):
+    inputs = typed_job["inputs"]
+    reasons = {(Path(e["source"]).name, e["row"]): e["reason"] for e in _dead_letters(typed_job["config"].output)
+               if e["row"] is not None}
+    assert reasons == {
+        ("b_nulls.parquet", 1): f"{inputs}/b_nulls.parquet: column 'movie_id' (int64), row 1: missing value (null)",
+        ("b_nulls.parquet", 2): f"{inputs}/b_nulls.parquet: column 'genres' (string), row 2: missing value (null)",
+        ("c_lists.parquet", 0): f"{inputs}/c_lists.parquet: column 'genres' (string), row 0: ['Comedy', 'Action'] "
+                                "is a list, expected a string (the export declares no separator to join it with)",
+        ("c_lists.parquet", 1): f"{inputs}/c_lists.parquet: column 'genres' (string), row 1: ['Drama'] "
+                                "is a list, expected a string (the export declares no separator to join it with)",
+        ("d_int_genres.parquet", 0): f"{inputs}/d_int_genres.parquet: column 'genres' (string), row 0: "
+                                     "5 is an integer, expected a string",
+        ("f_string_ids.parquet", 0): f"{inputs}/f_string_ids.parquet: column 'movie_id' (int64), row 0: "
+                                     "'80' is a string, expected an integer",
+        ("g_float_ids.parquet", 1): f"{inputs}/g_float_ids.parquet: column 'movie_id' (int64), row 1: "
+                                    "100.5 is not an integer",
+        ("g_float_ids.parquet", 2): f"{inputs}/g_float_ids.parquet: column 'movie_id' (int64), row 2: "
+                                    "1e+19 is outside the int64 range",
+    }
+    values = {(Path(e["source"]).name, e["row"]): e["value"] for e in _dead_letters(typed_job["config"].output)}
+    assert values[("c_lists.parquet", 0)] == {"movie_id": 50, "genres": ["Comedy", "Action"]}
+    assert values[("d_int_genres.parquet", 0)] == {"movie_id": 70, "genres": 5}
+
+
+def test_good_rows_are_written_with_their_exact_values_and_types(typed_job, job):
+    tables = [pq.read_table(p) for p in embed_output.manifest_files(typed_job["config"].output, [".parquet"])]
+    table = pa.concat_tables(tables)
+    assert table.schema.field("movie_id").type == pa.int64()
+    ids = table.column("movie_id").to_pylist()
+    assert sorted(ids) == [10, 40, 90, 110]
+    expected = _embeddings(job["model_dir"], [10, 40, 90, 110], ["Action", "Drama|Horror", "Comedy", ""])
+    embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(embeddings, np.stack([expected[i] for i in ids]), rtol=1e-5, atol=1e-6)
+    assert typed_job["result"].counters == {"rows_read": 12, "rows_embedded": 4, "rows_rejected": 8,
+                                            "files_rejected": 4}
+
+
+def test_unreadable_files_anywhere_in_the_inputs_are_dead_letters_naming_them(typed_job):
+    inputs = typed_job["inputs"]
+    files = {Path(e["source"]).name: e["reason"] for e in _dead_letters(typed_job["config"].output)
+             if e["row"] is None}
+    assert sorted(files) == ["a_damaged.parquet", "e_damaged.parquet", "h_not_utf8.csv", "z_damaged.tfrecord"]
+    assert files["a_damaged.parquet"].startswith(f"{inputs}/a_damaged.parquet is not a readable Parquet file: ")
+    assert files["e_damaged.parquet"].startswith(f"{inputs}/e_damaged.parquet is not a readable Parquet file: ")
+    assert files["h_not_utf8.csv"].startswith(f"{inputs}/h_not_utf8.csv is not a readable CSV file: 'utf-8' codec")
+    assert files["z_damaged.tfrecord"].startswith(f"{inputs}/z_damaged.tfrecord is not a readable TFRecord file: ")
+
+
+def test_the_first_readable_file_is_checked_for_columns_before_the_job_starts(job, tmp_path):
+    (tmp_path / "a.parquet").write_bytes(b"PAR1 damaged")
+    pq.write_table(pa.table({"movie_id": [10], "genres": ["Drama"]}), tmp_path / "b.parquet")
+    config = EmbedJobConfig(str(job["model_dir"]), (str(tmp_path / "*.parquet"),), str(tmp_path / "o"),
+                            id_column="item_id")
+    with pytest.raises(DataError, match=r"b.parquet has no column 'item_id' \(expected int64\)"):
+        run_embed_job(config)
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_readable_input_file_is_an_error_naming_every_file(job, tmp_path, capsys):
+    (tmp_path / "a.parquet").write_bytes(b"PAR1 damaged")
+    (tmp_path / "b.csv").write_bytes(b"movie\xff_id,genres\n")
+    (tmp_path / "c.csv").write_bytes(b"")
+    (tmp_path / "d.tfrecord").write_bytes(b"\x00" * 40)
+    config = EmbedJobConfig(str(job["model_dir"]), (str(tmp_path / "*"),), str(tmp_path / "o"))
+    with pytest.raises(DataError, match=r"^None of the 4 input files can be read: ") as error:
+        run_embed_job(config)
+    message = str(error.value)
+    for reason in (f"{tmp_path}/a.parquet is not a readable Parquet file: ",
+                   f"{tmp_path}/b.csv is not a readable CSV file: 'utf-8' codec can't decode byte 0xff",
+                   f"{tmp_path}/c.csv is empty: a CSV input needs a header line",
+                   f"{tmp_path}/d.tfrecord is not a readable TFRecord file: "):
+        assert reason in message
+    assert not (tmp_path / "o").exists()
+    code = tfrec_cli.main(["embed", "--model", str(job["model_dir"]), "--input", str(tmp_path / "*"),
+                           "--output", str(tmp_path / "o")])
+    assert code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: None of the 4 input files can be read: ") and "Traceback" not in stderr
+    assert all(f"{tmp_path}/{name}" in stderr for name in ("a.parquet", "b.csv", "c.csv", "d.tfrecord"))
+
+
+def test_string_lists_are_joined_with_the_separator_the_export_declares(job, tmp_path):
+    model_dir = tmp_path / "movies" / "1"
+    shutil.copytree(job["model_dir"], model_dir)
+    metadata_path = model_dir / "assets.extra" / "tfrec_towers_metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    spec = FeatureSpec(query=(CategoricalFeature("user_id"),),
+                       candidate=(CategoricalFeature("movie_id"), SequenceFeature("genres", dtype="string")),
+                       candidate_id="movie_id")
+    metadata["feature_spec"] = json.loads(spec.to_json())  # as a training run's export records it
+    metadata_path.write_text(json.dumps(metadata))
+    pq.write_table(pa.table({"movie_id": [10, 20, 30, 40, 50, 60],
+                             "genres": [["Comedy", "Action"], ["Drama"], [], ["Action|Comedy"], ["", "Drama"],
+                                        ["Drama", None]]}), tmp_path / "lists.parquet")
+    with tf.io.TFRecordWriter(str(tmp_path / "lists.tfrecord")) as writer:
+        genres = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"Horror", b"Drama"]))
+        writer.write(_example(movie_id=_int(70), genres=genres))
+        writer.write(_example(movie_id=_int(80), genres=_bytes(b"Action|Horror")))
+    config = EmbedJobConfig(str(model_dir), (str(tmp_path / "lists.*"),), str(tmp_path / "out"))
+    result = run_embed_job(config)
+    assert result.counters == {"rows_read": 8, "rows_embedded": 5, "rows_rejected": 3, "files_rejected": 0}
+    ids, embeddings = _parquet_output(config.output)
+    expected = _embeddings(job["model_dir"], [10, 20, 30, 70, 80],
+                           ["Comedy|Action", "Drama", "", "Horror|Drama", "Action|Horror"])
+    assert sorted(ids.tolist()) == sorted(expected)
+    np.testing.assert_allclose(embeddings, np.stack([expected[i] for i in ids.tolist()]), rtol=1e-5, atol=1e-6)
+    reasons = {e["row"]: e["reason"] for e in _dead_letters(config.output)}
+    prefix = f"{tmp_path}/lists.parquet: column 'genres' (string), row"
+    assert reasons == {
+        3: f"{prefix} 3: ['Action|Comedy'] cannot be joined with '|': element 0 holds the separator '|'",
+        4: f"{prefix} 4: ['', 'Drama'] cannot be joined with '|': element 0 is empty",
+        5: f"{prefix} 5: ['Drama', None] cannot be joined with '|': element 1 is missing (null)",
+    }
