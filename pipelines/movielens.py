@@ -37,7 +37,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pipelines.data import ColumnType, DataError, FeatureDict, RetrievalData, leave_last_out
+import pandas as pd
+
+from pipelines.data import ColumnType, DataError, FeatureDict, RetrievalData
+from pipelines.interactions import InteractionTables, interaction_data
 from pipelines.readers import read_delimited
 from tfrec_towers.progress import progress
 
@@ -55,7 +58,7 @@ _RATING_COLUMNS: dict[str, ColumnType] = {"user_id": "int64", "movie_id": "int64
 
 
 def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData:
-    """Reads a MovieLens directory and splits it by the leave-last-out protocol.
+    """Reads a MovieLens directory (:func:`movielens_tables`) and splits it by the leave-last-out protocol.
 
     Every rating is an implicit positive. Each user's ratings are sorted by (timestamp,
     movie id); the last is the test target and every earlier one a training example
@@ -63,12 +66,13 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
     last, left-padded with 0). Users with a single rating have no training example and
     are dropped from evaluation. The candidates are every movie of the item file, rated
     or not, sorted by id. Ratings of movies missing from the item file (or of users
-    missing from the users file) are dropped; ``summary`` counts them, and they are
-    logged. An exact duplicate rating (same user, movie and timestamp as an earlier one,
-    whatever the score) is a logging artefact: it is dropped, keeping the first, counted
-    in ``summary["duplicate_interactions"]`` and logged (see
-    :func:`~pipelines.data.leave_last_out`). So ``interactions`` = ``ratings_read`` minus
-    the three counts of dropped ratings.
+    missing from the users file) are dropped; ``summary`` counts them
+    (``interactions_dropped_unknown_item`` / ``_user``), and they are logged. An exact
+    duplicate rating (same user, movie and timestamp as an earlier one, whatever the
+    score) is a logging artefact: it is dropped, keeping the first, counted in
+    ``summary["duplicate_interactions"]`` and logged (see
+    :func:`~pipelines.data.leave_last_out`). So ``interactions`` = ``interactions_read``
+    minus the three counts of dropped ratings.
 
     Args:
       data_dir: a MovieLens release directory; its base name becomes ``name``.
@@ -80,6 +84,25 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
       candidate features: ``movie_id`` int64, ``genres`` string (``"Action|Comedy"``).
 
     Raises:
+      FileNotFoundError, NotADirectoryError, DataError: see :func:`movielens_tables`.
+      ValueError: ``max_history`` is not a positive int.
+    """
+    tables = movielens_tables(data_dir)
+    with progress("Sorting ratings and building per-user histories", unit="ratings") as bar:
+        data = interaction_data(tables, max_history=max_history)
+        bar.update(data.summary["interactions"])
+    return data
+
+
+def movielens_tables(data_dir: str | Path) -> InteractionTables:
+    """The ratings, users and movies of a MovieLens release directory as interaction tables.
+
+    Returns:
+      Interactions ``user_id``, ``movie_id``, ``timestamp``; users ``user_id``, ``gender``,
+      ``age``, ``occupation``, ``zip_code`` (blank for releases without a users file); items
+      ``movie_id``, ``genres``.
+
+    Raises:
       FileNotFoundError: ``data_dir`` does not exist, or no layout's files are all in it
         (lists, per layout, the files looked for and those missing).
       NotADirectoryError: ``data_dir`` is not a directory.
@@ -88,7 +111,6 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
         not of its column's type or does not fit in it, or repeats a user or movie id
         of its users or item file (names the file, column and line, both lines for a
         repeated id).
-      ValueError: ``max_history`` is not a positive int.
     """
     data_dir = Path(data_dir)
     layout = _find_layout(data_dir)
@@ -97,36 +119,19 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
         bar.update(len(ratings["user_id"]))
     movies = layout.read_movies(data_dir)
     users = layout.read_users(data_dir) if layout.read_users else _users_without_features(ratings["user_id"])
-
-    known_movie = np.isin(ratings["movie_id"], movies["movie_id"])
-    known_user = np.isin(ratings["user_id"], users["user_id"])
-    dropped = {
-        "ratings_read": len(known_movie),
-        "ratings_dropped_unknown_movie": int(np.sum(~known_movie)),
-        "ratings_dropped_unknown_user": int(np.sum(known_movie & ~known_user)),
-    }
-    for reason in ("movie", "user"):
-        if dropped[f"ratings_dropped_unknown_{reason}"]:
-            logger.warning("%s: dropped %d ratings of a %s missing from the %s file.", data_dir,
-                           dropped[f"ratings_dropped_unknown_{reason}"], reason, reason)
-    keep = known_movie & known_user
-    with progress("Sorting ratings and building per-user histories", unit="ratings") as bar:
-        data = leave_last_out(
-            name=data_dir.resolve().name,
-            user_ids=ratings["user_id"][keep],
-            item_ids=ratings["movie_id"][keep],
-            timestamps=ratings["timestamp"][keep],
-            users=users,
-            candidates=movies,
-            user_id="user_id",
-            candidate_id="movie_id",
-            column_types={**USER_COLUMNS, **MOVIE_COLUMNS},
-            max_history=max_history,
-        )
-        bar.update(data.summary["interactions"])
-    data.summary.update(dropped)
-    logger.info("%s (%s layout): %s", data.name, layout.name, data.summary)
-    return data
+    logger.info("%s: %s layout", data_dir, layout.name)
+    files = {"interactions": layout.files[0], "users": layout.files[1] if layout.read_users else "the ratings",
+             "items": next(f for f in layout.files if "item" in f or "movie" in f)}
+    return InteractionTables(
+        name=data_dir.resolve().name,
+        interactions=pd.DataFrame(ratings),
+        users=pd.DataFrame(users),
+        items=pd.DataFrame(movies),
+        user_column="user_id",
+        item_column="movie_id",
+        timestamp_column="timestamp",
+        sources={role: str(data_dir / name) if not name.startswith("the ") else name for role, name in files.items()},
+    )
 
 
 @dataclasses.dataclass(frozen=True)

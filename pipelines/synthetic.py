@@ -8,8 +8,9 @@ user consumes ``interactions_per_user`` distinct items in sequence, each drawn f
 
 and the taste drifts toward every consumed item, ``taste_{t+1} = normalise((1 - α)
 taste_t + α v_{i_t} + noise)``, so recent history carries signal beyond the user's
-features. The split is the MovieLens leave-last-out protocol
-(:func:`pipelines.data.leave_last_out`).
+features. :func:`synthetic_tables` gives the interaction, user and item tables, which take the
+same path as a user's own tables (:mod:`pipelines.interactions`); :func:`make_synthetic` splits
+them by the leave-last-out protocol.
 
 Sampling is sampling-importance-resampling: per step, each group of ``_GROUP_SIZE`` users
 shares ``_NUM_PROPOSALS`` items drawn from a proposal ``q`` (popularity mixed with 10%
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.data import ColumnType, RetrievalData, leave_last_out
+import pandas as pd
+
+from pipelines.data import RetrievalData
+from pipelines.interactions import InteractionTables, interaction_data
 from tfrec_towers.progress import progress
 
 COUNTRIES = ("US", "BR", "DE", "FR", "GB", "IN", "JP", "MX", "NG", "KR")
@@ -35,13 +39,6 @@ _UNIFORM_PROPOSAL_SHARE = 0.1
 _NUM_PROPOSALS = 512
 _GROUP_SIZE = 32  # users sharing one set of proposals
 _CHUNK_ELEMENTS = 1 << 22  # users per chunk × proposals stays below this
-_COLUMN_TYPES: dict[str, ColumnType] = {
-    "user_id": "int64",
-    "age": "int64",
-    "country": "string",
-    "item_id": "int64",
-    "category": "string",
-}
 
 
 def make_synthetic(
@@ -53,16 +50,7 @@ def make_synthetic(
     zipf_exponent: float = 1.1,
     seed: int = 0,
 ) -> RetrievalData:
-    """Generates the data set (deterministic for given arguments).
-
-    Args:
-      num_items: catalogue size; item ids are ``1..num_items``.
-      num_users: number of users; user ids are ``1..num_users``.
-      interactions_per_user: distinct items each user consumes, ``2 <= n <= num_items``.
-      max_history: the history width ``L``.
-      embedding_dim: dimension of the latent user and item vectors.
-      zipf_exponent: ``s`` of the popularity ``rank^(-s)``; 0 is uniform.
-      seed: the random seed.
+    """The synthetic tables (:func:`synthetic_tables`) split by the leave-last-out protocol.
 
     Returns:
       The split. Query features: ``user_id`` int64, ``age`` int64, ``country`` string,
@@ -72,7 +60,38 @@ def make_synthetic(
     Raises:
       ValueError: an argument out of range (the message names it).
     """
-    for name, value in (("num_items", num_items), ("num_users", num_users), ("max_history", max_history),
+    if isinstance(max_history, bool) or not isinstance(max_history, (int, np.integer)) or max_history < 1:
+        raise ValueError(f"`max_history` must be a positive int. Received: {max_history!r}")
+    tables = synthetic_tables(num_items, num_users, interactions_per_user, embedding_dim, zipf_exponent, seed)
+    return interaction_data(tables, max_history=max_history)
+
+
+def synthetic_tables(
+    num_items: int = 5000,
+    num_users: int = 2000,
+    interactions_per_user: int = 30,
+    embedding_dim: int = 16,
+    zipf_exponent: float = 1.1,
+    seed: int = 0,
+) -> InteractionTables:
+    """Generates the data set's tables (deterministic for given arguments).
+
+    Args:
+      num_items: catalogue size; item ids are ``1..num_items``.
+      num_users: number of users; user ids are ``1..num_users``.
+      interactions_per_user: distinct items each user consumes, ``2 <= n <= num_items``.
+      embedding_dim: dimension of the latent user and item vectors.
+      zipf_exponent: ``s`` of the popularity ``rank^(-s)``; 0 is uniform.
+      seed: the random seed.
+
+    Returns:
+      Interactions (``user_id``, ``item_id``, ``timestamp`` = position in the user's sequence),
+      users (``user_id``, ``age``, ``country``) and items (``item_id``, ``category``).
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
+    """
+    for name, value in (("num_items", num_items), ("num_users", num_users),
                         ("embedding_dim", embedding_dim), ("interactions_per_user", interactions_per_user)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive int. Received: {value!r}")
@@ -114,21 +133,24 @@ def make_synthetic(
     consumed = np.concatenate(chunks)
 
     category_names = np.array([f"category_{k:02d}" for k in range(NUM_CATEGORIES)], dtype=object)
-    return leave_last_out(
+    return InteractionTables(
         name=f"synthetic-{num_items}",
-        user_ids=np.repeat(np.arange(1, num_users + 1, dtype=np.int64), interactions_per_user),
-        item_ids=consumed.ravel() + 1,
-        timestamps=np.tile(np.arange(interactions_per_user, dtype=np.int64), num_users),
-        users={
+        interactions=pd.DataFrame({
+            "user_id": np.repeat(np.arange(1, num_users + 1, dtype=np.int64), interactions_per_user),
+            "item_id": consumed.ravel() + 1,
+            "timestamp": np.tile(np.arange(interactions_per_user, dtype=np.int64), num_users),
+        }),
+        users=pd.DataFrame({
             "user_id": np.arange(1, num_users + 1, dtype=np.int64),
             "age": age.astype(np.int64),
-            "country": np.array(COUNTRIES, dtype=object)[country],
-        },
-        candidates={"item_id": np.arange(1, num_items + 1, dtype=np.int64), "category": category_names[category]},
-        user_id="user_id",
-        candidate_id="item_id",
-        column_types=_COLUMN_TYPES,
-        max_history=max_history,
+            "country": pd.Series(np.array(COUNTRIES, dtype=object)[country], dtype=object),
+        }),
+        items=pd.DataFrame({
+            "item_id": np.arange(1, num_items + 1, dtype=np.int64),
+            "category": pd.Series(category_names[category], dtype=object),
+        }),
+        sources={"interactions": "the synthetic interactions", "users": "the synthetic users",
+                 "items": "the synthetic items"},
     )
 
 

@@ -84,8 +84,8 @@ def test_leave_last_out_protocol(tmp_path, layout):
     assert data.candidates["genres"].tolist() == [GENRES[m] for m in (10, 20, 30, 40, 50)]
     for column, values in EXPECTED_USERS[layout].items():
         assert data.eval_queries[column].tolist() == values, column
-    assert data.summary["ratings_read"] == 8
-    assert data.summary["ratings_dropped_unknown_movie"] == 1
+    assert data.summary["interactions_read"] == 8
+    assert data.summary["interactions_dropped_unknown_item"] == 1
     assert data.summary["users_with_one_interaction"] == 1
 
 
@@ -199,8 +199,8 @@ def test_ratings_of_unknown_users_are_dropped_and_counted(tmp_path):
     (directory / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
     data = load_movielens(directory, max_history=2)
 
-    assert data.summary["ratings_dropped_unknown_user"] == 1
-    assert data.summary["ratings_dropped_unknown_movie"] == 1
+    assert data.summary["interactions_dropped_unknown_user"] == 1
+    assert data.summary["interactions_dropped_unknown_item"] == 1
     assert data.train["movie_id"].tolist() == EXPECTED_TRAIN_MOVIES
     assert data.eval_targets.tolist() == EXPECTED_TARGETS
 
@@ -223,7 +223,7 @@ def test_exact_duplicate_ratings_are_dropped_counted_and_logged(tmp_path, caplog
     assert data.train["history"].tolist() == EXPECTED_TRAIN_HISTORY
     assert data.eval_targets.tolist() == EXPECTED_TARGETS
     assert [data.seen(u).tolist() for u in range(2)] == EXPECTED_SEEN
-    assert data.summary["ratings_read"] == 9
+    assert data.summary["interactions_read"] == 9
     assert data.summary["duplicate_interactions"] == 1
     assert data.summary["interactions"] == 7  # 9 read - 1 of an unknown movie - 1 duplicate
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")

@@ -1,0 +1,363 @@
+"""A user's own interaction log (plus optional user and item attribute tables) → a retrieval data set.
+
+The generic data path: every source, the user's files, a MovieLens release or the synthetic
+generator, ends as :class:`InteractionTables` (pandas tables with named id columns), which
+:func:`interaction_data` validates and splits by the leave-last-out protocol into a
+:class:`~pipelines.data.RetrievalData`.
+
+Columns keep their own types: integer or string ids stay what they are in the histories, the
+catalogue, the training examples and the exported model. Attribute columns become feature
+columns of one :data:`~pipelines.data.ColumnType` each: integers (and booleans) ``int64``, other
+numbers ``float32``, text ``string`` (nulls ``""``), and list columns the values joined by
+``|`` (a multi-valued feature, ``"Action|Comedy"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Dict, Literal, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from pipelines.data import ColumnType, DataError, FeatureDict, RetrievalData, leave_last_out
+from pipelines.tables import read_table
+from tfrec_towers.data_config import InteractionsConfig, RowFilter, TableConfig
+
+logger = logging.getLogger(__name__)
+
+LIST_SEPARATOR = "|"
+HISTORY = "history"
+UnknownItems = Literal["drop", "error"]
+
+
+@dataclasses.dataclass
+class InteractionTables:
+    """The tables of a data set, before the split.
+
+    Attributes:
+      name: the data set's name in reports.
+      interactions: one row per interaction, with the user and item columns, the timestamp column
+        if any and any other column.
+      users, items: attribute tables keyed by the user / item column (one row per id), or None.
+      user_column, item_column: the id columns' names (the same in the attribute tables).
+      timestamp_column: the time column of ``interactions``, or None for file order.
+      weight_column: a per-interaction weight column of ``interactions``, or None.
+      sources: where each table came from, for messages (``{"interactions": "logs/*.parquet"}``).
+    """
+
+    name: str
+    interactions: pd.DataFrame
+    users: Optional[pd.DataFrame] = None
+    items: Optional[pd.DataFrame] = None
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    timestamp_column: Optional[str] = "timestamp"
+    weight_column: Optional[str] = None
+    sources: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def source(self, table: str) -> str:
+        return self.sources.get(table, f"the {table} table")
+
+
+def read_interaction_tables(
+    interactions: InteractionsConfig,
+    users: TableConfig = TableConfig(),
+    items: TableConfig = TableConfig(),
+    name: Optional[str] = None,
+) -> InteractionTables:
+    """Reads the configured tables and applies the interactions' row filter.
+
+    Raises:
+      FileNotFoundError: a path or glob matches nothing.
+      DataError: a file is unreadable, a configured column is missing, or no row passes the filter.
+    """
+    if interactions.path is None:
+        raise DataError("`data.interactions.path` is not set: give the interactions file, directory or glob.")
+    log = read_table(interactions.path, format=interactions.format, what="interactions table")
+    for role in ("user_column", "item_column", "weight_column"):
+        column = getattr(interactions, role)
+        if column is not None and column not in log.columns:
+            raise DataError(
+                f"{interactions.path}: the interactions table has no column {column!r} (`data.interactions.{role}`); "
+                f"its columns are {list(log.columns)}."
+            )
+    timestamp = interactions.timestamp_column
+    if timestamp is not None and timestamp not in log.columns:
+        if timestamp != InteractionsConfig.timestamp_column:
+            raise DataError(
+                f"{interactions.path}: the interactions table has no column {timestamp!r} "
+                f"(`data.interactions.timestamp_column`); its columns are {list(log.columns)}."
+            )
+        logger.info("%s has no %r column: each user's interactions are taken in file order.", interactions.path, timestamp)
+        timestamp = None
+    if interactions.filter is not None:
+        log = _filtered(log, interactions.filter, interactions.path)
+    sources = {"interactions": interactions.path}
+    attribute_tables = {}
+    for role, table, key in (("users", users, interactions.user_column), ("items", items, interactions.item_column)):
+        if table.path is None:
+            attribute_tables[role] = None
+            continue
+        frame = read_table(table.path, format=table.format, what=f"{role} table")
+        if key not in frame.columns:
+            raise DataError(
+                f"{table.path}: the {role} table has no column {key!r} (its key, the interactions' "
+                f"`{'user' if role == 'users' else 'item'}_column`); its columns are {list(frame.columns)}."
+            )
+        attribute_tables[role] = frame
+        sources[role] = table.path
+    return InteractionTables(
+        name=name or _name_of(interactions.path),
+        interactions=log,
+        users=attribute_tables["users"],
+        items=attribute_tables["items"],
+        user_column=interactions.user_column,
+        item_column=interactions.item_column,
+        timestamp_column=timestamp,
+        weight_column=interactions.weight_column,
+        sources=sources,
+    )
+
+
+def _name_of(path: str) -> str:
+    from pathlib import Path
+
+    parts = [p for p in Path(path).parts if not any(c in p for c in "*?[")]
+    if not parts:
+        return "interactions"
+    last = Path(parts[-1])
+    return (last.parent.name or last.stem) if last.suffix else last.name
+
+
+def _filtered(log: pd.DataFrame, row_filter: RowFilter, source: str) -> pd.DataFrame:
+    if row_filter.column not in log.columns:
+        raise DataError(
+            f"{source}: `data.interactions.filter.column` {row_filter.column!r} is not a column of the "
+            f"interactions table; its columns are {list(log.columns)}."
+        )
+    keep = log[row_filter.column].astype(str).isin(row_filter.values)
+    logger.info("Filter %s in %s: kept %d of %d interactions.", row_filter.column, list(row_filter.values),
+                int(keep.sum()), len(log))
+    if not keep.any():
+        seen = log[row_filter.column].astype(str).value_counts().index[:10].tolist()
+        raise DataError(
+            f"{source}: no interaction has {row_filter.column!r} in {list(row_filter.values)}; "
+            f"its most frequent values are {seen}."
+        )
+    return log[keep].reset_index(drop=True)
+
+
+def interaction_data(
+    tables: InteractionTables,
+    max_history: int = 50,
+    unknown_items: UnknownItems = "drop",
+) -> RetrievalData:
+    """Validates the tables and splits them by the leave-last-out protocol.
+
+    Every interaction is an implicit positive; each user's interactions are ordered by
+    (timestamp, item id) — file order without a timestamp — and the last one is held out. The
+    catalogue is the items table (every item, interacted or not) or, without one, the items of
+    the interactions.
+
+    Args:
+      tables: the data set's tables.
+      max_history: the history width ``L`` (items before each example, most recent last).
+      unknown_items: ``drop`` (logged, counted in ``summary``) or ``error`` for interactions whose
+        item is not in the items table; likewise for users missing from the users table.
+
+    Returns:
+      The split; query features: the user id, ``history`` and the users table's columns;
+      candidate features: the item id and the items table's columns.
+
+    Raises:
+      DataError: a null or ill-typed id, ids of different types in two tables, duplicate keys in
+        an attribute table, unknown items with ``unknown_items='error'``, a timestamp that is
+        neither numeric nor a date, a negative or non-numeric weight, no interaction left.
+    """
+    user, item = tables.user_column, tables.item_column
+    log = tables.interactions
+    source = tables.source("interactions")
+    user_ids = _id_column(log[user], user, source)
+    item_ids = _id_column(log[item], item, source)
+    if item_ids.dtype.kind in "iu" and (item_ids <= 0).any():
+        row = int(np.flatnonzero(item_ids <= 0)[0])
+        raise DataError(
+            f"{source}: column {item!r}, row {row}: integer item ids must be positive (0 pads histories); "
+            f"found {item_ids[row]}. Read the ids as strings (e.g. quote them in CSV) if 0 is a real id."
+        )
+    timestamps = (
+        _timestamps(log[tables.timestamp_column], tables.timestamp_column, source)
+        if tables.timestamp_column is not None
+        else np.arange(len(log), dtype=np.int64)
+    )
+    summary: Dict[str, int] = {"interactions_read": len(log)}
+
+    users = _attribute_table(tables.users, user, user_ids, "users", tables.source("users"))
+    items = _attribute_table(tables.items, item, item_ids, "items", tables.source("items"))
+    keep = np.ones(len(log), bool)
+    for role, table, ids, key in (("item", items, item_ids, item), ("user", users, user_ids, user)):
+        known = np.isin(ids, table[key])
+        missing = int(np.sum(~known & keep))
+        summary[f"interactions_dropped_unknown_{role}"] = missing
+        if missing:
+            example = ids[~known][0]
+            where = tables.source("items" if role == "item" else "users")
+            message = f"{missing} interactions have a {role} missing from {where} (e.g. {key} {example!r})"
+            if unknown_items == "error":
+                raise DataError(f"{source}: {message}; set `data.unknown_items: drop` to leave them out.")
+            logger.warning("%s: dropped %s.", source, message)
+        keep &= known
+    if not keep.any():
+        raise DataError(f"{source}: no interaction is left after dropping unknown users and items.")
+
+    column_types = {**_column_types(users), **_column_types(items)}
+    data = leave_last_out(
+        name=tables.name,
+        user_ids=user_ids[keep],
+        item_ids=item_ids[keep],
+        timestamps=timestamps[keep],
+        users=users,
+        candidates=items,
+        user_id=user,
+        candidate_id=item,
+        column_types=column_types,
+        max_history=max_history,
+        history=HISTORY,
+    )
+    data.summary.update(summary)
+    logger.info("%s: %s", data.name, data.summary)
+    return data
+
+
+def _id_column(values: pd.Series, column: str, source: str) -> np.ndarray:
+    """An id column as ``int64`` or ``object`` (str) numpy; nulls and mixed types are errors."""
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise DataError(f"{source}: column {column!r}, row {row}: the id is null; every interaction needs one.")
+    if pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.to_numpy(np.int64)
+    if pd.api.types.is_float_dtype(values):
+        array = values.to_numpy()
+        fractional = np.flatnonzero(array != np.round(array))
+        if len(fractional):
+            raise DataError(
+                f"{source}: column {column!r}, row {int(fractional[0])}: ids must be integers or strings; "
+                f"found {array[fractional[0]]!r}."
+            )
+        return array.astype(np.int64)
+    array = values.to_numpy(object)
+    kinds = {type(v) for v in array}
+    if kinds - {str}:
+        bad = next(i for i, v in enumerate(array) if not isinstance(v, str))
+        raise DataError(
+            f"{source}: column {column!r}, row {bad}: ids must all be integers or all be strings; "
+            f"found {type(array[bad]).__name__} {array[bad]!r} among strings."
+        )
+    empty = np.flatnonzero(array == "")
+    if len(empty):
+        raise DataError(f"{source}: column {column!r}, row {int(empty[0])}: the id is empty (\"\" pads histories).")
+    return array
+
+
+def _timestamps(values: pd.Series, column: str, source: str) -> np.ndarray:
+    """Event times as ``int64``: numbers as they are (floats by rank), dates as nanoseconds."""
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise DataError(f"{source}: column {column!r}, row {row}: the timestamp is null.")
+    if pd.api.types.is_integer_dtype(values):
+        return values.to_numpy(np.int64)
+    if pd.api.types.is_float_dtype(values):  # order-preserving integers: the dense rank
+        return pd.Series(values).rank(method="dense").to_numpy(np.int64)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return _datetime_nanoseconds(values)
+    parsed = pd.to_datetime(values.astype(str), errors="coerce", utc=True, format="mixed")
+    if parsed.isna().any():
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError(
+            f"{source}: column {column!r}, row {row}: {values.iloc[row]!r} is neither a number nor a date "
+            "and time (e.g. 1700000000 or 2024-03-01T12:00:00)."
+        )
+    return _datetime_nanoseconds(parsed)
+
+
+def _datetime_nanoseconds(values: pd.Series) -> np.ndarray:
+    values = pd.Series(values)
+    if values.dt.tz is not None:
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return values.astype("datetime64[ns]").to_numpy().astype(np.int64)
+
+
+def _attribute_table(
+    frame: Optional[pd.DataFrame], key: str, interaction_ids: np.ndarray, role: str, source: str
+) -> FeatureDict:
+    """An attribute table as feature columns keyed by ``key``; without one, the interactions' ids."""
+    if frame is None:
+        return {key: np.unique(interaction_ids)}
+    ids = _id_column(frame[key], key, source)
+    if (ids.dtype.kind in "iu") != (interaction_ids.dtype.kind in "iu"):
+        kinds = ["integers" if a.dtype.kind in "iu" else "strings" for a in (ids, interaction_ids)]
+        raise DataError(
+            f"{source}: the {role} table's {key!r} holds {kinds[0]} but the interactions' {kinds[1]}; "
+            "the ids must be of one type in every table."
+        )
+    order = np.argsort(ids, kind="stable")
+    repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if len(repeated):
+        first, second = sorted(order[repeated[0]: repeated[0] + 2])
+        raise DataError(
+            f"{source}: the {role} table has {key} {ids[first]!r} twice (rows {first} and {second}); "
+            "an attribute table holds one row per id."
+        )
+    columns: FeatureDict = {key: ids}
+    for column in frame.columns:
+        if column != key:
+            columns[column] = _feature_column(frame[column], column, source)
+    return columns
+
+
+def _feature_column(values: pd.Series, column: str, source: str) -> np.ndarray:
+    """An attribute column as ``int64``, ``float32`` or ``object`` (str) numpy."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.fillna(False).to_numpy(np.int64)
+    if pd.api.types.is_integer_dtype(values):
+        return values.to_numpy(np.int64)
+    if pd.api.types.is_float_dtype(values):
+        return values.to_numpy(np.float32)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return (_datetime_nanoseconds(values) // 10**9).astype(np.int64)
+    cells = values.to_numpy(object)
+    text = np.empty(len(cells), dtype=object)
+    for row, cell in enumerate(cells):
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+            text[row] = ""
+        elif isinstance(cell, str):
+            text[row] = cell
+        elif isinstance(cell, (list, tuple, np.ndarray)):
+            text[row] = LIST_SEPARATOR.join(str(v) for v in cell if v is not None)
+        else:
+            raise DataError(
+                f"{source}: column {column!r}, row {row}: {cell!r} ({type(cell).__name__}) in a column of text; "
+                "a column holds one type."
+            )
+    return text
+
+
+def _column_types(table: FeatureDict) -> Dict[str, ColumnType]:
+    def kind(values: np.ndarray) -> ColumnType:
+        if values.dtype.kind in "iu":
+            return "int64"
+        if values.dtype.kind == "f":
+            return "float32"
+        return "string"
+
+    return {name: kind(values) for name, values in table.items()}
+
+
+def id_types(data: RetrievalData, user_column: str) -> Tuple[str, str]:
+    """``("int64" | "string", "int64" | "string")``: the dtypes of the user and item ids."""
+    return (
+        "int64" if np.asarray(data.eval_queries[user_column]).dtype.kind in "iu" else "string",
+        "int64" if np.asarray(data.candidates[data.candidate_id]).dtype.kind in "iu" else "string",
+    )
