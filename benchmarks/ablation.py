@@ -25,7 +25,7 @@ from benchmarks.baselines import plain_tfrs_model  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
 from pipelines.schemas import FEATURE_SPECS  # noqa: E402
 from pipelines.train import build_model, evaluate_model, fit_model, load_data  # noqa: E402
-from tfrec_towers.config import ExperimentConfig, LossConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
+from tfrec_towers.config import PLAIN_IN_BATCH, ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
 from tfrec_towers.features import adapt  # noqa: E402
 
 PLAIN = "plain TFRS recipe"
@@ -47,7 +47,7 @@ THROUGHPUT_ROWS = {
 
 def row_config(base: ExperimentConfig, overrides) -> ExperimentConfig:
     """The default towers with a plain loss plus this row's changes, so each row shows only its own."""
-    return apply_overrides(dataclasses.replace(base, loss=LossConfig()), list(overrides))
+    return apply_overrides(dataclasses.replace(base, loss=PLAIN_IN_BATCH), list(overrides))
 
 
 def run_row(name, config, data, spec_factory, seed, epochs=None):

@@ -58,8 +58,8 @@ _MODEL = _PRELUDE + textwrap.dedent(
         catalogue,
     )
     CONFIGS = {
-        "logq_streaming_bank": LossConfig(logq="streaming", memory_bank_size=40),
-        "logq_counts_adaptive_bank": LossConfig(logq="counts", memory_bank_size=24, adaptive=AdaptiveConfig(enabled=True)),
+        "logq_streaming_bank": LossConfig(logq="streaming", memory_bank_size=40, mixed_negatives=0),
+        "logq_counts_adaptive_bank": LossConfig(logq="counts", memory_bank_size=24, adaptive=AdaptiveConfig(enabled=True), mixed_negatives=0),
     }
 
     def make_model(config):

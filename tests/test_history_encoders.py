@@ -136,7 +136,7 @@ def test_encoder_config_validation_names_the_argument():
     with pytest.raises(ValueError, match="`max_length` must be a positive int"):
         AttentionHistoryEncoder(max_length=0)
     with pytest.raises(ValueError, match="pools inside the feature encoder"):
-        make_history_encoder(HistoryEncoderConfig())
+        make_history_encoder(HistoryEncoderConfig(encoder="pooling"))
 
 
 def _tower(kind, side=True):
@@ -179,6 +179,6 @@ def test_pooling_tower_refuses_every_position_and_unknown_history_is_named():
     pooled = Tower([SequenceFeature("history", vocabulary=(1, 2), embedding_dim=4)], TowerConfig(output_dim=4))
     with pytest.raises(ValueError, match="every-position training needs a sequence encoder"):
         pooled.sequence_embeddings({"history": tf.constant([[1, 2]], tf.int64)})
-    with pytest.raises(ValueError, match="needs an int64 sequence feature named 'events'"):
+    with pytest.raises(ValueError, match="needs an id-matrix sequence feature named 'events'"):
         Tower([SequenceFeature("history", vocabulary=(1, 2), embedding_dim=4)], TowerConfig(output_dim=4),
               history=HistoryEncoderConfig(encoder="gru", feature="events"))

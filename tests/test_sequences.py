@@ -13,7 +13,7 @@ from pipelines.data import DataError, leave_last_out, take_rows
 from pipelines.dataset import training_dataset
 from pipelines.sequences import num_targets, sequence_examples
 from pipelines.train import build_model
-from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, apply_overrides, load_config
+from tfrec_towers.config import PLAIN_IN_BATCH, ConfigError, ExperimentConfig, LossConfig, apply_overrides, load_config
 from tfrec_towers.export import export_retrieval_model
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt, input_signature
 from tfrec_towers.index import IndexConfig
@@ -95,7 +95,7 @@ def test_every_position_loss_is_the_mean_of_the_per_prefix_losses(loss):
     tf.keras.utils.set_random_seed(0)
     data = _split()
     ids_seen = data.train["movie_id"]
-    task = build_retrieval_task(LossConfig() if loss == "tfrs in-batch" else LossConfig(logq="counts"), 0.2, 8, "int64",
+    task = build_retrieval_task(PLAIN_IN_BATCH if loss == "tfrs in-batch" else LossConfig(logq="counts", mixed_negatives=0), 0.2, 8, "int64",
                                 training_ids=ids_seen)
     model = _model(task, data)
     sequences = sequence_examples(data.train, ["movie_id", "genres"], "movie_id", max_length=4)
@@ -123,7 +123,7 @@ def test_every_position_loss_is_the_mean_of_the_per_prefix_losses(loss):
 
 def test_per_prefix_batches_still_train_the_same_model():
     data = _split()
-    model = _model(build_retrieval_task(LossConfig(logq="streaming"), 0.2, 8, "int64"), data)
+    model = _model(build_retrieval_task(LossConfig(logq="streaming", mixed_negatives=0), 0.2, 8, "int64"), data)
     per_prefix = {k: tf.constant(v, tf.string if v.dtype == object else tf.int64) for k, v in data.train.items()}
     assert np.isfinite(float(model.compute_loss(per_prefix, training=True)))
     clone = TwoTowerModel.from_config(model.get_config())
@@ -161,7 +161,7 @@ def test_shipped_transformer_config_loads():
 def test_every_position_model_exports_and_verifies_in_a_fresh_process(tmp_path):
     tf.keras.utils.set_random_seed(1)
     data = _split()
-    model = _model(build_retrieval_task(LossConfig(logq="streaming"), 0.2, 8, "int64"), data)
+    model = _model(build_retrieval_task(LossConfig(logq="streaming", mixed_negatives=0), 0.2, 8, "int64"), data)
     model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
     sequences = sequence_examples(data.train, ["movie_id", "genres"], "movie_id", max_length=4)
     model.fit(training_dataset(sequences, batch_size=2), epochs=1, verbose=0)
@@ -194,7 +194,7 @@ def test_every_position_batches_too_large_for_in_batch_logits_warn(caplog):
 
     tf.keras.utils.set_random_seed(2)
     data = _split()
-    model = _model(build_retrieval_task(LossConfig(), 0.2, 8, "int64"), data)
+    model = _model(build_retrieval_task(PLAIN_IN_BATCH, 0.2, 8, "int64"), data)
     model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
     large = MAX_EVERY_POSITION_PAIRS // 4 + 1  # sequences of max_length 4
     fit_model(model, data.train, TrainingConfig(epochs=1, batch_size=large, example_format="every_position"), verbose=0)

@@ -66,7 +66,7 @@ def test_counts_logq_subtracts_log_expected_count_on_every_logit():
     q, v = _unit(rng, 5), _unit(rng, 5)
     ids = np.array([1, 1, 2, 3, 9], np.int64)  # 9 never seen in training
     training_ids = np.array([1, 1, 1, 1, 2, 2, 3, 4])
-    task = build_retrieval_task(LossConfig(logq="counts"), 0.5, 4, "int64", training_ids=training_ids)
+    task = build_retrieval_task(LossConfig(logq="counts", mixed_negatives=0), 0.5, 4, "int64", training_ids=training_ids)
     got = task(tf.constant(q), tf.constant(v), tf.constant(ids), training=True).numpy()
     counts = {1: 4, 2: 2, 3: 1, 4: 1}
     default = min(counts.values()) / 8 / 2  # unseen ids: half the smallest observed probability
@@ -84,7 +84,7 @@ def test_memory_bank_not_full_then_warm_up_then_used():
     first_ids, second_ids = np.array([10, 11, 12]), np.array([12, 13, 14])
     for warmup in (0, 2):
         task = build_retrieval_task(
-            LossConfig(memory_bank_size=5, memory_bank_warmup_steps=warmup), 0.5, 4, "int64"
+            LossConfig(memory_bank_size=5, memory_bank_warmup_steps=warmup, logq="none", mixed_negatives=0), 0.5, 4, "int64"
         )
         first = task(tf.constant(q), tf.constant(first_v), tf.constant(first_ids), training=True).numpy()
         assert first == pytest.approx(_numpy_loss(q, first_v, first_ids, 0.5), rel=1e-5)  # empty bank
@@ -101,7 +101,7 @@ def test_memory_bank_not_full_then_warm_up_then_used():
 def test_evaluation_calls_leave_the_state_alone():
     rng = np.random.default_rng(2)
     q, v = _unit(rng, 3), _unit(rng, 3)
-    task = build_retrieval_task(LossConfig(logq="streaming", memory_bank_size=4), 0.5, 4, "int64")
+    task = build_retrieval_task(LossConfig(logq="streaming", memory_bank_size=4, mixed_negatives=0), 0.5, 4, "int64")
     task(tf.constant(q), tf.constant(v), tf.constant([1, 2, 3], tf.int64), training=False)
     assert int(task.memory_bank.rows_written.numpy()) == 0
     assert int(task.candidate_probability.step.numpy()) == 0
@@ -110,7 +110,7 @@ def test_evaluation_calls_leave_the_state_alone():
 def test_batch_of_one():
     rng = np.random.default_rng(3)
     q, v = _unit(rng, 1), _unit(rng, 1)
-    task = build_retrieval_task(LossConfig(logq="counts", memory_bank_size=4), 0.5, 4, "int64", training_ids=np.array([5, 6]))
+    task = build_retrieval_task(LossConfig(logq="counts", memory_bank_size=4, mixed_negatives=0), 0.5, 4, "int64", training_ids=np.array([5, 6]))
     assert task(tf.constant(q), tf.constant(v), tf.constant([5], tf.int64), training=True).numpy() == pytest.approx(0.0, abs=1e-6)
     v2 = _unit(rng, 1)
     second = task(tf.constant(q), tf.constant(v2), tf.constant([6], tf.int64), training=True).numpy()
@@ -141,7 +141,7 @@ def test_adaptive_with_item_anchored_term_matches_numpy():
     q, v = _unit(rng, 4), _unit(rng, 4)
     ids = np.array([1, 2, 3, 2])
     alpha, d0, t0, w = 0.5, 0.01, 1 / 30, 0.05
-    task = build_retrieval_task(LossConfig(adaptive=AdaptiveConfig(enabled=True)), 0.05, 4, "int64")
+    task = build_retrieval_task(LossConfig(adaptive=AdaptiveConfig(enabled=True), logq="none", mixed_negatives=0), 0.05, 4, "int64")
     got = task(tf.constant(q), tf.constant(v), tf.constant(ids), training=True).numpy()
 
     def anchored(anchor, positive, negatives, hardness_from, mask):
@@ -167,7 +167,7 @@ def test_adaptive_with_item_anchored_term_matches_numpy():
 
 def test_config_round_trip_of_the_composed_task():
     task = build_retrieval_task(
-        LossConfig(mode="hinge", margin=0.2, logq="streaming", memory_bank_size=8), 0.1, 4, "int64"
+        LossConfig(mode="hinge", margin=0.2, logq="streaming", memory_bank_size=8, mixed_negatives=0), 0.1, 4, "int64"
     )
     rebuilt = RetrievalLoss.from_config(task.get_config())
     assert rebuilt.get_config() == task.get_config()
@@ -287,7 +287,7 @@ def test_adaptive_gradients_with_memory_bank_match_finite_differences():
     q, v, bank_v = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3)
     ids, bank_ids = np.array([1, 2, 3, 2]), np.array([3, 7, 8])
     alpha, d0, t0, w = 0.5, 0.01, 1 / 30, 0.05
-    task = build_retrieval_task(LossConfig(memory_bank_size=4, adaptive=AdaptiveConfig(enabled=True)), 0.05, 4, "int64")
+    task = build_retrieval_task(LossConfig(memory_bank_size=4, adaptive=AdaptiveConfig(enabled=True), logq="none", mixed_negatives=0), 0.05, 4, "int64")
     task(tf.constant(_unit(rng, 3)), tf.constant(bank_v), tf.constant(bank_ids), training=True)
     tensors = [tf.constant(q), tf.constant(v)]
     with tf.GradientTape() as tape:

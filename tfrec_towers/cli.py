@@ -11,6 +11,8 @@ import argparse
 import functools
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -34,7 +36,7 @@ EVALUATE_EXAMPLE = """example:
 """
 EXPORT_EXAMPLE = """examples:
   tfrec-towers export --run runs/ml1m --output /models --index brute-force --k 50
-  # writes /models/<model_name>/<next version>/ (DESIGN §5 signatures), atomically, then verifies it
+  # writes /models/<model_name>/<next version>/ (retrieval and embedding signatures), atomically, then verifies it
   tfrec-towers export --run runs/ml1m --output /models --index scann --candidates catalogue.parquet
   # indexes the rows of a candidate table (Parquet/CSV/TFRecord); results are its ids
   tfrec-towers export --run runs/ml1m --output /models --index-config tuning/tuning.json
@@ -85,6 +87,35 @@ def _run_passthrough(command: str, argv: Sequence[str]) -> int:
         return EXIT_USAGE
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1. Received: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1. Received: {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1]. Received: {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1]. Received: {text!r}")
+    return value
+
+
+def _path(text: str) -> str:
+    """An argparse type: a non-empty path (an empty one would silently mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty path.")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfrec-towers", description="Train, evaluate, export and verify two-tower retrieval models."
@@ -97,79 +128,79 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train, evaluate, export and verify", epilog=TRAIN_EXAMPLE, formatter_class=fmt)
     train.add_argument("--dataset", choices=["synthetic", "movielens"], help="data set (default: the config's; movielens when --data-dir is given, else synthetic)")
-    train.add_argument("--data-dir", help="a MovieLens release directory (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest)")
-    train.add_argument("--output", required=True, help="new run directory")
-    train.add_argument("--config", help="YAML or JSON experiment configuration")
+    train.add_argument("--data-dir", type=_path, help="a MovieLens release directory (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest)")
+    train.add_argument("--output", type=_path, required=True, help="new run directory")
+    train.add_argument("--config", type=_path, help="YAML or JSON experiment configuration")
     train.add_argument("--epochs", type=int, help="override training.epochs")
     train.add_argument("--seed", type=int, help="override training.seed")
     train.add_argument("--index", choices=["brute-force", "scann"], help="override export.index")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
 
     evaluate = commands.add_parser("evaluate", help="re-evaluate a trained run", epilog=EVALUATE_EXAMPLE, formatter_class=fmt)
-    evaluate.add_argument("--run", required=True, help="run directory written by train")
-    evaluate.add_argument("--data-dir", help="evaluate on this MovieLens directory instead of the run's data")
-    evaluate.add_argument("--output", help="also write the metrics JSON here")
+    evaluate.add_argument("--run", type=_path, required=True, help="run directory written by train")
+    evaluate.add_argument("--data-dir", type=_path, help="evaluate on this MovieLens directory instead of the run's data")
+    evaluate.add_argument("--output", type=_path, help="also write the metrics JSON here")
 
     export = commands.add_parser("export", help="export a run as a new SavedModel version", epilog=EXPORT_EXAMPLE, formatter_class=fmt)
-    export.add_argument("--run", required=True, help="run directory written by train")
-    export.add_argument("--output", help="export base directory (default: RUN/export)")
+    export.add_argument("--run", type=_path, required=True, help="run directory written by train")
+    export.add_argument("--output", type=_path, help="export base directory (default: RUN/export)")
     export.add_argument("--index", choices=["brute-force", "scann"], help="retrieval index (default: the run's)")
-    export.add_argument("--k", type=int, help="candidates returned per query (default: the run's, or the index config's)")
-    export.add_argument("--candidates", metavar="TABLE", help="candidate feature table to index (Parquet/CSV/TFRecord; default: the run's catalogue)")
-    export.add_argument("--index-config", metavar="JSON", help="tune-index's tuning.json (its chosen config) or an IndexConfig JSON")
-    export.add_argument("--num-leaves", type=int, help="ScaNN partitions (default: about sqrt(N))")
-    export.add_argument("--leaves-to-search", dest="num_leaves_to_search", type=int, help="ScaNN leaves searched per query")
-    export.add_argument("--reordering-multiplier", type=int, help="ScaNN re-scores this many times k candidates exactly")
+    export.add_argument("--k", type=_positive_int, help="candidates returned per query, ≥ 1 (default: the run's, or the index config's)")
+    export.add_argument("--candidates", type=_path, metavar="TABLE", help="candidate feature table to index (Parquet/CSV/TFRecord; default: the run's catalogue)")
+    export.add_argument("--index-config", type=_path, metavar="JSON", help="tune-index's tuning.json (its chosen config) or an IndexConfig JSON")
+    export.add_argument("--num-leaves", type=_positive_int, help="ScaNN partitions (default: about sqrt(N))")
+    export.add_argument("--leaves-to-search", dest="num_leaves_to_search", type=_positive_int, help="ScaNN leaves searched per query")
+    export.add_argument("--reordering-multiplier", type=_positive_int, help="ScaNN re-scores this many times k candidates exactly")
     export.add_argument("--no-verify", action="store_true", help="skip the fresh-process verification")
 
     tune = commands.add_parser(
         "tune-index", help="sweep ScaNN settings on held-out queries", epilog=TUNE_INDEX_EXAMPLE, formatter_class=fmt
     )
-    tune.add_argument("--run", required=True, help="run directory written by train")
-    tune.add_argument("--output", required=True, help="directory for tuning.json and tuning.png")
-    tune.add_argument("--candidates", metavar="TABLE", help="candidate feature table to index (default: the run's catalogue)")
-    tune.add_argument("--k", type=int, default=10, help="neighbours per query (default: 10)")
-    tune.add_argument("--target-recall", type=float, default=0.95, help="recall@k against exact search to reach (default: 0.95)")
-    tune.add_argument("--num-queries", type=int, default=1000, help="held-out queries to tune on (default: 1000)")
-    tune.add_argument("--num-leaves", type=int, nargs="+", help="ScaNN partition counts to try (default: 0.5, 1 and 2 x sqrt(N))")
+    tune.add_argument("--run", type=_path, required=True, help="run directory written by train")
+    tune.add_argument("--output", type=_path, required=True, help="directory for tuning.json and tuning.png")
+    tune.add_argument("--candidates", type=_path, metavar="TABLE", help="candidate feature table to index (default: the run's catalogue)")
+    tune.add_argument("--k", type=_positive_int, default=10, help="neighbours per query (default: 10)")
+    tune.add_argument("--target-recall", type=_fraction, default=0.95, help="recall@k against exact search to reach, in (0, 1] (default: 0.95)")
+    tune.add_argument("--num-queries", type=_positive_int, default=1000, help="held-out queries to tune on (default: 1000)")
+    tune.add_argument("--num-leaves", type=_positive_int, nargs="+", help="ScaNN partition counts to try (default: 0.5, 1 and 2 x sqrt(N))")
 
     init = commands.add_parser("init", help="write a commented example configuration", epilog=INIT_EXAMPLE, formatter_class=fmt)
-    init.add_argument("path", help="the YAML file to write (refused if it exists)")
+    init.add_argument("path", type=_path, help="the YAML file to write (refused if it exists)")
 
     report = commands.add_parser("report", help="HTML report of a run, with plots", epilog=REPORT_EXAMPLE, formatter_class=fmt)
-    report.add_argument("--run", required=True, help="run directory written by train")
-    report.add_argument("--output", help="report directory (default: RUN/report)")
-    report.add_argument("--tuning", help="a tune-index output (tuning.json or its directory) to plot the index frontier")
+    report.add_argument("--run", type=_path, required=True, help="run directory written by train")
+    report.add_argument("--output", type=_path, help="report directory (default: RUN/report)")
+    report.add_argument("--tuning", type=_path, help="a tune-index output (tuning.json or its directory) to plot the index frontier")
 
     compare = commands.add_parser("compare", help="metrics of several runs side by side", epilog=COMPARE_EXAMPLE, formatter_class=fmt)
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by train")
-    compare.add_argument("--output", help="also render one HTML report comparing the runs here")
+    compare.add_argument("runs", type=_path, nargs="+", metavar="RUN_DIR", help="run directories written by train")
+    compare.add_argument("--output", type=_path, help="also render one HTML report comparing the runs here")
 
     # Batch jobs with their own parsers (Beam options pass through): `main` hands them the rest of argv.
     for name, help_text in PASSTHROUGH_HELP.items():
         commands.add_parser(name, help=help_text, add_help=False)
 
     verify = commands.add_parser("verify", help="check a SavedModel in a fresh process", epilog=VERIFY_EXAMPLE, formatter_class=fmt)
-    verify.add_argument("export_path", help="<export_base>/<model_name>/<version>")
-    verify.add_argument("--report", help="write the JSON report here")
+    verify.add_argument("export_path", type=_path, help="<export_base>/<model_name>/<version>")
+    verify.add_argument("--report", type=_path, help="write the JSON report here")
     return parser
 
 
 def _resolve_config(args: argparse.Namespace):
     from tfrec_towers.config import ExperimentConfig, apply_overrides, load_config
 
-    config = load_config(args.config) if args.config else ExperimentConfig()
+    config = ExperimentConfig() if args.config is None else load_config(args.config)
     overrides: List[str] = []
-    dataset = args.dataset or ("movielens" if args.data_dir else None)
-    if dataset:
+    dataset = "movielens" if args.dataset is None and args.data_dir is not None else args.dataset
+    if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
-    if args.data_dir:
+    if args.data_dir is not None:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
     if args.epochs is not None:
         overrides.append(f"training.epochs={args.epochs}")
     if args.seed is not None:
         overrides.append(f"training.seed={args.seed}")
-    if args.index:
+    if args.index is not None:
         overrides.append(f"export.index={args.index}")
     return apply_overrides(config, overrides + list(args.set))
 
@@ -187,6 +218,38 @@ def _print_verification(report: dict, out: Callable[[str], None]) -> int:
         out(f"  single query: p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms; "
             f"{metrics['batched_qps']:,.0f} queries/s in batches of {metrics['qps_batch_size']} (in-process, not a server)")
     return EXIT_OK if report.get("ok") else EXIT_VERIFY_FAILED
+
+
+def _check_output_file(path: str | Path) -> None:
+    """Fails before any work if ``path`` cannot become a file (it is a directory, or under a file).
+
+    Raises:
+      IsADirectoryError: ``path`` is a directory.
+      NotADirectoryError: a parent of ``path`` is a file.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory: expected the path of a file to write.")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(f"{target}: {parent} is a file, not a directory.")
+
+
+def _write_text(path: str | Path, text: str) -> None:
+    """Writes ``text`` to ``path`` (creating its directory), atomically: a temporary sibling is
+    written, then renamed, so no half-written file is left behind."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_json(path: str, value: Any) -> None:
+    _write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
@@ -211,10 +274,12 @@ def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 def _cmd_evaluate(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from pipelines.train import evaluate_run
 
+    if args.output is not None:
+        _check_output_file(args.output)
     metrics = evaluate_run(args.run, args.data_dir)
     print(json.dumps(metrics, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.output is not None:
+        _write_json(args.output, metrics)
     return EXIT_OK
 
 
@@ -226,9 +291,9 @@ def _export_index(args: argparse.Namespace) -> Tuple[Any, Dict[str, int]]:
     """``(index, index_settings)`` of ``export_run``: a kind or a config from a file, and ScaNN flags."""
     from tfrec_towers.tuning import load_index_config
 
-    if args.index_config and args.index:
+    if args.index_config is not None and args.index is not None:
         raise ValueError("Pass either --index or --index-config (which names the index kind), not both.")
-    index = load_index_config(args.index_config) if args.index_config else args.index
+    index = load_index_config(args.index_config) if args.index_config is not None else args.index
     settings = {field: getattr(args, field) for field in SCANN_FLAGS if getattr(args, field) is not None}
     if settings and getattr(index, "kind", index) == "brute-force":
         flags = ", ".join(SCANN_FLAGS[field] for field in settings)
@@ -278,11 +343,11 @@ def _cmd_tune_index(args: argparse.Namespace, out: Callable[[str], None]) -> int
 def _cmd_verify(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from tfrec_towers.verify import verify_export
 
-    if not Path(args.export_path).is_dir():
-        raise FileNotFoundError(f"{args.export_path} is not a directory: expected <export_base>/<model_name>/<version>.")
+    if args.report is not None:
+        _check_output_file(args.report)
     report = verify_export(args.export_path)
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+    if args.report is not None:
+        _write_json(args.report, report)
     return _print_verification(report, out)
 
 
@@ -292,8 +357,8 @@ def _cmd_init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     path = Path(args.path)
     if path.exists():
         raise FileExistsError(f"{path} exists: choose another path (init never overwrites a file).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(commented_yaml())
+    _check_output_file(path)
+    _write_text(path, commented_yaml())
     print(path)
     return EXIT_OK
 
@@ -301,7 +366,8 @@ def _cmd_init(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 def _cmd_report(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from tfrec_towers.report import write_report
 
-    path = write_report([args.run], args.output or Path(args.run) / "report", tuning=args.tuning)
+    output = Path(args.run) / "report" if args.output is None else args.output
+    path = write_report([args.run], output, tuning=args.tuning)
     print(path)
     return EXIT_OK
 
@@ -310,7 +376,7 @@ def _cmd_compare(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from tfrec_towers.report import compare_table, write_report
 
     print(compare_table(args.runs))
-    if args.output:
+    if args.output is not None:
         out(f"report: {write_report(args.runs, args.output)}")
     return EXIT_OK
 
@@ -365,7 +431,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return COMMANDS[args.command](args, out)
-    except (ConfigError, DataError, RunError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+    except (ConfigError, DataError, RunError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

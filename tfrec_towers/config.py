@@ -2,8 +2,11 @@
 
 Load from YAML or JSON with :func:`load_config`, override single fields with ``--set
 training.epochs=5`` (:func:`apply_overrides`), save the resolved configuration with
-:func:`save_config`. Unknown keys and wrong types fail before any work starts, naming the key
-and suggesting the nearest valid one.
+:func:`save_config`. Every way of building a configuration starts from one set of defaults, the
+dataclasses' own (``LossConfig()`` is ``ExperimentConfig().loss``), so a file, a ``--set`` and a
+library call that say the same thing give the same configuration. Unknown keys, wrong types,
+non-finite numbers and values the layers would reject fail before any work starts, naming the
+key (and suggesting the nearest valid one).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
@@ -23,6 +29,25 @@ from tfrec_towers.towers import TowerConfig
 
 class ConfigError(ValueError):
     """A configuration key is unknown, or its value has the wrong type or range."""
+
+
+MAX_TEMPERATURE = 100.0
+"""The largest ``model.temperature``: the upper bound of the temperature layer (1/τ ≥ 0.01)."""
+MIN_ADAPTIVE_TEMPERATURE = 1e-3
+"""The smallest ``loss.adaptive.base_temperature``: the floor of the adaptive per-negative temperatures."""
+MAX_SEED = 2**32 - 1
+"""The largest ``training.seed`` (NumPy's global seed has 32 bits)."""
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    """Raises ``ConfigError("`key` must be <expected>. Received: <value>")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"`{key}` must be {expected}. Received: {value!r}")
+
+
+def _finite_at_least(value: float, low: float, low_open: bool = False) -> bool:
+    """``value`` is a finite number ``> low`` (``low_open``) or ``≥ low``; NaN and ±∞ are not."""
+    return math.isfinite(value) and (value > low if low_open else value >= low)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +71,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset == "movielens" and not self.data_dir:
             raise ConfigError("`data.data_dir` is required when `data.dataset` is 'movielens'.")
-        for name in ("max_history", "num_items", "num_users", "interactions_per_user"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"`data.{name}` must be positive. Received: {getattr(self, name)}")
+        for name in ("max_history", "num_items", "num_users"):
+            _require(getattr(self, name) > 0, f"data.{name}", "positive", getattr(self, name))
+        _require(
+            2 <= self.interactions_per_user <= self.num_items,
+            "data.interactions_per_user",
+            f"between 2 and `data.num_items` ({self.num_items}): each synthetic user consumes distinct "
+            "items, one to train on and one to test",
+            self.interactions_per_user,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +100,7 @@ class FeaturesConfig:
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "num_oov_buckets"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"`features.{name}` must be positive. Received: {getattr(self, name)}")
+            _require(getattr(self, name) > 0, f"features.{name}", "positive", getattr(self, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +108,8 @@ class ModelConfig:
     """The towers and the temperature of the scores s(q, v) = ⟨u, v⟩ / τ.
 
     Attributes:
-      query_tower, candidate_tower: the MLP of each tower.
-      temperature: τ.
+      query_tower, candidate_tower: the MLP of each tower (both with the same ``output_dim``).
+      temperature: τ, in (0, 100].
       history: how the query tower reads the history: ``encoder`` ``attention`` (default: attention
         pooling with a learned query and a learned recency bias over the last ``max_length`` items),
         ``pooling`` (pooled by ``features.history_pooling``), ``mean``, ``gru`` or ``transformer``, with
@@ -89,16 +119,30 @@ class ModelConfig:
     query_tower: TowerConfig = TowerConfig()
     candidate_tower: TowerConfig = TowerConfig()
     temperature: float = 0.05
-    history: HistoryEncoderConfig = HistoryEncoderConfig(encoder="attention")
+    history: HistoryEncoderConfig = HistoryEncoderConfig()
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"`model.temperature` must be a positive float. Received: {self.temperature}")
+        _require(
+            0 < self.temperature <= MAX_TEMPERATURE, "model.temperature", f"a positive float ≤ {MAX_TEMPERATURE:g}",
+            self.temperature,
+        )
+        if self.query_tower.output_dim != self.candidate_tower.output_dim:
+            raise ConfigError(
+                f"`model.query_tower.output_dim` ({self.query_tower.output_dim}) and "
+                f"`model.candidate_tower.output_dim` ({self.candidate_tower.output_dim}) must be equal: "
+                "a score is the dot product of the two towers' embeddings."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class FrequencyConfig:
-    """The streaming frequency estimator of Yi et al. (RecSys 2019), Algorithms 2 and 3."""
+    """The streaming frequency estimator of Yi et al. (RecSys 2019), Algorithms 2 and 3.
+
+    Attributes:
+      num_hashes: hash functions per id (positive).
+      hash_buckets: buckets of each hash function (positive).
+      learning_rate: α in (0, 1], the weight of the newest gap between two sightings of an id.
+    """
 
     num_hashes: int = 2
     hash_buckets: int = 2**17
@@ -106,15 +150,22 @@ class FrequencyConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_hashes", "hash_buckets"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"`loss.frequency.{name}` must be positive. Received: {getattr(self, name)}")
+            _require(getattr(self, name) > 0, f"loss.frequency.{name}", "positive", getattr(self, name))
         if not 0.0 < self.learning_rate <= 1.0:
-            raise ConfigError(f"`loss.frequency.learning_rate` (α) must be in (0, 1]. Received: {self.learning_rate}")
+            raise ConfigError(f"`loss.frequency.learning_rate` (α) must be in (0, 1]. Received: {self.learning_rate!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveConfig:
-    """Adaptive margin and temperature (Li et al., EMNLP 2023); paper defaults."""
+    """Adaptive margin and temperature (Li et al., EMNLP 2023); paper defaults.
+
+    Attributes:
+      enabled: replace ``model.temperature`` by per-negative margins and temperatures.
+      strength: α in [0, 1], how much a negative's hardness shrinks its margin and temperature.
+      base_margin: δ0 ≥ 0, the margin of the easiest negative.
+      base_temperature: τ0 ≥ 0.001, the temperature of the positive and of the easiest negative.
+      item_anchored_weight: weight in [0, 1] of the item-anchored term of the loss.
+    """
 
     enabled: bool = False
     strength: float = 0.5
@@ -124,12 +175,14 @@ class AdaptiveConfig:
 
     def __post_init__(self) -> None:
         for name in ("strength", "item_anchored_weight"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"`loss.adaptive.{name}` must be in [0, 1]. Received: {getattr(self, name)}")
-        if self.base_margin < 0:
-            raise ConfigError(f"`loss.adaptive.base_margin` must be ≥ 0. Received: {self.base_margin}")
-        if self.base_temperature <= 0:
-            raise ConfigError(f"`loss.adaptive.base_temperature` must be positive. Received: {self.base_temperature}")
+            _require(0.0 <= getattr(self, name) <= 1.0, f"loss.adaptive.{name}", "in [0, 1]", getattr(self, name))
+        _require(_finite_at_least(self.base_margin, 0.0), "loss.adaptive.base_margin", "a finite float ≥ 0", self.base_margin)
+        _require(
+            _finite_at_least(self.base_temperature, MIN_ADAPTIVE_TEMPERATURE),
+            "loss.adaptive.base_temperature",
+            f"a finite float ≥ {MIN_ADAPTIVE_TEMPERATURE:g} (the floor of the per-negative temperatures)",
+            self.base_temperature,
+        )
 
 
 MODES = ("softmax", "bce", "bpr", "hinge", "symmetric")
@@ -139,19 +192,24 @@ MODES = ("softmax", "bce", "bpr", "hinge", "symmetric")
 class LossConfig:
     """The retrieval loss: mode, negatives, logQ correction, temperature, adaptive margins.
 
+    The defaults are the product's loss (see :class:`ExperimentConfig`): the in-batch softmax
+    plus 512 mixed negatives with logQ correction from exact training counts.
+    :data:`PLAIN_IN_BATCH` is TFRS's plain in-batch softmax.
+
     Attributes:
       mode: ``softmax`` (list-wise, default), ``bce`` (point-wise), ``bpr`` / ``hinge``
-        (pair-wise) or ``symmetric`` (CLIP-style in-batch softmax in both directions).
-      margin: the hinge margin (required by, and only for, ``hinge``).
+        (pair-wise) or ``symmetric`` (CLIP-style in-batch softmax in both directions; needs
+        ``mixed_negatives: 0``).
+      margin: the hinge margin, a positive float (required by, and only for, ``hinge``).
       hardest_negative_only: pair-wise modes score only each row's hardest negative.
-      negative_weight: weight of the negatives' term in ``bce``.
-      candidate_to_query_weight: weight of the candidate→query direction in ``symmetric``.
+      negative_weight: weight of the negatives' term in ``bce`` (positive).
+      candidate_to_query_weight: weight of the candidate→query direction in ``symmetric``, in [0, 1].
       learnable_temperature: learn log τ (initialised at ``model.temperature``).
-      logq: ``none``, ``counts`` (exact, from the training data) or ``streaming`` (estimated).
+      logq: ``none``, ``counts`` (default: exact, from the training data) or ``streaming`` (estimated).
       frequency: the streaming estimator's parameters.
       memory_bank_size: M recent candidates reused as negatives (0: off).
       memory_bank_warmup_steps: steps of in-batch negatives only before the bank is used.
-      mixed_negatives: B' candidates drawn uniformly from the corpus per step (0: off).
+      mixed_negatives: B' candidates drawn uniformly from the corpus per step (default 512; 0: off).
       adaptive: adaptive margins and temperatures (replace ``model.temperature``).
     """
 
@@ -161,11 +219,11 @@ class LossConfig:
     negative_weight: float = 1.0
     candidate_to_query_weight: float = 0.5
     learnable_temperature: bool = False
-    logq: Literal["none", "counts", "streaming"] = "none"
+    logq: Literal["none", "counts", "streaming"] = "counts"
     frequency: FrequencyConfig = FrequencyConfig()
     memory_bank_size: int = 0
     memory_bank_warmup_steps: int = 0
-    mixed_negatives: int = 0
+    mixed_negatives: int = 512
     adaptive: AdaptiveConfig = AdaptiveConfig()
 
     def __post_init__(self) -> None:
@@ -173,11 +231,19 @@ class LossConfig:
             raise ConfigError("`loss.margin` is required when `loss.mode` is 'hinge'.")
         if self.mode != "hinge" and self.margin is not None:
             raise ConfigError(f"`loss.margin` applies only to `loss.mode` 'hinge', not {self.mode!r}.")
+        if self.margin is not None:
+            _require(
+                _finite_at_least(self.margin, 0.0, low_open=True), "loss.margin",
+                "a positive float (the score gap the positive must keep over a negative)", self.margin,
+            )
+        _require(_finite_at_least(self.negative_weight, 0.0, low_open=True), "loss.negative_weight",
+                 "a positive float", self.negative_weight)
+        _require(0.0 <= self.candidate_to_query_weight <= 1.0, "loss.candidate_to_query_weight", "in [0, 1]",
+                 self.candidate_to_query_weight)
         if self.hardest_negative_only and self.mode not in ("bpr", "hinge"):
             raise ConfigError(f"`loss.hardest_negative_only` applies to the pair-wise modes, not {self.mode!r}.")
         for name in ("memory_bank_size", "memory_bank_warmup_steps", "mixed_negatives"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"`loss.{name}` must be ≥ 0 (0 turns it off). Received: {getattr(self, name)}")
+            _require(getattr(self, name) >= 0, f"loss.{name}", "≥ 0 (0 turns it off)", getattr(self, name))
         if self.mode == "symmetric" and (self.memory_bank_size or self.mixed_negatives or self.adaptive.enabled):
             raise ConfigError(
                 "`loss.mode` 'symmetric' scores square in-batch logits: it does not combine with "
@@ -187,27 +253,35 @@ class LossConfig:
             raise ConfigError("`loss.adaptive.enabled` sets per-negative temperatures: turn `loss.learnable_temperature` off.")
 
 
+PLAIN_IN_BATCH = LossConfig(logq="none", mixed_negatives=0)
+"""TFRS's plain in-batch softmax: the default loss without logQ correction or mixed negatives."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation. ``seed`` seeds TensorFlow, numpy, the shuffles and the synthetic data.
+    """Optimisation, checkpoints and logs.
 
-    ``example_format``: ``per_prefix`` (default: one example per training interaction, its history
-    → the item) or ``every_position`` (one sequence of up to ``model.history.max_length`` items per
-    example, every position predicting its next item in one pass; needs a sequence
-    ``model.history.encoder``). ``batch_size`` counts examples: sequences for ``every_position``.
-
-    ``distribute``: the ``tf.distribute`` strategy (:mod:`pipelines.distribute`): ``none`` (one
-    device), ``mirrored`` (every local GPU) or ``multi_worker`` (the machines of ``TF_CONFIG``);
-    ``batch_size`` is then the global batch, and the loss scores every replica's queries against it.
-
-    ``tensorboard``: write TensorBoard logs (the loss of every epoch, the graph) to ``RUN/tensorboard``.
-    ``tensorboard_embeddings``: also write the trained candidate embeddings there for the projector
-    (the first 10,000 candidates, labelled with their features); needs ``tensorboard: true``.
-
-    ``checkpoint_every_steps``, ``checkpoint_every_seconds``: besides every epoch end, a checkpoint
-    (model, optimizer, loss state, data position) every that many steps and every that many seconds
-    (0: off; default every 10 minutes; a save of the default synthetic model takes about 0.1 s). A
-    killed run resumes from the last one when the same command is rerun (:mod:`pipelines.checkpointing`).
+    Attributes:
+      epochs: passes over the training examples (positive).
+      batch_size: examples per step (positive); sequences for ``every_position``; under
+        ``distribute`` the global batch.
+      learning_rate: the optimizer's step size (a positive float).
+      optimizer: ``adam``, ``adagrad`` or ``sgd``.
+      seed: seeds TensorFlow, numpy, the shuffles and the synthetic data (an integer in [0, 2^32 − 1]).
+      example_format: ``per_prefix`` (default: one example per training interaction, its history
+        → the item) or ``every_position`` (one sequence of up to ``model.history.max_length`` items
+        per example, every position predicting its next item in one pass; needs a sequence
+        ``model.history.encoder``).
+      distribute: the ``tf.distribute`` strategy: ``none`` (one device), ``mirrored`` (every local
+        GPU) or ``multi_worker`` (the machines of ``TF_CONFIG``); the loss scores every replica's
+        queries against the global batch.
+      tensorboard: write TensorBoard logs (the loss of every epoch, the graph) to ``RUN/tensorboard``.
+      tensorboard_embeddings: also write the trained candidate embeddings there for the projector
+        (the first 10,000 candidates, labelled with their features); needs ``tensorboard: true``.
+      checkpoint_every_steps, checkpoint_every_seconds: besides every epoch end, a checkpoint
+        (model, optimizer, loss state, data position) every that many steps and every that many
+        seconds (0: off; default every 10 minutes). A killed run resumes from the last one when
+        the same command is rerun.
     """
 
     epochs: int = 10
@@ -224,13 +298,14 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"`training.{name}` must be positive. Received: {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"`training.learning_rate` must be positive. Received: {self.learning_rate}")
-        for name in ("checkpoint_every_steps", "checkpoint_every_seconds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"`training.{name}` must be ≥ 0 (0 turns it off). Received: {getattr(self, name)}")
+            _require(getattr(self, name) > 0, f"training.{name}", "positive", getattr(self, name))
+        _require(_finite_at_least(self.learning_rate, 0.0, low_open=True), "training.learning_rate",
+                 "a positive float", self.learning_rate)
+        _require(0 <= self.seed <= MAX_SEED, "training.seed", f"an integer in [0, {MAX_SEED}]", self.seed)
+        _require(self.checkpoint_every_steps >= 0, "training.checkpoint_every_steps", "≥ 0 (0 turns it off)",
+                 self.checkpoint_every_steps)
+        _require(_finite_at_least(self.checkpoint_every_seconds, 0.0), "training.checkpoint_every_seconds",
+                 "≥ 0 (0 turns it off)", self.checkpoint_every_seconds)
         if self.tensorboard_embeddings and not self.tensorboard:
             raise ConfigError(
                 "`training.tensorboard_embeddings` needs `training.tensorboard: true` (the projector reads RUN/tensorboard)."
@@ -239,7 +314,14 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """The SavedModel written after training (DESIGN §5)."""
+    """The SavedModel written after training, for TF Serving.
+
+    Attributes:
+      model_name: the model's directory under the export base (``<base>/<model_name>/<version>``).
+      index: ``brute-force`` (exact, stock TF Serving) or ``scann`` (needs TF Serving with ScaNN ops).
+      k: candidates returned per query (positive).
+      verify: load the export in a fresh process and check its signatures after writing it.
+    """
 
     model_name: str = "tfrec_towers"
     index: Literal["brute-force", "scann"] = "brute-force"
@@ -247,10 +329,13 @@ class ExportConfig:
     verify: bool = True
 
     def __post_init__(self) -> None:
-        if self.k <= 0:
-            raise ConfigError(f"`export.k` must be positive. Received: {self.k}")
-        if not self.model_name or "/" in self.model_name:
-            raise ConfigError(f"`export.model_name` must be a non-empty name without '/'. Received: {self.model_name!r}")
+        _require(self.k > 0, "export.k", "positive", self.k)
+        _require(
+            self.model_name not in ("", ".", "..") and not any(c in self.model_name for c in "/\\\0"),
+            "export.model_name",
+            "a directory name (not empty, '.' or '..'; no '/', '\\' or NUL)",
+            self.model_name,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,13 +347,13 @@ class ExperimentConfig:
     combination of ``benchmarks/ablation.py`` (on ml-100k level with the streaming estimator, both
     about 1.5x the plain TFRS recipe's HR@50; well ahead of streaming on the synthetic data, whose
     head items appear many times per batch). Use ``loss.logq: streaming`` for unbounded or drifting
-    streams. A plain ``LossConfig()`` is TFRS's in-batch softmax.
+    streams. These are :class:`LossConfig`'s own defaults; :data:`PLAIN_IN_BATCH` is TFRS's recipe.
     """
 
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
     model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig(logq="counts", mixed_negatives=512)
+    loss: LossConfig = LossConfig()
     training: TrainingConfig = TrainingConfig()
     export: ExportConfig = ExportConfig()
 
@@ -278,11 +363,23 @@ def _suggest(key: str, valid: Sequence[str]) -> str:
     return f" Did you mean `{close[0]}`?" if close else f" Valid keys: {sorted(valid)}."
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    """``value`` read from a file or ``--set`` as the field type ``annotation``.
+
+    Raises:
+      ConfigError: naming ``path``, if ``value`` is not of that type (a float must be finite,
+        an int must fit in 64 bits).
+    """
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
+        if value is None:  # an empty section (`loss:` with nothing under it) keeps its defaults
+            value = {}
         if not isinstance(value, Mapping):
             raise ConfigError(f"`{path}` must be a mapping of {annotation.__name__} fields. Received: {value!r}")
         return _build(annotation, value, path)
@@ -305,11 +402,21 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"`{path}` must be an integer. Received: {value!r}")
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ConfigError(f"`{path}` must be an integer that fits in 64 bits. Received: {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads `1e-3` (no dot) as text; JSON and YAML 1.2 as a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"`{path}` must be a number. Received: {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"`{path}` must be a finite number. Received: {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"`{path}` must be a string. Received: {value!r}")
@@ -319,12 +426,12 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
-        path = f"{prefix}.{key}" if prefix else key
+        path = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            raise ConfigError(f"Unknown configuration key `{path}`.{_suggest(key, fields)}")
+            raise ConfigError(f"Unknown configuration key `{path}`.{_suggest(str(key), fields)}")
         kwargs[key] = _coerce(value, hints[key], path)
     try:
         return cls(**kwargs)
@@ -335,11 +442,16 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
 
 
 def config_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
-    """Validates a nested mapping into an :class:`ExperimentConfig` (missing keys take defaults)."""
+    """Validates a nested mapping into an :class:`ExperimentConfig` (missing keys take defaults).
+
+    Raises:
+      ConfigError: a key is unknown or a value is invalid (the message names the key).
+    """
     return _build(ExperimentConfig, values)
 
 
 def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
+    """The configuration as plain JSON-able values (tuples become lists): what :func:`config_from_dict` reads."""
     def plain(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]
@@ -350,24 +462,57 @@ def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def _syntax_error(error: json.JSONDecodeError | yaml.YAMLError) -> str:
+    """Where and what a JSON or YAML parser found wrong: ``"line 3, column 1: expected …"``."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"line {error.lineno}, column {error.colno}: {error.msg}"
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return str(error)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Reads a YAML (``.yaml``/``.yml``) or JSON file.
+    """Reads a YAML (``.yaml``/``.yml``) or JSON (``.json``) file, UTF-8 encoded.
+
+    Args:
+      path: the file; keys it omits keep their defaults.
+
+    Returns:
+      The validated configuration.
 
     Raises:
-      ConfigError: the file is missing or unreadable, or a key or value is invalid.
+      ConfigError: the file is missing, a directory, unreadable, not UTF-8 or not valid
+        YAML/JSON, does not hold a mapping, or a key or value is invalid (the message names
+        the file and the key).
     """
     path = Path(path)
-    if not path.is_file():
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    if path.is_dir():
+        raise ConfigError(f"Configuration file {path} is a directory: expected a YAML or JSON file.")
+    if not path.exists():
         raise ConfigError(f"Configuration file {path} does not exist.")
     try:
-        text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"Configuration file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+            "save it as UTF-8."
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"Configuration file {path} cannot be read: {e.strerror}.") from e
+    try:
+        values = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"Configuration file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
+        raise ConfigError(f"Configuration file {path} is not valid {kind} ({_syntax_error(e)}).") from e
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise ConfigError(f"Configuration file {path} must hold a mapping at the top level.")
+        raise ConfigError(
+            f"Configuration file {path} must hold a mapping of sections "
+            f"({', '.join(f.name for f in dataclasses.fields(ExperimentConfig))}) at the top level. "
+            f"Received: a {type(values).__name__}."
+        )
     try:
         return config_from_dict(values)
     except ConfigError as e:
@@ -375,24 +520,46 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
-    """Applies ``section.key=value`` strings (values parsed as YAML: ``5``, ``0.1``, ``[64, 32]``)."""
+    """Applies ``section.key=value`` strings (values parsed as YAML: ``5``, ``0.1``, ``[64, 32]``).
+
+    Raises:
+      ConfigError: an override is malformed, names an unknown key, its value is not valid
+        YAML, or the result is invalid (the message names the override or the key).
+    """
     values = config_to_dict(config)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"Override {item!r} must look like `section.key=value`.")
         dotted, raw = item.split("=", 1)
-        keys = dotted.strip().split(".")
+        dotted = dotted.strip()
+        keys = dotted.split(".")
         node = values
         for depth, key in enumerate(keys[:-1]):
-            if key not in node or not isinstance(node[key], dict):
-                where = ".".join(keys[: depth + 1])
+            where = ".".join(keys[: depth + 1])
+            if key not in node:
                 raise ConfigError(f"Unknown configuration key `{where}`.{_suggest(key, list(node))}")
+            if not isinstance(node[key], dict):
+                raise ConfigError(f"`{where}` is a value, not a section: set it whole with `{where}=VALUE`.")
             node = node[key]
         if keys[-1] not in node:
             raise ConfigError(f"Unknown configuration key `{dotted}`.{_suggest(keys[-1], list(node))}")
-        node[keys[-1]] = yaml.safe_load(raw)
+        try:
+            node[keys[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"Override {item!r}: the value {raw!r} is not valid YAML ({_syntax_error(e)}). "
+                "Write lists as [64, 32] and quote text with YAML punctuation."
+            ) from e
     return config_from_dict(values)
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    """Writes ``config`` as JSON (:func:`load_config` reads it back), atomically: a temporary
+    sibling is written, then renamed over ``path``; a failed write leaves ``path`` as it was."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -37,19 +37,23 @@ HISTORY_ENCODERS = ("pooling", "mean", "attention", "gru", "transformer")
 class HistoryEncoderConfig:
     """How the query tower reads its item history.
 
+    The defaults are the product's (``ExperimentConfig().model.history``); a tower without a
+    history feature (the candidate tower) is built with ``encoder="pooling"``.
+
     Attributes:
-      encoder: ``pooling`` (default: the history is one more feature of the ``FeatureEncoder``,
-        pooled by ``features.history_pooling``), or a sequence encoder: ``mean``, ``attention``,
-        ``gru`` or ``transformer``. Only sequence encoders support every-position training.
+      encoder: a sequence encoder, ``attention`` (default: attention pooling with a learned query
+        and a learned recency bias), ``mean``, ``gru`` or ``transformer``; or ``pooling`` (the
+        history is one more feature of the ``FeatureEncoder``, pooled by ``features.history_pooling``).
+        Only sequence encoders support every-position training.
       feature: the query feature holding the history (``int64 [B, L]``, 0-padded on the left).
-      num_layers: transformer blocks.
-      num_heads: attention heads of each transformer block.
+      num_layers: transformer blocks (positive).
+      num_heads: attention heads of each transformer block (positive).
       dropout: dropout rate of the transformer (embeddings, attention, feed-forward), in [0, 1).
       max_length: the encoder reads the last ``max_length`` items of a history; also the number
         of learned positions (transformer) and recency offsets (attention).
     """
 
-    encoder: HistoryEncoderName = "pooling"
+    encoder: HistoryEncoderName = "attention"
     feature: str = "history"
     num_layers: int = 2
     num_heads: int = 2

@@ -47,15 +47,21 @@ class TowerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
-        if any((not isinstance(u, int)) or u <= 0 for u in self.hidden_units):
+        if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
             raise ValueError(f"`hidden_units` must be positive ints. Received: {self.hidden_units}")
-        if not isinstance(self.output_dim, int) or self.output_dim <= 0:
+        if isinstance(self.output_dim, bool) or not isinstance(self.output_dim, int) or self.output_dim <= 0:
             raise ValueError(f"`output_dim` must be a positive int. Received: {self.output_dim!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout}")
         if self.normalization not in ("none", "batch", "layer"):
             raise ValueError(f"`normalization` must be 'none', 'batch' or 'layer'. Received: {self.normalization!r}")
-        tf.keras.activations.get(self.activation)
+        try:
+            tf.keras.activations.get(self.activation)
+        except ValueError as e:
+            raise ValueError(
+                f"`activation` must be a Keras activation name such as 'relu', 'gelu' or 'linear'. "
+                f"Received: {self.activation!r}"
+            ) from e
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -67,11 +73,11 @@ class Tower(tf.keras.Model):
       config: the MLP's :class:`TowerConfig` (or its dict form).
       tables: embedding layers shared with the other tower (see ``FeatureEncoder``).
       history: how the history feature is read (:class:`HistoryEncoderConfig` or its dict form);
-        with a sequence encoder the feature named ``history.feature`` (an ``int64`` sequence) is
+        with a sequence encoder the feature named ``history.feature`` (a ``[B, L]`` id sequence) is
         looked up in its (shared) table and encoded by it, the other features by the feature encoder.
 
     Raises:
-      ValueError: a sequence encoder is configured but the tower has no ``int64`` sequence
+      ValueError: a sequence encoder is configured but the tower has no ``[B, L]`` id sequence
         feature named ``history.feature``.
 
     Call: a dict of raw feature tensors (extra keys are ignored) → ``[batch, output_dim]``.
@@ -82,7 +88,7 @@ class Tower(tf.keras.Model):
         features: Sequence[Feature | Mapping[str, Any]],
         config: TowerConfig | Mapping[str, Any] = TowerConfig(),
         tables: Optional[Mapping[str, tf.keras.layers.Layer]] = None,
-        history: HistoryEncoderConfig | Mapping[str, Any] = HistoryEncoderConfig(),
+        history: HistoryEncoderConfig | Mapping[str, Any] = HistoryEncoderConfig(encoder="pooling"),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -92,9 +98,9 @@ class Tower(tf.keras.Model):
         self.history_feature: Optional[SequenceFeature] = None
         if self.history.is_sequential:
             self.history_feature = next((f for f in self._features if f.name == self.history.feature), None)
-            if not isinstance(self.history_feature, SequenceFeature) or self.history_feature.dtype != "int64":
+            if not isinstance(self.history_feature, SequenceFeature) or not self.history_feature.is_matrix:
                 raise ValueError(
-                    f"`history.encoder`={self.history.encoder!r} needs an int64 sequence feature named "
+                    f"`history.encoder`={self.history.encoder!r} needs an id-matrix sequence feature named "
                     f"{self.history.feature!r}; the tower's features are {[f.name for f in self._features]}. "
                     "Name it with `model.history.feature`, or pool the history with `model.history.encoder=pooling`."
                 )
@@ -125,7 +131,7 @@ class Tower(tf.keras.Model):
         ids = inputs[feature.name]
         if not return_sequences:
             ids = ids[:, -self.history.max_length :]
-        mask = tf.not_equal(ids, tf.cast(feature.padding_value, ids.dtype))
+        mask = tf.not_equal(ids, tf.constant(feature.padding, ids.dtype))
         return self.history_encoder(
             self.history_table(ids), mask, training=training, return_sequences=return_sequences
         )

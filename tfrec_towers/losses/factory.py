@@ -22,8 +22,16 @@ from tfrec_towers.model import in_batch_softmax_task
 
 
 def is_plain_in_batch(loss: LossConfig) -> bool:
-    """True when the configuration is TFRS's own in-batch softmax (no addition of this package)."""
-    return loss == LossConfig()
+    """True when the configuration is TFRS's own in-batch softmax (no addition of this package):
+    the softmax mode with a fixed temperature, no logQ correction and in-batch negatives only."""
+    return (
+        loss.mode == "softmax"
+        and loss.logq == "none"
+        and not loss.memory_bank_size
+        and not loss.mixed_negatives
+        and not loss.adaptive.enabled
+        and not loss.learnable_temperature
+    )
 
 
 def _mode_kwargs(loss: LossConfig) -> dict:
