@@ -242,6 +242,6 @@ def test_init_writes_a_commented_default_configuration(tmp_path, capsys):
     assert main(["init", str(path)]) == EXIT_OK
     text = path.read_text()
     assert load_config(path) == ExperimentConfig()
-    assert "# width of every id and category embedding." in text and "logq: counts" in text
+    assert "# width of every id and category embedding (a feature may set its own)." in text and "logq: counts" in text
     assert main(["--verbose", "init", str(path)]) == EXIT_USAGE
     assert "init never overwrites" in capsys.readouterr().err

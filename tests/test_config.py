@@ -25,6 +25,7 @@ from tfrec_towers.config import (
     save_config,
 )
 from tfrec_towers.config_template import commented_yaml
+from tfrec_towers.data_config import FeatureDeclaration, RowFilter
 from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.losses.factory import build_retrieval_task
 from tfrec_towers.towers import TowerConfig
@@ -107,6 +108,16 @@ def _sections(cls, prefix=""):
 # Fields whose valid non-default values need a companion field, or a specific value.
 COMPANIONS = {
     "data.dataset": {"data.dataset": "movielens", "data.data_dir": "ml-100k"},
+    "data.interactions.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet"},
+    "data.users.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet",
+                        "data.users.path": "users.csv"},
+    "data.items.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet",
+                        "data.items.path": "items.csv"},
+    "data.interactions.filter": {"data.interactions.filter": RowFilter("event", ("purchase", "add_to_cart"))},
+    "features.query": {"features.query": (FeatureDeclaration(name="user_id", kind="id"),
+                                          FeatureDeclaration(name="history", kind="history"))},
+    "features.candidate": {"features.candidate": (FeatureDeclaration(name="item_id", kind="id"),
+                                                  FeatureDeclaration(name="tags", kind="multi_valued"))},
     "loss.margin": {"loss.mode": "hinge", "loss.margin": 0.2},
     "loss.hardest_negative_only": {"loss.mode": "bpr", "loss.hardest_negative_only": True},
     "training.tensorboard_embeddings": {"training.tensorboard": True, "training.tensorboard_embeddings": True},
@@ -164,8 +175,17 @@ def _nested(changes):
         node = values
         for section in sections:
             node = node.setdefault(section, {})
-        node[leaf] = list(value) if isinstance(value, tuple) else value
+        node[leaf] = _plain(value)
     return values
+
+
+def _plain(value):
+    """A value as a user writes it in a file: tuples as lists, sections as mappings."""
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 LEAVES = list(_leaves(ExperimentConfig))
@@ -210,7 +230,7 @@ def test_one_field_set_in_a_file_by_set_or_in_the_template_changes_only_that_fie
     path = tmp_path / "one_field.yaml"
     path.write_text(yaml.safe_dump(_nested(changes)))
     assert load_config(path) == expected
-    overrides = [f"{changed}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for changed, v in changes.items()]
+    overrides = [f"{changed}={json.dumps(_plain(v))}" for changed, v in changes.items()]
     assert apply_overrides(ExperimentConfig(), overrides) == expected
     template = tmp_path / "template.yaml"
     template.write_text(commented_yaml(expected))

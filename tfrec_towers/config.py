@@ -23,6 +23,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from tfrec_towers.data_config import FeatureDeclaration, InteractionsConfig, TableConfig
 from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.towers import TowerConfig
 
@@ -55,14 +56,29 @@ class DataConfig:
     """Where the examples come from.
 
     Attributes:
-      dataset: ``"synthetic"`` (the embedded default) or ``"movielens"`` (needs ``data_dir``).
+      dataset: ``"interactions"`` (your own tables: ``interactions``, optionally ``users`` and
+        ``items``), ``"synthetic"`` (the embedded default) or ``"movielens"`` (needs ``data_dir``).
       data_dir: a MovieLens release directory (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest).
+      interactions: the interaction log: ``path`` (a CSV, Parquet or TFRecord file, a directory
+        or a glob), ``format``, ``user_column``, ``item_column``, ``timestamp_column`` (file order
+        when the table has none), ``weight_column`` (a per-interaction weight in the loss) and
+        ``filter`` (``{column: event, values: [purchase]}`` keeps only those rows).
+      users: a users table keyed by the user column (``path``, ``format``); its columns become
+        query features.
+      items: an items table keyed by the item column; its columns become candidate features and
+        its rows the catalogue (every item, interacted or not).
+      unknown_items: interactions whose item (or user) is missing from the items (users) table:
+        ``drop`` them (logged and counted) or stop with an ``error``.
       max_history: items of history per example (most recent last).
       num_items, num_users, interactions_per_user: sizes of the synthetic data.
     """
 
-    dataset: Literal["synthetic", "movielens"] = "synthetic"
+    dataset: Literal["synthetic", "movielens", "interactions"] = "synthetic"
     data_dir: Optional[str] = None
+    interactions: InteractionsConfig = InteractionsConfig()
+    users: TableConfig = TableConfig()
+    items: TableConfig = TableConfig()
+    unknown_items: Literal["drop", "error"] = "drop"
     max_history: int = 50
     num_items: int = 5000
     num_users: int = 2000
@@ -71,6 +87,18 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset == "movielens" and not self.data_dir:
             raise ConfigError("`data.data_dir` is required when `data.dataset` is 'movielens'.")
+        if self.dataset == "interactions" and self.interactions.path is None:
+            raise ConfigError(
+                "`data.interactions.path` is required when `data.dataset` is 'interactions': the interaction "
+                "log's file, directory or glob."
+            )
+        if self.dataset != "interactions":
+            for table in ("interactions", "users", "items"):
+                if getattr(self, table).path is not None:
+                    raise ConfigError(
+                        f"`data.{table}.path` is set but `data.dataset` is {self.dataset!r}: "
+                        "set `data.dataset: interactions` to train on your own tables."
+                    )
         for name in ("max_history", "num_items", "num_users"):
             _require(getattr(self, name) > 0, f"data.{name}", "positive", getattr(self, name))
         _require(
@@ -87,20 +115,45 @@ class FeaturesConfig:
     """How the data set's columns are embedded.
 
     Attributes:
-      embedding_dim: width of every id and category embedding.
+      embedding_dim: width of every id and category embedding (a feature may set its own).
       history_pooling: ``mean``, ``sum`` or ``max`` over the history's valid items.
       share_item_embeddings: the history and the candidate id read one embedding table.
-      num_oov_buckets: out-of-vocabulary rows of every vocabulary.
+      num_oov_buckets: out-of-vocabulary rows of every vocabulary (a feature may set its own).
+      query, candidate: each tower's features, a list of ``{name, column, kind, embedding_dim,
+        min_count, max_vocabulary_size, num_oov_buckets, num_bins, separator, log1p}`` with
+        ``kind`` one of ``id``, ``categorical``, ``hashed``, ``numeric``, ``multi_valued``,
+        ``history``. Null: the data set's own (MovieLens, synthetic), or, for your own tables,
+        inferred: the query tower reads the user id, the history and every users-table column,
+        the candidate tower the item id and every items-table column, each with a kind from
+        its type and cardinality (logged, and written to the run's ``features.json``).
     """
 
     embedding_dim: int = 64
     history_pooling: Literal["mean", "sum", "max"] = "mean"
     share_item_embeddings: bool = True
     num_oov_buckets: int = 1
+    query: Optional[Tuple[FeatureDeclaration, ...]] = None
+    candidate: Optional[Tuple[FeatureDeclaration, ...]] = None
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "num_oov_buckets"):
             _require(getattr(self, name) > 0, f"features.{name}", "positive", getattr(self, name))
+        for side in ("query", "candidate"):
+            declared = getattr(self, side)
+            if declared is None:
+                continue
+            _require(len(declared) > 0, f"features.{side}", "a non-empty list of features, or null to infer them",
+                     list(declared))
+            names = [d.name for d in declared]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            _require(not repeated, f"features.{side}", "a list of features with distinct names", repeated)
+        if self.candidate is not None:
+            ids = [d.name for d in self.candidate if d.kind == "id"]
+            _require(len(ids) == 1, "features.candidate", "a list holding exactly one `kind: id` feature (the item id)",
+                     ids)
+            history = [d.name for d in self.candidate if d.kind == "history"]
+            _require(not history, "features.candidate", "a list without `kind: history` (the query tower reads it)",
+                     history)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,8 +45,17 @@ def _comment(text: str) -> str:
     return text.replace("``", "`")
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists and sections (a row filter, a feature declaration) as mappings."""
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _scalar(value: Any) -> str:
-    return yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True).strip().removesuffix("...").strip()
+    return yaml.safe_dump(_plain(value), default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
 def _section(instance: Any, indent: int) -> List[str]:

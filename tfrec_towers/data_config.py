@@ -56,6 +56,8 @@ class InteractionsConfig(TableConfig):
     """The interaction log: one row per (user, item) event.
 
     Attributes:
+      path: the file, directory or glob (``logs/2024-*.parquet``).
+      format: ``csv``, ``parquet`` or ``tfrecord``; default from the file suffixes.
       user_column, item_column: the id columns (integers or strings).
       timestamp_column: the event time (numbers, or dates and times as text or a date type);
         when the table has no such column, the rows are taken in file order.
