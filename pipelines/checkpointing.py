@@ -10,7 +10,8 @@ The data position is the global step: epoch ``e`` visits the examples in an orde
 only on ``(seed, e)`` (:func:`pipelines.dataset.epoch_batches`), so step ``s`` is batch ``s mod S``
 of epoch ``⌊s / S⌋`` (``S`` steps per epoch) and a resumed run trains on exactly the batches the
 uninterrupted run would have. Rerunning the same command after a crash or ``kill -9`` resumes
-from the latest checkpoint; a different configuration is refused, naming the keys that differ.
+from the latest checkpoint (or, if that one cannot be read, from the newest one that can, with a
+warning naming the one skipped); a different configuration is refused, naming the keys that differ.
 
 :class:`ResumableTraining` is the Keras callback that saves on the schedule (every
 ``training.checkpoint_every_steps`` steps, every ``training.checkpoint_every_seconds`` seconds and
@@ -20,6 +21,7 @@ batch, saves and stops; :func:`fit_resumably` runs ``model.fit`` with it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -32,20 +34,26 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
 from pipelines.data import num_rows
 from pipelines.dataset import epoch_batches, steps_per_epoch
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, config_to_dict
+from tfrec_towers.export import placeholder_features
+from tfrec_towers.features import input_signature
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"  # inside the .partial directory; removed once the run has succeeded
 MAX_TO_KEEP = 2
+TOWERS = ("query_tower", "candidate_tower")
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the object graph every tf.train.Checkpoint holds
 
 
 class RunError(RuntimeError):
@@ -62,10 +70,77 @@ def partial_directory(output: str | Path) -> Path:
     return output.parent / f".{output.name}.partial"
 
 
+def _step(path: str) -> int:
+    return int(path.rsplit("-", 1)[1])
+
+
 def latest_checkpoint(directory: str | Path) -> Optional[Tuple[str, int]]:
     """``(path, step)`` of the newest checkpoint in ``directory``, or None if it holds none."""
     path = tf.train.latest_checkpoint(str(directory)) if Path(directory).is_dir() else None
-    return (path, int(path.rsplit("-", 1)[1])) if path else None
+    return (path, _step(path)) if path else None
+
+
+def _unreadable(path: str) -> Optional[str]:
+    """Why the checkpoint ``path`` cannot be read (every value is read, its checksum checked), or None."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (IndexError, ValueError, OSError, tf.errors.OpError) as error:  # e.g. "Read less bytes than requested"
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _forget(directory: Path, skipped: Sequence[str], newest: str) -> None:
+    """Drops the ``skipped`` checkpoints from the manager's list in ``directory`` (their files stay,
+    unused), making ``newest`` the latest; the list file is replaced atomically."""
+    state = tf.train.get_checkpoint_state(str(directory))
+    paths, stamps = list(state.all_model_checkpoint_paths), list(state.all_model_checkpoint_timestamps)
+    keep = [i for i, path in enumerate(paths) if path not in skipped]
+    del state.all_model_checkpoint_paths[:], state.all_model_checkpoint_timestamps[:]
+    state.all_model_checkpoint_paths.extend(paths[i] for i in keep)
+    if len(stamps) == len(paths):
+        state.all_model_checkpoint_timestamps.extend(stamps[i] for i in keep)
+    state.model_checkpoint_path = newest
+    listing = directory / "checkpoint"  # the name tf.train.CheckpointManager keeps its list under
+    partial = directory / ".checkpoint.tmp"
+    partial.write_text(text_format.MessageToString(state))
+    os.replace(partial, listing)
+
+
+def newest_readable_checkpoint(directory: str | Path, forget_unreadable: bool = False) -> Optional[Tuple[str, int]]:
+    """``(path, step)`` of the newest checkpoint of ``directory`` that can be read, or None if it holds none.
+
+    The checkpoints are tried newest first; each one that cannot be read (a file truncated by a
+    full disk or a kill while it was written) is skipped with a warning naming it and why.
+
+    Args:
+      directory: a ``tf.train.CheckpointManager`` directory.
+      forget_unreadable: also drop the skipped checkpoints from the manager's list, so that the
+        resumed run's messages and its ``max_to_keep`` count only the readable ones (for the
+        directory the run writes to, not one it only reads).
+
+    Raises:
+      RunError: ``directory`` lists checkpoints but none of them can be read (names each and why).
+    """
+    state = tf.train.get_checkpoint_state(str(directory)) if Path(directory).is_dir() else None
+    if state is None or not state.model_checkpoint_path:
+        return None
+    paths = list(dict.fromkeys([*state.all_model_checkpoint_paths, state.model_checkpoint_path]))[::-1]
+    reasons: Dict[str, str] = {}
+    for path in paths:
+        reason = _unreadable(path)
+        if reason is None:
+            if reasons and forget_unreadable:
+                _forget(Path(directory), list(reasons), path)
+            return path, _step(path)
+        reasons[path] = reason
+        logger.warning("Skipping the checkpoint %s: it cannot be read (%s).", path, reason)
+    raise RunError(
+        f"None of the checkpoints in {directory} can be read ("
+        + "; ".join(f"{path}: {reason}" for path, reason in reasons.items())
+        + f"). Delete {directory} to start the run over."
+    )
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> List[str]:
@@ -87,7 +162,8 @@ def partial_run(output: str | Path, config: ExperimentConfig, keep: Sequence[str
 
     A directory left by a run of the same configuration is resumed: its ``config.json``,
     ``checkpoints/`` and the entries named in ``keep`` stay, whatever else the failed run wrote is
-    removed. One that holds no checkpoint is emptied. On an exception from the ``with`` body the
+    removed. One that holds no checkpoint is emptied. Checkpoints that cannot be read are skipped
+    with a warning, and the newest readable one is resumed. On an exception from the ``with`` body the
     directory is kept if it holds a checkpoint (rerun the same command to resume, a warning says
     so) and deleted otherwise.
 
@@ -100,8 +176,8 @@ def partial_run(output: str | Path, config: ExperimentConfig, keep: Sequence[str
       ``<output.parent>/.<output.name>.partial``.
 
     Raises:
-      RunError: another process is writing the same run; or the directory holds checkpoints of a
-        run with another configuration (the message names the keys).
+      RunError: another process is writing the same run; the directory holds checkpoints of a
+        run with another configuration (the message names the keys), or none that can be read.
     """
     work = partial_directory(output)
     work.mkdir(exist_ok=True)
@@ -127,9 +203,13 @@ def partial_run(output: str | Path, config: ExperimentConfig, keep: Sequence[str
 
 
 def _prepare(work: Path, config: ExperimentConfig, keep: Sequence[str]) -> None:
-    """Checks that ``work``'s checkpoints were made with ``config``, or starts it afresh with ``config.json``."""
+    """Checks that ``work``'s checkpoints were made with ``config``, or starts it afresh with ``config.json``.
+
+    Unreadable checkpoints are skipped (:func:`newest_readable_checkpoint`); if none is readable,
+    RunError.
+    """
     current = json.loads(json.dumps(config_to_dict(config)))
-    resumable = latest_checkpoint(work / CHECKPOINTS_DIR) is not None
+    resumable = newest_readable_checkpoint(work / CHECKPOINTS_DIR, forget_unreadable=True) is not None
     if resumable:
         try:
             saved = json.loads((work / CONFIG_FILE).read_text())
@@ -187,7 +267,8 @@ def _weights_are_finite(model: tf.keras.Model) -> bool:
 class ResumableTraining(tf.keras.callbacks.Callback):
     """Checkpoints on a schedule, stops at a non-finite loss, and saves then stops on Ctrl-C.
 
-    Restores the latest checkpoint of ``restore_from`` (default ``directory``) when constructed.
+    Restores the newest readable checkpoint of ``restore_from`` (default ``directory``) when
+    constructed (:func:`newest_readable_checkpoint`: unreadable ones are skipped with a warning).
     After each batch: a non-finite loss (any value of the batch's logs) stops training at that
     batch without saving (:attr:`divergence` says where); a pending Ctrl-C saves and stops
     (:attr:`stop_requested`); otherwise the schedule may save. Every epoch end saves, after adding
@@ -205,7 +286,7 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         resumes from the chief's and writes its own, discarded, copies).
 
     Raises:
-      RunError: the latest checkpoint does not fit the model.
+      RunError: the checkpoint to resume does not fit the model, or none can be read.
     """
 
     def __init__(
@@ -225,10 +306,8 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, progress=self.progress)
         self.manager = None
         if directory is not None:
-            self.manager = tf.train.CheckpointManager(
-                self.checkpoint, str(directory), max_to_keep=MAX_TO_KEEP
-            )
-            self._restore(restore_from or directory)
+            self._restore(restore_from or directory, own=restore_from is None)
+            self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=MAX_TO_KEEP)
         self.start = self.step = self.progress.step
         self.divergence: Optional[str] = None
         self.stop_requested = False  # by Ctrl-C
@@ -239,13 +318,14 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         """The logs of every finished epoch, resumed ones included (what Keras's ``History`` holds)."""
         return self.progress.history
 
-    def _restore(self, directory: Path) -> None:
-        found = latest_checkpoint(directory)
+    def _restore(self, directory: Path, own: bool) -> None:
+        found = newest_readable_checkpoint(directory, forget_unreadable=own)
         if found is None:
             return
         path, _ = found
         try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            # Values of objects not built yet (optimizer slots) are restored when they are created.
+            self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise RunError(f"The checkpoint {path} does not fit this model ({error}); delete {directory} to start over.") from None
         total = self.epochs * self.per_epoch
@@ -336,7 +416,7 @@ def fit_resumably(
 ) -> Tuple[Dict[str, List[float]], int]:
     """``model.fit`` for ``training.epochs`` epochs of :func:`~pipelines.dataset.epoch_batches`, resumable.
 
-    Resumes from the latest checkpoint of ``restore_from`` or ``checkpoints`` (if any). A run
+    Resumes from the newest readable checkpoint of ``restore_from`` or ``checkpoints`` (if any). A run
     resumed mid-epoch fits that epoch's remaining batches first, then the later epochs: two
     ``model.fit`` calls, so Keras's epoch boundaries stay the data's.
 
@@ -352,12 +432,14 @@ def fit_resumably(
 
     Returns:
       ``(history, steps)``: the logs of every epoch (``{name: [value per epoch]}``), and the steps
-      trained by this call.
+      trained by this call. The towers hold the trained weights, also when a finished run was
+      resumed with nothing left to train.
 
     Raises:
       TrainingInterrupted: Ctrl-C stopped training; the message names the checkpoint.
       RunError: the loss or the weights became NaN or infinite (training stops at that batch;
-        the message names the last good checkpoint), or the checkpoint does not fit the model.
+        the message names the last good checkpoint), or the checkpoint does not fit the model, or
+        no checkpoint of the directory can be read.
     """
     per_epoch = steps_per_epoch(num_rows(features), training.batch_size)
     every_seconds = 0.0 if training.distribute == "multi_worker" else training.checkpoint_every_seconds
@@ -372,6 +454,8 @@ def fit_resumably(
     first_full = start.epoch + (1 if start.batch else 0)
     if first_full < training.epochs:
         segments.append((first_full * per_epoch, first_full, training.epochs, per_epoch))
+    if not segments:  # nothing left to train: the restored weights reach the towers when they are built
+        create_tower_variables(model)
     with resumable.catching_sigint():
         for first_step, first_epoch, end_epoch, steps in segments:
             dataset = epoch_batches(features, training.batch_size, seed=training.seed, epochs=end_epoch, start_step=first_step)
@@ -387,3 +471,102 @@ def fit_resumably(
             "rerun the same command to resume."
         )
     return resumable.history, resumable.step - resumable.start
+
+
+def create_tower_variables(model: tf.keras.Model) -> None:
+    """Creates the variables of ``model``'s towers (Keras makes them at the first call) by calling each
+    once on placeholder rows of its ``features``; a pending checkpoint restore fills them then."""
+    with model.distribute_strategy.scope():
+        for tower in (model.query_tower, model.candidate_tower):
+            tower(placeholder_features(input_signature(tower.features)), training=False)
+
+
+def _breadth_first(
+    roots: Sequence[Tuple[Any, str]], children: Callable[[Any], Iterable[Tuple[str, Any]]], key: Callable[[Any], Any]
+) -> Iterator[Tuple[Any, str]]:
+    """``(node, path)`` of every node reachable from ``roots``, each once, at the first path found
+    breadth-first (the path ``tf.train.Checkpoint`` names it by)."""
+    queue, seen = collections.deque(roots), {key(node) for node, _ in roots}
+    while queue:
+        node, where = queue.popleft()
+        yield node, where
+        for name, child in children(node):
+            if key(child) not in seen:
+                seen.add(key(child))
+                queue.append((child, f"{where}/{name}"))
+
+
+def _saved_tower_variables(path: str) -> Dict[str, List[int]]:
+    """``{path: shape}`` of the towers' variables in the checkpoint of a ``model`` (its object graph)."""
+    reader = tf.train.load_checkpoint(path)
+    graph = TrackableObjectGraph.FromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+    shapes = reader.get_variable_to_shape_map()
+    model = next(c.node_id for c in graph.nodes[0].children if c.local_name == "model")
+    roots = [(c.node_id, c.local_name) for c in graph.nodes[model].children if c.local_name in TOWERS]
+    saved = {}
+    children = lambda node: ((c.local_name, c.node_id) for c in graph.nodes[node].children)  # noqa: E731
+    for node, where in _breadth_first(roots, children, int):
+        for attribute in graph.nodes[node].attributes:
+            if attribute.name == "VARIABLE_VALUE":
+                saved[where] = list(shapes[attribute.checkpoint_key])
+    return saved
+
+
+def _tower_variables(model: tf.keras.Model) -> Dict[str, List[int]]:
+    """``{path: shape}`` of the variables of ``model``'s towers, walked as ``tf.train.Checkpoint`` saves them."""
+    view = tf.train.TrackableView
+    roots = [(tower, name) for name, tower in view.children(model).items() if name in TOWERS]
+    return {
+        where: trackable.shape.as_list()
+        for trackable, where in _breadth_first(roots, lambda t: view.children(t).items(), id)
+        if isinstance(trackable, tf.Variable)
+    }
+
+
+def _some(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def restore_towers(model: tf.keras.Model, path: str | Path) -> None:
+    """Restores the query and candidate towers of ``model`` from a checkpoint of a trained model.
+
+    The towers are first built (:func:`create_tower_variables`), then their variables are checked
+    against the checkpoint's: every variable must have a saved value of its shape, and every saved
+    tower value a variable. Only the towers are read (neither the loss state nor the optimizer),
+    so a model built for inference restores a trained one.
+
+    Args:
+      model: a model with ``query_tower`` and ``candidate_tower`` :class:`~tfrec_towers.towers.Tower` s.
+      path: the checkpoint prefix (``tf.train.Checkpoint(model=...).write(path)``).
+
+    Raises:
+      RunError: the checkpoint cannot be read, or its towers have another structure (the message
+        names the variables that differ).
+    """
+    create_tower_variables(model)
+    try:
+        saved = _saved_tower_variables(str(path))
+    except (IndexError, ValueError, OSError, StopIteration, tf.errors.OpError) as error:
+        raise RunError(
+            f"The checkpoint {path} cannot be read as a trained model ({type(error).__name__}: {error})."
+        ) from None
+    live = _tower_variables(model)
+    problems = []
+    missing = [where for where in live if where not in saved]
+    if missing:
+        problems.append(f"it holds no value for {_some(missing)}")
+    unexpected = [where for where in saved if where not in live]
+    if unexpected:
+        problems.append(f"it holds {_some(unexpected)}, which this model does not have")
+    reshaped = [f"{where} (saved {saved[where]}, here {shape})" for where, shape in live.items()
+                if where in saved and saved[where] != shape]
+    if reshaped:
+        problems.append(f"it holds other shapes for {_some(reshaped)}")
+    if problems:
+        raise RunError(
+            f"The checkpoint {path} does not fit the towers built from the run's configuration and feature spec: "
+            f"{'; '.join(problems)}. The run was trained with another model structure."
+        )
+    towers = tf.Module()  # a root that reaches only the towers: the loss state and the optimizer stay unread
+    towers.query_tower, towers.candidate_tower = model.query_tower, model.candidate_tower
+    tf.train.Checkpoint(model=towers).read(str(path)).expect_partial()

@@ -123,7 +123,8 @@ def build_index_export(
       export_base: where ``<model_name>/<version>/`` is written (atomically).
       model_name: the model's directory name (TF Serving's model name).
       index: the index to build; default :meth:`IndexConfig.for_corpus` with the source export's ``k``.
-      version: the version number; ``None`` = the next one.
+      version: the version number; ``None`` = the next one (the next free one if a concurrent
+        export publishes it first).
       candidate_features: the Parquet files (or globs) the embeddings were computed from. When given,
         the verification sample holds the raw rows of the first corpus candidates and of the sample
         queries' best candidates, with the job's embeddings (read with a filter on the id column, so
@@ -155,6 +156,7 @@ def build_index_export(
             f"{metadata['candidate_id']!r})."
         )
     ids, embeddings, _ = read_embeddings(embeddings_dir)
+    next_free = version is None
     model_dir, version = export.target_directory(export_base, model_name, version)
     if metadata["index"]["kind"] == "scann" or (index is not None and index.kind == "scann"):
         from scann.scann_ops.py import scann_ops  # noqa: F401  (registers the ScaNN ops)
@@ -218,7 +220,9 @@ def build_index_export(
         "query_embedding": export.take_feature_rows(queries, first_rows),
         "candidate_embedding": export.take_feature_rows(candidates, first_rows),
     }
-    return export.write_export(model_dir, version, module, model_name, description, verification, warmup_inputs)
+    return export.write_export(
+        model_dir, version, module, model_name, description, verification, warmup_inputs, next_free=next_free
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipelines.index_from_embeddings") -> int:
@@ -245,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipelines.
     if args.k is not None and args.index is None:
         parser.error("--k needs --index")
     source_k = _read_json(Path(args.towers) / "assets.extra" / export.METADATA_FILENAME)["k"]
-    index = IndexConfig(kind=args.index, k=args.k or source_k) if args.index else None
+    index = IndexConfig(kind=args.index, k=source_k if args.k is None else args.k) if args.index else None
     path = build_index_export(args.embeddings, args.towers, args.export_base, args.model_name, index, args.version,
                               args.candidate_features)
     print(path)

@@ -29,7 +29,16 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from pipelines.checkpointing import CHECKPOINTS_DIR, CONFIG_FILE, RunError, fit_resumably, partial_directory, partial_run
+from pipelines.checkpointing import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    RunError,
+    TrainingInterrupted,
+    fit_resumably,
+    partial_directory,
+    partial_run,
+    restore_towers,
+)
 from pipelines.data import RetrievalData, num_rows, take_rows
 from pipelines.dataset import steps_per_epoch
 from pipelines.distribute import is_chief, make_strategy
@@ -93,14 +102,38 @@ def make_optimizer(training: TrainingConfig) -> tf.keras.optimizers.Optimizer:
     return optimizers[training.optimizer](learning_rate=training.learning_rate)
 
 
-def build_model(spec: FeatureSpec, config: ExperimentConfig, data: Optional[RetrievalData] = None) -> TwoTowerModel:
-    """Towers from the adapted spec and the loss from the configuration, compiled.
+def _what_the_loss_reads(loss: LossConfig) -> list[str]:
+    """The parts of ``loss`` that read the training data: counts of its ids, draws from its corpus."""
+    needs = []
+    if loss.logq == "counts":
+        needs.append("`loss.logq`='counts' counts the training data's candidate ids")
+    if loss.mixed_negatives:
+        needs.append(f"`loss.mixed_negatives`={loss.mixed_negatives} draws negatives from its candidate corpus")
+    return needs
 
-    ``data`` supplies what some losses need (training ids for ``logq='counts'``, the corpus for
-    mixed negatives); without it the model gets the plain in-batch task, enough for inference.
+
+def build_model(
+    spec: FeatureSpec,
+    config: ExperimentConfig,
+    data: Optional[RetrievalData] = None,
+    *,
+    for_inference: bool = False,
+) -> TwoTowerModel:
+    """Towers from the adapted spec and the configured loss (``config.loss``), compiled; only the
+    towers with ``for_inference``.
+
+    Args:
+      spec: the adapted feature spec (:func:`tfrec_towers.features.adapt`).
+      config: the experiment configuration.
+      data: the training data, for the losses that read it (``loss.logq: counts`` counts its
+        candidate ids, ``loss.mixed_negatives`` draws from its corpus); required for them.
+      for_inference: build only the towers, to restore trained weights into (:func:`load_run`):
+        the model holds no loss state and is not compiled, so it cannot be trained by mistake
+        with a loss other than the configured one. ``data`` is then not used.
 
     Raises:
-      ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled.
+      ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
+        the configured loss reads the training data and ``data`` is None.
     """
     if config.training.example_format == "every_position" and not config.model.history.is_sequential:
         raise ConfigError(
@@ -108,20 +141,27 @@ def build_model(spec: FeatureSpec, config: ExperimentConfig, data: Optional[Retr
             "(mean, attention, gru or transformer), not 'pooling'."
         )
     query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, config.model.history)
-    loss = config.loss if data is not None else LossConfig()
-    id_dtype = spec.candidate_id_feature.dtype
+    if for_inference:
+        return TwoTowerModel(query, candidate, spec.candidate_id)
+    needs = _what_the_loss_reads(config.loss)
+    if data is None and needs:
+        raise ConfigError(
+            f"The configured loss reads the training data ({'; '.join(needs)}): pass it as "
+            "`build_model(spec, config, data)` to train, or `for_inference=True` for a model that only "
+            "restores trained towers."
+        )
     task = build_retrieval_task(
-        loss,
+        config.loss,
         config.model.temperature,
         config.model.query_tower.output_dim,
-        id_dtype,
+        spec.candidate_id_feature.dtype,
         training_ids=data.train[spec.candidate_id] if data is not None else None,
         corpus_size=len(data.candidates[spec.candidate_id]) if data is not None else 0,
     )
     sampler = None
     if data is not None:
         corpus = {f.name: data.candidates[f.name] for f in spec.candidate}
-        sampler = build_mixed_sampler(loss, corpus, spec.candidate_id, seed=config.training.seed)
+        sampler = build_mixed_sampler(config.loss, corpus, spec.candidate_id, seed=config.training.seed)
     model = TwoTowerModel(query, candidate, spec.candidate_id, task=task, mixed_negatives=sampler)
     model.compile(optimizer=make_optimizer(config.training))
     return model
@@ -220,7 +260,8 @@ def export_model(
       index: ``"brute-force"`` or ``"scann"`` (ScaNN parameters derived from the corpus size), or a
         full :class:`~tfrec_towers.index.IndexConfig` (e.g. ``tune-index``'s choice); default the
         run's ``export.index``.
-      k: candidates per query; overrides the index config's ``k`` (default the run's ``export.k``).
+      k: candidates per query, at least 1; overrides the index config's ``k`` (default the run's
+        ``export.k``).
       candidates: a candidate feature table (DataFrame, or Parquet / CSV / TFRecord path) to index
         instead of the run's catalogue; ``serving_default`` returns the values of its id column.
       index_settings: :class:`~tfrec_towers.index.IndexConfig` fields overriding the index's, e.g.
@@ -228,10 +269,15 @@ def export_model(
 
     Up to :data:`~tfrec_towers.export.NUM_SAMPLE_QUERIES` held-out queries (seeded sample) make the
     warm-up requests and the verification sample on which ``verify`` measures recall and latency.
+
+    Raises:
+      ValueError: ``k`` is below 1, ``index`` is not an index kind, or another index setting is
+        invalid (:class:`~tfrec_towers.index.IndexConfig`); see also
+        :func:`~tfrec_towers.export.export_retrieval_model`.
     """
     if not isinstance(index, IndexConfig):
-        index = IndexConfig(kind=index or config.export.index, k=config.export.k)
-    index_config = dataclasses.replace(index, k=k or index.k, **(index_settings or {}))
+        index = IndexConfig(kind=config.export.index if index is None else index, k=config.export.k)
+    index_config = dataclasses.replace(index, k=index.k if k is None else k, **(index_settings or {}))
     query_names = [f.name for f in spec.query]
     return export_retrieval_model(
         query_model=model.query_tower,
@@ -273,7 +319,9 @@ def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> 
     Raises:
       RunError: ``output`` is a file or already holds a run; the ``.partial`` directory holds a run
         of another configuration; training diverged (the message names the last good checkpoint).
-      TrainingInterrupted: Ctrl-C stopped training after writing a checkpoint.
+      TrainingInterrupted: Ctrl-C stopped training after writing a checkpoint, or stopped the
+        evaluation or export after training; rerunning the same command resumes (after training,
+        it only evaluates and exports).
     """
     output = Path(output)
     strategy = make_strategy(config.training.distribute)  # before any other TensorFlow work
@@ -296,7 +344,7 @@ def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> 
 
 
 def _relocate(result: RunResult, old: Path, new: Path) -> RunResult:
-    export = new / result.export_path.relative_to(old) if result.export_path else None
+    export = None if result.export_path is None else new / result.export_path.relative_to(old)
     return dataclasses.replace(result, run_dir=new, export_path=export)
 
 
@@ -319,6 +367,26 @@ def _train_into(
     history, seconds, examples_per_second = fit_model(
         model, columns, config.training, verbose, callbacks, run_dir / CHECKPOINTS_DIR, restore_from
     )
+    logger.info("Training finished: evaluating and exporting the run.")
+    try:
+        metrics, export_path, verification = _finish_run(model, spec, data, config, run_dir, history)
+    except KeyboardInterrupt:  # Ctrl-C after training: the checkpoints hold the trained model
+        raise TrainingInterrupted(
+            f"Interrupted after training, while evaluating and exporting; the trained run is kept in {run_dir}: "
+            "rerun the same command to evaluate and export it (training is not repeated)."
+        ) from None
+    return RunResult(run_dir, metrics, export_path, verification, seconds, examples_per_second)
+
+
+def _finish_run(
+    model: TwoTowerModel, spec: FeatureSpec, data: RetrievalData, config: ExperimentConfig, run_dir: Path,
+    history: Dict[str, list],
+) -> Tuple[Dict[str, float], Path, Optional[dict]]:
+    """Writes the trained run's history, weights, projector embeddings, metrics, export and verification.
+
+    Returns:
+      ``(metrics, export path, verification report or None)``.
+    """
     (run_dir / HISTORY_FILE).write_text(json.dumps(history))
     tf.train.Checkpoint(model=model).write(str(run_dir / CHECKPOINT_DIR / "model"))
     if config.training.tensorboard_embeddings:  # the projector: candidate embeddings labelled with their features
@@ -332,14 +400,18 @@ def _train_into(
     if config.export.verify:
         verification = verify_export(export_path)
         (run_dir / VERIFICATION_FILE).write_text(json.dumps(verification, indent=2) + "\n")
-    return RunResult(run_dir, metrics, export_path, verification, seconds, examples_per_second)
+    return metrics, export_path, verification
 
 
 def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpec, TwoTowerModel]:
-    """Rebuilds a trained model from a run directory (configuration, features, checkpoint).
+    """Rebuilds a trained model's towers from a run directory (configuration, features, checkpoint).
+
+    The model is built for inference (:func:`build_model` with ``for_inference=True``): its towers
+    hold the trained weights, checked against the checkpoint (:func:`pipelines.checkpointing.restore_towers`).
 
     Raises:
-      RunError: the directory is not a complete run.
+      RunError: the directory is not a complete run, or its checkpoint does not fit the towers its
+        configuration and feature spec describe (the message names the variables that differ).
     """
     run_dir = Path(run_dir)
     for name in (CONFIG_FILE, SPEC_FILE, CHECKPOINT_DIR):
@@ -347,8 +419,8 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpec, TwoTow
             raise RunError(f"{run_dir} is not a tfrec-towers run: {name} is missing.")
     config = config_from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
     spec = FeatureSpec.from_json((run_dir / SPEC_FILE).read_text())
-    model = build_model(spec, config)
-    tf.train.Checkpoint(model=model).read(str(run_dir / CHECKPOINT_DIR / "model")).expect_partial()
+    model = build_model(spec, config, for_inference=True)
+    restore_towers(model, run_dir / CHECKPOINT_DIR / "model")
     return config, spec, model
 
 
@@ -373,7 +445,7 @@ def export_run(
     ``index``, ``k``, ``candidates`` and ``index_settings`` are those of :func:`export_model`.
     """
     config, spec, model = load_run(run_dir)
-    base = Path(export_base) if export_base else Path(run_dir) / EXPORT_DIR
+    base = Path(run_dir) / EXPORT_DIR if export_base is None else Path(export_base)
     return export_model(
         model, spec, load_data(config), base, config, index=index, k=k, candidates=candidates,
         index_settings=index_settings,

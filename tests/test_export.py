@@ -4,10 +4,14 @@ The tiny MovieLens-shaped towers defined here are reused by test_verify.py and t
 """
 
 import json
+import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -422,3 +426,103 @@ def test_scann_over_a_tiny_corpus_is_exported_as_exact_search_with_a_warning(tmp
         "index 'scann' needs at least 16 candidates; the corpus has 10, so it is searched exactly ('brute-force')."
     ]
     assert "searched exactly" in caplog.text
+
+
+def _version_contents(model_dir):
+    """``{version: (metadata version, metadata k, k served by serving_default)}`` of every version directory."""
+    contents = {}
+    for path in sorted(p for p in model_dir.iterdir() if p.name.isdigit()):
+        meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+        served = tf.saved_model.load(str(path)).signatures["serving_default"](
+            **{name: tf.constant(values) for name, values in queries().items()}
+        )["candidate_ids"]
+        contents[int(path.name)] = (meta["version"], meta["k"], int(served.shape[1]))
+    return contents
+
+
+class _PausedWarmupWriter:
+    """Stands in for ``warmup.write_warmup_requests``: the first call (the export being paused, in a
+    thread) waits until ``resume`` is set, after ``reached`` tells that its version was chosen."""
+
+    def __init__(self, write):
+        self.write, self.reached, self.resume = write, threading.Event(), threading.Event()
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            self.reached.set()
+            assert self.resume.wait(120)
+        return self.write(*args, **kwargs)
+
+
+def _export_in_thread(paused, base, **kwargs):
+    outcome = {}
+
+    def run():
+        try:
+            outcome["path"] = export_models(base, **kwargs)[0]
+        except BaseException as error:  # reported to the test thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert paused.reached.wait(120)
+    return thread, outcome
+
+
+def test_two_concurrent_exports_into_one_base_take_versions_1_and_2(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="tfrec_towers.export")
+    paused = _PausedWarmupWriter(warmup.write_warmup_requests)
+    monkeypatch.setattr(warmup, "write_warmup_requests", paused)
+    first, outcome = _export_in_thread(paused, tmp_path, index=IndexConfig(k=3))  # chose version 1, paused
+    second = export_models(tmp_path, index=IndexConfig(k=5))[0]  # also chose version 1, and publishes it first
+    paused.resume.set()
+    first.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    assert second == tmp_path / "movies" / "1" and outcome["path"] == tmp_path / "movies" / "2"
+    assert sorted(os.listdir(tmp_path / "movies")) == ["1", "2"]  # no temporary directory left
+    assert _version_contents(tmp_path / "movies") == {1: (1, 5, 5), 2: (2, 3, 3)}
+    assert "this export becomes version 2" in caplog.text
+
+
+def test_an_explicit_version_published_meanwhile_by_another_export_is_refused(tmp_path, monkeypatch):
+    paused = _PausedWarmupWriter(warmup.write_warmup_requests)
+    monkeypatch.setattr(warmup, "write_warmup_requests", paused)
+    first, outcome = _export_in_thread(paused, tmp_path, version=3, index=IndexConfig(k=3))
+    export_models(tmp_path, version=3, index=IndexConfig(k=5))
+    paused.resume.set()
+    first.join(120)
+    assert isinstance(outcome.get("error"), FileExistsError)
+    assert "Version 3 of model 'movies' appeared in" in str(outcome["error"])
+    assert sorted(os.listdir(tmp_path / "movies")) == ["3"]
+    assert _version_contents(tmp_path / "movies") == {3: (3, 5, 5)}
+
+
+def _temporary(model_dir, host, pid):
+    """A leftover temporary version directory, named as the export names them."""
+    path = model_dir / f".tmp-{host}-{pid}-{'ab' * 16}"
+    (path / "variables").mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"half a model")
+    return path
+
+
+def test_temporary_directories_of_exports_that_died_are_removed_by_the_next_export(tmp_path, caplog):
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(finished.stdout)  # a process that has exited: like an export killed with kill -9
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        model_dir = tmp_path / "movies"
+        stale = _temporary(model_dir, host, gone)
+        live = [_temporary(model_dir, host, os.getpid()), _temporary(model_dir, host, sleeper.pid)]
+        elsewhere = _temporary(model_dir, "another-host", gone)  # a shared file system: not ours to judge
+        unrelated = model_dir / ".tmp-notes"
+        unrelated.mkdir()
+        assert export_models(tmp_path)[0] == model_dir / "1"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not stale.exists()
+    assert all(path.exists() for path in live + [elsewhere, unrelated])
+    assert f"Removed {stale}: the unfinished export of process {gone}, which is no longer running." in caplog.text

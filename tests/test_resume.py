@@ -6,6 +6,7 @@ so the module takes two run-lengths of wall time. The rest runs in this process.
 """
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,6 +34,7 @@ from pipelines.checkpointing import (
 from pipelines.dataset import epoch_batches
 from pipelines.schemas import FEATURE_SPECS
 from pipelines.train import build_model, fit_model, load_data, train
+from tfrec_towers import warmup
 from tfrec_towers.config import ConfigError, ExperimentConfig, TrainingConfig, apply_overrides
 from tfrec_towers.features import adapt
 
@@ -328,3 +330,76 @@ def test_negative_checkpoint_schedules_are_refused(field, value):
         TrainingConfig(**{field: value})
     defaults = TrainingConfig()
     assert (defaults.checkpoint_every_steps, defaults.checkpoint_every_seconds) == (0, 600.0)
+
+
+def _truncate(checkpoint):
+    (data,) = Path(checkpoint).parent.glob(f"{Path(checkpoint).name}.data-*")
+    os.truncate(data, data.stat().st_size // 2)
+
+
+def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_older_one(small, tmp_path, caplog):
+    make_model, columns = small
+    directory = tmp_path / CHECKPOINTS_DIR
+    with pytest.raises(RuntimeError, match="crash"):  # checkpoints at steps 4 and 8, then a crash
+        fit_model(make_model(), columns, CONFIG.training, 0, [_Crash(snapshot_at=0, crash_at=10)],
+                  checkpoints=directory)
+    listed = tf.train.get_checkpoint_state(str(directory)).all_model_checkpoint_paths
+    assert [Path(path).name for path in listed] == ["ckpt-4", "ckpt-8"]
+    _truncate(directory / "ckpt-8")  # as a full disk or a kill while it was written leaves it
+    uninterrupted = make_model()
+    expected_history, _, _ = fit_model(uninterrupted, columns, CONFIG.training, 0, checkpoints=tmp_path / "full")
+    resumed = make_model()
+    caplog.set_level(logging.INFO, logger="pipelines.checkpointing")
+    history, _, _ = fit_model(resumed, columns, CONFIG.training, 0, checkpoints=directory)
+    skipped = f"Skipping the checkpoint {directory / 'ckpt-8'}: it cannot be read (IndexError: Read less bytes than requested)."
+    assert skipped in caplog.text
+    assert RESUMED.search(caplog.text).group(1, 5) == ("4", str(directory / "ckpt-4"))
+    assert history == expected_history
+    for got, expected in zip(_state(resumed), _state(uninterrupted)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_no_readable_checkpoint_is_a_run_error_naming_the_directory(tmp_path):
+    output = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        with partial_run(output, CONFIG) as work:
+            _fake_checkpoint(work)
+            raise RuntimeError("boom")
+    _truncate(work / CHECKPOINTS_DIR / "ckpt-3")
+    checkpoints = work / CHECKPOINTS_DIR
+    with pytest.raises(RunError, match=rf"None of the checkpoints in {checkpoints} can be read \("
+                       rf"{checkpoints / 'ckpt-3'}: .*\)\. Delete {checkpoints} to start the run over\."):
+        with partial_run(output, CONFIG):
+            pass
+    assert (work / CHECKPOINTS_DIR / "ckpt-3.index").exists()  # nothing deleted: the user decides
+
+
+def test_ctrl_c_while_exporting_after_training_keeps_the_run_and_the_rerun_only_exports(
+    cli_runs, tmp_path, monkeypatch, caplog
+):
+    write_warmup = warmup.write_warmup_requests
+
+    def interrupted(*args, **kwargs):  # Ctrl-C arrives while the SavedModel is being written
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+        return write_warmup(*args, **kwargs)
+
+    monkeypatch.setattr(warmup, "write_warmup_requests", interrupted)
+    caplog.set_level(logging.INFO, logger="pipelines")
+    output = tmp_path / "run"
+    work = partial_directory(output)
+    with pytest.raises(TrainingInterrupted, match=re.escape(
+        f"Interrupted after training, while evaluating and exporting; the trained run is kept in {work}: "
+        "rerun the same command to evaluate and export it (training is not repeated)."
+    )):
+        train(CONFIG, output, verbose=0)
+    assert "Training finished: evaluating and exporting the run." in caplog.text
+    assert not output.exists() and (work / CHECKPOINTS_DIR).is_dir()
+    assert not list((work / "export").rglob(".tmp-*"))
+    monkeypatch.undo()
+    caplog.clear()
+    result = train(CONFIG, output, verbose=0)
+    step, left = RESUMED.search(caplog.text).group(1, 6)
+    assert int(left) == 0 and int(step) == 3 * cli_runs["per_epoch"]
+    assert result.export_path == output / "export" / "tfrec_towers" / "1" and not work.exists()
+    _assert_same_run(output, cli_runs["root"] / "reference")

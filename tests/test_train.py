@@ -1,6 +1,7 @@
 """The main job end to end: train → evaluate → export → fresh-process load, and its failure modes."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -8,9 +9,13 @@ import numpy as np
 import pytest
 
 import tfrec_towers  # noqa: F401
-from pipelines.train import RunError, evaluate_run, export_run, load_data, load_run, train
-from tfrec_towers.config import ExperimentConfig, apply_overrides
+import tensorflow as tf
+
+from pipelines.schemas import FEATURE_SPECS
+from pipelines.train import RunError, build_model, evaluate_run, export_run, load_data, load_run, train
+from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides, save_config
 from tfrec_towers.evaluation import METRIC_KEYS
+from tfrec_towers.features import adapt
 from tfrec_towers.towers import compute_embeddings
 
 TINY = [
@@ -126,3 +131,122 @@ def test_tensorboard_logs_hold_the_epoch_losses_of_history_json(tmp_path):
                     losses[event.step] = float(tf.make_ndarray(value.tensor))
     history = json.loads((tmp_path / "run" / "history.json").read_text())["loss"]
     np.testing.assert_allclose([losses[step] for step in sorted(losses)], history, rtol=1e-6)
+
+
+def test_export_refuses_k_zero_and_an_empty_index_kind(run):
+    _, result = run
+    versions = sorted(p.name for p in (result.run_dir / "export" / "tfrec_towers").iterdir())
+    with pytest.raises(ValueError, match=r"`k` must be a positive int. Received: 0"):
+        export_run(result.run_dir, k=0)
+    with pytest.raises(ValueError, match=r"`kind` must be one of \['brute-force', 'scann'\]. Received: ''"):
+        export_run(result.run_dir, index="")
+    assert sorted(p.name for p in (result.run_dir / "export" / "tfrec_towers").iterdir()) == versions
+
+
+def test_an_empty_export_base_is_the_current_directory_as_for_any_path(run, tmp_path, monkeypatch):
+    _, result = run
+    monkeypatch.chdir(tmp_path)
+    path = export_run(result.run_dir, export_base="", k=3)
+    assert (tmp_path / path).resolve() == tmp_path / "tfrec_towers" / "1"
+    meta = json.loads((tmp_path / "tfrec_towers" / "1" / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+    assert meta["k"] == 3
+
+
+def _small(overrides=()):
+    """The TINY configuration with ``overrides``, its data and its adapted spec."""
+    config = apply_overrides(ExperimentConfig(), TINY + list(overrides))
+    data = load_data(config)
+    return config, data, adapt(FEATURE_SPECS[config.data.dataset](config.features), data.train, data.candidates)
+
+
+def test_build_model_without_the_data_its_loss_reads_is_refused():
+    config, _, spec = _small(["loss.logq=counts", "loss.mixed_negatives=512"])
+    with pytest.raises(ConfigError) as error:
+        build_model(spec, config)
+    message = str(error.value)
+    assert "`loss.logq`='counts' counts the training data's candidate ids" in message
+    assert "`loss.mixed_negatives`=512 draws negatives from its candidate corpus" in message
+    assert "`build_model(spec, config, data)`" in message and "`for_inference=True`" in message
+    config, _, spec = _small(["loss.logq=none", "loss.mixed_negatives=8"])
+    with pytest.raises(ConfigError, match=r"\(`loss.mixed_negatives`=8 draws negatives from its candidate corpus\)"):
+        build_model(spec, config)
+
+
+def test_build_model_with_data_trains_the_configured_loss():
+    config, data, spec = _small(["loss.logq=counts", "loss.mixed_negatives=512"])
+    model = build_model(spec, config, data)
+    ids, counts = np.unique(data.train["item_id"], return_counts=True)  # the numpy reference
+    table = model.task.candidate_probability
+    assert dict(zip(np.asarray(table.ids).tolist(), np.asarray(table.counts).tolist())) == dict(
+        zip(ids.tolist(), counts.astype(float).tolist())
+    )
+    assert model.mixed_negatives.num_negatives == 512
+    assert model.task.corpus_size == len(data.candidates["item_id"]) == 300
+    assert model.optimizer is not None
+
+
+def test_a_loss_that_reads_no_data_is_built_without_it():
+    config, _, spec = _small(["loss.logq=streaming", "loss.mixed_negatives=0", "loss.memory_bank_size=64"])
+    model = build_model(spec, config)
+    assert type(model.task.candidate_probability).__name__ == "StreamingFrequencyEstimator"
+    assert model.task.memory_bank.capacity == 64 and model.mixed_negatives is None
+
+
+def test_an_inference_model_holds_only_towers_and_cannot_be_trained():
+    config, data, spec = _small(["loss.logq=counts", "loss.mixed_negatives=512"])
+    model = build_model(spec, config, for_inference=True)
+    assert model.mixed_negatives is None and model.optimizer is None
+    with pytest.raises(RuntimeError, match="must compile your model"):
+        model.fit({f.name: data.train[f.name] for f in spec.all_features}, epochs=1, verbose=0)
+
+
+def _write_run(run_dir, overrides=()):
+    """A run directory whose checkpoint holds a model of TINY + ``overrides`` (built, not trained)."""
+    config, data, spec = _small(overrides)
+    tf.keras.utils.set_random_seed(5)
+    model = build_model(spec, config, data)
+    compute_embeddings(model.query_tower, data.eval_queries)  # creates the towers' variables
+    compute_embeddings(model.candidate_tower, data.candidates)
+    run_dir.mkdir()
+    save_config(config, run_dir / "config.json")
+    (run_dir / "feature_spec.json").write_text(spec.to_json())
+    tf.train.Checkpoint(model=model).write(str(run_dir / "checkpoint" / "model"))
+    return data, model
+
+
+def test_load_run_restores_the_towers_of_its_checkpoint(tmp_path):
+    data, written = _write_run(tmp_path / "run")
+    _, _, model = load_run(tmp_path / "run")
+    for tower, rows in (("query_tower", data.eval_queries), ("candidate_tower", data.candidates)):
+        expected = compute_embeddings(getattr(written, tower), rows)
+        np.testing.assert_array_equal(compute_embeddings(getattr(model, tower), rows), expected)
+
+
+@pytest.mark.parametrize(
+    "saved, loaded, problem",
+    [
+        ([], ["model.query_tower.hidden_units=[32]"],
+         r"it holds other shapes for .*query_tower/hidden/0/kernel \(saved \[\d+, 16\], here \[\d+, 32\]\)"),
+        ([], ["model.query_tower.hidden_units=[16, 16]"],
+         r"it holds no value for query_tower/hidden/1/kernel, query_tower/hidden/1/bias\."),
+        (["model.candidate_tower.normalization=layer"], [],
+         r"it holds candidate_tower/hidden/1/gamma, candidate_tower/hidden/1/beta, which this model does not have\."),
+    ],
+)
+def test_load_run_refuses_a_checkpoint_of_other_towers(tmp_path, saved, loaded, problem):
+    run_dir = tmp_path / "run"
+    _write_run(run_dir, saved)
+    config = apply_overrides(ExperimentConfig(), TINY + loaded)
+    save_config(config, run_dir / "config.json")  # the run now describes another structure
+    with pytest.raises(RunError, match=problem) as error:
+        load_run(run_dir)
+    assert str(run_dir / "checkpoint" / "model") in str(error.value)
+    assert str(error.value).endswith("The run was trained with another model structure.")
+
+
+def test_load_run_of_a_truncated_checkpoint_says_it_cannot_be_read(tmp_path):
+    _write_run(tmp_path / "run")
+    (data_file,) = (tmp_path / "run" / "checkpoint").glob("model.data-*")
+    os.truncate(data_file, data_file.stat().st_size // 2)
+    with pytest.raises(RunError, match=rf"The checkpoint {tmp_path / 'run' / 'checkpoint' / 'model'} cannot be read"):
+        load_run(tmp_path / "run")

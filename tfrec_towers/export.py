@@ -12,19 +12,25 @@ rows with the in-memory model's outputs and their exact top-k over the whole cor
 :func:`tfrec_towers.verify.verify_export` can check the export, and measure its recall, in a fresh
 process without this package).
 
-The version is written into a hidden sibling directory (TF Serving ignores names that are not
-integers) and renamed into place, so a polling server never sees half a model.
+The version is written into a hidden sibling directory ``.tmp-<host>-<pid>-<token>`` (TF Serving
+ignores names that are not integers) and renamed into place, so a polling server never sees half a
+model. When another export publishes the same next version first, the export takes the next free
+one. A temporary directory whose writer is gone (a ``kill -9`` of an export on this host) is removed,
+with a warning, by the next export into the same model directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -197,7 +203,7 @@ def _num_rows(features: Features) -> int:
     return len(next(iter(features.values())))
 
 
-def _placeholder_queries(specs: Mapping[str, tf.TensorSpec], num_rows: int = 2) -> Features:
+def placeholder_features(specs: Mapping[str, tf.TensorSpec], num_rows: int = 2) -> Features:
     """Zero / empty-string rows in the spec's shape (unknown inner dimensions of size 1)."""
     features: Features = {}
     for name, spec in specs.items():
@@ -300,6 +306,13 @@ def _verification_sample(
     }
 
 
+def _existing_versions(model_dir: Path) -> List[int]:
+    """The integer version names in ``model_dir``, ascending (none if it does not exist)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isascii() and p.name.isdigit())
+
+
 def target_directory(export_base: Union[str, Path], model_name: str, version: Optional[int]) -> Tuple[Path, int]:
     """``(<export_base>/<model_name>, version)`` after checking the target can be written."""
     if not model_name or model_name in (".", "..") or "/" in model_name or os.sep in model_name:
@@ -309,11 +322,7 @@ def target_directory(export_base: Union[str, Path], model_name: str, version: Op
     for directory in (base, model_dir):
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"{directory} is a file; the export needs a directory there (created if missing).")
-    existing = (
-        sorted(int(p.name) for p in model_dir.iterdir() if p.name.isascii() and p.name.isdigit())
-        if model_dir.is_dir()
-        else []
-    )
+    existing = _existing_versions(model_dir)
     next_version = existing[-1] + 1 if existing else 1
     if version is None:
         return model_dir, next_version
@@ -328,26 +337,100 @@ def target_directory(export_base: Union[str, Path], model_name: str, version: Op
     return model_dir, int(version)
 
 
-def _write_atomically(model_dir: Path, version: int, write: Callable[[Path], None]) -> Path:
-    """Runs ``write(tmp)`` on a hidden sibling of ``<model_dir>/<version>``, then renames it into place.
+MAX_PUBLISH_ATTEMPTS = 100
+"""Versions an export tries in turn while concurrent exports keep publishing the one it chose."""
 
-    On any failure the temporary directory (and ``model_dir`` if this call created it and it is
-    empty) is removed and the exception re-raised.
+_TEMPORARY_NAME = re.compile(r"^\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{32}$")
+
+
+def _host_name() -> str:
+    """This machine's name as it appears in temporary directory names."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())
+
+
+def _is_running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts; a reused pid is
+    taken for the writer, so its directory is kept)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        pass
+    return True
+
+
+def _remove_stale_temporaries(model_dir: Path) -> None:
+    """Removes the temporary version directories of ``model_dir`` whose writer, a process of this host, is gone.
+
+    Those of live processes and of other hosts (a shared file system) are left alone.
+    """
+    host = _host_name()
+    for entry in model_dir.iterdir():
+        match = _TEMPORARY_NAME.match(entry.name)
+        if match is None or match["host"] != host or _is_running(int(match["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        logger.warning("Removed %s: the unfinished export of process %s, which is no longer running.",
+                       entry, match["pid"])
+
+
+def _publish(tmp: Path, model_dir: Path, version: int, label: Callable[[Path, int], None], next_free: bool) -> Path:
+    """Renames ``tmp`` to ``<model_dir>/<version>``, after ``label(tmp, version)``; the next free version if taken.
+
+    Raises:
+      FileExistsError: the version appeared meanwhile and ``next_free`` is False; or
+        :data:`MAX_PUBLISH_ATTEMPTS` versions in a row were taken.
+    """
+    for _ in range(MAX_PUBLISH_ATTEMPTS):
+        label(tmp, version)
+        final = model_dir / str(version)
+        if not os.path.lexists(final):
+            try:
+                os.rename(tmp, final)
+                return final
+            except OSError:  # the target appeared between the check and the rename
+                if not os.path.lexists(final):
+                    raise
+        if not next_free:
+            raise FileExistsError(
+                f"Version {version} of model {model_dir.name!r} appeared in {model_dir} while this export was "
+                "written (another export published it). Pass another `version`, or None for the next one."
+            )
+        taken, version = version, max([version, *_existing_versions(model_dir)]) + 1
+        logger.info("Version %d of %s was published by another export meanwhile: this export becomes version %d.",
+                    taken, model_dir, version)
+    raise FileExistsError(
+        f"Concurrent exports into {model_dir} took {MAX_PUBLISH_ATTEMPTS} versions in a row before this one "
+        "could publish: export again."
+    )
+
+
+def _write_atomically(
+    model_dir: Path, version: int, write: Callable[[Path], None], label: Callable[[Path, int], None], next_free: bool
+) -> Path:
+    """Runs ``write(tmp)`` on a hidden sibling of the versions, then publishes it as ``<model_dir>/<version>``.
+
+    The sibling is ``.tmp-<host>-<pid>-<token>``; stale ones of writers that are gone are removed
+    first. ``label(tmp, version)`` writes what names the version, before each attempt to publish:
+    if another export has published ``version`` by then, the next free version is taken when
+    ``next_free`` (:func:`_publish`). On any failure the temporary directory (and ``model_dir`` if
+    this call created it and it is empty) is removed and the exception re-raised.
     """
     created_model_dir = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
-    final = model_dir / str(version)
-    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex}"
+    _remove_stale_temporaries(model_dir)
+    tmp = model_dir / f".tmp-{_host_name()}-{os.getpid()}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         write(tmp)
-        os.rename(tmp, final)
+        return _publish(tmp, model_dir, version, label, next_free)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created_model_dir and not any(model_dir.iterdir()):
-            model_dir.rmdir()
+            with contextlib.suppress(OSError):  # another export may have just started writing there
+                model_dir.rmdir()
         raise
-    return final
 
 
 def export_retrieval_model(
@@ -384,7 +467,8 @@ def export_retrieval_model(
         corpus is clamped to its size, and ScaNN over fewer than
         :data:`~tfrec_towers.index.SCANN_MIN_CANDIDATES` candidates becomes exact search, each with a
         warning logged and recorded in the metadata.
-      version: the version number; ``None`` = one more than the highest existing version (1 if none).
+      version: the version number; ``None`` = one more than the highest existing version (1 if none),
+        or, if a concurrent export publishes that one first, the next free version.
       metadata: JSON-serialisable entries merged into ``tfrec_towers_metadata.json``.
       warmup_queries: real raw query rows: the first ``NUM_WARMUP_ROWS`` make the warm-up requests,
         the first ``NUM_SAMPLE_QUERIES`` the verification sample on which the fresh-process check
@@ -400,7 +484,8 @@ def export_retrieval_model(
         empty catalogue, repeated candidate ids (naming some) or a candidate id column whose dtype
         is not the spec's. Nothing is written then.
       NotADirectoryError: if ``export_base`` or ``<export_base>/<model_name>`` is a file.
-      FileExistsError: if ``version`` already exists (as a directory or a file).
+      FileExistsError: if ``version`` already exists (as a directory or a file), or another
+        export publishes it while this one is written.
     """
     query_spec = _named_specs("query_input_spec", query_input_spec)
     candidate_spec = _named_specs("candidate_input_spec", candidate_input_spec)
@@ -419,13 +504,14 @@ def export_retrieval_model(
         json.dumps(dict(metadata or {}))
     except TypeError as e:
         raise ValueError(f"`metadata` must be JSON-serialisable: {e}") from e
+    next_free = version is None
     model_dir, version = target_directory(export_base, model_name, version)
     _check_candidate_column(candidates, candidate_id, candidate_spec[candidate_id])
     catalogue = as_features("candidates", candidates, candidate_spec)
     sample_queries = take_feature_rows(
         as_features("warmup_queries", warmup_queries, query_spec)
         if warmup_queries is not None
-        else _placeholder_queries(query_spec),
+        else placeholder_features(query_spec),
         slice(0, NUM_SAMPLE_QUERIES),
     )
 
@@ -470,7 +556,7 @@ def export_retrieval_model(
         "query_embedding": take_feature_rows(sample_queries, slice(0, NUM_WARMUP_ROWS)),
         "candidate_embedding": take_feature_rows(catalogue, slice(0, NUM_WARMUP_ROWS)),
     }
-    return write_export(model_dir, version, module, model_name, description, sample, warmup_inputs)
+    return write_export(model_dir, version, module, model_name, description, sample, warmup_inputs, next_free=next_free)
 
 
 def write_export(
@@ -481,11 +567,14 @@ def write_export(
     description: Mapping[str, Any],
     verification_sample: Mapping[str, Any],
     warmup_inputs: Mapping[str, Features],
+    *,
+    next_free: bool = False,
 ) -> Path:
     """Writes ``model_dir/<version>/`` atomically: the SavedModel and its ``assets.extra``.
 
     ``assets.extra`` holds the TF Serving warm-up requests (one per signature, from
-    ``warmup_inputs``), the metadata file (``description``) and the verification sample.
+    ``warmup_inputs``), the metadata file (``description``, its ``version`` the published one) and
+    the verification sample.
 
     Args:
       model_dir: ``<export_base>/<model_name>`` (:func:`target_directory`).
@@ -495,19 +584,27 @@ def write_export(
       description: JSON-serialisable metadata (``tfrec_towers_metadata.json``).
       verification_sample: JSON-serialisable sample for ``tfrec-towers verify``.
       warmup_inputs: ``{signature: raw feature rows}`` for the warm-up requests.
+      next_free: ``version`` is the next one (:func:`target_directory` with ``version=None``): if
+        another export publishes it first, this one takes the next free version.
 
     Returns:
       The written version directory; nothing is left behind on failure.
+
+    Raises:
+      FileExistsError: ``version`` was published meanwhile by another export and ``next_free`` is False.
     """
 
     def write(directory: Path) -> None:
-        with progress(f"Writing the SavedModel of {model_name!r} version {version}"):
+        with progress(f"Writing the SavedModel of {model_name!r}"):
             tf.saved_model.save(module, str(directory), signatures=module.signatures())
         extra = directory / "assets.extra"
         extra.mkdir()
         with progress("Writing the warm-up requests"):
             warmup.write_warmup_requests(extra / warmup.WARMUP_FILENAME, model_name, warmup_inputs)
-        (extra / METADATA_FILENAME).write_text(json.dumps(dict(description), indent=2) + "\n")
         (extra / VERIFICATION_SAMPLE_FILENAME).write_text(json.dumps(dict(verification_sample)) + "\n")
 
-    return _write_atomically(model_dir, version, write)
+    def label(directory: Path, published: int) -> None:
+        metadata = dict(description, version=published)
+        (directory / "assets.extra" / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    return _write_atomically(model_dir, version, write, label, next_free)
