@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -23,8 +24,8 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.baselines import plain_tfrs_model  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
-from pipelines.schemas import FEATURE_SPECS  # noqa: E402
-from pipelines.train import build_model, evaluate_model, fit_model, load_data  # noqa: E402
+from pipelines.sources import prepare_data, spec_for  # noqa: E402
+from pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
 from tfrec_towers.config import PLAIN_IN_BATCH, ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
 from tfrec_towers.features import adapt  # noqa: E402
 
@@ -85,7 +86,9 @@ def main() -> None:
     results, tables = {}, []
     for dataset in args.datasets:
         base = apply_overrides(default, [f"data.dataset={dataset}"] + ([f"data.data_dir={args.data_dir}"] if dataset == "movielens" else []))
-        data = load_data(base)
+        prepared = prepare_data(base)
+        data = prepared.data
+        spec_factory = functools.partial(spec_for, prepared)
         configs = {name: row_config(base, overrides) for name, overrides in ROWS.items()}
         same_as_default = [name for name, config in configs.items() if config == base]
         if same_as_default:  # the best combination is one of the rows: mark it instead of training it twice
@@ -94,21 +97,21 @@ def main() -> None:
             configs["best combination = the default"] = base
         rows = []
         for seed in args.seeds:
-            rows.append(run_row(PLAIN, base, data, FEATURE_SPECS[dataset], seed))
-            rows += [run_row(name, config, data, FEATURE_SPECS[dataset], seed) for name, config in configs.items()]
+            rows.append(run_row(PLAIN, base, data, spec_factory, seed))
+            rows += [run_row(name, config, data, spec_factory, seed) for name, config in configs.items()]
         summary = summarise(rows)
         results[dataset] = {"name": data.name, "rows": rows, "summary": summary}
         tables.append(f"### {data.name}\n\n" + markdown_table(summary, baseline=PLAIN))
 
         if args.throughput_epochs > 0:
-            tables.append(throughput_table(base, data, dataset, args.seeds[0], args.throughput_epochs, results[dataset]))
+            tables.append(throughput_table(base, data, spec_factory, args.seeds[0], args.throughput_epochs, results[dataset]))
         write(args, default, results, tables)  # after every data set: a long run keeps what it measured
 
 
-def throughput_table(base, data, dataset, seed, epochs, result) -> str:
+def throughput_table(base, data, spec_factory, seed, epochs, result) -> str:
     """Examples/s of in-batch training and of logQ + a memory bank of M = 16384 on the same towers."""
     throughput = [
-        run_row(name, row_config(base, overrides), data, FEATURE_SPECS[dataset], seed, epochs=epochs)
+        run_row(name, row_config(base, overrides), data, spec_factory, seed, epochs=epochs)
         for name, overrides in THROUGHPUT_ROWS.items()
     ]
     plain_rate = throughput[0]["examples_per_second"]

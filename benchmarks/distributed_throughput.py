@@ -31,10 +31,9 @@ _CPU = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from benchmarks.common import write_results  # noqa: E402
-from pipelines.schemas import FEATURE_SPECS  # noqa: E402
-from pipelines.train import build_model, fit_model, load_data  # noqa: E402
+from pipelines.sources import prepare_data  # noqa: E402
+from pipelines.train import build_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides  # noqa: E402
-from tfrec_towers.features import adapt  # noqa: E402
 
 LOSSES = {
     "in-batch softmax + logQ (streaming)": ["loss.logq=streaming"],
@@ -57,8 +56,8 @@ def main() -> None:
 
     dataset = ["data.dataset=movielens", f"data.data_dir={args.data_dir}"] if args.data_dir else ["data.dataset=synthetic"]
     base = apply_overrides(ExperimentConfig(), dataset + [f"training.seed={args.seed}", f"training.epochs={args.epochs}"])
-    data = load_data(base)
-    spec = adapt(FEATURE_SPECS[base.data.dataset](base.features), data.train, data.candidates)
+    prepared = prepare_data(base)
+    data, spec = prepared.data, prepared.adapted_spec()
     columns = {f.name: data.train[f.name] for f in spec.all_features}
 
     models = {}

@@ -28,10 +28,9 @@ import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import write_results  # noqa: E402
-from pipelines.schemas import FEATURE_SPECS  # noqa: E402
-from pipelines.train import build_model, fit_model, load_data  # noqa: E402
+from pipelines.sources import prepare_data  # noqa: E402
+from pipelines.train import build_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides  # noqa: E402
-from tfrec_towers.features import adapt  # noqa: E402
 
 BASELINE = "in-batch softmax"
 
@@ -47,8 +46,8 @@ def measure(dataset: str, data_dir: str | None, repeats: int, seed: int) -> dict
     """Steady-state examples/s of every configuration on one data set, interleaved ``repeats`` times."""
     overrides = [f"data.dataset={dataset}", f"training.seed={seed}", "training.epochs=1"]
     base = apply_overrides(ExperimentConfig(), overrides + ([f"data.data_dir={data_dir}"] if data_dir else []))
-    data = load_data(base)
-    spec = adapt(FEATURE_SPECS[dataset](base.features), data.train, data.candidates)
+    prepared = prepare_data(base)
+    data, spec = prepared.data, prepared.adapted_spec()
     columns = {f.name: data.train[f.name] for f in spec.all_features}
     models = {}
     for name, loss_overrides in CONFIGURATIONS.items():

@@ -21,11 +21,9 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.baselines import plain_tfrs_model  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
-from pipelines.movielens import load_movielens  # noqa: E402
-from pipelines.schemas import movielens_feature_spec  # noqa: E402
+from pipelines.sources import prepare_data  # noqa: E402
 from pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
-from tfrec_towers.features import adapt  # noqa: E402
 
 PLAIN = "plain TFRS recipe"
 DEFAULT = "tfrec-towers default"
@@ -42,8 +40,8 @@ def main() -> None:
 
     base = load_config(args.config) if args.config else ExperimentConfig()
     base = apply_overrides(base, ["data.dataset=movielens", f"data.data_dir={args.data_dir}", *args.set])
-    data = load_movielens(args.data_dir, max_history=base.data.max_history)
-    spec = adapt(movielens_feature_spec(base.features), data.train, data.candidates)
+    prepared = prepare_data(base)
+    data, spec = prepared.data, prepared.adapted_spec()
     plain_training = TrainingConfig(epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad")
 
     rows = []

@@ -21,6 +21,7 @@ Writes ``benchmarks/results/sequential.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import sys
 import time
@@ -34,9 +35,9 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.ablation import PLAIN, run_row  # noqa: E402
 from benchmarks.common import summarise, write_results  # noqa: E402
 from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402
-from pipelines.schemas import FEATURE_SPECS  # noqa: E402
+from pipelines.sources import prepare_data, spec_for  # noqa: E402
 from pipelines.sequences import num_targets, sequence_examples  # noqa: E402
-from pipelines.train import build_model, evaluate_model, fit_model, load_data  # noqa: E402
+from pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
 from tfrec_towers.features import adapt  # noqa: E402
 
@@ -95,11 +96,11 @@ class _TimeToQuality(tf.keras.callbacks.Callback):
         self.since = time.perf_counter()
 
 
-def time_to_quality(config: ExperimentConfig, data, seed: int, args) -> dict:
+def time_to_quality(config: ExperimentConfig, data, spec_factory, seed: int, args) -> dict:
     """Trains ``config`` until HR@50 ≥ ``args.target_hr50`` or the time budget; returns the curve."""
     config = dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed))
     tf.keras.utils.set_random_seed(seed)
-    spec = adapt(FEATURE_SPECS["movielens"](config.features), data.train, data.candidates)
+    spec = adapt(spec_factory(config.features), data.train, data.candidates)
     model = build_model(spec, config, data)
     columns = {f.name: data.train[f.name] for f in spec.all_features}
     targets = columns
@@ -135,14 +136,16 @@ def main() -> None:
     args = parser.parse_args()
 
     base = apply_overrides(load_config(args.config), [f"data.data_dir={args.data_dir}"])
-    data = load_data(base)
+    prepared = prepare_data(base)
+    data = prepared.data
+    spec_factory = functools.partial(spec_for, prepared)
     configs = {name: encoder_config(base, encoder) for name, encoder in ENCODERS.items() if name in args.encoders}
     default = apply_overrides(ExperimentConfig(), ["data.dataset=movielens", f"data.data_dir={args.data_dir}"])
     rows = []
     for seed in args.seeds:
-        rows.append(run_row(PLAIN, ExperimentConfig(), data, FEATURE_SPECS["movielens"], seed))
-        rows += [run_row(name, config, data, FEATURE_SPECS["movielens"], seed) for name, config in configs.items()]
-        rows.append(run_row(DEFAULT, default, data, FEATURE_SPECS["movielens"], seed))
+        rows.append(run_row(PLAIN, ExperimentConfig(), data, spec_factory, seed))
+        rows += [run_row(name, config, data, spec_factory, seed) for name, config in configs.items()]
+        rows.append(run_row(DEFAULT, default, data, spec_factory, seed))
         for loss in args.references:
             result = train_and_evaluate(data, seed, loss=loss, epochs=args.reference_epochs,
                                         max_length=base.model.history.max_length)
@@ -158,7 +161,7 @@ def main() -> None:
     speed = {}
     for name, config in (("every position", transformer), ("per prefix", per_prefix)):
         print(f"time to HR@50 ≥ {args.target_hr50}: transformer, {name}", flush=True)
-        speed[name] = time_to_quality(config, data, args.seeds[0], args)
+        speed[name] = time_to_quality(config, data, spec_factory, args.seeds[0], args)
     lines = ["| transformer trained on | batch | targets/epoch | training s to HR@50 ≥ "
              f"{args.target_hr50} | best HR@50 within {args.time_budget:.0f} s |", "|---|---|---|---|---|"]
     for name, result in speed.items():

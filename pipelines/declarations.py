@@ -58,7 +58,15 @@ class Declarations:
     candidate: Tuple[FeatureDeclaration, ...]
 
     def as_config(self) -> Dict[str, list]:
-        return {side: [dataclasses.asdict(d) for d in getattr(self, side)] for side in ("query", "candidate")}
+        """``{"query": [...], "candidate": [...]}`` as ``features.query`` / ``features.candidate`` are
+        written: each declaration's name, kind and the fields it sets to other than their defaults."""
+        defaults = FeatureDeclaration(name="_")
+
+        def written(declaration: FeatureDeclaration) -> Dict[str, object]:
+            values = dataclasses.asdict(declaration)
+            return {k: v for k, v in values.items() if k in ("name", "kind") or v != getattr(defaults, k)}
+
+        return {side: [written(d) for d in getattr(self, side)] for side in ("query", "candidate")}
 
 
 def infer_column(name: str, values: np.ndarray, separator: str = "|") -> FeatureDeclaration:
@@ -149,7 +157,8 @@ def feature_spec(
                 raise DataError(f"Feature {declaration.name!r}: `kind: history` belongs to the query tower.")
             return SequenceFeature(
                 declaration.name, dtype=item_dtype, embedding_dim=dim, pooling=history_pooling,  # type: ignore[arg-type]
-                separator=None, embedding_table=item_name if share_item_embeddings else None, **vocabulary,
+                separator=None if item_dtype == "string" else "|",  # a [B, L] matrix either way
+                embedding_table=item_name if share_item_embeddings else None, **vocabulary,
             )
         values = _column(data, declaration, side)
         dtype = _dtype_of(values)

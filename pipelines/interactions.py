@@ -122,13 +122,17 @@ def read_interaction_tables(
 
 
 def _name_of(path: str) -> str:
+    """A data set name from its path: the directory holding the file or the glob's files
+    (``amazon-beauty`` for ``amazon-beauty/interactions.csv``), or the directory of shards."""
     from pathlib import Path
 
-    parts = [p for p in Path(path).parts if not any(c in p for c in "*?[")]
-    if not parts:
-        return "interactions"
-    last = Path(parts[-1])
-    return (last.parent.name or last.stem) if last.suffix else last.name
+    cut = min((path.find(c) for c in "*?[" if c in path), default=-1)
+    if cut >= 0:
+        fixed = path[:cut]
+        directory = Path(fixed) if fixed.endswith(("/", "\\")) else Path(fixed).parent
+    else:
+        directory = Path(path).parent if Path(path).suffix else Path(path)
+    return directory.resolve().name or "interactions"
 
 
 def _filtered(log: pd.DataFrame, row_filter: RowFilter, source: str) -> pd.DataFrame:
@@ -169,7 +173,8 @@ def interaction_data(
 
     Returns:
       The split; query features: the user id, ``history`` and the users table's columns;
-      candidate features: the item id and the items table's columns.
+      candidate features: the item id and the items table's columns. With a weight column, the
+      training examples also hold each interaction's weight under that column's name.
 
     Raises:
       DataError: a null or ill-typed id, ids of different types in two tables, duplicate keys in
@@ -193,6 +198,9 @@ def interaction_data(
         else np.arange(len(log), dtype=np.int64)
     )
     summary: Dict[str, int] = {"interactions_read": len(log)}
+    weights = (
+        _weights(log[tables.weight_column], tables.weight_column, source) if tables.weight_column is not None else None
+    )
 
     users = _attribute_table(tables.users, user, user_ids, "users", tables.source("users"))
     items = _attribute_table(tables.items, item, item_ids, "items", tables.source("items"))
@@ -225,6 +233,7 @@ def interaction_data(
         column_types=column_types,
         max_history=max_history,
         history=HISTORY,
+        interaction_columns={tables.weight_column: weights[keep]} if weights is not None else None,
     )
     data.summary.update(summary)
     logger.info("%s: %s", data.name, data.summary)
@@ -259,6 +268,19 @@ def _id_column(values: pd.Series, column: str, source: str) -> np.ndarray:
     if len(empty):
         raise DataError(f"{source}: column {column!r}, row {int(empty[0])}: the id is empty (\"\" pads histories).")
     return array
+
+
+def _weights(values: pd.Series, column: str, source: str) -> np.ndarray:
+    """Per-interaction weights as ``float32``: finite and non-negative numbers."""
+    if not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)):
+        raise DataError(f"{source}: the weight column {column!r} must hold numbers; it holds {values.dtype}.")
+    array = values.to_numpy(np.float64, na_value=np.nan)
+    bad = np.flatnonzero(~np.isfinite(array) | (array < 0))
+    if len(bad):
+        raise DataError(
+            f"{source}: column {column!r}, row {int(bad[0])}: a weight must be a finite number ≥ 0; found {array[bad[0]]}."
+        )
+    return array.astype(np.float32)
 
 
 def _timestamps(values: pd.Series, column: str, source: str) -> np.ndarray:

@@ -42,15 +42,21 @@ from pipelines.checkpointing import (
 from pipelines.data import RetrievalData, num_rows, take_rows
 from pipelines.dataset import steps_per_epoch
 from pipelines.distribute import is_chief, make_strategy
-from pipelines.movielens import load_movielens
-from pipelines.schemas import FEATURE_SPECS
 from pipelines.sequences import num_targets, sequence_examples
-from pipelines.synthetic import make_synthetic
+from pipelines.sources import FEATURES_FILE, prepare_data
 from tfrec_towers.candidate_table import CandidateSource, read_candidate_table
-from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig, config_from_dict, save_config
+from tfrec_towers.config import (
+    ConfigError,
+    ExperimentConfig,
+    LossConfig,
+    TrainingConfig,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from tfrec_towers.evaluation import metrics_from_ranks, target_ranks
 from tfrec_towers.export import NUM_SAMPLE_QUERIES, export_retrieval_model
-from tfrec_towers.features import FeatureSpec, adapt, input_signature
+from tfrec_towers.features import FeatureSpec, input_signature
 from tfrec_towers.index import IndexConfig
 from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
 from tfrec_towers.model import TwoTowerModel, build_towers
@@ -80,17 +86,13 @@ class RunResult:
 
 
 def load_data(config: ExperimentConfig) -> RetrievalData:
-    """The configured data set, split by the leave-last-out protocol."""
-    data = config.data
-    if data.dataset == "movielens":
-        return load_movielens(data.data_dir, max_history=data.max_history)
-    return make_synthetic(
-        num_items=data.num_items,
-        num_users=data.num_users,
-        interactions_per_user=data.interactions_per_user,
-        max_history=data.max_history,
-        seed=config.training.seed,
-    )
+    """The configured data set, split by the leave-last-out protocol (:func:`pipelines.sources.prepare_data`)."""
+    return prepare_data(config).data
+
+
+def sample_weight_column(config: ExperimentConfig) -> Optional[str]:
+    """The training examples' weight column: ``data.interactions.weight_column`` of one's own tables."""
+    return config.data.interactions.weight_column if config.data.dataset == "interactions" else None
 
 
 def make_optimizer(training: TrainingConfig) -> tf.keras.optimizers.Optimizer:
@@ -162,7 +164,8 @@ def build_model(
     if data is not None:
         corpus = {f.name: data.candidates[f.name] for f in spec.candidate}
         sampler = build_mixed_sampler(config.loss, corpus, spec.candidate_id, seed=config.training.seed)
-    model = TwoTowerModel(query, candidate, spec.candidate_id, task=task, mixed_negatives=sampler)
+    model = TwoTowerModel(query, candidate, spec.candidate_id, task=task, mixed_negatives=sampler,
+                          sample_weight_feature=sample_weight_column(config))
     model.compile(optimizer=make_optimizer(config.training))
     return model
 
@@ -208,9 +211,10 @@ def fit_model(
     """
     if training.example_format == "every_position":
         reading = model.query_tower.history
+        weight = getattr(model, "sample_weight_feature", None)
         features = sequence_examples(
-            features, [f.name for f in model.candidate_tower.features], model.candidate_id, reading.max_length,
-            history=reading.feature,
+            features, [f.name for f in model.candidate_tower.features] + ([weight] if weight in features else []),
+            model.candidate_id, reading.max_length, history=reading.feature,
         )
         positions = training.batch_size * reading.max_length
         if positions > MAX_EVERY_POSITION_PAIRS:
@@ -354,15 +358,19 @@ def _train_into(
 ) -> RunResult:
     tf.keras.utils.set_random_seed(config.training.seed)
     save_config(config, run_dir / CONFIG_FILE)
-    data = load_data(config)
+    prepared = prepare_data(config)
+    data = prepared.data
     logger.info("Data %s: %d training examples, %d eval queries, %d candidates", data.name,
                 len(data.train[data.candidate_id]), len(data.eval_targets), len(data.candidates[data.candidate_id]))
-    spec = adapt(FEATURE_SPECS[config.data.dataset](config.features), data.train, data.candidates)
+    prepared.write_declarations(run_dir / FEATURES_FILE)
+    spec = prepared.adapted_spec()
     (run_dir / SPEC_FILE).write_text(spec.to_json())
 
     with strategy.scope():
         model = build_model(spec, config, data)
     columns = {f.name: data.train[f.name] for f in spec.all_features}
+    if prepared.weight_column is not None:
+        columns[prepared.weight_column] = data.train[prepared.weight_column]
     callbacks = [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))] if config.training.tensorboard else []
     history, seconds, examples_per_second = fit_model(
         model, columns, config.training, verbose, callbacks, run_dir / CHECKPOINTS_DIR, restore_from
@@ -418,6 +426,10 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpec, TwoTow
         if not (run_dir / name).exists():
             raise RunError(f"{run_dir} is not a tfrec-towers run: {name} is missing.")
     config = config_from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
+    if (run_dir / FEATURES_FILE).is_file():  # the declarations the run resolved, so its data is read the same way
+        values = config_to_dict(config)
+        values["features"].update(json.loads((run_dir / FEATURES_FILE).read_text()))
+        config = config_from_dict(values)
     spec = FeatureSpec.from_json((run_dir / SPEC_FILE).read_text())
     model = build_model(spec, config, for_inference=True)
     restore_towers(model, run_dir / CHECKPOINT_DIR / "model")

@@ -32,11 +32,10 @@ from pipelines.checkpointing import (
     partial_run,
 )
 from pipelines.dataset import epoch_batches
-from pipelines.schemas import FEATURE_SPECS
+from pipelines.sources import prepare_data
 from pipelines.train import build_model, fit_model, load_data, train
 from tfrec_towers import warmup
 from tfrec_towers.config import ConfigError, ExperimentConfig, TrainingConfig, apply_overrides
-from tfrec_towers.features import adapt
 
 # Small synthetic data with every piece of loss state a checkpoint must carry: the streaming
 # frequency estimator, the memory bank and the mixed-negative draw counter.
@@ -177,8 +176,8 @@ def test_epoch_order_depends_only_on_seed_and_epoch_and_resumes_at_any_step(seed
 
 @pytest.fixture(scope="module")
 def small():
-    data = load_data(CONFIG)
-    spec = adapt(FEATURE_SPECS["synthetic"](CONFIG.features), data.train, data.candidates)
+    prepared = prepare_data(CONFIG)
+    data, spec = prepared.data, prepared.adapted_spec()
     columns = {f.name: data.train[f.name] for f in spec.all_features}
 
     def model():

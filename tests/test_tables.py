@@ -3,7 +3,6 @@
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

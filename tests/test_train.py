@@ -11,11 +11,10 @@ import pytest
 import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
-from pipelines.schemas import FEATURE_SPECS
+from pipelines.sources import prepare_data
 from pipelines.train import RunError, build_model, evaluate_run, export_run, load_data, load_run, train
 from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides, save_config
 from tfrec_towers.evaluation import METRIC_KEYS
-from tfrec_towers.features import adapt
 from tfrec_towers.towers import compute_embeddings
 
 TINY = [
@@ -155,8 +154,8 @@ def test_an_empty_export_base_is_the_current_directory_as_for_any_path(run, tmp_
 def _small(overrides=()):
     """The TINY configuration with ``overrides``, its data and its adapted spec."""
     config = apply_overrides(ExperimentConfig(), TINY + list(overrides))
-    data = load_data(config)
-    return config, data, adapt(FEATURE_SPECS[config.data.dataset](config.features), data.train, data.candidates)
+    prepared = prepare_data(config)
+    return config, prepared.data, prepared.adapted_spec()
 
 
 def test_build_model_without_the_data_its_loss_reads_is_refused():

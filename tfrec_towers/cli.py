@@ -22,6 +22,8 @@ from tfrec_towers.progress import set_progress
 EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_TARGET_MISSED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 
 TRAIN_EXAMPLE = """examples:
+  tfrec-towers train --interactions logs/*.parquet --items items.parquet --users users.csv --output runs/shop
+  tfrec-towers train --interactions events.csv --output runs/a --set data.interactions.item_column=sku
   tfrec-towers train --output runs/demo                      # synthetic data, default config
   tfrec-towers train --dataset movielens --data-dir ~/data/ml-1m --output runs/ml1m --epochs 5
   tfrec-towers train --dataset movielens --data-dir ml-100k --output runs/a --config my.yaml \\
@@ -127,7 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
 
     train = commands.add_parser("train", help="train, evaluate, export and verify", epilog=TRAIN_EXAMPLE, formatter_class=fmt)
-    train.add_argument("--dataset", choices=["synthetic", "movielens"], help="data set (default: the config's; movielens when --data-dir is given, else synthetic)")
+    train.add_argument("--interactions", type=_path, metavar="PATH",
+                       help="your interaction log: a CSV, Parquet or TFRecord file, a directory or a glob "
+                            "(columns user_id, item_id and, if present, timestamp; see data.interactions)")
+    train.add_argument("--items", type=_path, metavar="PATH", help="an items table keyed by the item column (the catalogue)")
+    train.add_argument("--users", type=_path, metavar="PATH", help="a users table keyed by the user column")
+    train.add_argument("--dataset", choices=["interactions", "synthetic", "movielens"],
+                       help="data set (default: the config's; interactions with --interactions, movielens with "
+                            "--data-dir, else synthetic)")
     train.add_argument("--data-dir", type=_path, help="a MovieLens release directory (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest)")
     train.add_argument("--output", type=_path, required=True, help="new run directory")
     train.add_argument("--config", type=_path, help="YAML or JSON experiment configuration")
@@ -191,11 +200,19 @@ def _resolve_config(args: argparse.Namespace):
 
     config = ExperimentConfig() if args.config is None else load_config(args.config)
     overrides: List[str] = []
-    dataset = "movielens" if args.dataset is None and args.data_dir is not None else args.dataset
+    tables = {"interactions": args.interactions, "users": args.users, "items": args.items}
+    dataset = args.dataset
+    if dataset is None and args.interactions is not None:
+        dataset = "interactions"
+    elif dataset is None and args.data_dir is not None:
+        dataset = "movielens"
     if dataset is not None:
         overrides.append(f"data.dataset={dataset}")
     if args.data_dir is not None:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    for table, path in tables.items():
+        if path is not None:
+            overrides.append(f"data.{table}.path={json.dumps(path)}")
     if args.epochs is not None:
         overrides.append(f"training.epochs={args.epochs}")
     if args.seed is not None:

@@ -55,6 +55,8 @@ class TwoTowerModel(tfrs.Model):
       mixed_negatives: a ``MixedNegativeSampler``: in training, its B' corpus rows are encoded
         by the candidate tower in the same step and passed to the task as extra negatives
         (Yang et al., WWW 2020).
+      sample_weight_feature: a feature holding each example's weight in the loss (e.g. an
+        interaction's weight); ``fit`` on ``(features, sample_weight)`` pairs works too.
 
     Works with ``compile``/``fit``/``evaluate``, Keras callbacks and ``tf.train.Checkpoint``.
     """
@@ -66,6 +68,7 @@ class TwoTowerModel(tfrs.Model):
         candidate_id: str,
         task: Optional[tf.keras.layers.Layer] = None,
         mixed_negatives: Optional[tf.keras.layers.Layer] = None,
+        sample_weight_feature: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -74,6 +77,7 @@ class TwoTowerModel(tfrs.Model):
         self.candidate_id = candidate_id
         self.task = task if task is not None else in_batch_softmax_task()
         self.mixed_negatives = mixed_negatives
+        self.sample_weight_feature = sample_weight_feature
 
     def call(self, features: Mapping[str, tf.Tensor], training: bool = False) -> Dict[str, tf.Tensor]:
         return {
@@ -93,18 +97,29 @@ class TwoTowerModel(tfrs.Model):
         padding = "" if ids.dtype == tf.string else tf.zeros([], ids.dtype)
         valid = tf.not_equal(ids, padding)
         queries = tf.boolean_mask(self.query_tower.sequence_embeddings(features, training=training), valid)
-        candidates = {f.name: tf.boolean_mask(features[f.name], valid) for f in self.candidate_tower.features}
+        names = [f.name for f in self.candidate_tower.features]
+        if self.sample_weight_feature in features:
+            names.append(self.sample_weight_feature)
+        candidates = {name: tf.boolean_mask(features[name], valid) for name in names}
         return queries, candidates, candidates[self.candidate_id]
 
-    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    def compute_loss(self, inputs: Any, training: bool = False) -> tf.Tensor:
         """The task's loss on a per-prefix batch, or on every valid position of a sequence batch
-        (a candidate id of rank 2)."""
+        (a candidate id of rank 2), weighted by ``sample_weight_feature`` or by the third (or
+        second) element of a ``(features, labels, sample_weight)`` batch."""
+        features, _, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(inputs)
+        if isinstance(inputs, tuple) and len(inputs) == 2:  # (features, sample_weight): there are no labels
+            sample_weight = inputs[1]
         if features[self.candidate_id].shape.rank == 2:
             query_embeddings, features, ids = self._every_position(features, training)
         else:
             query_embeddings, ids = self.query_tower(features, training=training), features[self.candidate_id]
+        if self.sample_weight_feature is not None and self.sample_weight_feature in features:
+            sample_weight = features[self.sample_weight_feature]
         candidate_embeddings = self.candidate_tower(features, training=training)
         extra = {}
+        if sample_weight is not None:
+            extra["sample_weight"] = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
         if self.mixed_negatives is not None and training:
             sampled, sampled_ids, log_q = self.mixed_negatives.sample()
             embeddings = self.candidate_tower(sampled, training=training)
@@ -132,6 +147,7 @@ class TwoTowerModel(tfrs.Model):
             "candidate_id": self.candidate_id,
             "task": serialize(self.task) if task_is_serialisable else None,
             "mixed_negatives": serialize(self.mixed_negatives) if self.mixed_negatives is not None else None,
+            "sample_weight_feature": self.sample_weight_feature,
         }
 
     @classmethod

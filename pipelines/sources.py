@@ -1,0 +1,137 @@
+"""The data set of a configuration: its tables, split, feature declarations and feature spec.
+
+One path for every data set. A *source* reads tables — the user's own files
+(``data.dataset: interactions``), a MovieLens release directory or the synthetic generator — into
+:class:`~pipelines.interactions.InteractionTables`; everything after is the same:
+:func:`~pipelines.interactions.interaction_data` validates and splits them, the features are the
+configured declarations, else the source's preset (``pipelines/presets/<dataset>.yaml``), else
+inferred from the attribute tables (:mod:`pipelines.declarations`), and
+:func:`~pipelines.declarations.feature_spec` turns them into the towers' spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import yaml
+
+from pipelines.data import RetrievalData
+from pipelines.declarations import (
+    Declarations,
+    declarations_from_config,
+    feature_spec,
+    infer_declarations,
+    rename_columns,
+)
+from pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
+from pipelines.movielens import movielens_tables
+from pipelines.synthetic import synthetic_tables
+from tfrec_towers.config import ExperimentConfig, FeaturesConfig, config_from_dict
+from tfrec_towers.features import FeatureSpec, adapt
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+FEATURES_FILE = "features.json"  # the resolved declarations, in every run directory
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """A configuration's data set, ready to train on.
+
+    Attributes:
+      data: the split (columns also under the features' names).
+      declarations: the features of each tower, as configured, preset or inferred.
+      spec: the feature spec of the declarations (not yet adapted: no vocabularies).
+      weight_column: the training examples' sample-weight column, or None.
+    """
+
+    data: RetrievalData
+    declarations: Declarations
+    spec: FeatureSpec
+    weight_column: Optional[str] = None
+
+    def adapted_spec(self) -> FeatureSpec:
+        """The spec with vocabularies and statistics learnt from the training data and the catalogue."""
+        return adapt(self.spec, self.data.train, self.data.candidates)
+
+    def write_declarations(self, path: str | Path) -> None:
+        """Writes the resolved declarations as JSON (``features.query`` / ``features.candidate``)."""
+        Path(path).write_text(json.dumps(self.declarations.as_config(), indent=2) + "\n")
+
+
+def _synthetic(config: ExperimentConfig) -> InteractionTables:
+    data = config.data
+    return synthetic_tables(num_items=data.num_items, num_users=data.num_users,
+                            interactions_per_user=data.interactions_per_user, seed=config.training.seed)
+
+
+def _movielens(config: ExperimentConfig) -> InteractionTables:
+    return movielens_tables(config.data.data_dir)
+
+
+def _interactions(config: ExperimentConfig) -> InteractionTables:
+    data = config.data
+    return read_interaction_tables(data.interactions, users=data.users, items=data.items)
+
+
+SOURCES: Dict[str, Callable[[ExperimentConfig], InteractionTables]] = {
+    "synthetic": _synthetic,
+    "movielens": _movielens,
+    "interactions": _interactions,
+}
+
+
+def preset_declarations(dataset: str) -> Optional[Declarations]:
+    """The feature declarations shipped for a built-in data set, or None (own tables: inferred)."""
+    path = PRESETS_DIR / f"{dataset}.yaml"
+    if not path.is_file():
+        return None
+    features = config_from_dict({"features": yaml.safe_load(path.read_text(encoding="utf-8"))["features"]}).features
+    return Declarations(tuple(features.query or ()), tuple(features.candidate or ()))
+
+
+def prepare_data(config: ExperimentConfig, tables: Optional[InteractionTables] = None) -> PreparedData:
+    """Reads (or takes) the configuration's tables, splits them and resolves the features.
+
+    Args:
+      config: the experiment configuration (``data`` and ``features`` are read).
+      tables: tables already read (e.g. built in a notebook); default: the configured source's.
+
+    Raises:
+      FileNotFoundError, DataError: a table is missing or malformed (the message names it).
+    """
+    preset = None
+    if tables is None:
+        tables = SOURCES[config.data.dataset](config)
+        preset = preset_declarations(config.data.dataset)
+    data = interaction_data(tables, max_history=config.data.max_history, unknown_items=config.data.unknown_items)
+    features = config.features
+    fallback = preset
+    if fallback is None and (features.query is None or features.candidate is None):
+        fallback = infer_declarations(
+            data,
+            tables.user_column,
+            [c for c in (tables.users.columns if tables.users is not None else ()) if c != tables.user_column],
+            [c for c in (tables.items.columns if tables.items is not None else ()) if c != tables.item_column],
+        )
+    declarations = declarations_from_config(features.query, features.candidate, fallback or Declarations((), ()))
+    prepared = PreparedData(data, declarations, None, tables.weight_column)  # type: ignore[arg-type]
+    prepared.spec = spec_for(prepared, features)
+    prepared.data = rename_columns(data, declarations)
+    return prepared
+
+
+def spec_for(prepared: PreparedData, features: FeaturesConfig) -> FeatureSpec:
+    """The (not yet adapted) spec of the prepared declarations with the embedding options of
+    ``features`` (width, OOV buckets, history pooling, shared item table)."""
+    return feature_spec(
+        prepared.declarations,
+        prepared.data,
+        embedding_dim=features.embedding_dim,
+        num_oov_buckets=features.num_oov_buckets,
+        history_pooling=features.history_pooling,
+        share_item_embeddings=features.share_item_embeddings,
+    )
+

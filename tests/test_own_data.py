@@ -1,0 +1,152 @@
+"""A user's own tables end to end from the CLI: a Parquet log with string ids, an event filter and a
+weight column, an items table with a multi-valued column and a price, a users table; trained,
+evaluated, exported (brute force and ScaNN) and verified; the export read in a fresh process."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tfrec_towers.cli import main
+
+SMALL = ["--set", "training.epochs=1", "--set", "training.batch_size=64", "--set", "loss.mixed_negatives=16",
+         "--set", "model.query_tower.hidden_units=[16]", "--set", "model.candidate_tower.hidden_units=[16]",
+         "--set", "features.embedding_dim=8", "--set", "model.query_tower.output_dim=8",
+         "--set", "model.candidate_tower.output_dim=8", "--set", "model.history.max_length=5",
+         "--set", "data.max_history=5"]
+
+
+def _shop(tmp_path):
+    rng = np.random.default_rng(0)
+    users = [f"user-{u}" for u in range(60)]
+    items = [f"sku-{i:03d}" for i in range(40)]
+    rows = []
+    for user in users:
+        for t in range(8):
+            rows.append((user, items[rng.integers(40)], f"2024-03-{1 + t:02d}T10:00:00",
+                         ["view", "purchase", "add_to_cart"][rng.integers(3)], float(rng.integers(1, 4))))
+    log = pd.DataFrame(rows, columns=["customer", "product", "time", "event", "quantity"])
+    log.iloc[: len(log) // 2].to_parquet(tmp_path / "log-0.parquet")
+    log.iloc[len(log) // 2:].to_parquet(tmp_path / "log-1.parquet")
+    pq.write_table(pa.table({
+        "product": items,
+        "tags": [[f"tag{(i + k) % 7}" for k in range(1 + i % 3)] for i in range(40)],
+        "price": [float(1 + 3 * i) for i in range(40)],
+    }), tmp_path / "items.parquet")
+    pd.DataFrame({"customer": users, "country": [["DE", "FR", "JP"][u % 3] for u in range(60)]}).to_csv(
+        tmp_path / "users.csv", index=False)
+    return log
+
+
+def test_own_parquet_tables_train_evaluate_export_and_verify_from_the_cli(tmp_path, capsys):
+    log = _shop(tmp_path)
+    run = tmp_path / "run"
+    own = ["--interactions", str(tmp_path / "log-*.parquet"), "--items", str(tmp_path / "items.parquet"),
+           "--users", str(tmp_path / "users.csv"),
+           "--set", "data.interactions.user_column=customer", "--set", "data.interactions.item_column=product",
+           "--set", "data.interactions.timestamp_column=time", "--set", "data.interactions.weight_column=quantity",
+           "--set", "data.interactions.filter={column: event, values: [purchase, add_to_cart]}"]
+    assert main(["train", "--output", str(run), *own, *SMALL]) == 0
+    capsys.readouterr()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50", "NDCG@100"}
+    assert metrics["HR@50"] == 1.0  # 40 items, all within the top 50
+    declared = json.loads((run / "features.json").read_text())
+    assert [(f["name"], f["kind"]) for f in declared["query"]] == [("customer", "id"), ("history", "history"),
+                                                                   ("country", "categorical")]
+    assert [(f["name"], f["kind"]) for f in declared["candidate"]] == [("product", "id"), ("tags", "multi_valued"),
+                                                                       ("price", "numeric")]
+    kept = log[log.event.isin(["purchase", "add_to_cart"])]
+    assert json.loads((run / "verification.json").read_text())["ok"]
+
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out) == metrics
+    exports = tmp_path / "models"
+    assert main(["export", "--run", str(run), "--output", str(exports), "--index", "scann", "--k", "5"]) == 0
+    assert main(["verify", str(exports / "tfrec_towers" / "1")]) == 0
+
+    # The SavedModels take and return string ids, read in a process that imports only TensorFlow and ScaNN.
+    probe = textwrap.dedent(f"""
+        import json, tensorflow as tf, scann  # noqa: F401
+        out = {{}}
+        for path in ({str(run / "export" / "tfrec_towers" / "1")!r}, {str(exports / "tfrec_towers" / "1")!r}):
+            model = tf.saved_model.load(path)
+            serve = model.signatures["serving_default"]
+            query = dict(customer=tf.constant(["user-3", "nobody"]), country=tf.constant(["DE", "??"]),
+                         history=tf.constant([["", "sku-001", "sku-002"], ["", "", "unknown-sku"]]))
+            result = serve(**query)
+            embed = model.signatures["candidate_embedding"](product=tf.constant(["sku-001"]),
+                        tags=tf.constant(["tag1|tag2"]), price=tf.constant([4.0]))
+            out[path] = dict(ids=result["candidate_ids"].numpy().astype(str).tolist(),
+                             dtype=result["candidate_ids"].dtype.name, embedding=embed["embedding"].shape.as_list(),
+                             inputs=sorted(serve.structured_input_signature[1]))
+        print(json.dumps(out))
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    catalogue = {f"sku-{i:03d}" for i in range(40)}
+    for path, result in out.items():
+        assert result["dtype"] == "string" and result["inputs"] == ["country", "customer", "history"]
+        assert result["embedding"] == [1, 8]
+        assert all(len(row) == (100 if path.startswith(str(run)) else 5) or len(row) == 40 for row in result["ids"])
+        assert all(set(row) <= catalogue for row in result["ids"])
+    assert len(kept) < len(log)  # the filter kept purchases and carts only
+
+
+def test_training_examples_carry_the_weight_and_only_the_filtered_events(tmp_path):
+    from pipelines.sources import prepare_data
+    from tfrec_towers.config import ExperimentConfig, apply_overrides
+
+    log = _shop(tmp_path)
+    config = apply_overrides(ExperimentConfig(), [
+        "data.dataset=interactions", f"data.interactions.path={tmp_path / 'log-*.parquet'}",
+        "data.interactions.user_column=customer", "data.interactions.item_column=product",
+        "data.interactions.timestamp_column=time", "data.interactions.weight_column=quantity",
+        "data.interactions.filter={column: event, values: [purchase]}",
+    ])
+    prepared = prepare_data(config)
+    kept = log[log.event == "purchase"].sort_values(["customer", "time", "product"], kind="stable")
+    last = kept.groupby("customer").tail(1).index
+    train = kept.drop(index=last)
+    train = train[train.customer.isin(kept.customer.value_counts()[lambda c: c >= 2].index)]
+    assert prepared.weight_column == "quantity"
+    assert sorted(zip(prepared.data.train["customer"], prepared.data.train["product"], prepared.data.train["quantity"])) \
+        == sorted(zip(train.customer, train["product"], train.quantity.astype(np.float32)))
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "c"], [7, 8, 9]])
+def test_the_sample_weight_scales_each_example_of_the_loss(ids):
+    import tfrec_towers  # noqa: F401
+    import tensorflow as tf
+
+    from tfrec_towers.features import CategoricalFeature, FeatureSpec, adapt
+    from tfrec_towers.history_encoders import HistoryEncoderConfig
+    from tfrec_towers.model import TwoTowerModel, build_towers, in_batch_softmax_task
+    from tfrec_towers.towers import TowerConfig
+
+    dtype = "string" if isinstance(ids[0], str) else "int64"
+    values = np.array(ids, dtype=object if dtype == "string" else np.int64)
+    features = {"user": values, "item": values[::-1].copy()}
+    spec = adapt(FeatureSpec(query=(CategoricalFeature("user", dtype=dtype, embedding_dim=4),),
+                             candidate=(CategoricalFeature("item", dtype=dtype, embedding_dim=4),), candidate_id="item"),
+                 features)
+    tf.keras.utils.set_random_seed(0)
+    no_history = HistoryEncoderConfig(encoder="pooling")
+    query, candidate = build_towers(spec, TowerConfig(hidden_units=(), output_dim=4),
+                                    TowerConfig(hidden_units=(), output_dim=4), no_history)
+    model = TwoTowerModel(query, candidate, "item", task=in_batch_softmax_task(0.5), sample_weight_feature="w")
+    weights = np.array([2.0, 0.0, 1.0], np.float32)
+    batch = {k: tf.constant(v) for k, v in features.items()}
+    q, c = query(batch).numpy(), candidate(batch).numpy()
+    logits = q @ c.T / 0.5
+    per_row = -(np.diag(logits) - np.log(np.exp(logits).sum(axis=1)))
+    expected = float(np.sum(weights * per_row) / 3)  # Keras' mean over the batch of weighted losses
+    np.testing.assert_allclose(float(model.compute_loss({**batch, "w": tf.constant(weights)})), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(model.compute_loss((batch, tf.constant(weights)))), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(model.compute_loss(batch)), float(per_row.mean()), rtol=1e-5)
