@@ -14,14 +14,15 @@ REPORTED = ("HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50")
 
 
 def summarise(rows: List[dict], reported: Sequence[str] = REPORTED) -> Dict[str, dict]:
-    """Mean and std over seeds of every reported metric and of examples/s, per configuration."""
+    """Mean and sample std (ddof = 1) over seeds of every reported metric and of examples/s, per configuration."""
     summary: Dict[str, dict] = {}
     for name in dict.fromkeys(r["name"] for r in rows):
         runs = [r for r in rows if r["name"] == name]
         stats = {}
         for key in list(reported) + ["examples_per_second", "train_seconds"]:
             values = np.array([r["metrics"][key] if key in r["metrics"] else r[key] for r in runs], float)
-            stats[key] = {"mean": float(values.mean()), "std": float(values.std())}
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0  # the sample std over seeds
+            stats[key] = {"mean": float(values.mean()), "std": std}
         summary[name] = {"seeds": [r["seed"] for r in runs], **stats}
     return summary
 

@@ -54,7 +54,7 @@ from tfrec_towers.config import (
     config_to_dict,
     save_config,
 )
-from tfrec_towers.evaluation import metrics_from_ranks, target_ranks
+from tfrec_towers.evaluation import DEFAULT_KS, metrics_from_ranks, target_ranks
 from tfrec_towers.export import NUM_SAMPLE_QUERIES, export_retrieval_model
 from tfrec_towers.features import FeatureSpec, input_signature
 from tfrec_towers.index import IndexConfig
@@ -170,8 +170,11 @@ def build_model(
     return model
 
 
-def evaluate_model(model: TwoTowerModel, data: RetrievalData, batch_size: int = 4096) -> Dict[str, float]:
-    """Exact full-catalogue HR@K / NDCG@K of DESIGN §4 on the held-out interactions."""
+def evaluate_model(
+    model: TwoTowerModel, data: RetrievalData, batch_size: int = 4096, ks: Sequence[int] = DEFAULT_KS
+) -> Dict[str, float]:
+    """Exact full-catalogue HR@K / NDCG@K (K in ``ks``) on the held-out interactions, the user's
+    training items filtered out."""
     queries = compute_embeddings(model.query_tower, data.eval_queries, batch_size)
     candidates = compute_embeddings(model.candidate_tower, data.candidates, batch_size)
     ranks = target_ranks(
@@ -182,7 +185,7 @@ def evaluate_model(model: TwoTowerModel, data: RetrievalData, batch_size: int = 
         data.seen_indptr,
         data.seen_ids,
     )
-    return metrics_from_ranks(ranks)
+    return metrics_from_ranks(ranks, ks)
 
 
 def fit_model(
