@@ -150,3 +150,50 @@ def test_the_sample_weight_scales_each_example_of_the_loss(ids):
     np.testing.assert_allclose(float(model.compute_loss({**batch, "w": tf.constant(weights)})), expected, rtol=1e-5)
     np.testing.assert_allclose(float(model.compute_loss((batch, tf.constant(weights)))), expected, rtol=1e-5)
     np.testing.assert_allclose(float(model.compute_loss(batch)), float(per_row.mean()), rtol=1e-5)
+
+
+def _bad_inputs(tmp_path):
+    """(name, CLI arguments, what the message must name) for every malformed own-data input."""
+    good = tmp_path / "good.csv"
+    good.write_text("user_id,item_id,timestamp,event\nu1,a,1,buy\nu1,b,2,buy\nu2,a,1,view\nu2,c,3,buy\n")
+    cases = []
+
+    def table(name, text, suffix=".csv"):
+        path = tmp_path / f"{name}{suffix}"
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+        return str(path)
+
+    cases.append(("missing column", ["--interactions", table("nocol", "user,item_id\nu1,a\n")], "'user_id'"))
+    (tmp_path / "shards").mkdir()
+    pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["a"]}), tmp_path / "shards" / "a.parquet")
+    pq.write_table(pa.table({"user_id": ["u1"], "item_id": [3]}), tmp_path / "shards" / "b.parquet")
+    cases.append(("mixed dtype across shards", ["--interactions", str(tmp_path / "shards")], "b.parquet"))
+    cases.append(("null id", ["--interactions", table("null", "user_id,item_id\nu1,a\n,b\n")], "row 1: the id is empty"))
+    cases.append(("duplicate item key", ["--interactions", str(good), "--items", table("items", "item_id,x\na,1\na,2\n")],
+                  "'a' twice"))
+    cases.append(("unknown item refused", ["--interactions", str(good), "--items", table("few", "item_id\na\nb\n"),
+                                           "--set", "data.unknown_items=error"], "missing from"))
+    cases.append(("empty after filter", ["--interactions", str(good), "--set",
+                                         "data.interactions.filter={column: event, values: [refund]}"], "refund"))
+    cases.append(("glob matching nothing", ["--interactions", str(tmp_path / "nothing-*.parquet")], "matches no file"))
+    cases.append(("unreadable file", ["--interactions", table("broken", b"PAR1 not really", ".parquet")], "broken.parquet"))
+    cases.append(("bad timestamp", ["--interactions", table("time", "user_id,item_id,timestamp\nu1,a,soon\nu1,b,later\n")],
+                  "neither a number nor a date"))
+    cases.append(("not UTF-8", ["--interactions", table("latin", "user_id,item_id\nu1,Caf\xe9\n".encode("latin-1"))],
+                  "UTF-8"))
+    cases.append(("negative weight", ["--interactions", table("w", "user_id,item_id,w\nu1,a,1\nu1,b,-2\n"),
+                                      "--set", "data.interactions.weight_column=w"], "≥ 0"))
+    cases.append(("declared column absent", ["--interactions", str(good), "--set",
+                                             "features.candidate=[{name: item_id, kind: id}, {name: price, kind: numeric}]"],
+                  "'price'"))
+    return cases
+
+
+def test_every_malformed_own_table_exits_2_naming_it_and_writes_nothing(tmp_path, capsys):
+    for name, arguments, named in _bad_inputs(tmp_path):
+        run = tmp_path / "runs" / name.replace(" ", "-")
+        code = main(["train", "--output", str(run), *arguments, *SMALL])
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert named in err and "Traceback" not in err, (name, err)
+        assert not run.exists() and not any((tmp_path / "runs").glob(".*")), name
