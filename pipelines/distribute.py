@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from tfrec_towers.config import ConfigError
+
 STRATEGIES = ("none", "mirrored", "multi_worker")
 
 
@@ -34,11 +36,11 @@ def make_strategy(name: str, devices: Optional[Sequence[str]] = None) -> tf.dist
       A ``tf.distribute.Strategy``.
 
     Raises:
-      ValueError: an unknown ``name``; ``multi_worker`` without a ``TF_CONFIG`` that parses as JSON
+      ConfigError: an unknown ``name``; ``multi_worker`` without a ``TF_CONFIG`` that parses as JSON
         with a ``cluster`` and a ``task``.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"`training.distribute` must be one of {list(STRATEGIES)}. Received: {name!r}")
+        raise ConfigError(f"`training.distribute` must be one of {list(STRATEGIES)}. Received: {name!r}")
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -47,9 +49,9 @@ def make_strategy(name: str, devices: Optional[Sequence[str]] = None) -> tf.dist
     try:
         tf_config = json.loads(raw) if raw else None
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}): {raw!r}") from error
+        raise ConfigError(f"`training.distribute`='multi_worker': TF_CONFIG is not valid JSON ({error}): {raw!r}") from error
     if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
-        raise ValueError(
+        raise ConfigError(
             "`training.distribute`='multi_worker' needs the TF_CONFIG environment variable, e.g. "
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}. '
             f"Received: {raw!r}"

@@ -197,3 +197,10 @@ def test_every_malformed_own_table_exits_2_naming_it_and_writes_nothing(tmp_path
         assert code == 2, (name, err)
         assert named in err and "Traceback" not in err, (name, err)
         assert not run.exists() and not any((tmp_path / "runs").glob(".*")), name
+
+
+def test_multi_worker_without_tf_config_exits_2_naming_the_key(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code = main(["train", "--output", str(tmp_path / "run"), "--set", "training.distribute=multi_worker", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "`training.distribute`='multi_worker' needs the TF_CONFIG" in err and "Traceback" not in err
