@@ -34,6 +34,7 @@ import numpy as np
 from pipelines.data import DataError, RetrievalData
 from tfrec_towers.data_config import FeatureDeclaration
 from tfrec_towers.features import (
+    BucketizedFeature,
     CategoricalFeature,
     Feature,
     FeatureSpec,
@@ -166,6 +167,11 @@ def feature_spec(
             if dtype == "string":
                 raise DataError(f"Feature {declaration.name!r}: column {declaration.source!r} holds text, not numbers.")
             return NumericFeature(declaration.name, dtype=dtype, log1p=declaration.log1p)  # type: ignore[arg-type]
+        if declaration.kind == "bucketized":
+            if dtype == "string":
+                raise DataError(f"Feature {declaration.name!r}: column {declaration.source!r} holds text, not numbers.")
+            return BucketizedFeature(declaration.name, dtype=dtype, num_buckets=declaration.num_buckets,  # type: ignore[arg-type]
+                                     embedding_dim=dim, boundaries=declaration.boundaries)
         if dtype == "float32":
             raise DataError(
                 f"Feature {declaration.name!r}: `kind: {declaration.kind}` needs integers or text, but column "

@@ -2,6 +2,8 @@
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,3 +94,30 @@ def test_declarations_that_do_not_fit_the_data_are_named(declarations, pattern):
     with pytest.raises(DataError, match=pattern):
         feature_spec(declarations, _data(), embedding_dim=8, num_oov_buckets=1, history_pooling="mean",
                      share_item_embeddings=True)
+
+
+def test_bucketized_features_embed_the_bucket_of_given_or_quantile_boundaries():
+    import tfrec_towers  # noqa: F401
+    import tensorflow as tf
+
+    from tfrec_towers.encoders import build_embedding_tables
+    from tfrec_towers.features import BucketizedFeature, adapt
+
+    data = _data()
+    declarations = Declarations(
+        (FeatureDeclaration(name="user_id", kind="id"),),
+        (FeatureDeclaration(name="item_id", kind="id"),
+         FeatureDeclaration(name="price", kind="bucketized", boundaries=(2.0, 10.0))),
+    )
+    spec = feature_spec(declarations, data, embedding_dim=4, num_oov_buckets=1, history_pooling="mean",
+                        share_item_embeddings=True)
+    price = spec.candidate[1]
+    assert isinstance(price, BucketizedFeature) and price.boundaries == (2.0, 10.0)
+    table = build_embedding_tables([price])["price"]
+    got = table(tf.constant([1.0, 2.0, 5.0, 20.0, float("nan")])).numpy()
+    rows = table.embedding.embeddings.numpy()
+    np.testing.assert_array_equal(got, rows[[0, 1, 1, 2, 0]])  # b ≤ x counts: 2.0 is in bucket 1
+    learnt = adapt(dataclasses.replace(spec, candidate=(spec.candidate[0], BucketizedFeature("price", num_buckets=2))),
+                   data.train, data.candidates)
+    # the median of the prices adapt reads: the training examples' (1, 20, 1) and the catalogue's (1, 20, 3)
+    assert learnt.candidate[1].boundaries == (2.0,)

@@ -1,7 +1,7 @@
 """The configuration of a user's own tables: where the interactions, users and items are, which
 columns play which role, and how each column becomes a feature.
 
-These dataclasses are sections of :class:`tfrec_towers.config.DataConfig` and
+These dataclasses (and the split, :class:`SplitConfig`) are sections of :class:`tfrec_towers.config.DataConfig` and
 :class:`tfrec_towers.config.FeaturesConfig`; they are validated when built (a ``ValueError``
 that the configuration loader reports with the key's full path).
 """
@@ -9,11 +9,13 @@ that the configuration loader reports with the key's full path).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Optional, Tuple
+import datetime
+import math
+from typing import Any, Literal, Optional, Tuple
 
 TableFormatName = Literal["csv", "parquet", "tfrecord"]
-FeatureKind = Literal["id", "categorical", "hashed", "numeric", "multi_valued", "history"]
-FEATURE_KINDS: Tuple[str, ...] = ("id", "categorical", "hashed", "numeric", "multi_valued", "history")
+FeatureKind = Literal["id", "categorical", "hashed", "numeric", "bucketized", "multi_valued", "history"]
+FEATURE_KINDS: Tuple[str, ...] = ("id", "categorical", "hashed", "numeric", "bucketized", "multi_valued", "history")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,8 @@ class FeatureDeclaration:
       name: the feature's name (the SavedModel input's name).
       column: the source column (default: ``name``).
       kind: ``id`` (the user or item id), ``categorical`` (a vocabulary learnt from data),
-        ``hashed`` (``hash(value) mod num_bins``), ``numeric`` (standardised), ``multi_valued``
+        ``hashed`` (``hash(value) mod num_bins``), ``numeric`` (standardised), ``bucketized`` (a
+        number embedded by its bucket: ``boundaries``, or ``num_buckets`` quantiles), ``multi_valued``
         (values joined by ``separator``, embedded and mean-pooled: ``"Action|Comedy"``) or
         ``history`` (the user's previous items, derived from the interactions).
       embedding_dim: width of the embedding (default: ``features.embedding_dim``).
@@ -99,6 +102,8 @@ class FeatureDeclaration:
       num_bins: hash bins of a ``hashed`` feature.
       separator: the separator of a ``multi_valued`` feature.
       log1p: standardise ``log(1 + x)`` instead of ``x`` (``numeric``; for counts and prices).
+      boundaries: increasing bucket boundaries of a ``bucketized`` feature (null: quantiles).
+      num_buckets: quantile buckets of a ``bucketized`` feature without ``boundaries``.
     """
 
     name: str = ""
@@ -111,6 +116,8 @@ class FeatureDeclaration:
     num_bins: int = 2**17
     separator: str = "|"
     log1p: bool = False
+    boundaries: Optional[Tuple[float, ...]] = None
+    num_buckets: int = 10
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -119,7 +126,11 @@ class FeatureDeclaration:
             value = getattr(self, field)
             if value is not None and value <= 0:
                 raise ValueError(f"feature {self.name!r}: `{field}` must be positive. Received: {value}")
-        for field in ("min_count", "num_bins"):
+        if self.boundaries is not None:
+            object.__setattr__(self, "boundaries", tuple(self.boundaries))
+            if not self.boundaries or any(b >= c for b, c in zip(self.boundaries, self.boundaries[1:])):
+                raise ValueError(f"feature {self.name!r}: `boundaries` must be a non-empty increasing list.")
+        for field in ("min_count", "num_bins", "num_buckets"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"feature {self.name!r}: `{field}` must be positive. Received: {getattr(self, field)}")
         if not self.separator:
@@ -129,3 +140,53 @@ class FeatureDeclaration:
     def source(self) -> str:
         """The column the feature reads."""
         return self.column or self.name
+
+
+SplitKind = Literal["leave_last_out", "time", "given"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """How the interactions are split into training data and evaluated interactions.
+
+    Attributes:
+      kind: ``leave_last_out`` (default: each user's last interaction is evaluated with the
+        history before it), ``time`` (one global cut: train on the interactions before it;
+        evaluate every later interaction of a user with history before the cut, with that
+        history) or ``given`` (train on the interactions table, evaluate each interaction of
+        ``data.test`` with the user's training history).
+      cut: ``time``: the cut, in the timestamp column's units (a number) or a date and time
+        (``2024-03-01``, ``2024-03-01T12:00:00``) for a column of dates.
+      cut_fraction: ``time``: the cut at this fraction of the time range, in (0, 1) (``0.9``:
+        the last tenth is evaluated); instead of ``cut``.
+    """
+
+    kind: SplitKind = "leave_last_out"
+    cut: Optional[Any] = None
+    cut_fraction: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cut, (datetime.date, datetime.datetime)):  # YAML reads 2024-03-01 as a date
+            object.__setattr__(self, "cut", self.cut.isoformat())
+        if self.kind != "time":
+            for name in ("cut", "cut_fraction"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"`{name}` applies only to `kind: time`, not {self.kind!r}.")
+            return
+        if (self.cut is None) == (self.cut_fraction is None):
+            raise ValueError("`kind: time` needs exactly one of `cut` (a timestamp or date) and `cut_fraction`.")
+        if self.cut_fraction is not None and not 0.0 < self.cut_fraction < 1.0:
+            raise ValueError(f"`cut_fraction` must be in (0, 1). Received: {self.cut_fraction!r}")
+        if self.cut is not None:
+            if isinstance(self.cut, bool) or not isinstance(self.cut, (int, float, str)):
+                raise ValueError(f"`cut` must be a number or a date and time. Received: {self.cut!r}")
+            if isinstance(self.cut, float) and not math.isfinite(self.cut):
+                raise ValueError(f"`cut` must be a finite number. Received: {self.cut!r}")
+            if isinstance(self.cut, str):
+                try:
+                    datetime.datetime.fromisoformat(self.cut)
+                except ValueError:
+                    raise ValueError(
+                        f"`cut` must be a number or an ISO date and time (2024-03-01, 2024-03-01T12:00:00). "
+                        f"Received: {self.cut!r}"
+                    ) from None

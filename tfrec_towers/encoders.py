@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfrec_towers.features import (
     POOLINGS,
+    BucketizedFeature,
     Feature,
     HashedFeature,
     NumericFeature,
@@ -167,6 +168,30 @@ class NumericNormalization(tf.keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "variance": self.variance, "log1p": self.log1p}
 
 
+@_register
+class BucketizedEmbedding(tf.keras.layers.Layer):
+    """``E[i]`` with ``i = #{b ∈ boundaries : b ≤ x}`` (``len(boundaries) + 1`` rows).
+
+    Call: ``values`` (int or float) of any shape ``[...]`` → ``[..., embedding_dim]``.
+    """
+
+    def __init__(self, boundaries: Sequence[float], embedding_dim: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if len(boundaries) == 0 or any(b >= c for b, c in zip(boundaries, boundaries[1:])):
+            raise ValueError(f"`boundaries` must be a non-empty increasing list. Received: {list(boundaries)}")
+        self.boundaries = [float(b) for b in boundaries]
+        self.embedding_dim = int(embedding_dim)
+        self.embedding = tf.keras.layers.Embedding(len(self.boundaries) + 1, self.embedding_dim, name="embedding")
+
+    def call(self, values: tf.Tensor) -> tf.Tensor:
+        values = tf.cast(values, tf.float32)
+        values = tf.where(tf.math.is_nan(values), tf.fill(tf.shape(values), float("-inf")), values)
+        return self.embedding(tf.raw_ops.Bucketize(input=values, boundaries=self.boundaries))
+
+    def get_config(self) -> Dict[str, Any]:
+        return {**super().get_config(), "boundaries": self.boundaries, "embedding_dim": self.embedding_dim}
+
+
 def build_embedding_tables(features: Sequence[Feature]) -> Dict[str, tf.keras.layers.Layer]:
     """One embedding layer per table name; features naming the same table get the same layer."""
     tables: Dict[str, tf.keras.layers.Layer] = {}
@@ -175,6 +200,11 @@ def build_embedding_tables(features: Sequence[Feature]) -> Dict[str, tf.keras.la
             continue
         if isinstance(feature, HashedFeature):
             tables[feature.table] = HashedEmbedding(feature.num_bins, feature.embedding_dim, name=f"{feature.table}_hashed")
+        elif isinstance(feature, BucketizedFeature):
+            if feature.boundaries is None:
+                raise ValueError(f"Feature `{feature.name}` has no boundaries: call `features.adapt` on data first.")
+            tables[feature.table] = BucketizedEmbedding(feature.boundaries, feature.embedding_dim,
+                                                        name=f"{feature.table}_buckets")
         else:
             if feature.vocabulary is None:
                 raise ValueError(f"Feature `{feature.name}` has no vocabulary: call `features.adapt` on data first.")

@@ -8,7 +8,9 @@ model turns it into a vector:
 * :class:`SequenceFeature` — multi-valued: a padded ``[B, L]`` matrix of ids (a watch history: int64
   padded with 0, or strings padded with ``""``) or a separator-joined string (``"Action|Comedy"``),
   embedded item by item and pooled under a mask;
-* :class:`NumericFeature` — ``(f(x) − mean) / std`` with ``f`` the identity or ``log1p``.
+* :class:`NumericFeature` — ``(f(x) − mean) / std`` with ``f`` the identity or ``log1p``;
+* :class:`BucketizedFeature` — a number embedded by the bucket it falls in: ``E[#{b ∈ boundaries : b ≤ x}]``,
+  the boundaries given or the quantiles of the data.
 
 Vocabularies and normalisation statistics are learnt from data by :func:`adapt` and stored in the
 declaration itself, so a :class:`FeatureSpec` written to JSON is enough to rebuild a model exactly.
@@ -145,12 +147,41 @@ class NumericFeature:
         _check_dtype(self.name, self.dtype, ("int64", "float32"))
 
 
-Feature = Union[CategoricalFeature, HashedFeature, SequenceFeature, NumericFeature]
+@dataclasses.dataclass(frozen=True)
+class BucketizedFeature:
+    """A number embedded by its bucket: ``E[i]`` with ``i = #{b ∈ boundaries : b ≤ x}``.
+
+    ``boundaries`` (increasing) are given, or learnt by :func:`adapt` as the ``num_buckets``-quantiles
+    of the data (repeated quantiles merged). ``num_buckets + 1`` rows at most; NaN falls in bucket 0.
+    """
+
+    name: str
+    dtype: NumericDtype = "float32"
+    num_buckets: int = 10
+    embedding_dim: int = 32
+    boundaries: Optional[Tuple[float, ...]] = None
+
+    def __post_init__(self) -> None:
+        _check_dtype(self.name, self.dtype, ("int64", "float32"))
+        _check_positive(self.name, "num_buckets", self.num_buckets)
+        _check_positive(self.name, "embedding_dim", self.embedding_dim)
+        if self.boundaries is not None:
+            values = np.asarray(self.boundaries, np.float64)
+            if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
+                raise ValueError(f"Feature `{self.name}`: `boundaries` must be finite and increasing. Received: {self.boundaries!r}")
+
+    @property
+    def table(self) -> str:
+        return self.name
+
+
+Feature = Union[CategoricalFeature, HashedFeature, SequenceFeature, NumericFeature, BucketizedFeature]
 _KINDS: Dict[str, type] = {
     "categorical": CategoricalFeature,
     "hashed": HashedFeature,
     "sequence": SequenceFeature,
     "numeric": NumericFeature,
+    "bucketized": BucketizedFeature,
 }
 
 
@@ -158,8 +189,9 @@ def feature_to_dict(feature: Feature) -> Dict[str, Any]:
     """JSON-ready form of a declaration, with its ``kind``."""
     kind = next(k for k, cls in _KINDS.items() if isinstance(feature, cls))
     values = dataclasses.asdict(feature)
-    if values.get("vocabulary") is not None:
-        values["vocabulary"] = list(values["vocabulary"])
+    for field in ("vocabulary", "boundaries"):
+        if values.get(field) is not None:
+            values[field] = list(values[field])
     return {"kind": kind, **values}
 
 
@@ -169,8 +201,9 @@ def feature_from_dict(values: Mapping[str, Any]) -> Feature:
     kind = values.pop("kind", None)
     if kind not in _KINDS:
         raise ValueError(f"Feature {values.get('name')!r}: `kind` must be one of {list(_KINDS)}. Received: {kind!r}")
-    if values.get("vocabulary") is not None:
-        values["vocabulary"] = tuple(values["vocabulary"])
+    for field in ("vocabulary", "boundaries"):
+        if values.get(field) is not None:
+            values[field] = tuple(values[field])
     return _KINDS[kind](**values)
 
 
@@ -203,7 +236,7 @@ class FeatureSpec:
             )
         tables: Dict[str, Feature] = {}
         for feature in self.all_features:
-            if isinstance(feature, (NumericFeature, HashedFeature)):
+            if isinstance(feature, (NumericFeature, HashedFeature, BucketizedFeature)):
                 continue
             owner = tables.setdefault(feature.table, feature)
             if owner.dtype != feature.dtype or owner.embedding_dim != feature.embedding_dim:
@@ -240,7 +273,7 @@ class FeatureSpec:
 
 
 def _tensor_spec(feature: Feature) -> tf.TensorSpec:
-    if isinstance(feature, NumericFeature):
+    if isinstance(feature, (NumericFeature, BucketizedFeature)):
         return tf.TensorSpec([None], tf.float32 if feature.dtype == "float32" else tf.int64, feature.name)
     dtype = tf.string if feature.dtype == "string" else tf.int64
     if isinstance(feature, SequenceFeature) and feature.is_matrix:
@@ -271,6 +304,16 @@ def _vocabulary(values: np.ndarray, feature: _VocabularyFeature) -> Tuple:
     return tuple(unique.tolist())
 
 
+def quantile_boundaries(values: np.ndarray, num_buckets: int) -> Tuple[float, ...]:
+    """The inner ``num_buckets``-quantiles of the finite ``values``, repeats merged (at least one)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return (0.0,)
+    inner = np.quantile(values, np.linspace(0.0, 1.0, num_buckets + 1)[1:-1]) if num_buckets > 1 else np.median(values)[None]
+    return tuple(float(b) for b in np.unique(inner))
+
+
 def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
     """Learn vocabularies and normalisation statistics from data.
 
@@ -296,14 +339,14 @@ def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
                 values = [_sequence_values(feature, c) for c in columns]
             else:
                 values = [np.asarray(c).reshape(-1) for c in columns]
-            if not isinstance(feature, (NumericFeature, HashedFeature)):
+            if not isinstance(feature, (NumericFeature, HashedFeature, BucketizedFeature)):
                 pooled.setdefault(feature.table, []).extend(values)
             else:
                 pooled[feature.name] = values
 
     owners: Dict[str, Feature] = {}
     for feature in spec.all_features:
-        if not isinstance(feature, (NumericFeature, HashedFeature)):
+        if not isinstance(feature, (NumericFeature, HashedFeature, BucketizedFeature)):
             if feature.name == feature.table or feature.table not in owners:
                 owners[feature.table] = feature
     with progress("Building vocabularies", total=len(owners), unit="vocabularies") as bar:
@@ -320,6 +363,9 @@ def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
             if feature.log1p:
                 values = np.log1p(np.maximum(values, 0.0))
             return dataclasses.replace(feature, mean=float(values.mean()), variance=float(values.var()))
+        if isinstance(feature, BucketizedFeature) and feature.boundaries is None:
+            return dataclasses.replace(feature, boundaries=quantile_boundaries(
+                np.concatenate(pooled[feature.name]), feature.num_buckets))
         return feature
 
     return FeatureSpec(
