@@ -8,6 +8,9 @@ from html.parser import HTMLParser
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import tfrec_towers  # noqa: F401
@@ -16,7 +19,15 @@ from tfrec_towers import report_data
 from tfrec_towers.config import ExperimentConfig, apply_overrides
 from tfrec_towers.evaluation import METRIC_KEYS
 from tfrec_towers.report import collect_run, compare_table, render_report, write_report
-from tfrec_towers.report_data import popularity_buckets, popularity_edges
+from tfrec_towers.report_data import (
+    catalogue_coverage,
+    popularity_buckets,
+    popularity_edges,
+    popularity_ranks,
+    popularity_top_k,
+    training_counts,
+    unseen_top_k,
+)
 from tfrec_towers.towers import compute_embeddings
 
 TINY = [
@@ -209,9 +220,15 @@ def _check_report(path, expected_plots):
     return parser
 
 
-def _metric_rows(parser):
+BASELINE = "most popular items"
+
+
+def _metric_rows(parser, baseline=False):
+    """``{run: {metric: value}}`` of the metrics table: the runs' rows, or the baseline rows."""
     header, *rows = parser.tables[0]
-    return {row[0]: {key: float(row[header.index(key)]) for key in METRIC_KEYS} for row in rows}
+    columns = [*METRIC_KEYS, "top-10 coverage"] if baseline else METRIC_KEYS
+    return {row[0]: {key: float(row[header.index(key)]) for key in columns}
+            for row in rows if row[0].startswith(BASELINE) == baseline}
 
 
 def test_one_run_report_holds_every_plot(runs, tmp_path):
@@ -296,3 +313,144 @@ def test_runs_with_the_same_directory_name_are_labelled_by_path(runs, tmp_path):
     twin = dataclasses.replace(report, run_dir=tmp_path / "elsewhere" / report.name)
     parser = _check_report(render_report([report, twin], tmp_path / "twins"), PLOTS)
     assert list(_metric_rows(parser)) == [str(report.run_dir), str(twin.run_dir)]
+
+
+def test_popularity_baseline_hand_computed():
+    # Catalogue (rows 0-5, not in id order) and training counts: c 2, a 3, f 0, b 1, e 2, d 0.
+    ids = np.array(["c", "a", "f", "b", "e", "d"], object)
+    counts = training_counts(np.array(["a", "b", "c", "a", "e", "c", "a", "e", "zz"], object), ids)
+    np.testing.assert_array_equal(counts, [2, 3, 0, 1, 2, 0])
+    targets = np.array(["d", "c", "a", "b"], object)
+    seen = [["a"], ["c", "e"], [], ["a", "c"]]  # user 1's target is also a training item: it stays ranked
+    indptr = np.r_[0, np.cumsum([len(s) for s in seen])]
+    seen_ids = np.array([i for s in seen for i in s], object)
+    # user 0: d (0) vs unseen c 2, f 0, b 1, e 2 -> 4 (ties count against it); user 1: c (2) vs a 3, f, b, d -> 1;
+    # user 2: a, the most popular -> 0; user 3: b (1) vs f 0, e 2, d 0 -> 1.
+    ranks = popularity_ranks(counts, ids, targets, indptr, seen_ids)
+    np.testing.assert_array_equal(ranks, [4, 1, 0, 1])
+    metrics = report_data.metrics_from_ranks(ranks)
+    assert metrics["HR@10"] == 1.0
+    assert metrics["NDCG@10"] == pytest.approx((1 / np.log2(6) + 2 / np.log2(3) + 1) / 4)
+    # Top 2 by count, ties by row: a, c, e, b, f, d with each user's training items (not its target) removed.
+    top = popularity_top_k(counts, ids, targets, indptr, seen_ids, k=2)
+    assert ids[top].tolist() == [["c", "e"], ["a", "c"], ["a", "c"], ["e", "b"]]
+    assert catalogue_coverage(top, len(ids)) == pytest.approx(4 / 6)
+    assert catalogue_coverage(popularity_top_k(counts, ids, targets, indptr, seen_ids, k=10), 6) == 1.0
+
+
+def test_unseen_top_k_matches_a_sorted_oracle_with_ties_and_chunks():
+    rng = np.random.default_rng(3)
+    queries = rng.integers(-2, 3, size=(11, 3)).astype(np.float32)  # small integers: many tied scores
+    candidates = rng.integers(-2, 3, size=(17, 3)).astype(np.float32)
+    ids = np.arange(100, 117)
+    targets = rng.choice(ids, size=11)
+    seen = [rng.choice(ids, size=rng.integers(0, 16), replace=False) for _ in range(11)]
+    indptr = np.r_[0, np.cumsum([len(s) for s in seen])]
+    top = unseen_top_k(queries, candidates, ids, targets, indptr, np.concatenate(seen), k=5,
+                       query_chunk=3, candidate_chunk=4)
+    scores = queries @ candidates.T
+    for u in range(11):
+        allowed = [r for r in range(17) if ids[r] == targets[u] or ids[r] not in set(seen[u].tolist())]
+        expected = sorted(allowed, key=lambda r: (-scores[u, r], r))[:5]
+        assert top[u].tolist() == expected + [-1] * (5 - len(expected))
+
+
+OWN_ITEMS = 40
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory):
+    """A 1-epoch run of own tables: a CSV log with string ids and an items table with tags and a price."""
+    root = tmp_path_factory.mktemp("own_report")
+    rng = np.random.default_rng(0)
+    items = [f"sku-{i:03d}" for i in range(OWN_ITEMS)]
+    log = pd.DataFrame([(f"user-{u}", items[rng.integers(OWN_ITEMS)], t) for u in range(60) for t in range(8)],
+                       columns=["customer", "product", "time"])
+    log.to_csv(root / "log.csv", index=False)
+    table = pd.DataFrame({"product": items, "tags": [[f"tag{(i + k) % 7}" for k in range(1 + i % 3)] for i in range(40)],
+                          "price": [1.5 + 3 * i for i in range(OWN_ITEMS)]})
+    pq.write_table(pa.Table.from_pandas(table), root / "items.parquet")
+    config = apply_overrides(ExperimentConfig(), [
+        "data.dataset=interactions", f"data.interactions.path={root / 'log.csv'}",
+        f"data.items.path={root / 'items.parquet'}", "data.interactions.user_column=customer",
+        "data.interactions.item_column=product", "data.interactions.timestamp_column=time",
+        "training.epochs=1", "training.batch_size=64", "loss.mixed_negatives=16",
+        "model.query_tower.hidden_units=[16]", "model.candidate_tower.hidden_units=[16]", "features.embedding_dim=8",
+        "model.query_tower.output_dim=8", "model.candidate_tower.output_dim=8", "model.history.max_length=5",
+        "data.max_history=5", "export.verify=false",
+    ])
+    run_dir = train(config, root / "run", verbose=0).run_dir
+    return run_dir, log, table.set_index("product"), collect_run(run_dir)
+
+
+def _own_oracle(log):
+    """Leave-last-out by hand from the log: each user's ordered items, popularity ranks of the held-out ones."""
+    ordered = log.sort_values(["customer", "time", "product"], kind="stable").groupby("customer")["product"].apply(list)
+    counts = collections.Counter(i for items in ordered for i in items[:-1])
+    ranks = {}
+    for user, items in ordered.items():
+        target, seen = items[-1], set(items[:-1])
+        others = [f"sku-{i:03d}" for i in range(OWN_ITEMS) if f"sku-{i:03d}" not in seen | {target}]
+        ranks[user] = sum(counts[o] >= counts[target] for o in others)
+    return ordered, counts, ranks
+
+
+def test_own_tables_report_shows_the_baseline_coverage_and_example_users(own_run, tmp_path):
+    run_dir, log, items, report = own_run
+    ordered, counts, ranks = _own_oracle(log)
+    users = sorted(ordered.index)
+    np.testing.assert_array_equal(report.baseline_ranks, [ranks[u] for u in users])
+    baseline = np.array([ranks[u] for u in users])
+    expected = {f"HR@{k}": np.mean(baseline < k) for k in (10, 50, 100)}
+    expected |= {f"NDCG@{k}": np.mean(np.where(baseline < k, 1 / np.log2(baseline + 2.0), 0)) for k in (10, 50, 100)}
+    # Coverage oracles: the model's top 10 from the full score matrix, the baseline's from the counts.
+    config, _, model = load_run(run_dir)
+    data = load_data(config)
+    scores = compute_embeddings(model.query_tower, data.eval_queries) @ compute_embeddings(
+        model.candidate_tower, data.candidates).T
+    catalogue = list(data.candidates["product"])
+    model_top, popular_top = set(), set()
+    for u, user in enumerate(users):
+        allowed = [r for r, i in enumerate(catalogue) if i == ordered[user][-1] or i not in set(ordered[user][:-1])]
+        model_top |= set(sorted(allowed, key=lambda r: (-scores[u, r], r))[:10])
+        popular_top |= set(sorted(allowed, key=lambda r: (-counts[catalogue[r]], r))[:10])
+    assert report.coverage == pytest.approx(len(model_top) / OWN_ITEMS)
+    assert report.baseline_coverage == pytest.approx(len(popular_top) / OWN_ITEMS)
+
+    path = write_report([run_dir], tmp_path / "own")
+    parser = _check_report(path, PLOTS)
+    header, *rows = parser.tables[0]
+    run_row = next(r for r in rows if r[0] == run_dir.name)
+    assert float(run_row[header.index("top-10 coverage")]) == pytest.approx(len(model_top) / OWN_ITEMS, abs=5e-5)
+    assert _metric_rows(parser, baseline=True) == {BASELINE: {
+        **{k: pytest.approx(v, abs=5e-5) for k, v in expected.items()},
+        "top-10 coverage": pytest.approx(len(popular_top) / OWN_ITEMS, abs=5e-5),
+    }}
+    text = path.read_text(encoding="utf-8")
+    assert "The run has no validation split" in text
+
+    examples = next(t for t in parser.tables if t[0][0] == "user")
+    assert examples[0] == ["user", "#", "recent history", "tags", "price", "top 10", "tags", "price"]
+    starts = [row for row in examples[1:] if len(row) == 8]  # a user's first row holds the user cell
+    assert len(starts) == 5 and len(examples) - 1 == 5 * 10  # 5 users, 10 recommended each (history: 5)
+    shown = 0
+    for row in examples[1:]:
+        history, recommended = row[-6:-3], row[-3:]
+        for item_id, tags, price in (history, recommended):
+            if item_id:
+                assert tags == "|".join(items.loc[item_id, "tags"]) and price == f"{items.loc[item_id, 'price']:.4g}"
+                shown += 1
+    assert shown == 5 * (5 + 10)
+    for row in starts:
+        user, held_out = row[0].split("held out: ")
+        assert held_out == ordered[user.strip()][-1]
+        assert row[2] == ordered[user.strip()][-2]  # the most recent training item first
+
+
+def test_validation_curves_are_plotted_when_the_history_has_them(own_run, tmp_path):
+    report = own_run[3]
+    validated = dataclasses.replace(report, history={**report.history, "val_loss": [3.0, 2.5], "val_HR@10": [0.1, 0.2]})
+    assert validated.validation_history == {"val_loss": [3.0, 2.5], "val_HR@10": [0.1, 0.2]}
+    path = render_report([validated], tmp_path / "validated")
+    _check_report(path, PLOTS | {"validation.png"})
+    assert "no validation split" not in path.read_text(encoding="utf-8")

@@ -1,15 +1,20 @@
-"""What a run report shows, computed from a run directory: curves, buckets, distributions.
+"""What a run report shows, computed from a run directory: curves, buckets, baselines, examples.
 
-:func:`collect_run` reads a run written by :func:`pipelines.train.train`, reloads its model and
-data, and recomputes from the held-out target ranks (DESIGN §4)
+:func:`collect_run` reads a run written by :func:`pipelines.train.train` (of any data set: the
+user's own tables, MovieLens, synthetic), reloads its model and its data
+(:func:`pipelines.sources.prepare_data`), and recomputes from the held-out target ranks
 
     HR@K   = mean_u 1[rank_u < K]                         for K = 1 … 100
     NDCG@K = mean_u 1[rank_u < K] / log2(rank_u + 2)
 
 overall and by item-popularity bucket (the training count of each query's target item: the
 sampling bias that logQ correction, Yi et al. RecSys 2019, removes shows up as low recall on rare
-items), plus the embedding norms and the score distributions. Sampling is seeded by the run's
-``training.seed``, so a report is reproducible. :func:`compare_table` reads only ``metrics.json``.
+items), plus the embedding norms and the score distributions. Beside the model it evaluates the
+most-popular-items baseline the same way (every query scores item c by its training count n_c,
+the user's training items filtered out, ties counted against the target), the catalogue coverage
+of both top-10 lists (the share of catalogue items in at least one evaluated user's top 10), and
+it picks a few users whose recent history it shows beside their top 10. Sampling is seeded by the
+run's ``training.seed``, so a report is reproducible. :func:`compare_table` reads only ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from pipelines.data import RetrievalData
+from pipelines.declarations import Declarations
+from pipelines.sources import prepare_data
 from pipelines.train import (
     CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
     VERIFICATION_FILE,
     RunError,
-    load_data,
     load_run,
 )
 from tfrec_towers.config import config_to_dict
@@ -40,6 +47,9 @@ BUCKET_KS: Tuple[int, ...] = (10, 50)
 NUM_POPULARITY_BUCKETS = 5
 NUM_SCORE_QUERIES = 1024
 NUM_SCORE_CANDIDATES = 1024
+COVERAGE_K = 10  # the list length of the coverage figures and of the example users' recommendations
+NUM_EXAMPLE_USERS = 5
+NUM_EXAMPLE_HISTORY = 10  # most recent history items shown per example user
 
 PathLike = Union[str, Path]
 
@@ -67,6 +77,38 @@ class PopularityBucket:
         return str(self.low) if self.high - self.low == 1 else f"{self.low}–{self.high - 1}"
 
 
+@dataclasses.dataclass(frozen=True)
+class ExampleItem:
+    """A catalogue item as the example users' table shows it.
+
+    Attributes:
+      id: the item id, as in the data (a string or an integer).
+      attributes: ``{column: value}`` of the item's candidate feature columns (empty for an id
+        missing from the catalogue).
+    """
+
+    id: Any
+    attributes: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleUser:
+    """One evaluated user: recent history beside the model's top list.
+
+    Attributes:
+      user: the user id (as in the data), or ``"#u"`` (the eval query's position) when the query
+        tower has no id feature.
+      held_out: the user's held-out (last) item.
+      history: up to :data:`NUM_EXAMPLE_HISTORY` training items, most recent first.
+      recommended: the model's top :data:`COVERAGE_K` unseen items, best first.
+    """
+
+    user: Any
+    held_out: ExampleItem
+    history: Tuple[ExampleItem, ...]
+    recommended: Tuple[ExampleItem, ...]
+
+
 @dataclasses.dataclass
 class RunReportData:
     """Everything a report draws for one run.
@@ -89,6 +131,14 @@ class RunReportData:
       catalogue_scores: ``float [S * C]`` ⟨q, v⟩ of the same queries with a seeded sample of C items.
       tuning: the index tuning report (``TuningResult.to_dict()``), if one was given or found.
       verification: ``verification.json`` (the fresh-process check of the export), if present.
+      coverage: share of catalogue items in at least one eval query's top :data:`COVERAGE_K`.
+      baseline_metrics: the most-popular-items baseline's HR@K / NDCG@K (the ``metrics`` keys).
+      baseline_ranks: ``int64 [U]`` the target ranks of the baseline.
+      baseline_hit_rate_curve, baseline_ndcg_curve: ``float [MAX_K]``, as for the model.
+      baseline_popularity: the baseline's hit rates in the model's popularity buckets.
+      baseline_coverage: the catalogue coverage of the baseline's top :data:`COVERAGE_K` lists.
+      item_attributes: the candidate feature columns other than the id (the examples' attributes).
+      examples: a seeded choice of :data:`NUM_EXAMPLE_USERS` eval queries with their top lists.
     """
 
     name: str
@@ -109,6 +159,21 @@ class RunReportData:
     catalogue_scores: np.ndarray
     tuning: Optional[Dict[str, Any]]
     verification: Optional[Dict[str, Any]]
+    coverage: float
+    baseline_metrics: Dict[str, float]
+    baseline_ranks: np.ndarray
+    baseline_hit_rate_curve: np.ndarray
+    baseline_ndcg_curve: np.ndarray
+    baseline_popularity: Tuple[PopularityBucket, ...]
+    baseline_coverage: float
+    item_attributes: Tuple[str, ...]
+    examples: Tuple[ExampleUser, ...]
+
+    @property
+    def validation_history(self) -> Dict[str, List[float]]:
+        """The per-epoch validation values of ``history`` (keys starting with ``val_``); empty without a
+        validation split."""
+        return {key: values for key, values in self.history.items() if key.startswith("val_")}
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -174,6 +239,143 @@ def popularity_buckets(
     return tuple(buckets)
 
 
+def rows_of(candidate_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Catalogue row of each of ``ids`` (``-1`` for an id not in the catalogue).
+
+    Args:
+      candidate_ids: ``[N]`` unique ids of the catalogue rows, in any order.
+      ids: ``[M]`` ids to look up.
+
+    Returns:
+      ``int64 [M]`` rows of ``candidate_ids``.
+    """
+    candidate_ids, ids = np.asarray(candidate_ids), np.asarray(ids)
+    if len(candidate_ids) == 0:
+        return np.full(len(ids), -1, np.int64)
+    order = np.argsort(candidate_ids, kind="stable")
+    position = np.clip(np.searchsorted(candidate_ids[order], ids), 0, len(candidate_ids) - 1)
+    return np.where(candidate_ids[order][position] == ids, order[position], -1).astype(np.int64)
+
+
+def training_counts(train_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
+    """``int64 [N]`` training interactions of every catalogue item (0 for items never trained on)."""
+    rows = rows_of(candidate_ids, train_ids)
+    return np.bincount(rows[rows >= 0], minlength=len(candidate_ids)).astype(np.int64)
+
+
+def popularity_ranks(
+    item_counts: np.ndarray, candidate_ids: np.ndarray, targets: np.ndarray, seen_indptr: np.ndarray,
+    seen_ids: np.ndarray,
+) -> np.ndarray:
+    """0-based target ranks of the most-popular-items baseline, evaluated like the model.
+
+    Every query scores item ``c`` by its training count ``n_c`` (as the 1-d embeddings query = [1],
+    item = [dense rank of n_c], exact in float32); the user's training items are filtered out and
+    ties count against the target (:func:`~tfrec_towers.evaluation.target_ranks`).
+
+    Args:
+      item_counts: ``int [N]`` training count of every catalogue item.
+      candidate_ids, targets, seen_indptr, seen_ids: as for :func:`~tfrec_towers.evaluation.target_ranks`.
+
+    Returns:
+      ``int64 [U]`` ranks.
+    """
+    _, dense_rank = np.unique(np.asarray(item_counts), return_inverse=True)
+    return target_ranks(np.ones((len(targets), 1), np.float32), dense_rank.reshape(-1, 1).astype(np.float32),
+                        candidate_ids, targets, seen_indptr, seen_ids)
+
+
+def unseen_top_k(
+    query_embeddings: np.ndarray,
+    candidate_embeddings: np.ndarray,
+    candidate_ids: np.ndarray,
+    targets: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_ids: np.ndarray,
+    k: int = COVERAGE_K,
+    query_chunk: int = 1024,
+    candidate_chunk: int = 16384,
+) -> np.ndarray:
+    """Each query's top ``k`` catalogue rows by ⟨q, v⟩, its training items other than its target filtered out.
+
+    The filter is the evaluation's (:func:`~tfrec_towers.evaluation.target_ranks`), so the lists are
+    the ones HR@K reads. Scored chunk by chunk (memory O(query_chunk × candidate_chunk)), keeping a
+    running top ``k``; ties are broken by the lower catalogue row.
+
+    Args:
+      query_embeddings: ``[U, d]``; candidate_embeddings: ``[N, d]``.
+      candidate_ids, targets, seen_indptr, seen_ids: as for :func:`~tfrec_towers.evaluation.target_ranks`.
+      k: the list length.
+      query_chunk, candidate_chunk: block sizes of the chunked scoring.
+
+    Returns:
+      ``int64 [U, min(k, N)]`` catalogue rows, best first; ``-1`` pads a query with fewer unseen items.
+    """
+    queries = np.asarray(query_embeddings, np.float32)
+    candidates = np.asarray(candidate_embeddings, np.float32)
+    num_queries, num_candidates = len(queries), len(candidates)
+    k = min(k, num_candidates)
+    target_rows = rows_of(candidate_ids, targets)
+    seen_rows = rows_of(candidate_ids, seen_ids)
+    seen_owner = np.repeat(np.arange(num_queries), np.diff(seen_indptr))
+    keep = (seen_rows >= 0) & (seen_rows != target_rows[seen_owner])
+    seen_rows, seen_owner = seen_rows[keep], seen_owner[keep]
+    top = np.full((num_queries, k), -1, np.int64)
+    for q0 in range(0, num_queries, query_chunk):
+        q1 = min(q0 + query_chunk, num_queries)
+        in_chunk = (seen_owner >= q0) & (seen_owner < q1)
+        owners, rows = seen_owner[in_chunk] - q0, seen_rows[in_chunk]
+        best_scores = np.full((q1 - q0, k), -np.inf, np.float32)
+        best_rows = np.full((q1 - q0, k), -1, np.int64)
+        for c0 in range(0, num_candidates, candidate_chunk):
+            c1 = min(c0 + candidate_chunk, num_candidates)
+            scores = queries[q0:q1] @ candidates[c0:c1].T
+            local = (rows >= c0) & (rows < c1)
+            scores[owners[local], rows[local] - c0] = -np.inf
+            all_scores = np.concatenate([best_scores, scores], axis=1)
+            all_rows = np.concatenate([best_rows, np.broadcast_to(np.arange(c0, c1), scores.shape)], axis=1)
+            kth = np.partition(all_scores, -k, axis=1)[:, [-k]]
+            query, column = np.nonzero(all_scores >= kth)  # the top k and everything tied with the k-th
+            picked_rows, picked_scores = all_rows[query, column], all_scores[query, column]
+            order = np.lexsort((np.where(picked_rows < 0, num_candidates, picked_rows), -picked_scores, query))
+            first = np.r_[0, np.cumsum(np.bincount(query, minlength=q1 - q0))[:-1]]
+            chosen = order[first[:, None] + np.arange(k)]
+            best_scores, best_rows = picked_scores[chosen], picked_rows[chosen]
+        top[q0:q1] = np.where(np.isfinite(best_scores), best_rows, -1)
+    return top
+
+
+def popularity_top_k(
+    item_counts: np.ndarray, candidate_ids: np.ndarray, targets: np.ndarray, seen_indptr: np.ndarray,
+    seen_ids: np.ndarray, k: int = COVERAGE_K,
+) -> np.ndarray:
+    """The most-popular-items baseline's top ``k`` unseen rows of each query (:func:`unseen_top_k`).
+
+    Items rank by training count, ties by the lower catalogue row.
+
+    Returns:
+      ``int64 [U, min(k, N)]`` catalogue rows, best first (``-1`` pads).
+    """
+    order = np.lexsort((np.arange(len(item_counts)), -np.asarray(item_counts)))
+    position = np.empty(len(order), np.float32)
+    position[order] = np.arange(len(order), 0, -1)  # distinct scores: the most popular item scores N
+    return unseen_top_k(np.ones((len(targets), 1), np.float32), position.reshape(-1, 1), candidate_ids, targets,
+                        seen_indptr, seen_ids, k)
+
+
+def catalogue_coverage(top_rows: np.ndarray, num_candidates: int) -> float:
+    """Share of the ``num_candidates`` catalogue rows in at least one list of ``top_rows`` (``-1`` pads)."""
+    found = np.unique(np.asarray(top_rows))
+    return float(np.sum(found >= 0) / num_candidates) if num_candidates else 0.0
+
+
+def _curves(ranks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """HR@K and NDCG@K for K = 1 … :data:`MAX_K` (entry ``K - 1``)."""
+    values = metrics_from_ranks(ranks, ks=range(1, MAX_K + 1))
+    return (np.array([values[f"HR@{k}"] for k in range(1, MAX_K + 1)]),
+            np.array([values[f"NDCG@{k}"] for k in range(1, MAX_K + 1)]))
+
+
 def _score_sample(
     queries: np.ndarray, candidates: np.ndarray, target_rows: np.ndarray, seed: int
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -183,6 +385,55 @@ def _score_sample(
     items = np.sort(rng.choice(len(candidates), size=min(NUM_SCORE_CANDIDATES, len(candidates)), replace=False))
     target = np.einsum("ud,ud->u", queries[picked], candidates[target_rows[picked]])
     return target, (queries[picked] @ candidates[items].T).ravel()
+
+
+def example_users(
+    data: RetrievalData, declarations: Declarations, top_rows: np.ndarray, seed: int,
+    count: int = NUM_EXAMPLE_USERS,
+) -> Tuple[ExampleUser, ...]:
+    """A seeded choice of ``count`` eval queries with their recent history and top list, items with attributes.
+
+    Args:
+      data: the run's split (columns under the features' names).
+      declarations: its feature declarations (the query id, the history and the candidate attributes).
+      top_rows: ``int [U, k]`` each eval query's top catalogue rows (``-1`` pads).
+      seed: the seed of the choice.
+      count: how many users (all of them when there are fewer).
+
+    Returns:
+      The users in eval-query order.
+    """
+    candidate_ids = data.candidates[data.candidate_id]
+    attributes = _item_attributes(declarations)
+    user_column = next((d.name for d in declarations.query if d.kind == "id"), None)
+    history_column = next((d.name for d in declarations.query if d.kind == "history"), None)
+
+    def item(row: int, item_id: Any) -> ExampleItem:
+        values = {} if row < 0 else {name: data.candidates[name][row] for name in attributes}
+        return ExampleItem(item_id.item() if isinstance(item_id, np.generic) else item_id, values)
+
+    def items(ids: np.ndarray) -> Tuple[ExampleItem, ...]:
+        return tuple(item(row, item_id) for row, item_id in zip(rows_of(candidate_ids, ids), ids))
+
+    picked = np.random.default_rng(seed).choice(len(data.eval_targets), size=min(count, len(data.eval_targets)),
+                                                replace=False)
+    users = []
+    for u in np.sort(picked):
+        history = np.asarray(data.eval_queries[history_column][u]) if history_column else np.zeros(0)
+        history = history[history != (0 if history.dtype.kind in "iu" else "")][::-1][:NUM_EXAMPLE_HISTORY]
+        user = data.eval_queries[user_column][u] if user_column else f"#{u}"
+        recommended = top_rows[u][top_rows[u] >= 0]
+        users.append(ExampleUser(
+            user=user.item() if isinstance(user, np.generic) else user,
+            held_out=items(data.eval_targets[u : u + 1])[0],
+            history=items(history),
+            recommended=items(candidate_ids[recommended]),
+        ))
+    return tuple(users)
+
+
+def _item_attributes(declarations: Declarations) -> Tuple[str, ...]:
+    return tuple(d.name for d in declarations.candidate if d.kind != "id")
 
 
 def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunReportData:
@@ -198,6 +449,7 @@ def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunR
 
     Raises:
       RunError: the directory is not a complete run (names the missing file).
+      FileNotFoundError, DataError: the run's data can no longer be read (the message names the table).
     """
     run_dir = Path(run_dir)
     metrics = _read_json(run_dir / METRICS_FILE, "evaluation metrics")
@@ -205,21 +457,23 @@ def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunR
     verification_path = run_dir / VERIFICATION_FILE
     verification = _read_json(verification_path, "export verification") if verification_path.is_file() else None
     config, _, model = load_run(run_dir)
-    data = load_data(config)
+    prepared = prepare_data(config)
+    data = prepared.data
 
     candidate_ids = data.candidates[data.candidate_id]
+    split = (candidate_ids, data.eval_targets, data.seen_indptr, data.seen_ids)
     queries = compute_embeddings(model.query_tower, data.eval_queries)
     candidates = compute_embeddings(model.candidate_tower, data.candidates)
-    ranks = target_ranks(queries, candidates, candidate_ids, data.eval_targets, data.seen_indptr, data.seen_ids)
+    ranks = target_ranks(queries, candidates, *split)
+    top_rows = unseen_top_k(queries, candidates, *split)
 
-    trained_ids, trained_counts = np.unique(data.train[data.candidate_id], return_counts=True)
-    position = np.clip(np.searchsorted(trained_ids, candidate_ids), 0, max(len(trained_ids) - 1, 0))
-    item_counts = np.where(trained_ids[position] == candidate_ids, trained_counts[position], 0)
-    order = np.argsort(candidate_ids, kind="stable")
-    target_rows = order[np.searchsorted(candidate_ids[order], data.eval_targets)]
+    item_counts = training_counts(data.train[data.candidate_id], candidate_ids)
+    target_rows = rows_of(candidate_ids, data.eval_targets)
     target_counts = item_counts[target_rows]
+    baseline_ranks = popularity_ranks(item_counts, *split)
 
-    curves = metrics_from_ranks(ranks, ks=range(1, MAX_K + 1))
+    hit_rate_curve, ndcg_curve = _curves(ranks)
+    baseline_hit_rate_curve, baseline_ndcg_curve = _curves(baseline_ranks)
     target_scores, catalogue_scores = _score_sample(queries, candidates, target_rows, config.training.seed)
     return RunReportData(
         name=run_dir.resolve().name,
@@ -231,8 +485,8 @@ def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunR
         metrics={key: float(metrics[key]) for key in METRIC_KEYS if key in metrics},
         ranks=ranks,
         target_counts=target_counts.astype(np.int64),
-        hit_rate_curve=np.array([curves[f"HR@{k}"] for k in range(1, MAX_K + 1)]),
-        ndcg_curve=np.array([curves[f"NDCG@{k}"] for k in range(1, MAX_K + 1)]),
+        hit_rate_curve=hit_rate_curve,
+        ndcg_curve=ndcg_curve,
         popularity=popularity_buckets(ranks, target_counts, item_counts),
         query_norms=np.linalg.norm(queries, axis=1),
         candidate_norms=np.linalg.norm(candidates, axis=1),
@@ -240,6 +494,15 @@ def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunR
         catalogue_scores=catalogue_scores,
         tuning=_find_tuning(run_dir, tuning),
         verification=verification,
+        coverage=catalogue_coverage(top_rows, len(candidate_ids)),
+        baseline_metrics=metrics_from_ranks(baseline_ranks),
+        baseline_ranks=baseline_ranks,
+        baseline_hit_rate_curve=baseline_hit_rate_curve,
+        baseline_ndcg_curve=baseline_ndcg_curve,
+        baseline_popularity=popularity_buckets(baseline_ranks, target_counts, item_counts),
+        baseline_coverage=catalogue_coverage(popularity_top_k(item_counts, *split), len(candidate_ids)),
+        item_attributes=_item_attributes(prepared.declarations),
+        examples=example_users(data, prepared.declarations, top_rows, config.training.seed),
     )
 
 

@@ -3,7 +3,9 @@
 Every plot is a matplotlib :class:`~matplotlib.figure.Figure` rendered by the Agg backend (no
 pyplot, no global state), saved next to the HTML and embedded in it as a base64 data URI, so the
 HTML file can be mailed alone. Several runs share each plot (one line or bar per run) and the
-metrics table (one row per run): this is what ``tfrec-towers compare`` renders.
+metrics table (one row per run): this is what ``tfrec-towers compare`` renders. The
+most-popular-items baseline stands beside the runs in the metrics table and the HR@K / NDCG@K
+curves; the example users' table shows what the model recommends to a few real users.
 """
 
 from __future__ import annotations
@@ -13,21 +15,30 @@ import dataclasses
 import html
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
 from tfrec_towers.evaluation import METRIC_KEYS
-from tfrec_towers.report_data import BUCKET_KS, MAX_K, RunReportData, loss_summary
+from tfrec_towers.report_data import (
+    BUCKET_KS,
+    COVERAGE_K,
+    MAX_K,
+    ExampleItem,
+    RunReportData,
+    loss_summary,
+)
 
 REPORT_FILE = "report.html"
 DPI = 100
+BASELINE = "most popular items"
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
 
@@ -58,6 +69,17 @@ def _finish(figure: Figure, *axes: Any, legend: bool = True) -> Figure:
     return figure
 
 
+def baselines(runs: Sequence[RunReportData]) -> List[Tuple[str, RunReportData]]:
+    """The distinct most-popular-items baselines of ``runs`` (one when the runs share their data),
+    each with its label and the first run it belongs to."""
+    groups: Dict[Tuple[str, int, bytes], List[RunReportData]] = {}
+    for run in runs:
+        groups.setdefault((run.data_name, run.num_candidates, run.baseline_ranks.tobytes()), []).append(run)
+    if len(groups) == 1:
+        return [(BASELINE, runs[0])]
+    return [(f"{BASELINE} ({', '.join(r.name for r in group)})", group[0]) for group in groups.values()]
+
+
 def loss_plot(runs: Sequence[RunReportData]) -> Figure:
     """Training loss per epoch, one line per run."""
     figure = Figure(figsize=(8, 4))
@@ -72,13 +94,17 @@ def loss_plot(runs: Sequence[RunReportData]) -> Figure:
 
 
 def at_k_plot(runs: Sequence[RunReportData], metric: str) -> Figure:
-    """``HR`` or ``NDCG`` against K = 1 … 100, one line per run, with a random ranking for reference."""
+    """``HR`` or ``NDCG`` against K = 1 … 100, one line per run, with the most-popular-items baseline
+    (dashed) and a random ranking for reference."""
     figure = Figure(figsize=(8, 4.5))
     (ax,) = _axes(figure)
     ks = np.arange(1, MAX_K + 1)
     for i, run in enumerate(runs):
         curve = run.hit_rate_curve if metric == "HR" else run.ndcg_curve
         ax.plot(ks, curve, color=_color(i), label=run.name)
+    for j, (label, run) in enumerate(baselines(runs)):
+        curve = run.baseline_hit_rate_curve if metric == "HR" else run.baseline_ndcg_curve
+        ax.plot(ks, curve, color=str(0.15 + 0.2 * (j % 3)), linestyle="--", label=label)
     if metric == "HR":
         ax.plot(ks, np.minimum(ks / runs[0].num_candidates, 1.0), color="0.5", linestyle=":", label="random ranking")
     ax.set_xlabel("K (length of the recommended list)")
@@ -89,7 +115,8 @@ def at_k_plot(runs: Sequence[RunReportData], metric: str) -> Figure:
 
 
 def popularity_plot(runs: Sequence[RunReportData]) -> Figure:
-    """HR@10 and HR@50 by popularity bucket of the target item: grouped bars, one bar per run.
+    """HR@10 and HR@50 by popularity bucket of the target item: grouped bars, one bar per run, and
+    a black dash per bucket for the most-popular-items baseline.
 
     The x axis holds the union of the runs' buckets (the same buckets when the runs share their data).
     """
@@ -105,6 +132,10 @@ def popularity_plot(runs: Sequence[RunReportData]) -> Figure:
         for i, run in enumerate(runs):
             x = [positions[(b.low, b.high)] - 0.4 + width * (i + 0.5) for b in run.popularity]
             ax.bar(x, [b.hit_rate[k] for b in run.popularity], width=width, color=_color(i), label=run.name)
+        for j, (label, run) in enumerate(baselines(runs)):
+            ax.scatter([positions[(b.low, b.high)] for b in run.baseline_popularity],
+                       [b.hit_rate[k] for b in run.baseline_popularity], marker="_", s=900, linewidths=2.5,
+                       color=str(0.15 + 0.2 * (j % 3)), zorder=3, label=label)
         ax.set_xticks(range(len(buckets)), labels, fontsize="small")
         ax.set_xlabel("training interactions of the held-out item")
         ax.set_ylabel(f"HR@{k}")
@@ -155,6 +186,24 @@ def scores_plot(runs: Sequence[RunReportData]) -> Figure:
     return _finish(figure, ax)
 
 
+def validation_plot(runs: Sequence[RunReportData]) -> Figure:
+    """Each validation value of the runs' histories (``val_*``) per epoch: one panel per value, one line per run."""
+    keys = sorted({key for run in runs for key in run.validation_history})
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    figure = Figure(figsize=(max(8, 4 * columns), 3.6 * rows))
+    axes = [figure.add_subplot(rows, columns, i + 1) for i in range(len(keys))]
+    for ax, key in zip(axes, keys):
+        for i, run in enumerate(runs):
+            values = run.validation_history.get(key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", color=_color(i), label=run.name)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _finish(figure, *axes)
+
+
 def frontier_plot(runs: Sequence[RunReportData]) -> Figure:
     """Index recall@k against queries per second (log scale) for the runs with a tuning report."""
     figure = Figure(figsize=(8, 4.5))
@@ -185,14 +234,18 @@ EXPLANATIONS = {
     "hit_rate": "Evaluation holds out each user's last interaction. The model scores every item of the "
     "catalogue for the user (items the user already had in training are removed) and we look where the "
     "held-out item lands. HR@K (hit rate, equal to recall@K with one target) is the share of users whose "
-    "held-out item is among the top K. Higher is better; the dotted line is what a random ranking gets.",
+    "held-out item is among the top K. Higher is better. The dashed line is the most-popular-items baseline "
+    "(every user gets the items most often interacted with in training, their own training items removed): a "
+    "model close to it has learnt little more than popularity. The dotted line is what a random ranking gets.",
     "ndcg": "NDCG@K is like HR@K but rewards hits near the top: a hit at rank r (1 = first) counts "
-    "1 / log2(r + 1), so 1 at the top, 0.63 at rank 2, 0.5 at rank 3, and nothing beyond K. Higher is better.",
+    "1 / log2(r + 1), so 1 at the top, 0.63 at rank 2, 0.5 at rank 3, and nothing beyond K. Higher is better; "
+    "the dashed line is the most-popular-items baseline.",
     "popularity": "Users grouped by how often their held-out item appears in the training data (x axis: "
     "number of training interactions of that item). Training with in-batch negatives uses popular items "
     "as negatives more often, which pushes them down the ranking; logQ correction (`loss.logq`) removes "
     "that bias, which shows as higher hit rates in the popular buckets. Items never seen in training "
-    "(bucket 0) can only be found through their features.",
+    "(bucket 0) can only be found through their features. The black dashes are the most-popular-items "
+    "baseline, which finds popular held-out items and nothing else.",
     "norms": "Lengths of the embedding vectors: of every evaluated user (query tower) and every catalogue "
     "item (candidate tower). With `l2_normalize` on (the default) every length is 1, this plot shows one "
     "spike at 1 and scores are cosine similarities. Without it, long item vectors are favoured for every "
@@ -201,6 +254,9 @@ EXPLANATIONS = {
     "fixed random sample of users: solid, the score of each user's held-out item; dashed, the scores of "
     "random catalogue items. The further the solid curve sits to the right of the dashed one, the better "
     "the model separates the right item from the rest; curves on top of each other mean it is guessing.",
+    "validation": "The values measured on the validation split after each epoch (keys starting with "
+    "`val_` in the run's history.json). A validation loss that rises while the training loss falls means "
+    "the model is overfitting: fewer epochs or more regularisation would serve it better.",
     "frontier": "The served index may be approximate (ScaNN) to answer faster. `tfrec-towers tune-index` "
     "measured each configuration: recall@k against exact search (y) and queries per second (x, log "
     "scale). The line joins the best trade-offs, the circle is the configuration chosen for the target "
@@ -209,7 +265,8 @@ EXPLANATIONS = {
 
 
 def build_plots(runs: Sequence[RunReportData]) -> List[Plot]:
-    """The report's plots; the index frontier only when a run has a tuning report."""
+    """The report's plots; the validation curves only when a run has validation values, the index
+    frontier only when a run has a tuning report."""
     plots = [
         Plot("loss.png", "Training loss", loss_plot(runs), EXPLANATIONS["loss"]),
         Plot("hit_rate_at_k.png", "Hit rate HR@K against K", at_k_plot(runs, "HR"), EXPLANATIONS["hit_rate"]),
@@ -218,6 +275,8 @@ def build_plots(runs: Sequence[RunReportData]) -> List[Plot]:
         Plot("embedding_norms.png", "Embedding norms", norms_plot(runs), EXPLANATIONS["norms"]),
         Plot("scores.png", "Score distributions", scores_plot(runs), EXPLANATIONS["scores"]),
     ]
+    if any(run.validation_history for run in runs):
+        plots.insert(1, Plot("validation.png", "Validation per epoch", validation_plot(runs), EXPLANATIONS["validation"]))
     if any(run.tuning is not None for run in runs):
         plots.append(Plot("index_frontier.png", "Index recall / throughput frontier", frontier_plot(runs),
                           EXPLANATIONS["frontier"]))
@@ -254,9 +313,78 @@ def _metrics_section(runs: Sequence[RunReportData]) -> str:
             value = run.metrics.get(key)
             text = "–" if value is None else f"{value:.4f}"
             cells.append(f"<b>{text}</b>" if len(runs) > 1 and value == best[key] else text)
-        rows.append(cells)
-    note = "<p class='note'>Best value of each column in bold.</p>" if len(runs) > 1 else ""
-    return _table(["run", "data", "loss", "epochs", "final loss", *METRIC_KEYS], rows, text_columns=3) + note
+        rows.append([*cells, f"{run.coverage:.4f}"])
+    for label, run in baselines(runs):
+        rows.append([html.escape(label), html.escape(run.data_name), "training popularity", "–", "–",
+                     *(f"{run.baseline_metrics[key]:.4f}" for key in METRIC_KEYS), f"{run.baseline_coverage:.4f}"])
+    note = (
+        f"<p class='note'>The last column is the catalogue coverage of the top {COVERAGE_K}: the share of catalogue "
+        f"items recommended in the top {COVERAGE_K} of at least one evaluated user (1 = every item reaches someone). "
+        f"<i>{BASELINE}</i> ranks every item by its number of training interactions, evaluated the same way."
+        + (" Best value of each metric among the runs in bold." if len(runs) > 1 else "") + "</p>"
+    )
+    header = ["run", "data", "loss", "epochs", "final loss", *METRIC_KEYS, f"top-{COVERAGE_K} coverage"]
+    return _table(header, rows, text_columns=3) + note
+
+
+def _validation_note(runs: Sequence[RunReportData]) -> str:
+    """A sentence for the runs without validation values (all of them: the section has no plot)."""
+    without = [run.name for run in runs if not run.validation_history]
+    if not without:
+        return ""
+    if len(without) == len(runs):
+        subject = "The run has no validation split" if len(runs) == 1 else "None of the runs has a validation split"
+        return (f"<h2>Validation per epoch</h2><p>{subject}: history.json holds no <code>val_</code> values, "
+                "so there are no validation curves.</p>")
+    return f"<p class='note'>No validation split in: {html.escape(', '.join(without))}.</p>"
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    if isinstance(value, np.ndarray):
+        return "|".join(map(str, value.tolist()))
+    return str(value)
+
+
+def _item_cells(item: Optional[ExampleItem], attributes: Sequence[str], held_out: Any = None) -> List[str]:
+    """The id cell (bold when it is the held-out item) and one cell per attribute; empty cells for no item."""
+    if item is None:
+        return [""] * (1 + len(attributes))
+    text = html.escape(str(item.id))
+    return [f"<b>{text}</b>" if held_out is not None and item.id == held_out else text,
+            *(html.escape(_format_value(item.attributes[a])) if a in item.attributes else "" for a in attributes)]
+
+
+def _examples_section(runs: Sequence[RunReportData]) -> str:
+    """Per run, a table of a few users: recent history (latest first) beside the model's top list."""
+    parts = [(
+        "<h2>Example users</h2><p class='note'>A fixed random choice of evaluated users: their most recent "
+        f"training items (latest first) beside the model's top {COVERAGE_K} (their training items removed), "
+        "with each item's attributes. The held-out item is named under the user and in bold when the model "
+        "recommends it.</p>"
+    )]
+    for run in runs:
+        if not run.examples:
+            continue
+        attributes = run.item_attributes
+        header = ["user", "#", "recent history", *attributes, f"top {COVERAGE_K}", *attributes]
+        rows = []
+        for user in run.examples:
+            length = max(len(user.history), len(user.recommended), 1)
+            for i in range(length):
+                history = user.history[i] if i < len(user.history) else None
+                recommended = user.recommended[i] if i < len(user.recommended) else None
+                first = (f"<td class='text' rowspan='{length}'>{html.escape(str(user.user))}<br><span class='note'>"
+                         f"held out: {html.escape(str(user.held_out.id))}</span></td>") if i == 0 else ""
+                cells = [str(i + 1), *_item_cells(history, attributes),
+                         *_item_cells(recommended, attributes, user.held_out.id)]
+                rows.append(first + "".join(f"<td class='text'>{c}</td>" for c in cells))
+        head = "".join(f"<th class='text'>{html.escape(h)}</th>" for h in header)
+        body = "".join(f"<tr>{row}</tr>" for row in rows)
+        title = f"<h3>{html.escape(run.name)}</h3>" if len(runs) > 1 else ""
+        parts.append(f"{title}<table class='examples'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return "".join(parts)
 
 
 def _verification_section(runs: Sequence[RunReportData]) -> str:
@@ -342,7 +470,8 @@ def _document(runs: Sequence[RunReportData], plots: Sequence[Plot], images: Dict
         "<p class='note'>A two-tower retrieval model embeds each user (query tower) and each item (candidate "
         "tower) as vectors; an item's score for a user is the dot product of the two, and the top-scored items "
         "are recommended. The figures below were computed on the held-out last interaction of every user.</p>"
-        f"<h2>Metrics</h2>{_metrics_section(runs)}{_verification_section(runs)}{figures}{_config_section(runs)}"
+        f"<h2>Metrics</h2>{_metrics_section(runs)}{_verification_section(runs)}{figures}{_validation_note(runs)}"
+        f"{_examples_section(runs)}{_config_section(runs)}"
         "</body></html>\n"
     )
 
