@@ -526,3 +526,102 @@ def test_temporary_directories_of_exports_that_died_are_removed_by_the_next_expo
     assert not stale.exists()
     assert all(path.exists() for path in live + [elsewhere, unrelated])
     assert f"Removed {stale}: the unfinished export of process {gone}, which is no longer running." in caplog.text
+
+
+# --- exclude_history: the request's history items are left out of serving_default's top k ---------
+
+
+class UserOnlyQueryTower(tf.keras.Model):
+    """Embeds the user id alone: the history is a signature input the embedding does not read, so
+    a query's true top items stay the same whatever history the request carries."""
+
+    def __init__(self, dim=DIM):
+        super().__init__()
+        self.lookup = tf.keras.layers.IntegerLookup(vocabulary=np.arange(1, 7, dtype=np.int64))
+        self.embedding = tf.keras.layers.Embedding(7, dim)
+
+    def call(self, features):
+        return self.embedding(self.lookup(features["user_id"]))
+
+
+def _histories_holding_the_top_items(top_ids, padding, outsider):
+    """Per query: its 1st, 2nd and 4th best ids, one id outside the catalogue, then padding; the last
+    query's history is all padding (nothing to exclude)."""
+    rows = [[row[0], row[1], row[3], outsider, padding] for row in top_ids.tolist()]
+    rows[-1] = [padding] * 5
+    return np.array(rows, dtype=top_ids.dtype)
+
+
+@pytest.mark.parametrize("kind", ["brute-force", "scann"])
+@pytest.mark.parametrize("string_ids", [False, True], ids=["int64 ids", "string ids"])
+def test_exclude_history_returns_k_results_outside_the_history(tmp_path, kind, string_ids):
+    tf.keras.utils.set_random_seed(4)
+    query_tower, candidate_tower = UserOnlyQueryTower(), make_candidate_tower(string_ids=string_ids)
+    cat = catalogue(string_ids=string_ids)
+    ids = cat["movie_id"]
+    users = {"user_id": np.array([1, 2, 3, 4, 5], np.int64)}
+    scores = query_tower(users).numpy() @ candidate_tower(cat).numpy().T  # the numpy reference
+    top_ids = ids[np.argsort(-scores, axis=1, kind="stable")]
+    padding, outsider = ("", "999999") if string_ids else (0, 999999)
+    history = _histories_holding_the_top_items(top_ids, padding, outsider)
+    id_dtype = tf.string if string_ids else tf.int64
+    query_spec = {"user_id": tf.TensorSpec([None], tf.int64), "history": tf.TensorSpec([None, None], id_dtype)}
+    candidate_spec = dict(CANDIDATE_SPEC, movie_id=tf.TensorSpec([None], id_dtype))
+    path = export.export_retrieval_model(
+        query_tower, candidate_tower, query_spec, candidate_spec, cat, "movie_id", tmp_path, "movies",
+        IndexConfig(kind=kind, k=K), warmup_queries=dict(users, history=history), exclude_history="history",
+    )
+
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](
+        user_id=tf.constant(users["user_id"]), history=tf.constant(history, id_dtype)
+    )
+    served_ids = served["candidate_ids"].numpy()
+    if string_ids:
+        served_ids = served_ids.astype(str)
+    assert served_ids.shape == (5, K) and served["scores"].shape == (5, K)
+    for row in range(5):
+        excluded = set(history[row].tolist()) - {padding}
+        kept = [i for i in np.argsort(-scores[row], kind="stable") if ids[i] not in excluded][:K]
+        np.testing.assert_array_equal(served_ids[row], ids[kept])
+        np.testing.assert_allclose(served["scores"].numpy()[row], scores[row][kept], rtol=1e-5, atol=1e-6)
+        assert not excluded & set(served_ids[row].tolist())
+    np.testing.assert_array_equal(served_ids[-1], top_ids[-1][:K])  # an all-padding history excludes nothing
+    assert served_ids[0][0] == top_ids[0][2]  # the best two are in the history: the third is served first
+    meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
+    assert meta["exclude_history"] == "history" and meta["index"]["kind"] == kind
+
+
+def test_exclude_history_export_passes_the_fresh_process_verification(tmp_path):
+    from tfrec_towers.verify import verify_export
+
+    cat = catalogue()
+    users = {"user_id": np.array([1, 2, 3, 4, 5], np.int64)}
+    query_tower, candidate_tower = UserOnlyQueryTower(), make_candidate_tower()
+    top_ids = MOVIE_IDS[np.argsort(-(query_tower(users).numpy() @ candidate_tower(cat).numpy().T), axis=1)]
+    query_spec = {"user_id": tf.TensorSpec([None], tf.int64), "history": tf.TensorSpec([None, None], tf.int64)}
+    path = export.export_retrieval_model(
+        query_tower, candidate_tower, query_spec, CANDIDATE_SPEC, cat, "movie_id", tmp_path, "movies",
+        IndexConfig(k=K), warmup_queries=dict(users, history=_histories_holding_the_top_items(top_ids, 0, 999999)),
+        exclude_history="history",
+    )
+    report = verify_export(path)
+    assert report["ok"], report["checks"]
+    assert report["metrics"]["recall_at_k"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "name, history_spec, error",
+    [
+        ("watched", tf.TensorSpec([None, None], tf.int64), r"Received: 'watched' \(no such query feature\)"),
+        ("history", tf.TensorSpec([None, None], tf.string), r"candidate ids \(int64 \[None, None\], .* \(string \[None, None\]\)"),
+        ("history", tf.TensorSpec([None], tf.int64), r"Received: 'history' \(int64 \[None\]\)"),
+    ],
+)
+def test_exclude_history_of_a_feature_that_is_no_id_matrix_is_refused(tmp_path, name, history_spec, error):
+    query_spec = {"user_id": tf.TensorSpec([None], tf.int64), "history": history_spec}
+    with pytest.raises(ValueError, match=error):
+        export.export_retrieval_model(
+            UserOnlyQueryTower(), make_candidate_tower(), query_spec, CANDIDATE_SPEC, catalogue(), "movie_id",
+            tmp_path, "movies", IndexConfig(k=K), exclude_history=name,
+        )
+    assert not (tmp_path / "movies").exists()

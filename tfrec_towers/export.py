@@ -2,7 +2,8 @@
 
 ``<export_base>/<model_name>/<version>/`` holds three signatures on raw features:
 
-* ``serving_default``: query features → ``candidate_ids [B, k]``, ``scores [B, k]``, best first;
+* ``serving_default``: query features → ``candidate_ids [B, k]``, ``scores [B, k]``, best first
+  (optionally without the ids of the request's history, still k of them);
 * ``query_embedding``: query features → ``embedding [B, d]``;
 * ``candidate_embedding``: candidate features → ``embedding [B, d]``;
 
@@ -17,11 +18,16 @@ ignores names that are not integers) and renamed into place, so a polling server
 model. When another export publishes the same next version first, the export takes the next free
 one. A temporary directory whose writer is gone (a ``kill -9`` of an export on this host) is removed,
 with a warning, by the next export into the same model directory.
+
+:func:`export` does it in one call for a :class:`~tfrec_towers.model.TwoTowerModel` of this package's
+towers, the signatures derived from their feature declarations; the module itself is callable as
+:func:`export` (``tfrec_towers.export(model, candidates, export_base)``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +43,7 @@ import tensorflow as tf
 
 import tfrec_towers
 from tfrec_towers import warmup
+from tfrec_towers.features import SequenceFeature, input_signature
 from tfrec_towers.index import (
     SCANN_MIN_CANDIDATES,
     IndexConfig,
@@ -77,6 +84,7 @@ METADATA_KEYS: Tuple[str, ...] = (
     "candidate_id_dtype",
     "query_input_spec",
     "candidate_input_spec",
+    "exclude_history",
     "warnings",
 )
 """The entries of ``tfrec_towers_metadata.json`` written by the export; user ``metadata`` adds others."""
@@ -93,6 +101,9 @@ class RetrievalExport(tf.Module):
       index: a :class:`~tfrec_towers.index.RetrievalIndex` over the candidate embeddings.
       query_input_spec: ``{feature: tf.TensorSpec}`` of the query signature inputs.
       candidate_input_spec: ``{feature: tf.TensorSpec}`` of the candidate signature inputs.
+      exclude_history: a query feature ``[B, L]`` of candidate ids whose ids ``serving_default``
+        leaves out of each row's top k (:meth:`~tfrec_towers.index.RetrievalIndex.search_excluding`);
+        None returns the plain top k.
     """
 
     def __init__(
@@ -102,17 +113,23 @@ class RetrievalExport(tf.Module):
         index: RetrievalIndex,
         query_input_spec: Mapping[str, tf.TensorSpec],
         candidate_input_spec: Mapping[str, tf.TensorSpec],
+        exclude_history: Optional[str] = None,
     ) -> None:
         super().__init__(name="retrieval_export")
         self.query_model = query_model
         self.candidate_model = candidate_model
         self.index = index
+        self.exclude_history = exclude_history
         self.serving_default = tf.function(self._retrieve, input_signature=[dict(query_input_spec)])
         self.query_embedding = tf.function(self._embed_queries, input_signature=[dict(query_input_spec)])
         self.candidate_embedding = tf.function(self._embed_candidates, input_signature=[dict(candidate_input_spec)])
 
     def _retrieve(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        scores, candidate_ids = self.index(self.query_model(features, training=False))
+        query_embeddings = self.query_model(features, training=False)
+        if self.exclude_history is None:
+            scores, candidate_ids = self.index(query_embeddings)
+        else:
+            scores, candidate_ids = self.index.search_excluding(query_embeddings, features[self.exclude_history])
         return {"candidate_ids": candidate_ids, "scores": scores}
 
     def _embed_queries(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -274,8 +291,10 @@ def _verification_sample(
     candidates: Features,
     candidate_embeddings: np.ndarray,
     candidate_ids: np.ndarray,
+    exclude_history: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Sample rows with the in-memory model's outputs, and the exact top-k over the whole corpus.
+    """Sample rows with the in-memory model's outputs, and the exact top-k over the whole corpus
+    (without each row's ``exclude_history`` ids when given, as ``serving_default`` returns them).
 
     The exact neighbours are computed here, where the corpus embeddings are in memory, so that the
     fresh-process check can measure the served recall without re-embedding the catalogue.
@@ -288,8 +307,15 @@ def _verification_sample(
             f"The towers disagree on the embedding dimension: `query_model` returns {query_embeddings.shape[1]}, "
             f"`candidate_model` returns {candidate_embeddings.shape[1]}."
         )
-    scores, top_ids = (t.numpy() for t in index(tf.constant(query_embeddings)))
-    exact_ids = candidate_ids[exact_top_k(query_embeddings, candidate_embeddings, index.k)[1]]
+    if exclude_history is None:
+        scores, top_ids = (t.numpy() for t in index(tf.constant(query_embeddings)))
+        exact_ids = candidate_ids[exact_top_k(query_embeddings, candidate_embeddings, index.k)[1]]
+    else:
+        history = tf.constant(sample_queries[exclude_history], index.id_dtype)
+        scores, top_ids = (t.numpy() for t in index.search_excluding(tf.constant(query_embeddings), history))
+        exact_ids = _exact_ids_excluding(
+            query_embeddings, candidate_embeddings, candidate_ids, index.k, history.numpy(), index.padding_id
+        )
 
     retrieved = top_ids[:NUM_SCORED_QUERIES, :NUM_SAMPLE_RETRIEVED].ravel()
     retrieved_positions = np.flatnonzero(np.isin(candidate_ids, retrieved))
@@ -304,6 +330,40 @@ def _verification_sample(
         "exact_top_k_candidate_ids": to_json(exact_ids),
         "index_recall": recall_at_k(top_ids, exact_ids),
     }
+
+
+def _exact_ids_excluding(
+    query_embeddings: np.ndarray,
+    candidate_embeddings: np.ndarray,
+    candidate_ids: np.ndarray,
+    k: int,
+    history: np.ndarray,
+    padding_id: object,
+) -> np.ndarray:
+    """The exact top-k ids of each row without its ``history`` ids (0 / ``b""`` entries excluding
+    nothing), padded with ``padding_id`` when fewer than k remain: ``[num_queries, k]``."""
+    width = min(k + history.shape[1], len(candidate_ids))
+    ranked = candidate_ids[exact_top_k(query_embeddings, candidate_embeddings, width)[1]]
+    rows = []
+    for row_ids, row_history in zip(ranked.tolist(), history.tolist()):
+        excluded = set(row_history) - {0, b""}
+        kept = [i for i in row_ids if i not in excluded][:k]
+        rows.append(kept + [padding_id] * (k - len(kept)))
+    return np.array(rows, dtype=candidate_ids.dtype).reshape(len(rows), k)
+
+
+def _check_history_feature(
+    exclude_history: str, query_spec: Mapping[str, tf.TensorSpec], id_spec: tf.TensorSpec
+) -> None:
+    """``exclude_history`` names a query feature ``[None, None]`` of the candidate id dtype."""
+    spec = query_spec.get(exclude_history)
+    if spec is None or spec.shape.rank != 2 or spec.dtype != id_spec.dtype:
+        received = "no such query feature" if spec is None else f"{spec.dtype.name} {spec.shape.as_list()}"
+        raise ValueError(
+            f"`exclude_history` must name a query feature holding candidate ids ({id_spec.dtype.name} "
+            f"[None, None], one history per row); the query features are {sorted(query_spec)}. "
+            f"Received: {exclude_history!r} ({received})"
+        )
 
 
 def _existing_versions(model_dir: Path) -> List[int]:
@@ -448,6 +508,7 @@ def export_retrieval_model(
     warmup_queries: Optional[Mapping[str, np.ndarray]] = None,
     *,
     embedding_batch_size: int = 4096,
+    exclude_history: Optional[str] = None,
 ) -> Path:
     """Embeds the catalogue, builds the index and writes ``<export_base>/<model_name>/<version>/``.
 
@@ -475,6 +536,10 @@ def export_retrieval_model(
         measures recall, latency and throughput (pass a few hundred held-out queries for a
         meaningful recall); ``None`` uses zero / empty-string placeholder rows.
       embedding_batch_size: catalogue rows per ``candidate_model`` call.
+      exclude_history: a query feature ``[None, None]`` of candidate ids (the user's history,
+        padded with 0 or ""): ``serving_default`` then retrieves ``k + L`` candidates for a history of
+        width ``L`` and returns the best k whose ids are not in the row's history (still k results).
+        None (the default) returns the plain top k.
 
     Returns:
       The path of the written version directory.
@@ -482,7 +547,8 @@ def export_retrieval_model(
     Raises:
       ValueError: on inconsistent specs, columns, towers, ``metadata`` keys or ``version``; on an
         empty catalogue, repeated candidate ids (naming some) or a candidate id column whose dtype
-        is not the spec's. Nothing is written then.
+        is not the spec's; on an ``exclude_history`` that is not a query id matrix of the candidate
+        id dtype. Nothing is written then.
       NotADirectoryError: if ``export_base`` or ``<export_base>/<model_name>`` is a file.
       FileExistsError: if ``version`` already exists (as a directory or a file), or another
         export publishes it while this one is written.
@@ -495,6 +561,8 @@ def export_retrieval_model(
         )
     if candidate_spec[candidate_id].dtype not in (tf.int64, tf.string) or candidate_spec[candidate_id].shape.rank != 1:
         raise ValueError(f"`candidate_id` {candidate_id!r} must be an int64 or string feature of shape [None].")
+    if exclude_history is not None:
+        _check_history_feature(exclude_history, query_spec, candidate_spec[candidate_id])
     if isinstance(embedding_batch_size, bool) or not isinstance(embedding_batch_size, int) or embedding_batch_size <= 0:
         raise ValueError(f"`embedding_batch_size` must be a positive int. Received: {embedding_batch_size!r}")
     collisions = sorted(set(metadata or {}) & set(METADATA_KEYS))
@@ -532,7 +600,7 @@ def export_retrieval_model(
     for warning in warnings:
         logger.warning("Export %s/%s: %s", model_name, version, warning)
     sample = _verification_sample(
-        query_model, retrieval_index, sample_queries, catalogue, candidate_embeddings, candidate_ids
+        query_model, retrieval_index, sample_queries, catalogue, candidate_embeddings, candidate_ids, exclude_history
     )
     description: Dict[str, Any] = {
         "model_name": model_name,
@@ -547,10 +615,11 @@ def export_retrieval_model(
         "candidate_id_dtype": retrieval_index.id_dtype.name,
         "query_input_spec": _spec_to_json(query_spec),
         "candidate_input_spec": _spec_to_json(candidate_spec),
+        "exclude_history": exclude_history,
         "warnings": warnings,
     }
     description.update(metadata or {})
-    module = RetrievalExport(query_model, candidate_model, retrieval_index, query_spec, candidate_spec)
+    module = RetrievalExport(query_model, candidate_model, retrieval_index, query_spec, candidate_spec, exclude_history)
     warmup_inputs = {
         "serving_default": take_feature_rows(sample_queries, slice(0, NUM_WARMUP_ROWS)),
         "query_embedding": take_feature_rows(sample_queries, slice(0, NUM_WARMUP_ROWS)),
@@ -608,3 +677,100 @@ def write_export(
         (directory / "assets.extra" / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + "\n")
 
     return _write_atomically(model_dir, version, write, label, next_free)
+
+
+def history_feature_name(query_tower: tf.keras.Model) -> str:
+    """The history feature of a :class:`~tfrec_towers.towers.Tower`: ``history.feature``, an id matrix.
+
+    Raises:
+      ValueError: the tower has no ``[B, L]`` id sequence feature of that name.
+    """
+    name = getattr(getattr(query_tower, "history", None), "feature", None)
+    feature = next((f for f in getattr(query_tower, "features", ()) if f.name == name), None)
+    if not isinstance(feature, SequenceFeature) or not feature.is_matrix:
+        raise ValueError(
+            f"`exclude_history` needs a query tower with a history of candidate ids: a SequenceFeature id matrix "
+            f"named {name!r} (the tower's `history.feature`). The query features are "
+            f"{[f.name for f in getattr(query_tower, 'features', ())]}."
+        )
+    return name
+
+
+def _columns(argument: str, table: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> Dict[str, Any]:
+    """The columns of ``table`` (a dict of arrays or a DataFrame) that ``specs`` declares; others are dropped."""
+    missing = sorted(name for name in specs if name not in table)
+    if missing:
+        raise ValueError(f"`{argument}` lacks the tower's features {missing}; it has {sorted(table)}.")
+    return {name: np.asarray(table[name]) for name in specs}
+
+
+def export_model(
+    model: tf.keras.Model,
+    candidates: Mapping[str, Any],
+    export_base: Union[str, Path],
+    *,
+    index: Union[str, IndexConfig] = "brute-force",
+    k: Optional[int] = None,
+    model_name: str = "tfrec_towers",
+    warmup_queries: Optional[Mapping[str, Any]] = None,
+    exclude_history: bool = False,
+) -> Path:
+    """Exports a trained two-tower model in one call: ``<export_base>/<model_name>/<version>/``.
+
+    The signatures' inputs are the towers' feature declarations
+    (:func:`~tfrec_towers.features.input_signature`), ``serving_default`` returns values of the
+    model's ``candidate_id``; the rest is :func:`export_retrieval_model`.
+
+    Args:
+      model: a :class:`~tfrec_towers.model.TwoTowerModel` of :class:`~tfrec_towers.towers.Tower` s
+        (e.g. :func:`tfrec_towers.build.build_model`), trained.
+      candidates: the catalogue to index, one row per candidate: a dict of numpy columns or a
+        DataFrame holding at least the candidate tower's features (other columns are ignored).
+      export_base: the directory TF Serving's ``base_path`` points above (created if missing).
+      index: ``"brute-force"`` (exact, stock TF Serving), ``"scann"`` (ScaNN parameters derived from
+        the corpus size) or a full :class:`~tfrec_towers.index.IndexConfig`.
+      k: candidates per query, at least 1; default the ``IndexConfig``'s ``k``, 100 for a kind
+        given by name.
+      model_name: the model's directory name (TF Serving's model name).
+      warmup_queries: real query rows with at least the query tower's features (other columns are
+        ignored), for the warm-up requests and the verification sample; None uses placeholders.
+      exclude_history: remove the query's history items (the query tower's ``history.feature``)
+        from ``serving_default``'s top k, still k results.
+
+    Returns:
+      The path of the written version directory.
+
+    Raises:
+      TypeError: ``model`` has no towers with feature declarations (use :func:`export_retrieval_model`
+        with explicit input specs for other towers).
+      ValueError: an invalid ``index`` or ``k``, a missing column, or ``exclude_history`` without
+        a history of the candidate ids' dtype; see also :func:`export_retrieval_model`.
+      NotADirectoryError, FileExistsError: see :func:`export_retrieval_model`.
+    """
+    towers = [getattr(model, name, None) for name in ("query_tower", "candidate_tower")]
+    if not all(hasattr(tower, "features") for tower in towers) or not hasattr(model, "candidate_id"):
+        raise TypeError(
+            "`model` must be a TwoTowerModel whose towers declare their features (tfrec_towers.build_model, "
+            f"tfrec_towers.build_towers). Received: {type(model).__name__}; export other towers with "
+            "`export_retrieval_model` and explicit input specs."
+        )
+    query_tower, candidate_tower = towers
+    if isinstance(index, IndexConfig):
+        index_config = index if k is None else dataclasses.replace(index, k=k)
+    else:
+        index_config = IndexConfig(kind=index, k=100 if k is None else k)
+    query_spec, candidate_spec = input_signature(query_tower.features), input_signature(candidate_tower.features)
+    return export_retrieval_model(
+        query_model=query_tower,
+        candidate_model=candidate_tower,
+        query_input_spec=query_spec,
+        candidate_input_spec=candidate_spec,
+        candidates=_columns("candidates", candidates, candidate_spec),
+        candidate_id=model.candidate_id,
+        export_base=export_base,
+        model_name=model_name,
+        index=index_config,
+        warmup_queries=None if warmup_queries is None else _columns("warmup_queries", warmup_queries, query_spec),
+        exclude_history=history_feature_name(query_tower) if exclude_history else None,
+    )
+

@@ -10,6 +10,8 @@ An index is chosen by name through :class:`IndexConfig` and built by :func:`buil
 
 Both return ``(scores [batch, k], candidate_ids [batch, k])``, best first, and hold the corpus in
 non-trainable variables, so they save with ``tf.saved_model.save`` and serve without this package.
+:meth:`RetrievalIndex.search_excluding` returns the best k whose ids are not in each row's list of
+excluded ids (a user's history), still k per row.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
-from typing import Callable, Dict, Literal, Optional, Tuple
+from typing import Callable, Dict, Literal, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -308,7 +310,9 @@ def recall_at_k(found_ids: np.ndarray, exact_ids: np.ndarray) -> float:
 class RetrievalIndex(tf.Module):
     """Base of the indexes: holds the candidate ids and maps query embeddings to the top k.
 
-    Subclasses implement ``_search(query_embeddings [batch, dim]) -> (scores, ids)`` in TensorFlow.
+    Subclasses implement ``_search(query_embeddings [batch, dim], num_neighbors) -> (scores, ids)``
+    (``[batch, num_neighbors]`` each, ``num_neighbors`` an int or a scalar int32 tensor, at most N) in
+    TensorFlow.
     """
 
     def __init__(self, config: IndexConfig, candidate_ids: np.ndarray, embedding_dim: int, name: str) -> None:
@@ -340,9 +344,43 @@ class RetrievalIndex(tf.Module):
         Returns:
           ``(scores float32 [batch, k], candidate_ids [batch, k])``, best first.
         """
-        return self._search(query_embeddings)
+        return self._search(query_embeddings, self.k)
 
-    def _search(self, query_embeddings: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    def search_excluding(self, query_embeddings: tf.Tensor, excluded_ids: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Top-k candidates by dot product whose ids are not in the row's ``excluded_ids``.
+
+        Retrieves ``min(k + L, N)`` candidates, drops those whose id is among the row's ``L``
+        excluded ids, and keeps the best ``k`` that remain, so a history of ``L`` items still
+        leaves ``k`` results. Excluded entries equal to ``0`` or ``""`` (a history's padding) exclude
+        nothing.
+
+        Args:
+          query_embeddings: ``float32 [batch, dim]``.
+          excluded_ids: ``[batch, L]`` ids in the candidate id dtype (``L`` may be 0).
+
+        Returns:
+          ``(scores float32 [batch, k], candidate_ids [batch, k])``, best first; when fewer than k
+          candidates remain, the last slots hold :data:`PADDING_SCORE` and the padding id.
+        """
+        padding_id = tf.constant(self.padding_id, self.id_dtype)
+        history_padding = tf.constant(0 if self.id_dtype == tf.int64 else b"", self.id_dtype)
+        width = tf.shape(excluded_ids)[1]
+        scores, ids = self._search(query_embeddings, tf.minimum(self.k + width, self.num_candidates))
+        counted = tf.not_equal(excluded_ids, history_padding)[:, tf.newaxis, :]
+        matches = tf.equal(ids[:, :, tf.newaxis], excluded_ids[:, tf.newaxis, :]) & counted
+        dropped = tf.reduce_any(matches, axis=2)  # [batch, min(k + L, N)]
+        # The kept positions first, in their (best-first) order, then the dropped ones.
+        order = tf.argsort(tf.cast(dropped, tf.int32), axis=1, stable=True)[:, : self.k]
+        kept = tf.logical_not(tf.gather(dropped, order, batch_dims=1))
+        scores = tf.where(kept, tf.gather(scores, order, batch_dims=1), PADDING_SCORE)
+        ids = tf.where(kept, tf.gather(ids, order, batch_dims=1), padding_id)
+        scores.set_shape([None, self.k])
+        ids.set_shape([None, self.k])
+        return scores, ids
+
+    def _search(
+        self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
         """The subclass's search (brute force or ScaNN); this base class has none."""
         raise NotImplementedError(f"{type(self).__name__} must implement `_search`.")
 
@@ -355,9 +393,11 @@ class BruteForceIndex(RetrievalIndex):
         self.candidate_embeddings = tf.Variable(candidate_embeddings, trainable=False, name="candidate_embeddings")
         self._trace()
 
-    def _search(self, query_embeddings: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    def _search(
+        self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
         scores = tf.linalg.matmul(query_embeddings, self.candidate_embeddings, transpose_b=True)
-        top_scores, top_indices = tf.math.top_k(scores, k=self.k)
+        top_scores, top_indices = tf.math.top_k(scores, k=num_neighbors)
         return top_scores, tf.gather(self.candidate_ids, top_indices)
 
 
@@ -408,14 +448,17 @@ class ScannIndex(RetrievalIndex):
         self.searcher_state = searcher.serialize_to_module()
         self._trace()
 
-    def _search(self, query_embeddings: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        return self.search(query_embeddings)
+    def _search(
+        self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
+        return self.search(query_embeddings, num_neighbors=num_neighbors)
 
     def search(
         self,
         query_embeddings: tf.Tensor,
         num_leaves_to_search: Optional[int] = None,
         num_reordering_candidates: Optional[int] = None,
+        num_neighbors: Union[int, tf.Tensor, None] = None,
     ) -> Tuple[tf.Tensor, tf.Tensor]:
         """Top-k with the built searcher, optionally overriding its search-time parameters.
 
@@ -427,19 +470,22 @@ class ScannIndex(RetrievalIndex):
           query_embeddings: ``float32 [batch, dim]``.
           num_leaves_to_search: leaves scored per query (default ``config.num_leaves_to_search``).
           num_reordering_candidates: candidates re-scored exactly (default ``reordering_multiplier · k``,
-            at most N).
+            at most N; at least ``num_neighbors``).
+          num_neighbors: candidates returned per query, an int or a scalar int32 tensor, at most N
+            (default k).
 
         Returns:
-          ``(scores float32 [batch, k], candidate_ids [batch, k])``, best first; slots ScaNN
-          could not fill hold :data:`PADDING_SCORE` and the padding id.
+          ``(scores float32 [batch, num_neighbors], candidate_ids [batch, num_neighbors])``, best
+          first; slots ScaNN could not fill hold :data:`PADDING_SCORE` and the padding id.
         """
         leaves = num_leaves_to_search or self.config.num_leaves_to_search
         reordering = num_reordering_candidates or self.config.num_reordering_candidates
+        neighbors = self.k if num_neighbors is None else num_neighbors
         searcher = _scann_ops().searcher_from_module(self.searcher_state)
         result = searcher.search_batched_parallel(
             query_embeddings,
-            final_num_neighbors=self.k,
-            pre_reorder_num_neighbors=min(self.num_candidates, reordering),
+            final_num_neighbors=neighbors,
+            pre_reorder_num_neighbors=tf.minimum(self.num_candidates, tf.maximum(reordering, neighbors)),
             leaves_to_search=leaves,
         )
         # ScaNN returns only the candidates it found (NaN distance, index 0 for empty slots).
@@ -447,11 +493,12 @@ class ScannIndex(RetrievalIndex):
         padding_id = tf.constant(self.padding_id, self.id_dtype)
         scores = tf.where(found, result.distances, PADDING_SCORE)
         ids = tf.where(found, tf.gather(self.candidate_ids, result.indices), padding_id)
-        missing = [[0, 0], [0, self.k - tf.shape(scores)[1]]]
+        missing = [[0, 0], [0, neighbors - tf.shape(scores)[1]]]
         scores = tf.pad(scores, missing, constant_values=PADDING_SCORE)
         ids = tf.pad(ids, missing, constant_values=padding_id)
-        scores.set_shape([None, self.k])
-        ids.set_shape([None, self.k])
+        width = neighbors if isinstance(neighbors, int) else None
+        scores.set_shape([None, width])
+        ids.set_shape([None, width])
         return scores, ids
 
 

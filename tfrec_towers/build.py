@@ -1,0 +1,132 @@
+"""The default model in one call: towers from the feature declarations, the configured loss, compiled.
+
+:func:`build_model` is what ``tfrec-towers train`` trains, for users who bring their own ``tf.data``
+pipeline: ``model.fit(dataset)`` on batches of raw features (optionally ``(features, sample_weight)``)
+then trains the benchmarked default loss, in-batch softmax with logQ correction from the training
+counts (Yi et al., RecSys 2019) plus mixed negatives drawn from the catalogue (Yang et al., WWW 2020),
+unless ``config.loss`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig
+from tfrec_towers.features import FeatureSpec
+from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
+from tfrec_towers.model import TwoTowerModel, build_towers
+
+OPTIMIZERS = {
+    "adam": tf.keras.optimizers.Adam,
+    "adagrad": tf.keras.optimizers.Adagrad,
+    "sgd": tf.keras.optimizers.SGD,
+}
+"""``training.optimizer`` → its Keras optimizer class."""
+
+
+def make_optimizer(training: TrainingConfig) -> tf.keras.optimizers.Optimizer:
+    """The configured optimizer (``training.optimizer``) at ``training.learning_rate``."""
+    return OPTIMIZERS[training.optimizer](learning_rate=training.learning_rate)
+
+
+def training_data_needs(loss: LossConfig) -> Dict[str, str]:
+    """The parts of ``loss`` that read the training data: counts of its ids, draws from its corpus.
+
+    Returns:
+      ``{argument of build_model: what the loss reads from it}``: ``training_ids`` for
+      ``logq='counts'``, ``corpus`` for mixed negatives; empty when the loss reads no data.
+    """
+    needs = {}
+    if loss.logq == "counts":
+        needs["training_ids"] = "`loss.logq`='counts' counts the training data's candidate ids"
+    if loss.mixed_negatives:
+        needs["corpus"] = f"`loss.mixed_negatives`={loss.mixed_negatives} draws negatives from its candidate corpus"
+    return needs
+
+
+def _corpus_columns(spec: FeatureSpec, corpus: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """The candidate features' columns of ``corpus`` (a dict of arrays or a DataFrame)."""
+    missing = [f.name for f in spec.candidate if f.name not in corpus]
+    if missing:
+        raise ValueError(
+            f"`corpus` must hold the candidate features {[f.name for f in spec.candidate]}; it lacks {missing}."
+        )
+    return {f.name: np.asarray(corpus[f.name]) for f in spec.candidate}
+
+
+def build_model(
+    spec: FeatureSpec,
+    config: ExperimentConfig = ExperimentConfig(),
+    *,
+    training_ids: Optional[np.ndarray] = None,
+    corpus: Optional[Mapping[str, Any]] = None,
+    sample_weight_feature: Optional[str] = None,
+    for_inference: bool = False,
+) -> TwoTowerModel:
+    """Towers from the adapted spec and the configured loss (``config.loss``), compiled with
+    ``config.training``'s optimizer; only the towers with ``for_inference``.
+
+    Args:
+      spec: the adapted feature spec (:func:`tfrec_towers.features.adapt`).
+      config: the experiment configuration (its ``model``, ``loss`` and ``training`` sections);
+        the default is the product's default model.
+      training_ids: ``[num_examples]`` the candidate id of every training example, which
+        ``loss.logq: counts`` counts (required then).
+      corpus: the candidate catalogue, one row per candidate, with the candidate features' columns
+        (a dict of arrays or a DataFrame; other columns are ignored), from which
+        ``loss.mixed_negatives`` draws (required then).
+      sample_weight_feature: a feature of the training batches holding each example's weight in
+        the loss; batches of ``(features, sample_weight)`` are weighted without it.
+      for_inference: build only the towers, to restore trained weights into: the model holds no
+        loss state and is not compiled, so it cannot be trained by mistake with a loss other than
+        the configured one. ``training_ids`` and ``corpus`` are then not used.
+
+    Returns:
+      A :class:`~tfrec_towers.model.TwoTowerModel`: ``model.fit`` trains it,
+      ``model.query_tower`` / ``model.candidate_tower`` embed raw features.
+
+    Raises:
+      ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
+        the configured loss reads the training data and ``training_ids`` or ``corpus`` is None.
+      ValueError: ``corpus`` lacks a candidate feature, or invalid towers (their output
+        dimensions differ).
+    """
+    if config.training.example_format == "every_position" and not config.model.history.is_sequential:
+        raise ConfigError(
+            "`training.example_format` 'every_position' needs a sequence `model.history.encoder` "
+            "(mean, attention, gru or transformer), not 'pooling'."
+        )
+    query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, config.model.history)
+    if for_inference:
+        return TwoTowerModel(query, candidate, spec.candidate_id)
+    given = {"training_ids": training_ids, "corpus": corpus}
+    missing = {name: why for name, why in training_data_needs(config.loss).items() if given[name] is None}
+    if missing:
+        wanted = {
+            "training_ids": "`training_ids` (the candidate id of every training example)",
+            "corpus": "`corpus` (the candidate catalogue's feature columns)",
+        }
+        raise ConfigError(
+            f"The configured loss reads the training data ({'; '.join(missing.values())}): pass "
+            f"{' and '.join(wanted[name] for name in missing)} to train, or `for_inference=True` for a model "
+            "that only restores trained towers."
+        )
+    columns = None if corpus is None else _corpus_columns(spec, corpus)
+    task = build_retrieval_task(
+        config.loss,
+        config.model.temperature,
+        config.model.query_tower.output_dim,
+        spec.candidate_id_feature.dtype,
+        training_ids=None if training_ids is None else np.asarray(training_ids),
+        corpus_size=0 if columns is None else len(columns[spec.candidate_id]),
+    )
+    sampler = None
+    if columns is not None:
+        sampler = build_mixed_sampler(config.loss, columns, spec.candidate_id, seed=config.training.seed)
+    model = TwoTowerModel(query, candidate, spec.candidate_id, task=task, mixed_negatives=sampler,
+                          sample_weight_feature=sample_weight_feature)
+    model.compile(optimizer=make_optimizer(config.training))
+    return model
