@@ -16,7 +16,10 @@ warning naming the one skipped); a different configuration is refused, naming th
 :class:`ResumableTraining` is the Keras callback that saves on the schedule (every
 ``training.checkpoint_every_steps`` steps, every ``training.checkpoint_every_seconds`` seconds and
 at every epoch end), stops at a non-finite loss without saving it, and on SIGINT finishes the
-batch, saves and stops; :func:`fit_resumably` runs ``model.fit`` with it.
+batch, saves and stops; :func:`fit_resumably` runs ``model.fit`` with it. With early stopping
+(:class:`~pipelines.validation.EarlyStopping`) it also stops when the validation metric of the
+history has stopped improving, keeps the best epoch's model in ``checkpoints/best/`` and ends
+training with it; a resumed run re-derives the decision from the checkpoint's history.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectG
 
 from pipelines.data import num_rows
 from pipelines.dataset import epoch_batches, steps_per_epoch
+from pipelines.validation import EarlyStopping
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, config_to_dict
 from tfrec_towers.export import placeholder_features
 from tfrec_towers.features import input_signature
@@ -52,6 +56,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"  # inside the .partial directory; removed once the run has succeeded
 MAX_TO_KEEP = 2
+BEST_DIR = "best"  # inside checkpoints/: the best epoch's model under early stopping, `epoch-<N>`
 TOWERS = ("query_tower", "candidate_tower")
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the object graph every tf.train.Checkpoint holds
 
@@ -284,6 +289,10 @@ class ResumableTraining(tf.keras.callbacks.Callback):
       every_seconds: save when this many seconds passed since the last save (0: off).
       restore_from: the checkpoints to resume from, when not ``directory`` (a non-chief worker
         resumes from the chief's and writes its own, discarded, copies).
+      early_stopping: after each epoch's logs are added to :attr:`history` (they must hold its
+        metric: put the validation callback before this one), keep the model if the epoch is the
+        best so far (``directory/best/epoch-<N>``, or in memory without ``directory``) and stop
+        training when it says so; :meth:`restore_best` then restores the best epoch's model.
 
     Raises:
       RunError: the checkpoint to resume does not fit the model, or none can be read.
@@ -298,9 +307,14 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         every_steps: int = 0,
         every_seconds: float = 0.0,
         restore_from: Optional[Path] = None,
+        early_stopping: Optional[EarlyStopping] = None,
     ) -> None:
         super().__init__()
         self.per_epoch, self.epochs = per_epoch, epochs
+        self.early_stopping = early_stopping
+        self._model = model
+        self._best_weights: Optional[List[np.ndarray]] = None  # without a directory
+        self._best_dirs = [d / BEST_DIR for d in (directory, restore_from) if d is not None]
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self.progress = TrainingProgress()
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, progress=self.progress)
@@ -378,7 +392,56 @@ class ResumableTraining(tf.keras.callbacks.Callback):
             return
         for key, value in (logs or {}).items():
             self.progress.history.setdefault(key, []).append(float(value))
+        if self.early_stopping is not None:
+            best, stop = self.early_stopping.decide(self.progress.history)
+            finished = len(self.progress.history[self.early_stopping.metric])
+            if best == finished - 1:
+                self._keep_best(best)
+            if stop:
+                logger.info("Early stopping after epoch %d: %s has not improved since epoch %d.",
+                            finished, self.early_stopping.metric, best + 1)
+                self.model.stop_training = True
         self._save()
+
+    def stopped_early(self) -> bool:
+        """Whether early stopping has ended training, by the history of the finished epochs."""
+        return self.early_stopping is not None and self.early_stopping.decide(self.progress.history)[1]
+
+    def _keep_best(self, epoch: int) -> None:
+        """Keeps the model of ``epoch`` (0-based), the best so far: a file beside the checkpoints, or in memory."""
+        if self.manager is None:
+            self._best_weights = self._model.get_weights()
+            return
+        best = Path(self.manager.directory) / BEST_DIR
+        tf.train.Checkpoint(model=self._model).write(str(best / f"epoch-{epoch + 1}"))
+        for stale in best.glob("epoch-*"):
+            if not stale.name.startswith(f"epoch-{epoch + 1}."):
+                stale.unlink()
+
+    def restore_best(self) -> None:
+        """Restores the best epoch's model (under early stopping, once there is a best epoch).
+
+        Raises:
+          RunError: the best epoch's model was not kept (its file is missing).
+        """
+        if self.early_stopping is None:
+            return
+        best, _ = self.early_stopping.decide(self.progress.history)
+        if best is None:
+            return
+        if self._best_weights is not None:
+            self._model.set_weights(self._best_weights)
+            return
+        for directory in self._best_dirs:
+            path = directory / f"epoch-{best + 1}"
+            if Path(f"{path}.index").exists():
+                tf.train.Checkpoint(model=self._model).read(str(path)).expect_partial()
+                logger.info("Restored the model of epoch %d, the best by %s.", best + 1, self.early_stopping.metric)
+                return
+        raise RunError(
+            f"The model of epoch {best + 1}, the best by {self.early_stopping.metric}, is not in "
+            f"{' or '.join(str(d) for d in self._best_dirs) or 'memory'}; delete the run's checkpoints to start over."
+        )
 
     @contextlib.contextmanager
     def catching_sigint(self) -> Iterator[None]:
@@ -413,6 +476,8 @@ def fit_resumably(
     verbose: int = 1,
     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
     restore_from: Optional[Path] = None,
+    epoch_callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+    early_stopping: Optional[EarlyStopping] = None,
 ) -> Tuple[Dict[str, List[float]], int]:
     """``model.fit`` for ``training.epochs`` epochs of :func:`~pipelines.dataset.epoch_batches`, resumable.
 
@@ -429,11 +494,15 @@ def fit_resumably(
       verbose: Keras's verbosity.
       callbacks: Keras callbacks, called after the checkpointing one.
       restore_from: see :class:`ResumableTraining`.
+      epoch_callbacks: Keras callbacks called before the checkpointing one, so the logs they add
+        at an epoch's end (validation metrics) are in the saved history.
+      early_stopping: stop when its metric (added by an ``epoch_callbacks`` one) stops improving
+        and end with the best epoch's model; a resumed run that had stopped trains no further.
 
     Returns:
       ``(history, steps)``: the logs of every epoch (``{name: [value per epoch]}``), and the steps
-      trained by this call. The towers hold the trained weights, also when a finished run was
-      resumed with nothing left to train.
+      trained by this call. The towers hold the trained weights (the best epoch's under early
+      stopping), also when a finished run was resumed with nothing left to train.
 
     Raises:
       TrainingInterrupted: Ctrl-C stopped training; the message names the checkpoint.
@@ -445,7 +514,8 @@ def fit_resumably(
     every_seconds = 0.0 if training.distribute == "multi_worker" else training.checkpoint_every_seconds
     with model.distribute_strategy.scope():
         resumable = ResumableTraining(
-            model, checkpoints, per_epoch, training.epochs, training.checkpoint_every_steps, every_seconds, restore_from
+            model, checkpoints, per_epoch, training.epochs, training.checkpoint_every_steps, every_seconds, restore_from,
+            early_stopping,
         )
     start = DataPosition.of(resumable.start, per_epoch)
     segments = []  # (first step, first epoch, last epoch + 1, steps per Keras epoch)
@@ -454,13 +524,15 @@ def fit_resumably(
     first_full = start.epoch + (1 if start.batch else 0)
     if first_full < training.epochs:
         segments.append((first_full * per_epoch, first_full, training.epochs, per_epoch))
+    if resumable.stopped_early():  # the run being resumed had stopped: it ends as it would have
+        segments = []
     if not segments:  # nothing left to train: the restored weights reach the towers when they are built
         create_tower_variables(model)
     with resumable.catching_sigint():
         for first_step, first_epoch, end_epoch, steps in segments:
             dataset = epoch_batches(features, training.batch_size, seed=training.seed, epochs=end_epoch, start_step=first_step)
             model.fit(dataset, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=verbose,
-                      callbacks=[resumable, *callbacks])
+                      callbacks=[*epoch_callbacks, resumable, *callbacks])
             if model.stop_training:
                 break
     if resumable.divergence is not None:
@@ -470,6 +542,7 @@ def fit_resumably(
             f"Interrupted at step {resumable.step}; checkpoint written to {latest_checkpoint(checkpoints)[0]}; "
             "rerun the same command to resume."
         )
+    resumable.restore_best()
     return resumable.history, resumable.step - resumable.start
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, Literal, Mapping, Optional
+from typing import Any, Dict, Literal, Mapping, Optional, Protocol
 
 import numpy as np
+import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 ColumnType = Literal["int64", "float32", "string", "int64_list", "string_list"]
@@ -48,24 +49,43 @@ def take_rows(features: Mapping[str, np.ndarray], index: np.ndarray) -> FeatureD
 
 
 @dataclasses.dataclass
+class EvaluationSet:
+    """Evaluated interactions: one query row per held-out interaction (several per user are allowed).
+
+    Attributes:
+      queries: query features of each evaluated interaction, with the history before it (the
+        last ``max_history`` items, most recent last).
+      targets: ``[E]`` the held-out candidate id of each query.
+      seen_indptr, seen_ids: the items each query's user interacted with before its history's end,
+        in CSR form: ``seen_ids[seen_indptr[e]:seen_indptr[e + 1]]`` are filtered out at evaluation.
+    """
+
+    queries: FeatureDict
+    targets: np.ndarray
+    seen_indptr: np.ndarray
+    seen_ids: np.ndarray
+
+
+@dataclasses.dataclass
 class RetrievalData:
-    """A retrieval data set split by the leave-last-out protocol (:func:`leave_last_out`).
+    """A retrieval data set split into training examples and evaluated interactions (:func:`split_interactions`).
 
     Attributes:
       name: a short name for reports, e.g. ``"ml-100k"`` or ``"synthetic-10000"``.
       train: training examples, one row per (query features, history) -> candidate;
         holds the query *and* the candidate feature columns.
-      eval_queries: one row per evaluated user: query features with the full
-        training history (the last ``max_history`` items, most recent last).
-      eval_targets: ``int64 [U]`` the held-out candidate id of each eval query.
-      seen_indptr, seen_ids: the training items of each eval query in CSR form:
-        ``seen_ids[seen_indptr[u]:seen_indptr[u + 1]]`` are filtered out at evaluation.
+      eval_queries: one row per evaluated interaction (leave-last-out: one per user): query
+        features with the history before it (the last ``max_history`` items, most recent last).
+      eval_targets: ``[E]`` the held-out candidate id of each eval query.
+      seen_indptr, seen_ids: the items each eval query's user had before it, in CSR form:
+        ``seen_ids[seen_indptr[e]:seen_indptr[e + 1]]`` are filtered out at evaluation.
       candidates: the whole catalogue, one row per candidate id (unique), with the
         candidate feature columns.
       query_features, candidate_features: column names of each side.
       candidate_id: the candidate id column (in ``candidates`` and ``train``).
       column_types: the :data:`ColumnType` of every column.
       summary: counts for reports and logs (interactions read, rows dropped and why, ...).
+      validation: interactions held out of training to validate on after each epoch, or None.
     """
 
     name: str
@@ -80,13 +100,108 @@ class RetrievalData:
     candidate_id: str
     column_types: Dict[str, ColumnType]
     summary: Dict[str, int] = dataclasses.field(default_factory=dict)
+    validation: Optional[EvaluationSet] = None
 
-    def seen(self, user_index: int) -> np.ndarray:
-        """Training item ids of eval query ``user_index``."""
-        return self.seen_ids[self.seen_indptr[user_index] : self.seen_indptr[user_index + 1]]
+    def seen(self, query_index: int) -> np.ndarray:
+        """Item ids filtered out for eval query ``query_index``."""
+        return self.seen_ids[self.seen_indptr[query_index] : self.seen_indptr[query_index + 1]]
+
+    def validation_data(self) -> "RetrievalData":
+        """The same data with the validation interactions as its eval queries (to evaluate them alike).
+
+        Raises:
+          ValueError: the data has no validation interactions.
+        """
+        if self.validation is None:
+            raise ValueError(f"{self.name}: the data has no validation interactions (`data.validation` is 'none').")
+        held = self.validation
+        return dataclasses.replace(self, eval_queries=held.queries, eval_targets=held.targets,
+                                   seen_indptr=held.seen_indptr, seen_ids=held.seen_ids, validation=None)
+
+    def without_seen(self) -> "RetrievalData":
+        """The same data with empty seen lists: evaluation then ranks the target among every candidate."""
+
+        def unfiltered(queries: EvaluationSet) -> EvaluationSet:
+            return dataclasses.replace(queries, seen_indptr=np.zeros(len(queries.targets) + 1, np.int64),
+                                       seen_ids=self.seen_ids[:0])
+
+        test = unfiltered(EvaluationSet(self.eval_queries, self.eval_targets, self.seen_indptr, self.seen_ids))
+        return dataclasses.replace(
+            self, seen_indptr=test.seen_indptr, seen_ids=test.seen_ids,
+            validation=None if self.validation is None else unfiltered(self.validation),
+        )
 
 
-def leave_last_out(
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+    """The interactions sorted by (user, phase, timestamp, item id): what a hold-out rule reads.
+
+    Attributes:
+      group: ``int64 [n]`` the user of each sorted row (0-based, in user id order).
+      num_users: the number of users with an interaction.
+      timestamps: ``int64 [n]`` each sorted row's timestamp.
+      phases: ``int64 [n]`` 0 for an interaction of the training table, 1 for one of a separate
+        test table (which comes after every training interaction of its user).
+    """
+
+    group: np.ndarray
+    num_users: int
+    timestamps: np.ndarray
+    phases: np.ndarray
+
+
+class HoldOut(Protocol):
+    """A rule choosing the interactions a split holds out of training to evaluate.
+
+    A held-out interaction is evaluated when its user keeps a training interaction, with the
+    history (and seen items) of the user's interactions before the user's first held-out one.
+    """
+
+    unevaluated_key: Optional[str]
+    """The ``summary`` key counting held-out interactions without history (not evaluated), or None."""
+
+    def held(self, timeline: Timeline, known: np.ndarray) -> np.ndarray:
+        """``bool [n]``: the rows of ``known`` (``bool [n]``, the rows still training) to hold out."""
+
+    def nothing_evaluated(self, name: str, timeline: Timeline) -> str:
+        """The message of the DataError raised when no held-out interaction can be evaluated."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LastInteraction:
+    """Holds out each user's last known interaction (leave-last-out).
+
+    Attributes:
+      min_known: only users with at least this many known interactions give one (2: every user
+        keeps one to train on).
+      unevaluated_key: see :class:`HoldOut`.
+      purpose: what the held-out interactions are for, in messages.
+    """
+
+    min_known: int = 1
+    unevaluated_key: Optional[str] = None
+    purpose: str = "test"
+
+    def held(self, timeline: Timeline, known: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(known)
+        users = timeline.group[rows]
+        is_last = np.r_[users[1:] != users[:-1], True] if len(rows) else np.zeros(0, bool)
+        counts = np.bincount(users, minlength=timeline.num_users)
+        held = np.zeros(len(known), bool)
+        held[rows[is_last & (counts[users] >= self.min_known)]] = True
+        return held
+
+    def nothing_evaluated(self, name: str, timeline: Timeline) -> str:
+        if self.purpose != "test":
+            return (f"{name}: no user has two or more training interactions, so none can give its last one to "
+                    f"{self.purpose} (`data.validation` 'last').")
+        return (
+            f"{name}: no user has two or more interactions, so there is nothing to train on "
+            f"(the last interaction of each of the {timeline.num_users} users is held out)."
+        )
+
+
+def split_interactions(
     *,
     name: str,
     user_ids: np.ndarray,
@@ -100,18 +215,24 @@ def leave_last_out(
     max_history: int,
     history: str = "history",
     interaction_columns: Optional[Mapping[str, np.ndarray]] = None,
+    test: HoldOut = LastInteraction(),
+    validation: Optional[HoldOut] = None,
+    phases: Optional[np.ndarray] = None,
 ) -> RetrievalData:
-    """Splits implicit interactions by the leave-last-out protocol.
+    """Splits implicit interactions into training examples and evaluated interactions.
 
-    Each user's interactions are sorted by (timestamp, item id). The last one is the
-    user's test target; every earlier one is a training example whose ``history`` holds
-    the up-to-``max_history`` items before it, most recent last, left-padded with 0 for
-    integer ids and ``""`` for string ids (the first interaction has an all-padding history). Users with fewer than 2
-    interactions have no training example and are not evaluated (counted in
-    ``summary["users_with_one_interaction"]``). The eval query of a user has the last
-    ``max_history`` training items as history; its seen set is its unique training items.
+    Each user's interactions are sorted by (phase, timestamp, item id). The ``test`` rule holds
+    some out (default: each user's last, the leave-last-out protocol), then the ``validation``
+    rule holds out some of the rest; every other interaction is a training example whose
+    ``history`` holds the up-to-``max_history`` items before it, most recent last, left-padded
+    with 0 for integer ids and ``""`` for string ids (the first interaction has an all-padding
+    history). A held-out interaction is evaluated if its user keeps a training interaction
+    (before it: every rule holds out the end of a user's sequence): its query has the history of
+    the user's interactions before the user's first held-out one, and its seen set their unique
+    items. The others (users with one interaction under leave-last-out) are counted in
+    ``summary``.
 
-    An exact duplicate (the same user, item and timestamp as an earlier row) is taken
+    An exact duplicate (the same user, item, timestamp and phase as an earlier row) is taken
     for a logging artefact, not a second positive: it is dropped, counted in
     ``summary["duplicate_interactions"]`` and logged as a warning with an example; the
     first occurrence is kept. (Kept, it would put the item in its own history and, as a
@@ -122,7 +243,7 @@ def leave_last_out(
     Built from sorted arrays and offsets, without a loop over users or interactions:
     the item sequence (as 1-based catalogue rows) is laid out with ``max_history`` zeros
     in front of every user, each history is the window of the ``max_history`` slots just
-    before its row, and the rows are mapped back to ids (0 to the padding).
+    before its end, and the rows are mapped back to ids (0 to the padding).
 
     Args:
       name: the data set name for reports.
@@ -136,22 +257,27 @@ def leave_last_out(
       history: the name of the history column added to the query features.
       interaction_columns: per-interaction columns (``[R]`` each, e.g. a sample weight) added
         to the training examples.
+      test: the rule holding out the evaluated interactions (:class:`HoldOut`).
+      validation: the rule holding out validation interactions from the remaining ones, or None.
+      phases: ``int64 [R]``: 1 for the interactions of a separate test table, 0 otherwise (default).
 
     Returns:
-      The split, with candidates sorted by id and eval queries sorted by user id. Its
+      The split, with candidates sorted by id and eval queries sorted by user id, then time. Its
       ``summary`` counts the ``interactions`` kept, the ``duplicate_interactions``
       dropped, ``users``, ``users_with_one_interaction``, ``train_examples``,
-      ``eval_queries`` and ``candidates``.
+      ``eval_queries`` and ``candidates``; and the rules' own counts (``validation_queries``, ...).
 
     Raises:
-      DataError: no interactions, no user with two or more interactions, an item id <= 0, an id missing from its table, a
-        duplicate id in a table, or a column name used by both tables.
+      DataError: no interactions, no held-out interaction that can be evaluated, no training
+        example, an item id <= 0, an id missing from its table, a duplicate id in a table, or a
+        column name used by both tables.
       ValueError: ``max_history`` is not a positive int.
     """
     if not isinstance(max_history, (int, np.integer)) or isinstance(max_history, bool) or max_history < 1:
         raise ValueError(f"`max_history` must be a positive int. Received: {max_history!r}")
     user_ids, item_ids = (_id_array(a) for a in (user_ids, item_ids))
     timestamps = np.asarray(timestamps, np.int64)
+    phases = np.zeros(len(item_ids), np.int64) if phases is None else np.asarray(phases, np.int64)
     if len(item_ids) == 0:
         raise DataError(f"{name}: there are no interactions to split.")
     if item_ids.dtype.kind in "iu" and item_ids.min() <= 0:
@@ -164,7 +290,9 @@ def leave_last_out(
     item_rows = _rows_of(candidates[candidate_id], item_ids, f"{name}: item")
     all_user_rows = _rows_of(users[user_id], user_ids, f"{name}: user")
     order = _chronological_order(all_user_rows, timestamps, item_rows, len(candidates[candidate_id]))
-    repeats = _repeats_previous(order, (user_ids, item_ids, timestamps))
+    if phases.any():  # a test table's interactions after every training one of their user
+        order = order[np.argsort(all_user_rows[order] * 2 + phases[order], kind="stable")]
+    repeats = _repeats_previous(order, (user_ids, item_ids, timestamps, phases))
     if repeats.any():
         row = order[np.argmax(repeats)]
         user, item, timestamp = (column[row : row + 1].tolist()[0] for column in (user_ids, item_ids, timestamps))
@@ -180,8 +308,8 @@ def leave_last_out(
     is_first = np.r_[True, user_rows[1:] != user_rows[:-1]]
     starts = np.flatnonzero(is_first)
     counts = np.diff(np.r_[starts, n])
-    last = starts + counts - 1
     group = np.cumsum(is_first) - 1
+    timeline = Timeline(group=group, num_users=len(starts), timestamps=timestamps[order], phases=phases[order])
 
     slot = np.arange(n) + max_history * (group + 1)
     padded = np.zeros(n + max_history * len(starts), np.int64)
@@ -189,16 +317,52 @@ def leave_last_out(
     windows = sliding_window_view(padded, max_history)  # windows[p] = padded[p : p + L]
     item_of_code = np.r_[np.zeros(1, candidates[candidate_id].dtype) if items.dtype.kind in "iu" else np.array([""], object),
                          candidates[candidate_id]]
+    num_candidates = len(candidates[candidate_id])
 
-    is_train = np.ones(n, bool)
-    is_train[last] = False
-    train_rows = np.flatnonzero(is_train)
-    evaluated = last[counts >= 2]
-    if len(evaluated) == 0:
-        raise DataError(
-            f"{name}: no user has two or more interactions, so there is nothing to train on "
-            f"(the last interaction of each of the {len(starts)} users is held out)."
+    def evaluated(rule: HoldOut, known: np.ndarray) -> tuple[EvaluationSet, np.ndarray, int]:
+        """The rule's evaluation set, the rows still training after it, and its unevaluated count."""
+        held = rule.held(timeline, known) & known
+        kept = known & ~held
+        held_rows = np.flatnonzero(held)
+        first_held = np.full(timeline.num_users, n, np.int64)
+        held_users = group[held_rows]
+        is_first_held = np.r_[True, held_users[1:] != held_users[:-1]] if len(held_rows) else np.zeros(0, bool)
+        first_held[held_users[is_first_held]] = held_rows[is_first_held]
+        has_history = np.bincount(group[kept], minlength=timeline.num_users) > 0
+        rows = np.flatnonzero(held & has_history[group])
+        if len(rows) == 0:
+            raise DataError(rule.nothing_evaluated(name, timeline))
+        ends = first_held[group[rows]]
+        queries = {
+            **take_rows(users, user_rows[rows]),
+            history: item_of_code[windows[slot[ends] - max_history]],
+        }
+        lengths = ends - starts[group[rows]]
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        seen = np.unique(owner * num_candidates + item_rows[starts[group[rows]][owner] + within])  # (query, item)
+        seen_counts = np.bincount(seen // num_candidates, minlength=len(rows))
+        queries_set = EvaluationSet(
+            queries=queries,
+            targets=items[rows],
+            seen_indptr=np.r_[0, np.cumsum(seen_counts)].astype(np.int64),
+            seen_ids=candidates[candidate_id][seen % num_candidates],
         )
+        return queries_set, kept, int(np.sum(held & ~has_history[group]))
+
+    extra: Dict[str, int] = {}
+    test_set, is_train, unevaluated = evaluated(test, np.ones(n, bool))
+    if test.unevaluated_key is not None:
+        extra[test.unevaluated_key] = unevaluated
+    validation_set = None
+    if validation is not None:
+        validation_set, is_train, unevaluated = evaluated(validation, is_train)
+        extra["validation_queries"] = len(validation_set.targets)
+        if validation.unevaluated_key is not None:
+            extra[validation.unevaluated_key] = unevaluated
+    train_rows = np.flatnonzero(is_train)
+    if len(train_rows) == 0:
+        raise DataError(f"{name}: every interaction is held out, so there is nothing to train on.")
 
     train = {
         **take_rows(users, user_rows[train_rows]),
@@ -206,39 +370,47 @@ def leave_last_out(
         **take_rows(candidates, item_rows[train_rows]),
         **{column: np.asarray(values)[order][train_rows] for column, values in (interaction_columns or {}).items()},
     }
-    eval_queries = {
-        **take_rows(users, user_rows[evaluated]),
-        history: item_of_code[windows[slot[evaluated] - max_history]],
-    }
-
-    num_candidates = len(candidates[candidate_id])
-    seen = np.sort(group[train_rows] * num_candidates + item_rows[train_rows])  # (user, item) pairs
-    seen = seen[np.r_[True, seen[1:] != seen[:-1]]]
-    seen_counts = np.bincount(seen // num_candidates, minlength=len(starts))[counts >= 2]
-
     summary = {
         "interactions": n,
         "duplicate_interactions": int(repeats.sum()),
         "users": len(starts),
         "users_with_one_interaction": int(np.sum(counts == 1)),
         "train_examples": len(train_rows),
-        "eval_queries": len(evaluated),
+        "eval_queries": len(test_set.targets),
         "candidates": num_candidates,
+        **extra,
     }
     return RetrievalData(
         name=name,
         train=train,
-        eval_queries=eval_queries,
-        eval_targets=items[evaluated],
-        seen_indptr=np.r_[0, np.cumsum(seen_counts)].astype(np.int64),
-        seen_ids=candidates[candidate_id][seen % num_candidates],
+        eval_queries=test_set.queries,
+        eval_targets=test_set.targets,
+        seen_indptr=test_set.seen_indptr,
+        seen_ids=test_set.seen_ids,
         candidates=candidates,
         query_features=(*users, history),
         candidate_features=tuple(candidates),
         candidate_id=candidate_id,
         column_types={**column_types, history: "int64_list" if items.dtype.kind in "iu" else "string_list"},
         summary=summary,
+        validation=validation_set,
     )
+
+
+def leave_last_out(**arguments: Any) -> RetrievalData:
+    """Splits implicit interactions by the leave-last-out protocol: :func:`split_interactions`
+    with its default rule, each user's last interaction the test target.
+
+    Users with fewer than 2 interactions have no training example and are not evaluated (counted
+    in ``summary["users_with_one_interaction"]``). The eval query of a user has the last
+    ``max_history`` training items as history; its seen set is its unique training items.
+
+    Args:
+      arguments: those of :func:`split_interactions` (``test`` is the leave-last-out rule).
+
+    Returns, Raises: see :func:`split_interactions`.
+    """
+    return split_interactions(**arguments, test=LastInteraction())  # type: ignore[arg-type]
 
 
 def _chronological_order(
@@ -292,8 +464,8 @@ def _rows_of(sorted_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
     """Row of each of ``ids`` in the sorted unique ``sorted_ids``."""
     if len(sorted_ids) == 0:
         raise DataError(f"{what} feature table is empty.")
-    rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    missing = sorted_ids[rows] != ids
+    rows = pd.Index(sorted_ids).get_indexer(ids)  # a hash lookup: searchsorted on strings compares in Python
+    missing = rows < 0
     if missing.any():
         raise DataError(f"{what} id {ids[missing][0]} is not in its feature table ({int(missing.sum())} rows).")
     return rows

@@ -2,8 +2,8 @@
 
 The generic data path: every source, the user's files, a MovieLens release or the synthetic
 generator, ends as :class:`InteractionTables` (pandas tables with named id columns), which
-:func:`interaction_data` validates and splits by the leave-last-out protocol into a
-:class:`~pipelines.data.RetrievalData`.
+:func:`interaction_data` validates and splits (by the leave-last-out protocol unless configured
+otherwise, :mod:`pipelines.splits`) into a :class:`~pipelines.data.RetrievalData`.
 
 Columns keep their own types: integer or string ids stay what they are in the histories, the
 catalogue, the training examples and the exported model. Attribute columns become feature
@@ -21,9 +21,10 @@ from typing import Dict, Literal, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pipelines.data import ColumnType, DataError, FeatureDict, RetrievalData, leave_last_out
+from pipelines.data import ColumnType, DataError, FeatureDict, HoldOut, LastInteraction, RetrievalData, split_interactions
+from pipelines.splits import TestTable, time_cut, validation_rule
 from pipelines.tables import read_table
-from tfrec_towers.data_config import InteractionsConfig, RowFilter, TableConfig
+from tfrec_towers.data_config import InteractionsConfig, RowFilter, SplitConfig, TableConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class InteractionTables:
       user_column, item_column: the id columns' names (the same in the attribute tables).
       timestamp_column: the time column of ``interactions``, or None for file order.
       weight_column: a per-interaction weight column of ``interactions``, or None.
+      test: interactions to evaluate (``data.split.kind: given``), with the columns of
+        ``interactions``, or None.
       sources: where each table came from, for messages (``{"interactions": "logs/*.parquet"}``).
     """
 
@@ -56,6 +59,7 @@ class InteractionTables:
     timestamp_column: Optional[str] = "timestamp"
     weight_column: Optional[str] = None
     sources: Dict[str, str] = dataclasses.field(default_factory=dict)
+    test: Optional[pd.DataFrame] = None
 
     def source(self, table: str) -> str:
         return self.sources.get(table, f"the {table} table")
@@ -66,8 +70,9 @@ def read_interaction_tables(
     users: TableConfig = TableConfig(),
     items: TableConfig = TableConfig(),
     name: Optional[str] = None,
+    test: TableConfig = TableConfig(),
 ) -> InteractionTables:
-    """Reads the configured tables and applies the interactions' row filter.
+    """Reads the configured tables and applies the interactions' row filter (to the test table too).
 
     Raises:
       FileNotFoundError: a path or glob matches nothing.
@@ -95,6 +100,19 @@ def read_interaction_tables(
     if interactions.filter is not None:
         log = _filtered(log, interactions.filter, interactions.path)
     sources = {"interactions": interactions.path}
+    test_log = None
+    if test.path is not None:
+        test_log = read_table(test.path, format=test.format, what="test table")
+        for role in ("user_column", "item_column") + (("timestamp_column",) if timestamp is not None else ()):
+            column = getattr(interactions, role)
+            if column not in test_log.columns:
+                raise DataError(
+                    f"{test.path}: the test table (`data.test.path`) has no column {column!r} (`data.interactions.{role}`); "
+                    f"its columns are {list(test_log.columns)}."
+                )
+        if interactions.filter is not None:
+            test_log = _filtered(test_log, interactions.filter, test.path)
+        sources["test"] = test.path
     attribute_tables = {}
     for role, table, key in (("users", users, interactions.user_column), ("items", items, interactions.item_column)):
         if table.path is None:
@@ -118,6 +136,7 @@ def read_interaction_tables(
         timestamp_column=timestamp,
         weight_column=interactions.weight_column,
         sources=sources,
+        test=test_log,
     )
 
 
@@ -157,19 +176,27 @@ def interaction_data(
     tables: InteractionTables,
     max_history: int = 50,
     unknown_items: UnknownItems = "drop",
+    split: SplitConfig = SplitConfig(),
+    validation: Literal["none", "last", "time"] = "none",
+    validation_fraction: float = 0.1,
 ) -> RetrievalData:
-    """Validates the tables and splits them by the leave-last-out protocol.
+    """Validates the tables and splits them into training examples and evaluated interactions.
 
     Every interaction is an implicit positive; each user's interactions are ordered by
-    (timestamp, item id) — file order without a timestamp — and the last one is held out. The
-    catalogue is the items table (every item, interacted or not) or, without one, the items of
-    the interactions.
+    (timestamp, item id) — file order without a timestamp. ``split`` says which are evaluated:
+    by default each user's last one (leave-last-out), or those from a global time cut on, or the
+    test table's (:mod:`pipelines.splits`); ``validation`` holds some training interactions out
+    to validate on. The catalogue is the items table (every item, interacted or not) or, without
+    one, the items of the interactions (and of the test table).
 
     Args:
-      tables: the data set's tables.
+      tables: the data set's tables (with ``test`` for ``split.kind`` ``given``).
       max_history: the history width ``L`` (items before each example, most recent last).
       unknown_items: ``drop`` (logged, counted in ``summary``) or ``error`` for interactions whose
         item is not in the items table; likewise for users missing from the users table.
+      split: the ``data.split`` section.
+      validation: ``none``, ``last`` or ``time`` (``data.validation``).
+      validation_fraction: the share of the training time range ``validation: time`` holds out.
 
     Returns:
       The split; query features: the user id, ``history`` and the users table's columns;
@@ -179,34 +206,61 @@ def interaction_data(
     Raises:
       DataError: a null or ill-typed id, ids of different types in two tables, duplicate keys in
         an attribute table, unknown items with ``unknown_items='error'``, a timestamp that is
-        neither numeric nor a date, a negative or non-numeric weight, no interaction left.
+        neither numeric nor a date, a negative or non-numeric weight, no interaction left, a
+        ``given`` split without a test table, a ``time`` cut that does not fit the timestamps.
     """
     user, item = tables.user_column, tables.item_column
-    log = tables.interactions
     source = tables.source("interactions")
-    user_ids = _id_column(log[user], user, source)
-    item_ids = _id_column(log[item], item, source)
-    if item_ids.dtype.kind in "iu" and (item_ids <= 0).any():
-        row = int(np.flatnonzero(item_ids <= 0)[0])
-        raise DataError(
-            f"{source}: column {item!r}, row {row}: integer item ids must be positive (0 pads histories); "
-            f"found {item_ids[row]}. Read the ids as strings (e.g. quote them in CSV) if 0 is a real id."
+    logs = [(tables.interactions, source)]
+    if split.kind == "given":
+        if tables.test is None:
+            raise DataError(f"{tables.name}: `data.split.kind` 'given' needs a test table (`data.test.path`).")
+        logs.append((tables.test, tables.source("test")))
+    user_ids, item_ids, timestamps, phases = [], [], [], []
+    for phase, (log, where) in enumerate(logs):
+        user_ids.append(_id_column(log[user], user, where))
+        item_ids.append(_id_column(log[item], item, where))
+        if item_ids[-1].dtype.kind in "iu" and (item_ids[-1] <= 0).any():
+            row = int(np.flatnonzero(item_ids[-1] <= 0)[0])
+            raise DataError(
+                f"{where}: column {item!r}, row {row}: integer item ids must be positive (0 pads histories); "
+                f"found {item_ids[-1][row]}. Read the ids as strings (e.g. quote them in CSV) if 0 is a real id."
+            )
+        timestamps.append(
+            _timestamps(log[tables.timestamp_column], tables.timestamp_column, where)
+            if tables.timestamp_column is not None
+            else np.arange(len(log), dtype=np.int64)
         )
-    timestamps = (
-        _timestamps(log[tables.timestamp_column], tables.timestamp_column, source)
-        if tables.timestamp_column is not None
-        else np.arange(len(log), dtype=np.int64)
-    )
-    summary: Dict[str, int] = {"interactions_read": len(log)}
-    weights = (
-        _weights(log[tables.weight_column], tables.weight_column, source) if tables.weight_column is not None else None
-    )
+        phases.append(np.full(len(log), phase, np.int64))
+    for role, ids in (("user", user_ids), ("item", item_ids)):
+        if len(ids) > 1 and (ids[0].dtype.kind in "iu") != (ids[1].dtype.kind in "iu"):
+            kinds = ["integers" if a.dtype.kind in "iu" else "strings" for a in ids]
+            raise DataError(
+                f"{tables.source('test')}: the test table's {role} ids are {kinds[1]} but the interactions' {kinds[0]}; "
+                "the ids must be of one type in every table."
+            )
+    user_ids, item_ids, timestamps, phases = (np.concatenate(parts) for parts in (user_ids, item_ids, timestamps, phases))
+    summary: Dict[str, int] = {"interactions_read": len(tables.interactions)}
+    if split.kind == "given":
+        summary["test_interactions_read"] = len(tables.test)
+    weights = None
+    if tables.weight_column is not None:
+        weights = np.ones(len(item_ids), np.float32)  # a test interaction is never a training example
+        weights[: len(tables.interactions)] = _weights(
+            tables.interactions[tables.weight_column], tables.weight_column, source
+        )
+    test: HoldOut = LastInteraction()
+    if split.kind == "time":
+        column = tables.timestamp_column
+        test = time_cut(split, None if column is None else tables.interactions[column], column, source, timestamps)
+    elif split.kind == "given":
+        test = TestTable(tables.source("test"))
 
     users = _attribute_table(tables.users, user, user_ids, "users", tables.source("users"))
     items = _attribute_table(tables.items, item, item_ids, "items", tables.source("items"))
-    keep = np.ones(len(log), bool)
+    keep = np.ones(len(item_ids), bool)
     for role, table, ids, key in (("item", items, item_ids, item), ("user", users, user_ids, user)):
-        known = np.isin(ids, table[key])
+        known = pd.Index(table[key]).get_indexer(ids) >= 0  # hashed: np.isin on strings is quadratic
         missing = int(np.sum(~known & keep))
         summary[f"interactions_dropped_unknown_{role}"] = missing
         if missing:
@@ -221,7 +275,7 @@ def interaction_data(
         raise DataError(f"{source}: no interaction is left after dropping unknown users and items.")
 
     column_types = {**_column_types(users), **_column_types(items)}
-    data = leave_last_out(
+    data = split_interactions(
         name=tables.name,
         user_ids=user_ids[keep],
         item_ids=item_ids[keep],
@@ -234,6 +288,9 @@ def interaction_data(
         max_history=max_history,
         history=HISTORY,
         interaction_columns={tables.weight_column: weights[keep]} if weights is not None else None,
+        test=test,
+        validation=validation_rule(validation, validation_fraction),
+        phases=phases[keep],
     )
     data.summary.update(summary)
     logger.info("%s: %s", data.name, data.summary)

@@ -3,7 +3,8 @@
 One path for every data set. A *source* reads tables — the user's own files
 (``data.dataset: interactions``), a MovieLens release directory or the synthetic generator — into
 :class:`~pipelines.interactions.InteractionTables`; everything after is the same:
-:func:`~pipelines.interactions.interaction_data` validates and splits them, the features are the
+:func:`~pipelines.interactions.interaction_data` validates and splits them (``data.split``,
+``data.validation``), the features are the
 configured declarations, else the source's preset (``pipelines/presets/<dataset>.yaml``), else
 inferred from the attribute tables (:mod:`pipelines.declarations`), and
 :func:`~pipelines.declarations.feature_spec` turns them into the towers' spec.
@@ -73,7 +74,7 @@ def _movielens(config: ExperimentConfig) -> InteractionTables:
 
 def _interactions(config: ExperimentConfig) -> InteractionTables:
     data = config.data
-    return read_interaction_tables(data.interactions, users=data.users, items=data.items)
+    return read_interaction_tables(data.interactions, users=data.users, items=data.items, test=data.test)
 
 
 SOURCES: Dict[str, Callable[[ExperimentConfig], InteractionTables]] = {
@@ -95,8 +96,11 @@ def preset_declarations(dataset: str) -> Optional[Declarations]:
 def prepare_data(config: ExperimentConfig, tables: Optional[InteractionTables] = None) -> PreparedData:
     """Reads (or takes) the configuration's tables, splits them and resolves the features.
 
+    With ``evaluation.filter_seen: false`` the split's seen lists are empty, so every evaluation
+    of the data ranks each target among the whole catalogue.
+
     Args:
-      config: the experiment configuration (``data`` and ``features`` are read).
+      config: the experiment configuration (``data``, ``features`` and ``evaluation`` are read).
       tables: tables already read (e.g. built in a notebook); default: the configured source's.
 
     Raises:
@@ -106,7 +110,12 @@ def prepare_data(config: ExperimentConfig, tables: Optional[InteractionTables] =
     if tables is None:
         tables = SOURCES[config.data.dataset](config)
         preset = preset_declarations(config.data.dataset)
-    data = interaction_data(tables, max_history=config.data.max_history, unknown_items=config.data.unknown_items)
+    data = interaction_data(
+        tables, max_history=config.data.max_history, unknown_items=config.data.unknown_items, split=config.data.split,
+        validation=config.data.validation, validation_fraction=config.data.validation_fraction,
+    )
+    if not config.evaluation.filter_seen:
+        data = data.without_seen()
     features = config.features
     fallback = preset
     if fallback is None and (features.query is None or features.candidate is None):
@@ -120,6 +129,9 @@ def prepare_data(config: ExperimentConfig, tables: Optional[InteractionTables] =
     prepared = PreparedData(data, declarations, None, tables.weight_column)  # type: ignore[arg-type]
     prepared.spec = spec_for(prepared, features)
     prepared.data = rename_columns(data, declarations)
+    if data.validation is not None:  # its queries under the features' names too
+        renamed = rename_columns(data.validation_data(), declarations)
+        prepared.data.validation = dataclasses.replace(data.validation, queries=renamed.eval_queries)
     return prepared
 
 

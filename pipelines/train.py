@@ -8,7 +8,7 @@ A run directory holds::
     config.json          the fully resolved configuration (repeat the run with it)
     feature_spec.json    the adapted feature declarations (vocabularies, statistics)
     checkpoint/          the trained weights (tf.train.Checkpoint)
-    history.json         per-epoch training losses
+    history.json         per-epoch training losses (and validation metrics, ``val_HR@10`` ...)
     metrics.json         HR@K / NDCG@K (DESIGN §4)
     export/<model_name>/<version>/   the SavedModel (DESIGN §5)
     verification.json    the fresh-process check of that export
@@ -44,22 +44,22 @@ from pipelines.dataset import steps_per_epoch
 from pipelines.distribute import is_chief, make_strategy
 from pipelines.sequences import num_targets, sequence_examples
 from pipelines.sources import FEATURES_FILE, prepare_data
+from pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model
 from tfrec_towers.candidate_table import CandidateSource, read_candidate_table
 from tfrec_towers.config import (
     ConfigError,
     ExperimentConfig,
-    LossConfig,
     TrainingConfig,
     config_from_dict,
     config_to_dict,
     save_config,
 )
-from tfrec_towers.evaluation import DEFAULT_KS, metrics_from_ranks, target_ranks
+from tfrec_towers.evaluation import DEFAULT_KS
 from tfrec_towers.export import NUM_SAMPLE_QUERIES, export_retrieval_model
 from tfrec_towers.features import FeatureSpec, input_signature
 from tfrec_towers.index import IndexConfig
-from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
-from tfrec_towers.model import TwoTowerModel, build_towers
+from tfrec_towers import build
+from tfrec_towers.model import TwoTowerModel
 from tfrec_towers.projector import write_projector_embeddings
 from tfrec_towers.towers import compute_embeddings
 from tfrec_towers.tuning import TuningGrid, TuningResult, check_report_directory, save_tuning_report, tune_index
@@ -95,25 +95,6 @@ def sample_weight_column(config: ExperimentConfig) -> Optional[str]:
     return config.data.interactions.weight_column if config.data.dataset == "interactions" else None
 
 
-def make_optimizer(training: TrainingConfig) -> tf.keras.optimizers.Optimizer:
-    optimizers = {
-        "adam": tf.keras.optimizers.Adam,
-        "adagrad": tf.keras.optimizers.Adagrad,
-        "sgd": tf.keras.optimizers.SGD,
-    }
-    return optimizers[training.optimizer](learning_rate=training.learning_rate)
-
-
-def _what_the_loss_reads(loss: LossConfig) -> list[str]:
-    """The parts of ``loss`` that read the training data: counts of its ids, draws from its corpus."""
-    needs = []
-    if loss.logq == "counts":
-        needs.append("`loss.logq`='counts' counts the training data's candidate ids")
-    if loss.mixed_negatives:
-        needs.append(f"`loss.mixed_negatives`={loss.mixed_negatives} draws negatives from its candidate corpus")
-    return needs
-
-
 def build_model(
     spec: FeatureSpec,
     config: ExperimentConfig,
@@ -122,7 +103,8 @@ def build_model(
     for_inference: bool = False,
 ) -> TwoTowerModel:
     """Towers from the adapted spec and the configured loss (``config.loss``), compiled; only the
-    towers with ``for_inference``.
+    towers with ``for_inference``: :func:`tfrec_towers.build.build_model` on the run's data, weighted
+    by its weight column (:func:`sample_weight_column`).
 
     Args:
       spec: the adapted feature spec (:func:`tfrec_towers.features.adapt`).
@@ -137,55 +119,21 @@ def build_model(
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
         the configured loss reads the training data and ``data`` is None.
     """
-    if config.training.example_format == "every_position" and not config.model.history.is_sequential:
+    needs = build.training_data_needs(config.loss)
+    if data is None and needs and not for_inference:
         raise ConfigError(
-            "`training.example_format` 'every_position' needs a sequence `model.history.encoder` "
-            "(mean, attention, gru or transformer), not 'pooling'."
-        )
-    query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, config.model.history)
-    if for_inference:
-        return TwoTowerModel(query, candidate, spec.candidate_id)
-    needs = _what_the_loss_reads(config.loss)
-    if data is None and needs:
-        raise ConfigError(
-            f"The configured loss reads the training data ({'; '.join(needs)}): pass it as "
+            f"The configured loss reads the training data ({'; '.join(needs.values())}): pass it as "
             "`build_model(spec, config, data)` to train, or `for_inference=True` for a model that only "
             "restores trained towers."
         )
-    task = build_retrieval_task(
-        config.loss,
-        config.model.temperature,
-        config.model.query_tower.output_dim,
-        spec.candidate_id_feature.dtype,
-        training_ids=data.train[spec.candidate_id] if data is not None else None,
-        corpus_size=len(data.candidates[spec.candidate_id]) if data is not None else 0,
+    return build.build_model(
+        spec,
+        config,
+        training_ids=None if data is None else data.train[spec.candidate_id],
+        corpus=None if data is None else data.candidates,
+        sample_weight_feature=sample_weight_column(config),
+        for_inference=for_inference,
     )
-    sampler = None
-    if data is not None:
-        corpus = {f.name: data.candidates[f.name] for f in spec.candidate}
-        sampler = build_mixed_sampler(config.loss, corpus, spec.candidate_id, seed=config.training.seed)
-    model = TwoTowerModel(query, candidate, spec.candidate_id, task=task, mixed_negatives=sampler,
-                          sample_weight_feature=sample_weight_column(config))
-    model.compile(optimizer=make_optimizer(config.training))
-    return model
-
-
-def evaluate_model(
-    model: TwoTowerModel, data: RetrievalData, batch_size: int = 4096, ks: Sequence[int] = DEFAULT_KS
-) -> Dict[str, float]:
-    """Exact full-catalogue HR@K / NDCG@K (K in ``ks``) on the held-out interactions, the user's
-    training items filtered out."""
-    queries = compute_embeddings(model.query_tower, data.eval_queries, batch_size)
-    candidates = compute_embeddings(model.candidate_tower, data.candidates, batch_size)
-    ranks = target_ranks(
-        queries,
-        candidates,
-        data.candidates[data.candidate_id],
-        data.eval_targets,
-        data.seen_indptr,
-        data.seen_ids,
-    )
-    return metrics_from_ranks(ranks, ks)
 
 
 def fit_model(
@@ -196,9 +144,15 @@ def fit_model(
     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
     checkpoints: Optional[Path] = None,
     restore_from: Optional[Path] = None,
+    validation: Optional[RetrievalData] = None,
 ) -> tuple[Dict[str, list], float, float]:
     """``model.fit`` on batches of ``features`` in a seeded order per epoch (with ``callbacks``),
     resumable from the checkpoints in ``checkpoints`` (see :func:`pipelines.checkpointing.fit_resumably`).
+
+    With ``validation`` (a split holding validation interactions), every epoch end adds
+    ``val_HR@K`` / ``val_NDCG@K`` (K in :data:`~tfrec_towers.evaluation.DEFAULT_KS` and the early
+    stopping metric's) to the logs and the history; ``training.early_stopping`` then stops on them
+    and ends with the best epoch's weights.
 
     With ``training.example_format`` ``every_position``, the per-prefix ``features`` are first
     regrouped into sequence examples of ``model.query_tower.history.max_length`` positions
@@ -209,9 +163,22 @@ def fit_model(
       this call trained).
 
     Raises:
+      ConfigError: ``training.early_stopping`` is set but ``validation`` is None or holds no
+        validation interactions.
       RunError: the loss became NaN or infinite (the run stops at that batch).
       TrainingInterrupted: Ctrl-C stopped training after a checkpoint (only with ``checkpoints``).
     """
+    epoch_callbacks, early_stopping = [], None
+    if validation is not None and validation.validation is not None:
+        stopping_k = (training.early_stopping.k,) if training.early_stopping is not None else ()
+        epoch_callbacks.append(ValidationMetrics(validation, sorted({*DEFAULT_KS, *stopping_k})))
+    if training.early_stopping is not None:
+        if not epoch_callbacks:
+            raise ConfigError(
+                "`training.early_stopping` watches a validation metric, but the data holds no validation "
+                "interactions: set `data.validation` to 'last' or 'time'."
+            )
+        early_stopping = EarlyStopping.from_config(training.early_stopping)
     if training.example_format == "every_position":
         reading = model.query_tower.history
         weight = getattr(model, "sample_weight_feature", None)
@@ -227,7 +194,8 @@ def fit_model(
                 training.batch_size, reading.max_length, positions, positions, positions,
             )
     start = time.perf_counter()
-    history, steps = fit_resumably(model, features, training, checkpoints, verbose, callbacks, restore_from)
+    history, steps = fit_resumably(model, features, training, checkpoints, verbose, callbacks, restore_from,
+                                   epoch_callbacks, early_stopping)
     seconds = time.perf_counter() - start
     candidate_id = getattr(model, "candidate_id", None)
     per_epoch = num_targets(features, candidate_id) if candidate_id in features else num_rows(features)
@@ -260,6 +228,7 @@ def export_model(
     k: Optional[int] = None,
     candidates: Optional[CandidateSource] = None,
     index_settings: Optional[Dict[str, Any]] = None,
+    exclude_history: Optional[bool] = None,
 ) -> Path:
     """Writes the DESIGN §5 SavedModel: retrieval over the corpus plus both embeddings.
 
@@ -273,19 +242,23 @@ def export_model(
         instead of the run's catalogue; ``serving_default`` returns the values of its id column.
       index_settings: :class:`~tfrec_towers.index.IndexConfig` fields overriding the index's, e.g.
         ``{"num_leaves": 1000, "num_leaves_to_search": 60}``.
+      exclude_history: leave the query's history items (``model.history.feature``) out of
+        ``serving_default``'s top k, still k results; default the run's ``export.exclude_history``.
 
     Up to :data:`~tfrec_towers.export.NUM_SAMPLE_QUERIES` held-out queries (seeded sample) make the
     warm-up requests and the verification sample on which ``verify`` measures recall and latency.
 
     Raises:
       ValueError: ``k`` is below 1, ``index`` is not an index kind, or another index setting is
-        invalid (:class:`~tfrec_towers.index.IndexConfig`); see also
-        :func:`~tfrec_towers.export.export_retrieval_model`.
+        invalid (:class:`~tfrec_towers.index.IndexConfig`); with ``exclude_history``, the query
+        features hold no id matrix named ``model.history.feature`` of the candidate ids' dtype; see
+        also :func:`~tfrec_towers.export.export_retrieval_model`.
     """
     if not isinstance(index, IndexConfig):
         index = IndexConfig(kind=config.export.index if index is None else index, k=config.export.k)
     index_config = dataclasses.replace(index, k=index.k if k is None else k, **(index_settings or {}))
     query_names = [f.name for f in spec.query]
+    excluding = config.export.exclude_history if exclude_history is None else exclude_history
     return export_retrieval_model(
         query_model=model.query_tower,
         candidate_model=model.candidate_tower,
@@ -300,6 +273,7 @@ def export_model(
         warmup_queries=_sample_rows(
             {n: data.eval_queries[n] for n in query_names}, NUM_SAMPLE_QUERIES, config.training.seed
         ),
+        exclude_history=config.model.history.feature if excluding else None,
     )
 
 
@@ -376,7 +350,7 @@ def _train_into(
         columns[prepared.weight_column] = data.train[prepared.weight_column]
     callbacks = [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))] if config.training.tensorboard else []
     history, seconds, examples_per_second = fit_model(
-        model, columns, config.training, verbose, callbacks, run_dir / CHECKPOINTS_DIR, restore_from
+        model, columns, config.training, verbose, callbacks, run_dir / CHECKPOINTS_DIR, restore_from, data
     )
     logger.info("Training finished: evaluating and exporting the run.")
     try:
@@ -440,7 +414,8 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpec, TwoTow
 
 
 def evaluate_run(run_dir: str | Path, data_dir: Optional[str] = None) -> Dict[str, float]:
-    """Re-evaluates a run on its data (or on ``data_dir``, a MovieLens directory) and returns metrics."""
+    """Re-evaluates a run on its data (or on ``data_dir``, a MovieLens directory) and returns metrics,
+    split and filtered as the run's ``data.split`` and ``evaluation.filter_seen`` say."""
     config, _, model = load_run(run_dir)
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset="movielens", data_dir=data_dir))

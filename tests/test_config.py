@@ -14,6 +14,7 @@ from tfrec_towers.config import (
     PLAIN_IN_BATCH,
     AdaptiveConfig,
     ConfigError,
+    EarlyStoppingConfig,
     ExperimentConfig,
     LossConfig,
     ModelConfig,
@@ -114,6 +115,13 @@ COMPANIONS = {
     "data.items.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet",
                         "data.items.path": "items.csv"},
     "data.interactions.filter": {"data.interactions.filter": RowFilter("event", ("purchase", "add_to_cart"))},
+    "data.split.kind": {"data.split.kind": "time", "data.split.cut_fraction": 0.9},
+    "data.split.cut": {"data.split.kind": "time", "data.split.cut": "2024-03-01"},
+    "data.split.cut_fraction": {"data.split.kind": "time", "data.split.cut_fraction": 0.8},
+    "data.test.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet",
+                       "data.split.kind": "given", "data.test.path": "test.parquet"},
+    "training.early_stopping": {"data.validation": "last",
+                                "training.early_stopping": EarlyStoppingConfig(metric="NDCG@50", patience=3)},
     "features.query": {"features.query": (FeatureDeclaration(name="user_id", kind="id"),
                                           FeatureDeclaration(name="history", kind="history"))},
     "features.candidate": {"features.candidate": (FeatureDeclaration(name="item_id", kind="id"),
@@ -400,7 +408,7 @@ def test_a_directory_a_non_utf8_file_and_a_non_mapping_are_named(tmp_path):
     listed = tmp_path / "list.yaml"
     listed.write_text("- training\n- model\n")
     with pytest.raises(ConfigError, match=r"list\.yaml must hold a mapping of sections \(data, features, model, loss, "
-                                          r"training, export\) at the top level\. Received: a list"):
+                                          r"training, export, evaluation\) at the top level\. Received: a list"):
         load_config(listed)
     broken = tmp_path / "broken.yaml"
     broken.write_text("training:\n  epochs: [1,\n")

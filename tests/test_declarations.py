@@ -97,7 +97,6 @@ def test_declarations_that_do_not_fit_the_data_are_named(declarations, pattern):
 
 
 def test_bucketized_features_embed_the_bucket_of_given_or_quantile_boundaries():
-    import tfrec_towers  # noqa: F401
     import tensorflow as tf
 
     from tfrec_towers.encoders import build_embedding_tables

@@ -23,7 +23,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from tfrec_towers.data_config import FeatureDeclaration, InteractionsConfig, TableConfig
+from tfrec_towers.data_config import FeatureDeclaration, InteractionsConfig, SplitConfig, TableConfig
 from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.towers import TowerConfig
 
@@ -69,6 +69,14 @@ class DataConfig:
         its rows the catalogue (every item, interacted or not).
       unknown_items: interactions whose item (or user) is missing from the items (users) table:
         ``drop`` them (logged and counted) or stop with an ``error``.
+      split: which interactions are evaluated: ``kind`` ``leave_last_out`` (default), ``time``
+        (a global ``cut`` or ``cut_fraction``) or ``given`` (the ``test`` table).
+      test: with ``split.kind: given``, the interactions to evaluate (``path``, ``format``), with
+        the interactions table's columns.
+      validation: interactions held out of training and evaluated after every epoch (``val_HR@10``
+        ... in the history): ``none`` (default), ``last`` (each user's last training interaction)
+        or ``time`` (the last ``validation_fraction`` of the training interactions' time range).
+      validation_fraction: the share of the training time range ``validation: time`` holds out, in (0, 1).
       max_history: items of history per example (most recent last).
       num_items, num_users, interactions_per_user: sizes of the synthetic data.
     """
@@ -79,6 +87,10 @@ class DataConfig:
     users: TableConfig = TableConfig()
     items: TableConfig = TableConfig()
     unknown_items: Literal["drop", "error"] = "drop"
+    split: SplitConfig = SplitConfig()
+    test: TableConfig = TableConfig()
+    validation: Literal["none", "last", "time"] = "none"
+    validation_fraction: float = 0.1
     max_history: int = 50
     num_items: int = 5000
     num_users: int = 2000
@@ -93,12 +105,20 @@ class DataConfig:
                 "log's file, directory or glob."
             )
         if self.dataset != "interactions":
-            for table in ("interactions", "users", "items"):
+            for table in ("interactions", "users", "items", "test"):
                 if getattr(self, table).path is not None:
                     raise ConfigError(
                         f"`data.{table}.path` is set but `data.dataset` is {self.dataset!r}: "
                         "set `data.dataset: interactions` to train on your own tables."
                     )
+        if (self.split.kind == "given") != (self.test.path is not None):
+            raise ConfigError(
+                "`data.split.kind` 'given' needs `data.test.path` (the interactions to evaluate)."
+                if self.test.path is None
+                else f"`data.test.path` is set but `data.split.kind` is {self.split.kind!r}: set it to 'given'."
+            )
+        _require(0.0 < self.validation_fraction < 1.0, "data.validation_fraction", "in (0, 1)",
+                 self.validation_fraction)
         for name in ("max_history", "num_items", "num_users"):
             _require(getattr(self, name) > 0, f"data.{name}", "positive", getattr(self, name))
         _require(
@@ -310,6 +330,36 @@ PLAIN_IN_BATCH = LossConfig(logq="none", mixed_negatives=0)
 """TFRS's plain in-batch softmax: the default loss without logQ correction or mixed negatives."""
 
 
+_METRIC = re.compile(r"(HR|NDCG)@([1-9][0-9]*)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Stop training when a validation metric stops improving, keeping the best epoch's weights.
+
+    Attributes:
+      metric: the validation metric, ``HR@K`` or ``NDCG@K`` (K a positive integer), higher is better.
+      patience: epochs without an improvement before training stops (positive).
+      min_delta: the smallest rise that counts as an improvement (a finite float ≥ 0).
+    """
+
+    metric: str = "HR@10"
+    patience: int = 2
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(_METRIC.fullmatch(self.metric) is not None, "training.early_stopping.metric",
+                 "HR@K or NDCG@K with K a positive integer", self.metric)
+        _require(self.patience > 0, "training.early_stopping.patience", "positive", self.patience)
+        _require(_finite_at_least(self.min_delta, 0.0), "training.early_stopping.min_delta", "a finite float ≥ 0",
+                 self.min_delta)
+
+    @property
+    def k(self) -> int:
+        """The metric's cut-off K."""
+        return int(self.metric.split("@")[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation, checkpoints and logs.
@@ -335,6 +385,9 @@ class TrainingConfig:
         (model, optimizer, loss state, data position) every that many steps and every that many
         seconds (0: off; default every 10 minutes). A killed run resumes from the last one when
         the same command is rerun.
+      early_stopping: null (off, default) or ``{metric: HR@10, patience: 2, min_delta: 0}``: stop
+        when the validation metric (needs ``data.validation``) has not improved by more than
+        ``min_delta`` for ``patience`` epochs; the towers end with the best epoch's weights.
     """
 
     epochs: int = 10
@@ -348,6 +401,7 @@ class TrainingConfig:
     tensorboard_embeddings: bool = False
     checkpoint_every_steps: int = 0
     checkpoint_every_seconds: float = 600.0
+    early_stopping: Optional[EarlyStoppingConfig] = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -374,12 +428,16 @@ class ExportConfig:
       index: ``brute-force`` (exact, stock TF Serving) or ``scann`` (needs TF Serving with ScaNN ops).
       k: candidates returned per query (positive).
       verify: load the export in a fresh process and check its signatures after writing it.
+      exclude_history: remove the query's history items from serving_default's top k (still k
+        results): the index retrieves k + L candidates for a history of width L and keeps the best
+        k whose ids are not in the request's history.
     """
 
     model_name: str = "tfrec_towers"
     index: Literal["brute-force", "scann"] = "brute-force"
     k: int = 100
     verify: bool = True
+    exclude_history: bool = False
 
     def __post_init__(self) -> None:
         _require(self.k > 0, "export.k", "positive", self.k)
@@ -389,6 +447,18 @@ class ExportConfig:
             "a directory name (not empty, '.' or '..'; no '/', '\\' or NUL)",
             self.model_name,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """How the held-out interactions are ranked.
+
+    Attributes:
+      filter_seen: drop the items the user interacted with before (its history) from the ranking
+        (default true); false ranks the target among the whole catalogue.
+    """
+
+    filter_seen: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,6 +479,13 @@ class ExperimentConfig:
     loss: LossConfig = LossConfig()
     training: TrainingConfig = TrainingConfig()
     export: ExportConfig = ExportConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    def __post_init__(self) -> None:
+        if self.training.early_stopping is not None and self.data.validation == "none":
+            raise ConfigError(
+                "`training.early_stopping` watches a validation metric: set `data.validation` to 'last' or 'time'."
+            )
 
 
 def _suggest(key: str, valid: Sequence[str]) -> str:

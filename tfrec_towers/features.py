@@ -25,6 +25,7 @@ import json
 from typing import Any, Dict, Iterable, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfrec_towers.progress import progress
@@ -296,8 +297,9 @@ def _sequence_values(feature: SequenceFeature, column: np.ndarray) -> np.ndarray
 
 def _vocabulary(values: np.ndarray, feature: _VocabularyFeature) -> Tuple:
     """Values by descending count (ties by value), above ``min_count``, capped in size."""
-    values = values.astype(np.int64) if feature.dtype == "int64" else values.astype(str)
-    unique, counts = np.unique(values, return_counts=True)
+    codes, unique = pd.factorize(values.astype(np.int64) if feature.dtype == "int64" else values)
+    counts = np.bincount(codes[codes >= 0], minlength=len(unique))
+    unique = np.asarray(unique, np.int64) if feature.dtype == "int64" else np.asarray(unique).astype(str)
     order = np.lexsort((unique, -counts))
     unique, counts = unique[order], counts[order]
     unique = unique[counts >= feature.min_count][: feature.max_vocabulary_size]
