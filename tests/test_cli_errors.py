@@ -10,6 +10,8 @@ import pytest
 
 from tfrec_towers.cli import EXIT_USAGE, main
 
+pytestmark = pytest.mark.fast
+
 
 def _run(argv, capsys):
     """``(exit code, stdout + stderr)`` of the command run in this process (argparse errors exit too)."""

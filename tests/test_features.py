@@ -16,6 +16,8 @@ from tfrec_towers.features import (
     input_signature,
 )
 
+pytestmark = pytest.mark.fast
+
 
 def _spec():
     return FeatureSpec(

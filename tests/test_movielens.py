@@ -8,6 +8,8 @@ import pytest
 from pipelines.data import DataError
 from pipelines.movielens import load_movielens
 
+pytestmark = pytest.mark.fast
+
 # (user, movie, timestamp). User 1 has a timestamp tie (movies 10 and 30 at t=100) broken by
 # movie id; user 2 rated movie 99, which is not in the item file; user 3 rated once.
 # Movie 50 is never rated.

@@ -20,6 +20,8 @@ from pipelines.readers import (
     write_tfrecord,
 )
 
+pytestmark = pytest.mark.fast
+
 TYPES = {"user_id": "int64", "country": "string", "score": "float32", "history": "int64_list"}
 
 
