@@ -204,3 +204,10 @@ def test_multi_worker_without_tf_config_exits_2_naming_the_key(tmp_path, capsys,
     code = main(["train", "--output", str(tmp_path / "run"), "--set", "training.distribute=multi_worker", *SMALL])
     err = capsys.readouterr().err
     assert code == 2 and "`training.distribute`='multi_worker' needs the TF_CONFIG" in err and "Traceback" not in err
+
+
+def test_a_history_feature_the_query_tower_lacks_exits_2_naming_the_key(tmp_path, capsys):
+    code = main(["train", "--output", str(tmp_path / "run"), "--set", "model.history.feature=events", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "`model.history.feature` is 'events'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

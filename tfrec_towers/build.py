@@ -99,7 +99,13 @@ def build_model(
             "`training.example_format` 'every_position' needs a sequence `model.history.encoder` "
             "(mean, attention, gru or transformer), not 'pooling'."
         )
-    query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, config.model.history)
+    history = config.model.history
+    if history.is_sequential and history.feature not in [f.name for f in spec.query]:
+        raise ConfigError(
+            f"`model.history.feature` is {history.feature!r}, but the query features are "
+            f"{[f.name for f in spec.query]}: name the history feature, or set `model.history.encoder: pooling`."
+        )
+    query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, history)
     if for_inference:
         return TwoTowerModel(query, candidate, spec.candidate_id)
     given = {"training_ids": training_ids, "corpus": corpus}
