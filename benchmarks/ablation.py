@@ -2,7 +2,7 @@
 
     python benchmarks/ablation.py --data-dir ../shared/data/ml-100k [--seeds 0 1 2] [--datasets movielens synthetic]
 
-For each data set (MovieLens under the leave-last-out protocol of DESIGN §4, and the embedded
+For each data set (MovieLens under the leave-last-out protocol of docs/contracts.md, and the embedded
 synthetic data) and each seed, trains the plain TFRS recipe and the rows below on the same towers,
 then reports HR@10/50/100 and NDCG@10/50 as mean ± std over seeds and training examples/s.
 A second table measures the throughput cost of logQ + a memory bank of M = 16384 against plain

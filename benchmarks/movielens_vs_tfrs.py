@@ -1,6 +1,6 @@
 """The default configuration versus the plain TFRS recipe on one MovieLens directory.
 
-Same data, same leave-last-out protocol (DESIGN §4), same seeds, one run:
+Same data, same leave-last-out protocol, same seeds, one run:
 
     python benchmarks/movielens_vs_tfrs.py --data-dir ../shared/data/ml-100k [--seeds 0 1 2]
 

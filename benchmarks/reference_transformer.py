@@ -3,7 +3,7 @@
 The issue behind ``benchmarks/sequential.py`` states that "a minimal causal transformer with
 every-position in-batch + logQ training" reaches a given multiple of the plain TFRS recipe. This
 module is that model, sharing nothing with ``tfrec_towers`` but the data split and the metric
-code of DESIGN §4 (``tfrec_towers.evaluation``): its own item table, blocks, loss and training loop.
+code of the evaluation protocol (``tfrec_towers.evaluation``): its own item table, blocks, loss and training loop.
 
 Model (Kang & McAuley, ICDM 2018, pre-norm):
 
@@ -90,10 +90,10 @@ def _right_aligned(history: np.ndarray, length: int) -> np.ndarray:
 def train_and_evaluate(data: RetrievalData, seed: int, loss: str = "in_batch_logq", epochs: int = 30,
                        batch_size: int = 32, max_length: int = 50, dim: int = 64, learning_rate: float = 1e-3,
                        temperature: float = 0.05, dropout: float = 0.2) -> Dict[str, object]:
-    """Trains the minimal transformer on every position of ``data.train`` and evaluates it (DESIGN §4).
+    """Trains the minimal transformer on every position of ``data.train`` and evaluates it.
 
     Returns:
-      ``metrics`` (the DESIGN §4 keys), ``train_seconds`` and ``examples_per_second`` (trained targets).
+      ``metrics`` (the metrics.json keys), ``train_seconds`` and ``examples_per_second`` (trained targets).
     """
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {LOSSES}. Received: {loss!r}")

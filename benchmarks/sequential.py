@@ -2,7 +2,7 @@
 
     python benchmarks/sequential.py --data-dir ../shared/data/ml-100k [--seeds 0 1 2]
 
-On MovieLens under the leave-last-out protocol of DESIGN §4 (the protocol and seeds of
+On MovieLens under the leave-last-out protocol of docs/contracts.md (the protocol and seeds of
 ``benchmarks/ablation.py``), for each seed: the plain TFRS recipe (``benchmarks/baselines.py``) and
 one row per history encoder (mean, attention, GRU, transformer), each trained on every position
 with the configuration of ``configs/movielens_transformer.yaml`` (the best loss of the ablation:

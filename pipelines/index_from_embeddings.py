@@ -6,7 +6,7 @@ with :func:`tfrec_towers.index.build_index`, and writes a new SavedModel version
 those of an existing export (its ``query_embedding`` and ``candidate_embedding`` signatures), so
 the corpus reaches this process only as embeddings, never as features. The version has the layout,
 signatures, warm-up requests and metadata of :func:`tfrec_towers.export.export_retrieval_model`
-(DESIGN §5); its verification sample reuses the source export's sample queries and candidate rows.
+(docs/contracts.md); its verification sample reuses the source export's sample queries and candidate rows.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ A run directory holds::
     feature_spec.json    the adapted feature declarations (vocabularies, statistics)
     checkpoint/          the trained weights (tf.train.Checkpoint)
     history.json         per-epoch training losses (and validation metrics, ``val_HR@10`` ...)
-    metrics.json         HR@K / NDCG@K (DESIGN §4)
-    export/<model_name>/<version>/   the SavedModel (DESIGN §5)
+    metrics.json         HR@K / NDCG@K
+    export/<model_name>/<version>/   the SavedModel
     verification.json    the fresh-process check of that export
 """
 
@@ -230,7 +230,7 @@ def export_model(
     index_settings: Optional[Dict[str, Any]] = None,
     exclude_history: Optional[bool] = None,
 ) -> Path:
-    """Writes the DESIGN §5 SavedModel: retrieval over the corpus plus both embeddings.
+    """Writes the SavedModel (docs/contracts.md): retrieval over the corpus plus both embeddings.
 
     Args:
       index: ``"brute-force"`` or ``"scann"`` (ScaNN parameters derived from the corpus size), or a

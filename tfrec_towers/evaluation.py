@@ -1,4 +1,4 @@
-"""Exact full-catalogue retrieval metrics with seen-item filtering (DESIGN §4).
+"""Exact full-catalogue retrieval metrics with seen-item filtering.
 
 For each query u with held-out target t_u, every candidate c in the catalogue is scored
 s(u, c) = ⟨q_u, v_c⟩; the query's training items (other than t_u) are removed, and
@@ -98,7 +98,7 @@ def target_ranks(
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> Dict[str, float]:
-    """HR@K and NDCG@K (DESIGN §4 keys) from 0-based target ranks."""
+    """HR@K and NDCG@K (the metrics.json keys) from 0-based target ranks."""
     ranks = np.asarray(ranks)
     if len(ranks) == 0:
         raise ValueError("No evaluation queries: the data set has no user with a held-out item.")

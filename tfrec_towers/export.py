@@ -1,4 +1,4 @@
-"""Export trained towers plus a retrieval index as one SavedModel version for TF Serving (DESIGN §5).
+"""Export trained towers plus a retrieval index as one SavedModel version for TF Serving.
 
 ``<export_base>/<model_name>/<version>/`` holds three signatures on raw features:
 

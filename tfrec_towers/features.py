@@ -1,6 +1,6 @@
 """Feature declarations: each input is declared once and used by both towers, training and export.
 
-A declaration says what a raw column is (its dtype and shape on the wire, DESIGN §5) and how the
+A declaration says what a raw column is (its dtype and shape on the wire) and how the
 model turns it into a vector:
 
 * :class:`CategoricalFeature` — a vocabulary built from data plus out-of-vocabulary (OOV) buckets;

@@ -120,7 +120,7 @@ class RunReportData:
       data_name: the data set's name, e.g. ``"ml-100k"``.
       num_candidates: catalogue size.
       history: per-epoch Keras history (``history.json``: ``loss`` and the other logged values).
-      metrics: ``metrics.json`` (DESIGN §4 keys).
+      metrics: ``metrics.json``.
       ranks: ``int64 [U]`` 0-based rank of each eval query's target among its unseen catalogue.
       target_counts: ``int64 [U]`` training interactions of each eval query's target item.
       hit_rate_curve, ndcg_curve: ``float [MAX_K]``; entry ``K - 1`` is HR@K / NDCG@K.
@@ -522,7 +522,7 @@ def loss_summary(config: Dict[str, Any]) -> str:
 def compare_table(run_dirs: Sequence[PathLike]) -> str:
     """A Markdown table of ``metrics.json`` across runs, one row per run (for the terminal).
 
-    Columns: the run directory, its loss settings (:func:`loss_summary`), the DESIGN §4 metrics
+    Columns: the run directory, its loss settings (:func:`loss_summary`), the metrics.json metrics
     to 4 decimals, and the verified export's recall@k when ``verification.json`` exists.
 
     Raises:

@@ -3,7 +3,7 @@
 Run by :func:`tfrec_towers.verify.verify_export` by file path. It imports only TensorFlow, NumPy and
 the standard library (plus ``scann`` when the export's index is ScaNN) and never ``tfrec_towers``,
 so it sees the export exactly as a serving process would. It loads the SavedModel, checks the
-three signatures (DESIGN §5) against ``assets.extra/tfrec_towers_metadata.json``, replays the rows of
+three signatures against ``assets.extra/tfrec_towers_metadata.json``, replays the rows of
 ``assets.extra/verification_sample.json`` and compares with the in-memory model's recorded outputs,
 measures ``serving_default``'s recall@k against the exact top-k recorded at export, its single-query
 latency and its batched throughput, sends unknown ids and strings to every signature, and replays
@@ -199,7 +199,7 @@ def measure_serving(report, signature, features, num_rows):
 
 
 def check_signature_contract(report, signature_name, signature, metadata):
-    """Input names/dtypes/ranks as exported; outputs named and typed per DESIGN §5."""
+    """Input names/dtypes/ranks as exported; outputs named and typed as docs/contracts.md says."""
     with report.check(f"signature inputs: {signature_name}") as result:
         expected = metadata[SIGNATURE_INPUTS[signature_name]]
         actual = signature.structured_input_signature[1]
