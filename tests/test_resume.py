@@ -384,6 +384,8 @@ def test_ctrl_c_while_exporting_after_training_keeps_the_run_and_the_rerun_only_
         return write_warmup(*args, **kwargs)
 
     monkeypatch.setattr(warmup, "write_warmup_requests", interrupted)
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, whatever handler an earlier test in this worker left.
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     caplog.set_level(logging.INFO, logger="pipelines")
     output = tmp_path / "run"
     work = partial_directory(output)
@@ -396,6 +398,7 @@ def test_ctrl_c_while_exporting_after_training_keeps_the_run_and_the_rerun_only_
     assert not output.exists() and (work / CHECKPOINTS_DIR).is_dir()
     assert not list((work / "export").rglob(".tmp-*"))
     monkeypatch.undo()
+    signal.signal(signal.SIGINT, previous_handler)
     caplog.clear()
     result = train(CONFIG, output, verbose=0)
     step, left = RESUMED.search(caplog.text).group(1, 6)
