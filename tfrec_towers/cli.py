@@ -89,26 +89,23 @@ def _run_passthrough(command: str, argv: Sequence[str]) -> int:
         return EXIT_USAGE
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer ≥ 1 (argparse names the flag in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1. Received: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1. Received: {text!r}")
-    return value
+def _checked(parse: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse(text)`` when it parses and ``ok`` holds (argparse names the flag in its error)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}. Received: {text!r}")
+        return value
+
+    return convert
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1]. Received: {text!r}") from None
-    if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1]. Received: {text!r}")
-    return value
+_positive_int = _checked(int, lambda value: value >= 1, "an integer ≥ 1")
+_fraction = _checked(float, lambda value: math.isfinite(value) and 0.0 < value <= 1.0, "a number in (0, 1]")
 
 
 def _path(text: str) -> str:
