@@ -12,7 +12,7 @@ from pipelines.data import DataError
 from pipelines.declarations import Declarations, feature_spec, infer_column, infer_declarations, rename_columns
 from pipelines.interactions import InteractionTables, interaction_data
 from tfrec_towers.data_config import FeatureDeclaration
-from tfrec_towers.features import CategoricalFeature, HashedFeature, NumericFeature, SequenceFeature
+from tfrec_towers.features import CategoricalFeature, HashedFeature, NumericFeature, SequenceFeature, adapt
 
 pytestmark = pytest.mark.fast
 
@@ -58,6 +58,19 @@ def test_inferred_towers_read_ids_history_and_every_attribute_column():
     assert spec.candidate_id == "item_id"
     assert isinstance(spec.candidate[1], SequenceFeature) and spec.candidate[1].separator == "|"
     assert isinstance(spec.candidate[2], NumericFeature) and spec.candidate[2].dtype == "float32"
+
+
+def test_the_inferred_user_id_embeds_only_users_with_twenty_training_examples():
+    # u1: 25 interactions -> 24 training examples (the last one is held out); u2: 5 -> 4.
+    log = pd.DataFrame({"user_id": ["u1"] * 25 + ["u2"] * 5,
+                        "item_id": [f"i{k}" for k in range(25)] + [f"i{k}" for k in range(5)],
+                        "timestamp": list(range(25)) + list(range(5))})
+    data = interaction_data(InteractionTables("t", log), max_history=3)
+    declarations = infer_declarations(data, "user_id", [], [])
+    assert declarations.query[0].kind == "id" and declarations.query[0].min_count == 20
+    spec = adapt(feature_spec(declarations, data, embedding_dim=8, num_oov_buckets=1, history_pooling="mean",
+                              share_item_embeddings=True), data.train, data.candidates)
+    assert spec.query[0].vocabulary == ("u1",)  # u2 shares the out-of-vocabulary row
 
 
 def test_declared_features_with_their_own_names_and_options():

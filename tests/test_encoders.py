@@ -88,9 +88,18 @@ def test_config_round_trip(layer):
     assert rebuilt.get_config() == config
 
 
+@pytest.mark.parametrize("key_dtype, values", [("string", ["a", "", "zz"]), ("int64", [3, 0, -7])])
+def test_an_empty_vocabulary_sends_every_value_to_the_oov_bucket(key_dtype, values):
+    table = EmbeddingTable([], key_dtype, 4, num_oov_buckets=1)
+    out = table(tf.constant(values, tf.string if key_dtype == "string" else tf.int64)).numpy()
+    row = table.embedding.embeddings.numpy()
+    assert row.shape == (1, 4)
+    np.testing.assert_array_equal(out, np.repeat(row, len(values), axis=0))
+
+
 def test_validation_messages():
-    with pytest.raises(ValueError, match="`vocabulary` is empty"):
-        EmbeddingTable([], "int64", 2)
+    with pytest.raises(ValueError, match="`key_dtype` must be"):
+        EmbeddingTable([], "float32", 2)
     with pytest.raises(ValueError, match="`num_bins` must be a positive int"):
         HashedEmbedding(0, 2)
     with pytest.raises(ValueError, match="`pooling` must be one of"):

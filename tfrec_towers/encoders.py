@@ -31,7 +31,8 @@ class EmbeddingTable(tf.keras.layers.Layer):
     """Vocabulary lookup with OOV buckets followed by an embedding: ``E[lookup(x)]``.
 
     Row ``i < num_oov_buckets`` is an OOV bucket (values not in ``vocabulary`` are hashed into
-    one); row ``num_oov_buckets + j`` embeds ``vocabulary[j]``.
+    one); row ``num_oov_buckets + j`` embeds ``vocabulary[j]``. An empty ``vocabulary`` (no value
+    reached the feature's ``min_count``) sends every value to the OOV buckets.
 
     Args:
       vocabulary: the known values (ints for ``key_dtype="int64"``, strings otherwise).
@@ -51,15 +52,15 @@ class EmbeddingTable(tf.keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if len(vocabulary) == 0:
-            raise ValueError(f"EmbeddingTable `{self.name}`: `vocabulary` is empty; adapt the features on data first.")
         if key_dtype not in ("int64", "string"):
             raise ValueError(f"`key_dtype` must be 'int64' or 'string'. Received: {key_dtype!r}")
         self.vocabulary = list(vocabulary)
         self.key_dtype = key_dtype
         self.embedding_dim = int(embedding_dim)
         self.num_oov_buckets = int(num_oov_buckets)
-        if key_dtype == "int64":
+        if not self.vocabulary:  # Keras' lookups refuse an empty vocabulary
+            self.lookup = tf.keras.layers.Hashing(self.num_oov_buckets)
+        elif key_dtype == "int64":
             self.lookup = tf.keras.layers.IntegerLookup(
                 vocabulary=np.asarray(self.vocabulary, dtype=np.int64),
                 num_oov_indices=self.num_oov_buckets,
