@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -40,9 +42,24 @@ def markdown_table(summary: Dict[str, dict], baseline: str, reported: Sequence[s
     return "\n".join(lines) + "\n"
 
 
+def source_commit() -> str:
+    """The commit of the benchmarked tree (``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def write_results(output_dir: Path, stem: str, payload: dict, table: str) -> None:
+    """Writes ``stem.json`` (the payload plus commit, machine, load and date) and ``stem.md`` (the table)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    payload = {**payload, "machine": {"platform": platform.platform(), "python": platform.python_version()},
+    payload = {**payload, "commit": source_commit(),
+               "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                           "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (output_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (output_dir / f"{stem}.md").write_text(table)

@@ -7,16 +7,19 @@ the same split with the same seeds, in one run:
 
     python benchmarks/interaction_tables.py \\
         --interactions ../shared/data/amazon-beauty/interactions.csv ../shared/data/amazon-toys/interactions.csv \\
-        --seeds 0 1 2
+        --seeds 0 1 2 --processes 2
 
-Writes ``benchmarks/results/interaction_tables.{json,md}`` (HR@10, NDCG@10, HR@20, NDCG@20 and
+``--processes 2`` trains the tables side by side, one process each (the seeds of a table, and its
+two models, stay in one process, interleaved). Writes ``benchmarks/results/interaction_tables.{json,md}`` (HR@10, NDCG@10, HR@20, NDCG@20 and
 HR@50, mean ± std over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -70,13 +73,16 @@ def main() -> None:
     parser.add_argument("--interactions", nargs="+", required=True, help="interaction tables (user_id, item_id, timestamp)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], help="override a config key of the default, as in the CLI")
+    parser.add_argument("--processes", type=int, default=1, help="tables trained at once, one process each")
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
     command = " ".join(["python", "benchmarks/interaction_tables.py", *sys.argv[1:]])
     results, tables = {}, [f"`{command}`\n"]
-    for path in args.interactions:
-        name, rows = run_table(path, args.seeds, args.set)
+    with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [pool.submit(run_table, path, args.seeds, args.set) for path in args.interactions]
+    for path, run in zip(args.interactions, runs):
+        name, rows = run.result()
         summary = summarise(rows, REPORTED)
         results[name] = {"path": path, "rows": rows, "summary": summary}
         tables.append(f"### {name}\n\n" + markdown_table(summary, baseline=PLAIN, reported=REPORTED))
