@@ -10,7 +10,8 @@ import yaml
 from tfrec_towers.config import ExperimentConfig, config_from_dict
 
 pytestmark = pytest.mark.fast
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README_PATH = Path(__file__).resolve().parent.parent / "README.md"
+README = README_PATH.read_text(encoding="utf-8")
 
 
 def _yaml_block_after(heading: str) -> dict:
@@ -26,3 +27,13 @@ def test_the_your_data_example_is_a_valid_configuration():
     config = config_from_dict(_yaml_block_after("## Your data"))
     assert config.data.dataset == "interactions" and config.data.interactions.filter.values == ("purchase", "add_to_cart")
     assert [d.kind for d in config.features.candidate] == ["id", "multi_valued", "numeric", "categorical"]
+
+
+def test_every_committed_results_table_is_in_the_readme_as_written():
+    """Each results block holds its benchmarks/results/NAME.md verbatim (``benchmarks/readme_tables.py``)."""
+    results = README_PATH.parent / "benchmarks" / "results"
+    blocks = dict(re.findall(r"<!-- results: ([\w-]+) -->\n(.*?)<!-- /results -->", README, re.S))
+    committed = sorted(p.stem for p in results.glob("*.md"))
+    assert sorted(blocks) == committed
+    for name, body in blocks.items():
+        assert body == (results / f"{name}.md").read_text(encoding="utf-8").rstrip() + "\n", name
