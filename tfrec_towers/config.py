@@ -258,9 +258,6 @@ class AdaptiveConfig:
         )
 
 
-MODES = ("softmax", "bce", "bpr", "hinge", "symmetric")
-
-
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """The retrieval loss: mode, negatives, logQ correction, temperature, adaptive margins.
