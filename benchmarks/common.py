@@ -43,11 +43,12 @@ def markdown_table(summary: Dict[str, dict], baseline: str, reported: Sequence[s
 
 
 def source_commit() -> str:
-    """The commit of the benchmarked tree (``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    """The commit of the benchmarked tree (``+dirty`` when it has uncommitted changes besides the results
+    themselves), or ``unknown``."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"], cwd=root,
                                capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
