@@ -35,6 +35,7 @@ import logging
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
 from pipelines.data import DataError, RetrievalData
 from tfrec_towers.data_config import FeatureDeclaration
@@ -121,7 +122,7 @@ def infer_declarations(
     for side in ("query", "candidate"):
         logger.info("Inferred %s features: %s", side, ", ".join(_describe(d) for d in getattr(declarations, side)))
     if user_column in data.train:
-        _, counts = np.unique(np.asarray(data.train[user_column]), return_counts=True)
+        counts = pd.Series(np.asarray(data.train[user_column])).value_counts(sort=False).to_numpy()  # hashed, no sort
         logger.info(
             "%s: %s of %s users have at least %d training examples and an embedding of their own; the others share "
             "the out-of-vocabulary one (declare `{name: %s, kind: id, min_count: 1}` to give every user one).",
