@@ -44,7 +44,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
-from pipelines.data import num_rows
+from pipelines.data import DataError, HistoryWindows, TrainingExamples, num_rows
 from pipelines.dataset import epoch_batches, steps_per_epoch
 from pipelines.validation import EarlyStopping
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, config_to_dict
@@ -479,7 +479,7 @@ def fit_resumably(
     epoch_callbacks: Sequence[tf.keras.callbacks.Callback] = (),
     early_stopping: Optional[EarlyStopping] = None,
 ) -> Tuple[Dict[str, List[float]], int]:
-    """``model.fit`` for ``training.epochs`` epochs of :func:`~pipelines.dataset.epoch_batches`, resumable.
+    """``model.fit`` for ``training.epochs`` epochs of :func:`training_batches`, resumable.
 
     Resumes from the newest readable checkpoint of ``restore_from`` or ``checkpoints`` (if any). A run
     resumed mid-epoch fits that epoch's remaining batches first, then the later epochs: two
@@ -487,7 +487,7 @@ def fit_resumably(
 
     Args:
       model: the compiled model.
-      features: the training examples.
+      features: the training examples (a feature dictionary or :class:`~pipelines.data.TrainingExamples`).
       training: epochs, batch size, seed and the checkpoint schedule; under ``multi_worker``
         time-based saves are off (workers must save at the same steps).
       checkpoints: the checkpoint directory (``None``: no checkpoints, no Ctrl-C handling).
@@ -530,7 +530,8 @@ def fit_resumably(
         create_tower_variables(model)
     with resumable.catching_sigint():
         for first_step, first_epoch, end_epoch, steps in segments:
-            dataset = epoch_batches(features, training.batch_size, seed=training.seed, epochs=end_epoch, start_step=first_step)
+            dataset = training_batches(features, training.batch_size, seed=training.seed, epochs=end_epoch,
+                                       start_step=first_step)
             model.fit(dataset, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=verbose,
                       callbacks=[*epoch_callbacks, resumable, *callbacks])
             if model.stop_training:
@@ -544,6 +545,59 @@ def fit_resumably(
         )
     resumable.restore_best()
     return resumable.history, resumable.step - resumable.start
+
+
+def training_batches(
+    features: Mapping[str, np.ndarray], batch_size: int, *, seed: int, epochs: int, start_step: int = 0
+) -> tf.data.Dataset:
+    """The batches training reads: :func:`~pipelines.dataset.epoch_batches` of ``features``.
+
+    :class:`~pipelines.data.TrainingExamples` are not built whole: their per-example indexes are
+    batched (the same rows in the same order), then each batch's columns are looked up in the
+    tables they read (``tf.gather``), so a batch holds exactly the tensors ``epoch_batches`` of
+    the built columns would give, and the pipeline holds the tables and the indexes (a few bytes
+    an example) rather than a copy of every column.
+
+    Args, Returns and Raises: those of :func:`~pipelines.dataset.epoch_batches`.
+    """
+    if not isinstance(features, TrainingExamples):
+        return epoch_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step)
+    indexes = epoch_batches({str(i): index for i, index in enumerate(features.indexes)}, batch_size, seed=seed,
+                            epochs=epochs, start_step=start_step)
+    tables = {}
+    for name, column in features.columns.items():
+        if isinstance(column, HistoryWindows):
+            tables[name] = (tf.constant(column.sequence), _tensor(column.ids, name))
+        elif column.table is not None:
+            tables[name] = _tensor(column.table, name)
+
+    def look_up(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        columns = {}
+        for name, column in features.columns.items():
+            rows = batch[str(column.index)]
+            if isinstance(column, HistoryWindows):  # [B, L]: the slots end − L … end − 1 of the sequence
+                sequence, ids = tables[name]
+                slots = rows[:, tf.newaxis] + tf.range(-column.width, 0, dtype=rows.dtype)
+                columns[name] = tf.gather(ids, tf.gather(sequence, slots))
+            else:
+                columns[name] = rows if column.table is None else tf.gather(tables[name], rows)
+        return columns
+
+    return indexes.map(look_up, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _tensor(values: np.ndarray, name: str) -> tf.Tensor:
+    """A table as the tensor ``epoch_batches`` makes of a column: integers int64, floats float32, text strings."""
+    if values.dtype.kind in "iu":
+        return tf.constant(values, tf.int64)
+    if values.dtype.kind == "f":
+        return tf.constant(values, tf.float32)
+    if values.dtype.kind not in "OUS":
+        raise DataError(f"Column '{name}' has unsupported dtype {values.dtype}; expected integers, floats or strings.")
+    try:
+        return tf.constant(values, tf.string)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"Column '{name}' must hold only strings: {e}") from None
 
 
 def create_tower_variables(model: tf.keras.Model) -> None:

@@ -12,13 +12,18 @@ column type    numpy array                 example
 ``int64_list`` ``int64 [N, L]``, 0-padded  ``history`` (most recent last, padded left)
 ``string_list`` ``object [N, L]``, ""-pad. ``history`` of string ids
 =============  ==========================  ===========================================
+
+The training examples of a split are a :class:`TrainingExamples`: a read-only mapping with the
+same columns, which stores each example's user row, item row and history position (a few bytes)
+instead of copies of the attribute tables and an ``[N, L]`` history matrix (``8 · L`` bytes a
+row), and builds a column when it is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, Literal, Mapping, Optional, Protocol
+from typing import Any, Dict, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -29,6 +34,8 @@ FeatureDict = Dict[str, np.ndarray]
 
 logger = logging.getLogger(__name__)
 
+HISTORY_CHUNK_ROWS = 1 << 18  # rows of [N, L] codes built at a time when histories are flattened
+
 
 class DataError(ValueError):
     """Input data does not match what a reader expects: the message names the file,
@@ -36,16 +43,300 @@ class DataError(ValueError):
 
 
 def num_rows(features: Mapping[str, np.ndarray]) -> int:
-    """Number of examples in a feature dictionary (all columns must agree)."""
+    """Number of examples in a feature dictionary (all columns must agree) or :class:`TrainingExamples`."""
+    if isinstance(features, TrainingExamples):
+        return features.num_rows
     lengths = {name: len(values) for name, values in features.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"Feature columns have different lengths: {lengths}")
     return next(iter(lengths.values()), 0)
 
 
-def take_rows(features: Mapping[str, np.ndarray], index: np.ndarray) -> FeatureDict:
-    """Rows ``index`` of every column."""
+def take_rows(features: Mapping[str, np.ndarray], index: np.ndarray) -> Mapping[str, np.ndarray]:
+    """Rows ``index`` of every column (of :class:`TrainingExamples`: the same kind of table, still unbuilt)."""
+    if isinstance(features, TrainingExamples):
+        return features.take(index)
     return {name: values[index] for name, values in features.items()}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CodedIds:
+    """An id column as codes into its values: row ``r`` holds ``values[codes[r]]``.
+
+    A log of ``R`` interactions with ``U`` distinct ids is ``R`` small integers and ``U`` ids,
+    not ``R`` Python strings. ``values`` may repeat an id (e.g. after :meth:`concatenate`) or
+    hold ids no row uses any more (after :meth:`take`).
+
+    Attributes:
+      codes: ``int32 [R]`` (``int64`` beyond 2**31 values) each row's position in ``values``.
+      values: ``[U]`` the ids, ``int64`` or ``object`` (``str``).
+    """
+
+    codes: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, ids: Union[np.ndarray, pd.Series, "CodedIds"]) -> "CodedIds":
+        """``ids`` coded (coded ids as they are): integers (and booleans) as ``int64`` values, anything
+        else as ``object``; a pandas column is coded where it is stored (no Python object a row)."""
+        if isinstance(ids, CodedIds):
+            return ids
+        ids = ids if isinstance(ids, pd.Series) else np.asarray(ids)
+        integers = pd.api.types.is_integer_dtype(ids.dtype) or pd.api.types.is_bool_dtype(ids.dtype)
+        codes, values = pd.factorize(ids, use_na_sentinel=False)
+        return cls(_narrow(codes, len(values)), np.asarray(values, np.int64 if integers else object))
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["CodedIds"]) -> "CodedIds":
+        """The rows of ``parts`` one after the other (their values side by side)."""
+        offsets = np.cumsum([0] + [len(part.values) for part in parts])
+        values = np.concatenate([part.values for part in parts])
+        codes = np.concatenate([part.codes.astype(np.int64) + offset for part, offset in zip(parts, offsets)])
+        return cls(_narrow(codes, len(values)), values)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    def take(self, rows: np.ndarray) -> "CodedIds":
+        """The rows ``rows`` (positions, or a boolean mask)."""
+        return CodedIds(self.codes[rows], self.values)
+
+    def decode(self, rows: Union[np.ndarray, slice] = slice(None)) -> np.ndarray:
+        """The ids of the rows ``rows`` (default all)."""
+        return self.values[self.codes[rows]]
+
+    def used(self) -> np.ndarray:
+        """``bool [U]``: which values some row holds."""
+        return np.bincount(self.codes, minlength=len(self.values)) > 0
+
+
+def _narrow(codes: np.ndarray, count: int) -> np.ndarray:
+    """Codes into ``count`` values (:class:`CodedIds`) as ``int32`` when they fit, else ``int64``."""
+    return codes.astype(np.int32 if count < 2**31 else np.int64)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Lookup:
+    """A column read through a per-example index: ``table[rows]``, or the index itself without a table.
+
+    Attributes:
+      index: the position of the index in :attr:`TrainingExamples.indexes`.
+      table: ``[T]`` the values (an attribute column of the users or the items table), or None:
+        the index holds the column's values (e.g. an interaction's weight).
+    """
+
+    index: int
+    table: Optional[np.ndarray] = None
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The column of the examples whose index entries are ``rows``."""
+        return rows if self.table is None else self.table[rows]
+
+    def tokens(self, rows: np.ndarray, separator: str) -> np.ndarray:
+        """``object [T]`` the non-empty pieces of the texts of ``rows`` split at ``separator``, row by
+        row (what ``[t for text in read(rows) for t in str(text).split(separator) if t]`` holds),
+        each table row split once: the examples share its pieces."""
+        if self.table is None:
+            return _split_texts(rows, separator)[0]
+        pieces, counts = _split_texts(self.table, separator)
+        per_row = counts[rows]
+        starts = np.cumsum(counts) - counts
+        within = np.arange(int(per_row.sum())) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        return pieces[np.repeat(starts[rows], per_row) + within]
+
+
+def _split_texts(texts: np.ndarray, separator: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(pieces, counts)``: the non-empty pieces of every text split at ``separator``, in order
+    (``object``), and how many each text gave (``int64``)."""
+    split = [[piece for piece in str(text).split(separator) if piece] for text in texts]
+    pieces = np.empty(sum(len(p) for p in split), object)
+    pieces[:] = [piece for p in split for piece in p]
+    return pieces, np.array([len(p) for p in split], np.int64)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HistoryWindows:
+    """Histories as windows of one padded item sequence: an example's history is
+    ``ids[sequence[end - width : end]]``, its index entry being ``end``.
+
+    The sequence holds ``width`` zeros, then a user's items (as 1-based catalogue rows) in time
+    order, for every user in turn; an example's window ends just before its own item, so it
+    holds the user's up-to-``width`` previous items, most recent last, left-padded with 0.
+
+    Attributes:
+      index: the position of the windows' ends in :attr:`TrainingExamples.indexes`.
+      sequence: ``int32 [P]`` the padded item sequence (0: padding).
+      ids: ``[C + 1]`` the padding value (0 or ``""``), then the candidate id of each catalogue row.
+      width: ``L``, the history width.
+    """
+
+    index: int
+    sequence: np.ndarray
+    ids: np.ndarray
+    width: int
+
+    def codes(self, ends: np.ndarray) -> np.ndarray:
+        """``int32 [len(ends), L]``: the windows ending at ``ends`` as 1-based catalogue rows (0: padding)."""
+        return sliding_window_view(self.sequence, self.width)[np.asarray(ends) - self.width]
+
+    def read(self, ends: np.ndarray) -> np.ndarray:
+        """``[len(ends), L]`` the histories of the windows ending at ``ends``, as candidate ids."""
+        return self.ids[self.codes(ends)]
+
+    def most_recent(self, ends: np.ndarray) -> np.ndarray:
+        """``[len(ends)]`` the latest item of each history: the padding value for an empty one."""
+        return self.ids[self.sequence[np.asarray(ends) - 1]]
+
+    def flattened(self, ends: np.ndarray) -> np.ndarray:
+        """``[M]`` the items of the histories, row by row, padding left out: what
+        ``read(ends).reshape(-1)`` holds besides the padding, without building the ``[N, L]`` matrix."""
+        chunks = range(0, len(ends), HISTORY_CHUNK_ROWS)
+        counts = [int(np.count_nonzero(self.codes(ends[a : a + HISTORY_CHUNK_ROWS]))) for a in chunks]
+        values = np.empty(sum(counts), self.ids.dtype)
+        position = 0
+        for first, count in zip(chunks, counts):
+            codes = self.codes(ends[first : first + HISTORY_CHUNK_ROWS])
+            values[position : position + count] = self.ids[codes[codes != 0]]
+            position += count
+        return values
+
+
+Column = Union[Lookup, HistoryWindows]
+
+
+class TrainingExamples(Mapping[str, np.ndarray]):
+    """Training examples as a read-only feature dictionary whose columns are built when read.
+
+    Each example is a few per-example *indexes* (its user's row of the users table, its item's
+    row of the catalogue, the end of its history window, its interaction columns); a column is
+    one :class:`Lookup` or :class:`HistoryWindows` over one of them. ``examples[name]`` builds
+    the column, every time it is read (nothing is cached): the arrays, dtypes and shapes of a
+    plain feature dictionary. :meth:`take` and :meth:`select` give other examples still unbuilt,
+    and a ``tf.data`` pipeline can batch the indexes and look the columns up per batch
+    (:func:`pipelines.checkpointing.training_batches`).
+
+    Args:
+      indexes: the per-example indexes, ``[N]`` each.
+      columns: ``{name: column}`` in column order, each reading one of ``indexes``.
+
+    Raises:
+      ValueError: the indexes differ in length, or a column reads an index that does not exist.
+    """
+
+    def __init__(self, indexes: Sequence[np.ndarray], columns: Mapping[str, Column]) -> None:
+        self.indexes: Tuple[np.ndarray, ...] = tuple(indexes)
+        self.columns: Dict[str, Column] = dict(columns)
+        lengths = {len(index) for index in self.indexes}
+        if len(lengths) > 1:
+            raise ValueError(f"The indexes of training examples have different lengths: {sorted(lengths)}")
+        unknown = {name: c.index for name, c in self.columns.items() if not 0 <= c.index < len(self.indexes)}
+        if unknown:
+            raise ValueError(f"Columns {unknown} read indexes beyond the {len(self.indexes)} given.")
+        self.num_rows = lengths.pop() if lengths else 0
+
+    @classmethod
+    def of(cls, features: Mapping[str, np.ndarray]) -> "TrainingExamples":
+        """The examples of a plain feature dictionary: each column its own index.
+
+        Raises:
+          ValueError: the columns differ in length.
+        """
+        if isinstance(features, TrainingExamples):
+            return features
+        num_rows(features)
+        return cls([np.asarray(values) for values in features.values()],
+                   {name: Lookup(position) for position, name in enumerate(features)})
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        column = self.columns[name]
+        return column.read(self.indexes[column.index])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def __repr__(self) -> str:
+        kinds = {name: type(column).__name__ for name, column in self.columns.items()}
+        return f"TrainingExamples({self.num_rows} rows, {kinds})"
+
+    def take(self, rows: np.ndarray) -> "TrainingExamples":
+        """The examples ``rows`` (positions, or a boolean mask), in that order."""
+        return TrainingExamples([index[rows] for index in self.indexes], self.columns)
+
+    def select(self, names: Sequence[str]) -> "TrainingExamples":
+        """The columns ``names``, in that order, with only the indexes they read.
+
+        Raises:
+          KeyError: a name is not a column (the message lists the columns).
+        """
+        missing = [name for name in names if name not in self.columns]
+        if missing:
+            raise KeyError(
+                f"The training examples have no column {missing[0]!r}; their columns are {list(self.columns)}."
+            )
+        used = sorted({self.columns[name].index for name in names})
+        position = {old: new for new, old in enumerate(used)}
+        return TrainingExamples([self.indexes[i] for i in used],
+                                {name: dataclasses.replace(self.columns[name], index=position[self.columns[name].index])
+                                 for name in names})
+
+    def history_windows(self, name: str) -> Optional[Tuple[HistoryWindows, np.ndarray]]:
+        """``(windows, ends)`` when column ``name`` is a history stored as windows, else None."""
+        column = self.columns[name]
+        return (column, self.indexes[column.index]) if isinstance(column, HistoryWindows) else None
+
+    def counted(self, separators: Mapping[str, str]) -> Mapping[str, np.ndarray]:
+        """The columns as a vocabulary counts their values, each built when read, its values in the
+        order it would read them but without the ``[N, L]`` or per-example text copies:
+
+        * a history (:class:`HistoryWindows`): the ``[M]`` items of its rows, row by row, padding
+          left out (what the matrix holds besides its padding);
+        * a text column named in ``separators`` (multi-valued): the ``[T]`` non-empty pieces of its
+          rows split at its separator, row by row (:meth:`Lookup.tokens`);
+        * any other column: as it is.
+
+        :func:`tfrec_towers.features.adapt` learns from these the vocabularies and statistics it
+        learns from the columns themselves (it counts an id matrix's non-padding entries and a
+        multi-valued text's non-empty pieces, and a piece splits into itself).
+
+        Args:
+          separators: ``{column: separator}`` of the multi-valued text columns.
+        """
+        return _CountedColumns(self, dict(separators))
+
+
+class _CountedColumns(Mapping[str, np.ndarray]):
+    """The read-only view of :meth:`TrainingExamples.counted`, built column by column."""
+
+    def __init__(self, examples: TrainingExamples, separators: Dict[str, str]) -> None:
+        self.examples, self.separators = examples, separators
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        column = self.examples.columns[name]
+        rows = self.examples.indexes[column.index]
+        if isinstance(column, HistoryWindows):
+            return column.flattened(rows)
+        if name in self.separators:
+            return column.tokens(rows, self.separators[name])
+        return column.read(rows)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.examples
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
 
 
 @dataclasses.dataclass
@@ -73,7 +364,8 @@ class RetrievalData:
     Attributes:
       name: a short name for reports, e.g. ``"ml-100k"`` or ``"synthetic-10000"``.
       train: training examples, one row per (query features, history) -> candidate;
-        holds the query *and* the candidate feature columns.
+        holds the query *and* the candidate feature columns (a :class:`TrainingExamples`; a
+        plain feature dictionary given here is wrapped in one).
       eval_queries: one row per evaluated interaction (leave-last-out: one per user): query
         features with the history before it (the last ``max_history`` items, most recent last).
       eval_targets: ``[E]`` the held-out candidate id of each eval query.
@@ -89,7 +381,7 @@ class RetrievalData:
     """
 
     name: str
-    train: FeatureDict
+    train: TrainingExamples
     eval_queries: FeatureDict
     eval_targets: np.ndarray
     seen_indptr: np.ndarray
@@ -101,6 +393,9 @@ class RetrievalData:
     column_types: Dict[str, ColumnType]
     summary: Dict[str, int] = dataclasses.field(default_factory=dict)
     validation: Optional[EvaluationSet] = None
+
+    def __post_init__(self) -> None:
+        self.train = TrainingExamples.of(self.train)
 
     def seen(self, query_index: int) -> np.ndarray:
         """Item ids filtered out for eval query ``query_index``."""
@@ -204,8 +499,8 @@ class LastInteraction:
 def split_interactions(
     *,
     name: str,
-    user_ids: np.ndarray,
-    item_ids: np.ndarray,
+    user_ids: Union[np.ndarray, CodedIds],
+    item_ids: Union[np.ndarray, CodedIds],
     timestamps: np.ndarray,
     users: FeatureDict,
     candidates: FeatureDict,
@@ -243,12 +538,15 @@ def split_interactions(
     Built from sorted arrays and offsets, without a loop over users or interactions:
     the item sequence (as 1-based catalogue rows) is laid out with ``max_history`` zeros
     in front of every user, each history is the window of the ``max_history`` slots just
-    before its end, and the rows are mapped back to ids (0 to the padding).
+    before its end, and the rows are mapped back to ids (0 to the padding). The training
+    examples (:class:`TrainingExamples`) keep each example's user row, item row and window end,
+    and build a column (attributes, histories) only when it is read.
 
     Args:
       name: the data set name for reports.
       user_ids, item_ids: ``[R]`` the interactions' ids, integers (item ids > 0) or strings
-        (not empty); timestamps: ``int64 [R]``. Exact duplicate rows are dropped (see above).
+        (not empty), as arrays or :class:`CodedIds`; timestamps: ``int64 [R]``. Exact duplicate
+        rows are dropped (see above).
       users: the query feature table, one row per user, keyed by ``users[user_id]``.
       candidates: the catalogue, one row per item, keyed by ``candidates[candidate_id]``.
       user_id, candidate_id: the key columns of ``users`` and ``candidates``.
@@ -275,13 +573,15 @@ def split_interactions(
     """
     if not isinstance(max_history, (int, np.integer)) or isinstance(max_history, bool) or max_history < 1:
         raise ValueError(f"`max_history` must be a positive int. Received: {max_history!r}")
-    user_ids, item_ids = (_id_array(a) for a in (user_ids, item_ids))
+    user_ids, item_ids = CodedIds.of(user_ids), CodedIds.of(item_ids)
     timestamps = np.asarray(timestamps, np.int64)
     phases = np.zeros(len(item_ids), np.int64) if phases is None else np.asarray(phases, np.int64)
     if len(item_ids) == 0:
         raise DataError(f"{name}: there are no interactions to split.")
-    if item_ids.dtype.kind in "iu" and item_ids.min() <= 0:
-        raise DataError(f"{name}: item ids must be positive (0 pads histories). Found {item_ids.min()}.")
+    integer_ids = item_ids.dtype.kind in "iu"
+    lowest = item_ids.values[item_ids.used()].min() if integer_ids else None
+    if integer_ids and lowest <= 0:
+        raise DataError(f"{name}: item ids must be positive (0 pads histories). Found {lowest}.")
     shared = (set(users) | {history}) & set(candidates)
     if shared:
         raise DataError(f"{name}: columns {sorted(shared)} are both query and candidate features.")
@@ -289,22 +589,24 @@ def split_interactions(
     candidates = _sorted_by_key(candidates, candidate_id, f"{name}: the candidate")
     item_rows = _rows_of(candidates[candidate_id], item_ids, f"{name}: item")
     all_user_rows = _rows_of(users[user_id], user_ids, f"{name}: user")
-    order = _chronological_order(all_user_rows, timestamps, item_rows, len(candidates[candidate_id]))
+    order = _chronological_order(
+        all_user_rows, timestamps, item_rows, len(candidates[candidate_id]), len(users[user_id])
+    )
     if phases.any():  # a test table's interactions after every training one of their user
         order = order[np.argsort(all_user_rows[order] * 2 + phases[order], kind="stable")]
-    repeats = _repeats_previous(order, (user_ids, item_ids, timestamps, phases))
+    repeats = _repeats_previous(order, (all_user_rows, item_rows, timestamps, phases))  # rows: one per id
     if repeats.any():
         row = order[np.argmax(repeats)]
-        user, item, timestamp = (column[row : row + 1].tolist()[0] for column in (user_ids, item_ids, timestamps))
+        user, item = (ids.decode(slice(row, row + 1)).tolist()[0] for ids in (user_ids, item_ids))
+        timestamp = timestamps[row : row + 1].tolist()[0]
         logger.warning(
             "%s: dropped exact duplicate interactions (the same %s, %s and timestamp as an earlier row; the first "
             "occurrence is kept): %d of %d, e.g. %s %r, %s %r, timestamp %r.",
             name, user_id, candidate_id, int(repeats.sum()), len(repeats), user_id, user, candidate_id, item, timestamp,
         )
         order = order[~repeats]
-    user_rows = all_user_rows[order]
-    item_rows, items = item_rows[order], item_ids[order]
-    n = len(items)
+    user_rows, item_rows = all_user_rows[order], item_rows[order]
+    n = len(item_rows)
     is_first = np.r_[True, user_rows[1:] != user_rows[:-1]]
     starts = np.flatnonzero(is_first)
     counts = np.diff(np.r_[starts, n])
@@ -312,11 +614,10 @@ def split_interactions(
     timeline = Timeline(group=group, num_users=len(starts), timestamps=timestamps[order], phases=phases[order])
 
     slot = np.arange(n) + max_history * (group + 1)
-    padded = np.zeros(n + max_history * len(starts), np.int64)
-    padded[slot] = item_rows + 1
-    windows = sliding_window_view(padded, max_history)  # windows[p] = padded[p : p + L]
-    item_of_code = np.r_[np.zeros(1, candidates[candidate_id].dtype) if items.dtype.kind in "iu" else np.array([""], object),
-                         candidates[candidate_id]]
+    sequence = np.zeros(n + max_history * len(starts), np.int32)
+    sequence[slot] = item_rows + 1
+    padding = np.zeros(1, candidates[candidate_id].dtype) if integer_ids else np.array([""], object)
+    histories = HistoryWindows(0, sequence, np.r_[padding, candidates[candidate_id]], max_history)
     num_candidates = len(candidates[candidate_id])
 
     def evaluated(rule: HoldOut, known: np.ndarray) -> tuple[EvaluationSet, np.ndarray, int]:
@@ -333,18 +634,15 @@ def split_interactions(
         if len(rows) == 0:
             raise DataError(rule.nothing_evaluated(name, timeline))
         ends = first_held[group[rows]]
-        queries = {
-            **take_rows(users, user_rows[rows]),
-            history: item_of_code[windows[slot[ends] - max_history]],
-        }
+        queries = {**take_rows(users, user_rows[rows]), history: histories.read(slot[ends])}
         lengths = ends - starts[group[rows]]
         owner = np.repeat(np.arange(len(rows)), lengths)
         within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        seen = np.unique(owner * num_candidates + item_rows[starts[group[rows]][owner] + within])  # (query, item)
+        seen = _distinct(owner * num_candidates + item_rows[starts[group[rows]][owner] + within])  # (query, item)
         seen_counts = np.bincount(seen // num_candidates, minlength=len(rows))
         queries_set = EvaluationSet(
             queries=queries,
-            targets=items[rows],
+            targets=item_ids.decode(order[rows]),
             seen_indptr=np.r_[0, np.cumsum(seen_counts)].astype(np.int64),
             seen_ids=candidates[candidate_id][seen % num_candidates],
         )
@@ -364,12 +662,17 @@ def split_interactions(
     if len(train_rows) == 0:
         raise DataError(f"{name}: every interaction is held out, so there is nothing to train on.")
 
-    train = {
-        **take_rows(users, user_rows[train_rows]),
-        history: item_of_code[windows[slot[train_rows] - max_history]],
-        **take_rows(candidates, item_rows[train_rows]),
-        **{column: np.asarray(values)[order][train_rows] for column, values in (interaction_columns or {}).items()},
+    interactions = {
+        column: np.asarray(values)[order[train_rows]] for column, values in (interaction_columns or {}).items()
     }
+    indexes = [slot[train_rows], user_rows[train_rows].astype(np.int32), item_rows[train_rows].astype(np.int32),
+               *interactions.values()]
+    train = TrainingExamples(indexes, {
+        **{column: Lookup(1, values) for column, values in users.items()},
+        history: histories,
+        **{column: Lookup(2, values) for column, values in candidates.items()},
+        **{column: Lookup(3 + position) for position, column in enumerate(interactions)},
+    })
     summary = {
         "interactions": n,
         "duplicate_interactions": int(repeats.sum()),
@@ -391,7 +694,7 @@ def split_interactions(
         query_features=(*users, history),
         candidate_features=tuple(candidates),
         candidate_id=candidate_id,
-        column_types={**column_types, history: "int64_list" if items.dtype.kind in "iu" else "string_list"},
+        column_types={**column_types, history: "int64_list" if integer_ids else "string_list"},
         summary=summary,
         validation=validation_set,
     )
@@ -414,24 +717,28 @@ def leave_last_out(**arguments: Any) -> RetrievalData:
 
 
 def _chronological_order(
-    user_rows: np.ndarray, timestamps: np.ndarray, item_rows: np.ndarray, num_items: int
+    user_rows: np.ndarray, timestamps: np.ndarray, item_rows: np.ndarray, num_items: int, num_users: int
 ) -> np.ndarray:
-    """``np.lexsort((item_rows, timestamps, user_rows))``, faster: two stable argsorts of
-    int64 keys when (timestamp, item) packs into one int64 (always for second timestamps).
+    """``np.lexsort((item_rows, timestamps, user_rows))``, faster: one stable argsort of an int64
+    key when (user, timestamp, item) packs into one (a year of second timestamps for 1M users and
+    200K items does), else two when (timestamp, item) does (always for second timestamps).
     Rows of the id-sorted tables order like the ids themselves."""
     earliest = int(timestamps.min())
-    if (int(timestamps.max()) - earliest + 1) * num_items >= 2**63:
+    span = int(timestamps.max()) - earliest + 1
+    if span * num_items >= 2**63:
         return np.lexsort((item_rows, timestamps, user_rows))
-    order = np.argsort((timestamps - earliest) * num_items + item_rows, kind="stable")
+    within = (timestamps - earliest) * num_items + item_rows
+    if span * num_items * num_users < 2**63:
+        return np.argsort(user_rows * (span * num_items) + within, kind="stable")
+    order = np.argsort(within, kind="stable")
     return order[np.argsort(user_rows[order], kind="stable")]
 
 
-def _id_array(ids: np.ndarray) -> np.ndarray:
-    """Integer ids as ``int64``, anything else as an ``object`` array of the values."""
-    ids = np.asarray(ids)
-    if ids.dtype.kind in "iub":
-        return ids.astype(np.int64)
-    return ids.astype(object)
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """``np.unique(keys)`` of integer keys: one sort, then the first of each run (numpy's own unique
+    hashes first, many times slower on tens of millions of keys)."""
+    keys = np.sort(keys)
+    return keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
 
 
 def _repeats_previous(order: np.ndarray, columns: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -460,12 +767,13 @@ def _sorted_by_key(table: Mapping[str, np.ndarray], key: str, what: str) -> Feat
     return sorted_table
 
 
-def _rows_of(sorted_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
-    """Row of each of ``ids`` in the sorted unique ``sorted_ids``."""
+def _rows_of(sorted_ids: np.ndarray, ids: CodedIds, what: str) -> np.ndarray:
+    """Row of each of ``ids`` in the sorted unique ``sorted_ids`` (its values looked up once each)."""
     if len(sorted_ids) == 0:
         raise DataError(f"{what} feature table is empty.")
-    rows = pd.Index(sorted_ids).get_indexer(ids)  # a hash lookup: searchsorted on strings compares in Python
+    rows = pd.Index(sorted_ids).get_indexer(ids.values)[ids.codes]  # hashed: searchsorted on strings compares in Python
     missing = rows < 0
     if missing.any():
-        raise DataError(f"{what} id {ids[missing][0]} is not in its feature table ({int(missing.sum())} rows).")
+        first = np.flatnonzero(missing)[:1]
+        raise DataError(f"{what} id {ids.decode(first)[0]} is not in its feature table ({int(missing.sum())} rows).")
     return rows

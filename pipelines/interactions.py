@@ -21,7 +21,16 @@ from typing import Dict, Literal, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pipelines.data import ColumnType, DataError, FeatureDict, HoldOut, LastInteraction, RetrievalData, split_interactions
+from pipelines.data import (
+    CodedIds,
+    ColumnType,
+    DataError,
+    FeatureDict,
+    HoldOut,
+    LastInteraction,
+    RetrievalData,
+    split_interactions,
+)
 from pipelines.splits import TestTable, time_cut, validation_rule
 from pipelines.tables import read_table
 from tfrec_towers.data_config import InteractionsConfig, RowFilter, SplitConfig, TableConfig
@@ -220,11 +229,12 @@ def interaction_data(
     for phase, (log, where) in enumerate(logs):
         user_ids.append(_id_column(log[user], user, where))
         item_ids.append(_id_column(log[item], item, where))
-        if item_ids[-1].dtype.kind in "iu" and (item_ids[-1] <= 0).any():
-            row = int(np.flatnonzero(item_ids[-1] <= 0)[0])
+        if item_ids[-1].dtype.kind in "iu" and (item_ids[-1].values <= 0).any():
+            row = _first_row(item_ids[-1], item_ids[-1].values <= 0)
             raise DataError(
                 f"{where}: column {item!r}, row {row}: integer item ids must be positive (0 pads histories); "
-                f"found {item_ids[-1][row]}. Read the ids as strings (e.g. quote them in CSV) if 0 is a real id."
+                f"found {item_ids[-1].decode([row])[0]}. Read the ids as strings (e.g. quote them in CSV) if 0 is a "
+                "real id."
             )
         timestamps.append(
             _timestamps(log[tables.timestamp_column], tables.timestamp_column, where)
@@ -239,7 +249,8 @@ def interaction_data(
                 f"{tables.source('test')}: the test table's {role} ids are {kinds[1]} but the interactions' {kinds[0]}; "
                 "the ids must be of one type in every table."
             )
-    user_ids, item_ids, timestamps, phases = (np.concatenate(parts) for parts in (user_ids, item_ids, timestamps, phases))
+    user_ids, item_ids = CodedIds.concatenate(user_ids), CodedIds.concatenate(item_ids)
+    timestamps, phases = np.concatenate(timestamps), np.concatenate(phases)
     summary: Dict[str, int] = {"interactions_read": len(tables.interactions)}
     if split.kind == "given":
         summary["test_interactions_read"] = len(tables.test)
@@ -260,11 +271,11 @@ def interaction_data(
     items = _attribute_table(tables.items, item, item_ids, "items", tables.source("items"))
     keep = np.ones(len(item_ids), bool)
     for role, table, ids, key in (("item", items, item_ids, item), ("user", users, user_ids, user)):
-        known = pd.Index(table[key]).get_indexer(ids) >= 0  # hashed: np.isin on strings is quadratic
+        known = (pd.Index(table[key]).get_indexer(ids.values) >= 0)[ids.codes]  # hashed, once a distinct id
         missing = int(np.sum(~known & keep))
         summary[f"interactions_dropped_unknown_{role}"] = missing
         if missing:
-            example = ids[~known][0]
+            example = ids.decode(np.flatnonzero(~known)[:1])[0]
             where = tables.source("items" if role == "item" else "users")
             message = f"{missing} interactions have a {role} missing from {where} (e.g. {key} {example!r})"
             if unknown_items == "error":
@@ -273,13 +284,14 @@ def interaction_data(
         keep &= known
     if not keep.any():
         raise DataError(f"{source}: no interaction is left after dropping unknown users and items.")
+    kept = slice(None) if keep.all() else keep  # all kept: views, not copies
 
     column_types = {**_column_types(users), **_column_types(items)}
     data = split_interactions(
         name=tables.name,
-        user_ids=user_ids[keep],
-        item_ids=item_ids[keep],
-        timestamps=timestamps[keep],
+        user_ids=user_ids.take(kept),
+        item_ids=item_ids.take(kept),
+        timestamps=timestamps[kept],
         users=users,
         candidates=items,
         user_id=user,
@@ -287,44 +299,53 @@ def interaction_data(
         column_types=column_types,
         max_history=max_history,
         history=HISTORY,
-        interaction_columns={tables.weight_column: weights[keep]} if weights is not None else None,
+        interaction_columns={tables.weight_column: weights[kept]} if weights is not None else None,
         test=test,
         validation=validation_rule(validation, validation_fraction),
-        phases=phases[keep],
+        phases=phases[kept],
     )
     data.summary.update(summary)
     logger.info("%s: %s", data.name, data.summary)
     return data
 
 
-def _id_column(values: pd.Series, column: str, source: str) -> np.ndarray:
-    """An id column as ``int64`` or ``object`` (str) numpy; nulls and mixed types are errors."""
+def _id_column(values: pd.Series, column: str, source: str) -> CodedIds:
+    """An id column coded (:class:`~pipelines.data.CodedIds`: each distinct id made once, not once a
+    row) with ``int64`` or ``object`` (str) values; nulls, fractions, mixed types and ``""`` are
+    errors naming the first row that holds one."""
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
         raise DataError(f"{source}: column {column!r}, row {row}: the id is null; every interaction needs one.")
-    if pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(np.int64)
+    ids = CodedIds.of(values)
+    if ids.dtype.kind in "iu":
+        return ids
     if pd.api.types.is_float_dtype(values):
-        array = values.to_numpy()
-        fractional = np.flatnonzero(array != np.round(array))
-        if len(fractional):
+        numbers = ids.values.astype(np.float64)
+        fractional = numbers != np.round(numbers)
+        if fractional.any():
+            row = _first_row(ids, fractional)
             raise DataError(
-                f"{source}: column {column!r}, row {int(fractional[0])}: ids must be integers or strings; "
-                f"found {array[fractional[0]]!r}."
+                f"{source}: column {column!r}, row {row}: ids must be integers or strings; "
+                f"found {numbers[ids.codes[row]]!r}."
             )
-        return array.astype(np.int64)
-    array = values.to_numpy(object)
-    kinds = {type(v) for v in array}
-    if kinds - {str}:
-        bad = next(i for i, v in enumerate(array) if not isinstance(v, str))
+        return CodedIds(ids.codes, numbers.astype(np.int64))
+    not_text = np.array([not isinstance(v, str) for v in ids.values], bool)
+    if not_text.any():
+        row = _first_row(ids, not_text)
+        bad = ids.decode([row])[0]
         raise DataError(
-            f"{source}: column {column!r}, row {bad}: ids must all be integers or all be strings; "
-            f"found {type(array[bad]).__name__} {array[bad]!r} among strings."
+            f"{source}: column {column!r}, row {row}: ids must all be integers or all be strings; "
+            f"found {type(bad).__name__} {bad!r} among strings."
         )
-    empty = np.flatnonzero(array == "")
-    if len(empty):
-        raise DataError(f"{source}: column {column!r}, row {int(empty[0])}: the id is empty (\"\" pads histories).")
-    return array
+    empty = ids.values == ""
+    if empty.any():
+        raise DataError(f"{source}: column {column!r}, row {_first_row(ids, empty)}: the id is empty (\"\" pads histories).")
+    return ids
+
+
+def _first_row(ids: CodedIds, bad: np.ndarray) -> int:
+    """The first row of ``ids`` holding one of the values flagged in ``bad`` (``bool [U]``)."""
+    return int(np.flatnonzero(bad[ids.codes])[0])
 
 
 def _weights(values: pd.Series, column: str, source: str) -> np.ndarray:
@@ -369,12 +390,12 @@ def _datetime_nanoseconds(values: pd.Series) -> np.ndarray:
 
 
 def _attribute_table(
-    frame: Optional[pd.DataFrame], key: str, interaction_ids: np.ndarray, role: str, source: str
+    frame: Optional[pd.DataFrame], key: str, interaction_ids: CodedIds, role: str, source: str
 ) -> FeatureDict:
     """An attribute table as feature columns keyed by ``key``; without one, the interactions' ids."""
     if frame is None:
-        return {key: np.unique(interaction_ids)}
-    ids = _id_column(frame[key], key, source)
+        return {key: np.unique(interaction_ids.values[interaction_ids.used()])}
+    ids = _id_column(frame[key], key, source).decode()
     if (ids.dtype.kind in "iu") != (interaction_ids.dtype.kind in "iu"):
         kinds = ["integers" if a.dtype.kind in "iu" else "strings" for a in (ids, interaction_ids)]
         raise DataError(

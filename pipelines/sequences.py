@@ -21,11 +21,11 @@ candidate features              ``[S, L]``               the next item's feature
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Tuple
 
 import numpy as np
 
-from pipelines.data import DataError, FeatureDict, num_rows
+from pipelines.data import DataError, FeatureDict, TrainingExamples, num_rows
 
 
 def sequence_examples(
@@ -61,10 +61,9 @@ def sequence_examples(
     if missing:
         raise DataError(f"Sequence examples need the columns {missing}; the training data has {sorted(train)}.")
     rows = num_rows(train)
-    histories, items = np.asarray(train[history]), np.asarray(train[candidate_id])
-    padding = "" if histories.dtype.kind in "OUS" else 0
-    starts = ~(histories != padding).any(axis=1)
-    continues = histories[1:, -1] == items[:-1]
+    items = np.asarray(train[candidate_id])
+    starts, most_recent = _history_ends(train, history)
+    continues = most_recent[1:] == items[:-1]
     broken = np.flatnonzero(~starts[1:] & ~continues)
     if rows and (not starts[0] or len(broken)):
         row = 0 if not starts[0] else int(broken[0]) + 1
@@ -96,10 +95,23 @@ def sequence_examples(
         examples[name] = padded(np.asarray(train[name])[targets])
     sequence_row = np.zeros(num_sequences, np.int64)
     sequence_row[chunk[slot == max_length - 1]] = targets[slot == max_length - 1]
-    for name, values in train.items():
+    for name in train:
         if name not in examples:
-            examples[name] = np.asarray(values)[sequence_row]
+            examples[name] = np.asarray(train[name])[sequence_row]
     return examples
+
+
+def _history_ends(train: Mapping[str, np.ndarray], history: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(empty, most recent)``: ``bool [N]`` whether each row's history is all padding, and ``[N]``
+    its most recent item; of :class:`~pipelines.data.TrainingExamples` windows without building the
+    ``[N, L]`` matrix (a window is left-padded: it is empty when its most recent slot is padding)."""
+    windows = train.history_windows(history) if isinstance(train, TrainingExamples) else None
+    if windows is not None:
+        most_recent = windows[0].most_recent(windows[1])
+        return most_recent == windows[0].ids[0], most_recent
+    histories = np.asarray(train[history])
+    padding = "" if histories.dtype.kind in "OUS" else 0
+    return ~(histories != padding).any(axis=1), histories[:, -1]
 
 
 def num_targets(examples: Mapping[str, np.ndarray], candidate_id: str) -> int:

@@ -31,7 +31,7 @@ from pipelines.interactions import InteractionTables, interaction_data, read_int
 from pipelines.movielens import movielens_tables
 from pipelines.synthetic import synthetic_tables
 from tfrec_towers.config import ExperimentConfig, FeaturesConfig, config_from_dict
-from tfrec_towers.features import FeatureSpec, adapt
+from tfrec_towers.features import FeatureSpec, SequenceFeature, adapt
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 FEATURES_FILE = "features.json"  # the resolved declarations, in every run directory
@@ -54,8 +54,14 @@ class PreparedData:
     weight_column: Optional[str] = None
 
     def adapted_spec(self) -> FeatureSpec:
-        """The spec with vocabularies and statistics learnt from the training data and the catalogue."""
-        return adapt(self.spec, self.data.train, self.data.candidates)
+        """The spec with vocabularies and statistics learnt from the training data and the catalogue.
+
+        The training examples are counted without building their ``[N, L]`` histories or a text
+        per example (:meth:`~pipelines.data.TrainingExamples.counted`): the same vocabularies.
+        """
+        separators = {f.name: f.separator for f in self.spec.all_features
+                      if isinstance(f, SequenceFeature) and not f.is_matrix}
+        return adapt(self.spec, self.data.train.counted(separators), self.data.candidates)
 
     def write_declarations(self, path: str | Path) -> None:
         """Writes the resolved declarations as JSON (``features.query`` / ``features.candidate``)."""

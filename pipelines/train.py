@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +39,7 @@ from pipelines.checkpointing import (
     partial_run,
     restore_towers,
 )
-from pipelines.data import RetrievalData, num_rows, take_rows
+from pipelines.data import RetrievalData, TrainingExamples, num_rows, take_rows
 from pipelines.dataset import steps_per_epoch
 from pipelines.distribute import is_chief, make_strategy
 from pipelines.sequences import num_targets, sequence_examples
@@ -136,9 +136,19 @@ def build_model(
     )
 
 
+def training_columns(data: RetrievalData, spec: FeatureSpec, weight_column: Optional[str] = None) -> TrainingExamples:
+    """The training examples' columns that the towers read (and the sample-weight column), still
+    unbuilt: what :func:`fit_model` trains on.
+
+    Raises:
+      KeyError: a feature (or the weight column) is not a column of the training examples.
+    """
+    return data.train.select([f.name for f in spec.all_features] + ([weight_column] if weight_column else []))
+
+
 def fit_model(
     model: tf.keras.Model,
-    features: Dict[str, np.ndarray],
+    features: Mapping[str, np.ndarray],
     training: TrainingConfig,
     verbose: int = 1,
     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
@@ -148,6 +158,10 @@ def fit_model(
 ) -> tuple[Dict[str, list], float, float]:
     """``model.fit`` on batches of ``features`` in a seeded order per epoch (with ``callbacks``),
     resumable from the checkpoints in ``checkpoints`` (see :func:`pipelines.checkpointing.fit_resumably`).
+
+    ``features`` is a feature dictionary or :class:`~pipelines.data.TrainingExamples` (e.g.
+    :func:`training_columns`), whose batches are looked up per step instead of built whole
+    (:func:`pipelines.checkpointing.training_batches`).
 
     With ``validation`` (a split holding validation interactions), every epoch end adds
     ``val_HR@K`` / ``val_NDCG@K`` (K in :data:`~tfrec_towers.evaluation.DEFAULT_KS` and the early
@@ -345,9 +359,7 @@ def _train_into(
 
     with strategy.scope():
         model = build_model(spec, config, data)
-    columns = {f.name: data.train[f.name] for f in spec.all_features}
-    if prepared.weight_column is not None:
-        columns[prepared.weight_column] = data.train[prepared.weight_column]
+    columns = training_columns(data, spec, prepared.weight_column)
     callbacks = [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))] if config.training.tensorboard else []
     history, seconds, examples_per_second = fit_model(
         model, columns, config.training, verbose, callbacks, run_dir / CHECKPOINTS_DIR, restore_from, data

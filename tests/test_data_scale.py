@@ -54,3 +54,6 @@ def test_prepare_worker_reports_every_stage_and_the_split_counts(tmp_path):
     assert measured["summary"]["eval_queries"] == int((per_user >= 2).sum())
     trained_enough = int((per_user - 1 >= USER_ID_MIN_COUNT).sum())  # users with that many training examples
     assert measured["vocabulary_sizes"]["user_id"] == trained_enough and measured["vocabulary_sizes"]["item_id"] == 20
+    assert STAGES[-1] == "training input"  # fit_model's input pipeline, its first batch of the default 512 taken
+    assert measured["first_batch"] == {"user_id": [512], "history": [512, 50], "country": [512], "item_id": [512],
+                                       "tags": [512], "price": [512], "quantity": [512]}

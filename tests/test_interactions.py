@@ -110,3 +110,29 @@ def test_configured_columns_must_exist(tmp_path):
         read_interaction_tables(InteractionsConfig(path=str(path), timestamp_column="time"))
     with pytest.raises(DataError, match=r"no interaction has 'event' in \['view'\]; its most frequent values are \['buy'\]"):
         read_interaction_tables(InteractionsConfig(path=str(path), filter=RowFilter("event", ("view",))))
+
+
+def test_string_ids_of_a_long_log_are_made_once_each_not_once_a_row(tmp_path):
+    # 60 users with 5 interactions each over 3 items, read from Parquet as pandas does (Arrow-backed text).
+    users = [f"u{k}" for k in range(60) for _ in range(5)]
+    items = [f"i{(k * 7 + j) % 3}" for k in range(60) for j in range(5)]
+    pq.write_table(pa.table({"user_id": users, "item_id": items, "timestamp": list(range(len(users)))}),
+                   tmp_path / "log.parquet")
+    tables = read_interaction_tables(InteractionsConfig(path=str(tmp_path / "log.parquet")))
+    data = interaction_data(tables, max_history=2)
+    assert len(data.eval_targets) == 60 and set(data.eval_targets) <= {"i0", "i1", "i2"}
+    assert len({id(v) for v in data.eval_targets}) <= 3  # one string object per distinct id
+
+
+@pytest.mark.parametrize(
+    "items, pattern",
+    [
+        (["a", "b", "", "b"], r"column 'item_id', row 2: the id is empty"),
+        ([1.0, 2.0, 2.5, 1.0], r"column 'item_id', row 2: ids must be integers or strings; found np.float64\(2.5\)"),
+        ([3, 0, 0, 3], r"column 'item_id', row 1: integer item ids must be positive \(0 pads histories\); found 0\."),
+    ],
+)
+def test_bad_ids_name_their_first_row(items, pattern):
+    log = pd.DataFrame({"user_id": ["u", "u", "v", "v"], "item_id": items, "timestamp": [1, 2, 3, 4]})
+    with pytest.raises(DataError, match=pattern):
+        interaction_data(InteractionTables("t", log, sources={"interactions": "log.csv"}), max_history=2)

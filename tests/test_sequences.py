@@ -9,7 +9,7 @@ import pytest
 import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
-from pipelines.data import DataError, leave_last_out, take_rows
+from pipelines.data import DataError, HistoryWindows, leave_last_out, take_rows
 from pipelines.dataset import training_dataset
 from pipelines.sequences import num_targets, sequence_examples
 from pipelines.train import build_model
@@ -50,6 +50,19 @@ def test_sequence_examples_by_hand():
     longer = sequence_examples(_split().train, ["movie_id", "genres"], "movie_id", max_length=4)
     np.testing.assert_array_equal(longer["history"], [[0, 0, 5, 6], [0, 3, 9, 4]])
     np.testing.assert_array_equal(longer["movie_id"], [[0, 0, 6, 7], [0, 9, 4, 2]])
+
+
+def test_sequence_examples_of_the_split_never_build_its_history_matrix(monkeypatch):
+    train = _split().train
+    built = dict(train)  # the plain feature dictionary of the same rows
+    monkeypatch.setattr(HistoryWindows, "read", lambda *args: pytest.fail("the [N, L] history matrix was built"))
+    for rows in (train, built):
+        examples = sequence_examples(rows, ["movie_id", "genres"], "movie_id", max_length=2)
+        np.testing.assert_array_equal(examples["history"], [[5, 6], [0, 3], [9, 4]])  # as by hand above
+        np.testing.assert_array_equal(examples["movie_id"], [[6, 7], [0, 9], [4, 2]])
+        assert examples["gender"].tolist() == ["F", "M", "M"]
+    with pytest.raises(DataError, match="Training row 0 neither starts a user"):
+        sequence_examples(take_rows(train, np.array([1, 0, 2])), ["movie_id"], "movie_id", max_length=2)
 
 
 def test_sequence_examples_refuse_rows_out_of_time_order():

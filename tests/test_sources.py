@@ -2,9 +2,12 @@
 schema of the exported model's contract and the hand-derived leave-last-out split."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
+from pipelines.data import HistoryWindows
+from pipelines.interactions import InteractionTables
 from pipelines.sources import PRESETS_DIR, prepare_data, preset_declarations
 from tests.test_movielens import (
     EXPECTED_TARGETS,
@@ -61,3 +64,21 @@ def test_the_synthetic_preset_keeps_age_numeric():
         ("user_id", CategoricalFeature), ("age", NumericFeature), ("country", CategoricalFeature),
         ("history", SequenceFeature), ("item_id", CategoricalFeature), ("category", CategoricalFeature)]
     assert np.issubdtype(synthetic.data.train["age"].dtype, np.integer)
+
+
+def test_adapted_spec_counts_the_training_histories_without_building_them(monkeypatch):
+    # u1: d c d | b, u2: c d | a (history width 2): training items d c d c d, histories [-,-] [-,d] [d,c]
+    # [-,-] [-,c]. The item table (shared with the history) counts d 3+2+1, c 2+2+1, a 1, b 1 (the
+    # catalogue once each); tags: d "x|z" three times, c "" twice, plus the catalogue's x y y x z.
+    log = pd.DataFrame({"user_id": ["u1", "u2", "u1", "u2", "u1", "u2", "u1"],
+                        "item_id": ["d", "c", "c", "d", "d", "a", "b"], "timestamp": [1, 1, 2, 2, 3, 3, 4]})
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "tags": ["x|y", "y", "", "x|z"]})
+    users = pd.DataFrame({"user_id": ["u1", "u2"], "country": ["FR", "DE"]})
+    config = apply_overrides(ExperimentConfig(), ["data.max_history=2"])  # the tables are given: no source is read
+    prepared = prepare_data(config, InteractionTables("shop", log, users=users, items=items))
+    monkeypatch.setattr(HistoryWindows, "read", lambda *args: pytest.fail("the [N, L] history matrix was built"))
+    vocabularies = {f.name: f.vocabulary for f in prepared.adapted_spec().all_features}
+    assert {name: vocabularies[name] for name in ("history", "item_id", "tags", "country")} == {
+        "history": ("d", "c", "a", "b"), "item_id": ("d", "c", "a", "b"), "tags": ("x", "z", "y"),
+        "country": ("FR", "DE"),
+    }

@@ -12,7 +12,17 @@ import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
 from pipelines.sources import prepare_data
-from pipelines.train import RunError, build_model, evaluate_run, export_run, load_data, load_run, train
+from pipelines.train import (
+    RunError,
+    build_model,
+    evaluate_run,
+    export_run,
+    fit_model,
+    load_data,
+    load_run,
+    train,
+    training_columns,
+)
 from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides, save_config
 from tfrec_towers.evaluation import METRIC_KEYS
 from tfrec_towers.towers import compute_embeddings
@@ -249,3 +259,19 @@ def test_load_run_of_a_truncated_checkpoint_says_it_cannot_be_read(tmp_path):
     os.truncate(data_file, data_file.stat().st_size // 2)
     with pytest.raises(RunError, match=rf"The checkpoint {tmp_path / 'run' / 'checkpoint' / 'model'} cannot be read"):
         load_run(tmp_path / "run")
+
+
+def test_training_on_the_unbuilt_columns_gives_the_model_of_the_built_ones():
+    config, data, spec = _small(["training.epochs=1"])
+    columns = training_columns(data, spec)
+    assert list(columns) == [f.name for f in spec.all_features] and len(columns.indexes) < len(columns)
+    built = {name: columns[name] for name in columns}  # the plain feature dictionary
+    weights = []
+    for features in (columns, built):
+        tf.keras.utils.set_random_seed(3)
+        model = build_model(spec, config, data)
+        history, _, _ = fit_model(model, features, config.training, verbose=0)
+        weights.append(([v.numpy() for v in model.query_tower.variables + model.candidate_tower.variables], history))
+    for got, expected in zip(weights[0][0], weights[1][0]):
+        np.testing.assert_array_equal(got, expected)
+    assert weights[0][1] == weights[1][1]

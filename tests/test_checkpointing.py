@@ -1,0 +1,63 @@
+"""The batches training reads (pipelines.checkpointing.training_batches) against a numpy reference."""
+
+import numpy as np
+import pytest
+
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+
+from pipelines.checkpointing import training_batches
+from pipelines.data import HistoryWindows, Lookup, leave_last_out
+
+pytestmark = pytest.mark.fast
+
+
+def _split():
+    """String ids: 6 users, 30 interactions, a multi-valued text attribute and a weight per interaction."""
+    rng = np.random.default_rng(3)
+    users = np.array([f"u{k}" for k in rng.integers(0, 6, 30)], object)
+    items = np.array([f"i{k}" for k in rng.integers(0, 8, 30)], object)
+    catalogue = np.array([f"i{k}" for k in range(8)], object)
+    return leave_last_out(
+        name="tiny", user_ids=users, item_ids=items, timestamps=rng.permutation(30),
+        users={"user_id": np.array([f"u{k}" for k in range(6)], object), "age": np.arange(20, 26)},
+        candidates={"item_id": catalogue, "tags": np.array([f"t{k % 3}|t{k % 2}" for k in range(8)], object)},
+        user_id="user_id", candidate_id="item_id", column_types={}, max_history=3,
+        interaction_columns={"weight": np.linspace(0.5, 2.0, 30).astype(np.float32)},
+    )
+
+
+def _as_numpy(value):
+    value = value.numpy()
+    return value.astype(str).astype(object) if value.dtype == object else value
+
+
+@pytest.mark.parametrize("start_step", [0, 3])
+def test_batches_are_the_rows_of_each_epochs_seeded_order(start_step):
+    train = _split().train
+    built = {name: train[name] for name in train}
+    batch_size, seed, epochs = 4, 7, 2
+    rows = len(built["item_id"])
+    expected = []  # numpy: epoch e visits the rows in default_rng([seed, e]).permutation(rows), in batches
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(rows)
+        expected += [order[i : i + batch_size] for i in range(0, rows, batch_size)]
+    got = list(training_batches(train, batch_size, seed=seed, epochs=epochs, start_step=start_step))
+    assert len(got) == len(expected) - start_step
+    for batch, index in zip(got, expected[start_step:]):
+        assert list(batch) == list(built)
+        for name, values in built.items():
+            np.testing.assert_array_equal(_as_numpy(batch[name]), values[index], err_msg=name)
+    assert got[0]["history"].dtype.name == "string" and got[0]["age"].dtype.name == "int64"
+    assert got[0]["weight"].dtype.name == "float32" and got[0]["history"].shape.as_list() == [batch_size, 3]
+
+
+def test_batches_look_columns_up_without_building_them(monkeypatch):
+    train = _split().train.select(["history", "tags", "weight"])
+    expected = {name: train[name] for name in train}
+    for column in (HistoryWindows, Lookup):
+        monkeypatch.setattr(column, "read", lambda *args: pytest.fail("a whole column was built"))
+    batches = list(training_batches(train, 64, seed=0, epochs=1))
+    assert len(batches) == 1
+    order = np.random.default_rng([0, 0]).permutation(len(expected["weight"]))
+    for name, values in expected.items():
+        np.testing.assert_array_equal(_as_numpy(batches[0][name]), values[order], err_msg=name)
