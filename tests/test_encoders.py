@@ -130,3 +130,87 @@ def test_savedmodel_round_trip_in_a_fresh_process(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")], capture_output=True, text=True, check=True)
     np.testing.assert_allclose(np.array(json.loads(result.stdout.strip().splitlines()[-1])), expected, rtol=1e-6)
+
+
+def _keras_rows(vocabulary, key_dtype, num_oov_buckets, values):
+    """The rows Keras' own lookups give (Hashing for an empty vocabulary): the reference."""
+    if not len(vocabulary):
+        return tf.keras.layers.Hashing(num_oov_buckets)(values).numpy()
+    if key_dtype == "int64":
+        lookup = tf.keras.layers.IntegerLookup(vocabulary=np.asarray(vocabulary, np.int64),
+                                               num_oov_indices=num_oov_buckets, mask_token=None)
+    else:
+        lookup = tf.keras.layers.StringLookup(vocabulary=np.asarray(vocabulary, object),
+                                              num_oov_indices=num_oov_buckets, mask_token=None)
+    return lookup(values).numpy()
+
+
+@pytest.mark.parametrize("num_oov_buckets", [1, 3])
+@pytest.mark.parametrize(
+    "key_dtype, vocabulary, probe",
+    [
+        ("int64", [30, 10, 20], [[10, 20, 30], [7, -4, 0]]),
+        ("int64", [], [[10, 7, -4]]),
+        ("string", ["b", "a", "c"], [["a", "c", "b"], ["zz", "", "A"]]),
+        ("string", [], [["a", "zz", ""]]),
+    ],
+)
+def test_rows_are_those_of_keras_lookups(key_dtype, vocabulary, probe, num_oov_buckets):
+    table = EmbeddingTable(vocabulary, key_dtype, 2, num_oov_buckets)
+    values = tf.constant(probe, tf.int64 if key_dtype == "int64" else tf.string)
+    np.testing.assert_array_equal(table.lookup(values).numpy(), _keras_rows(vocabulary, key_dtype, num_oov_buckets, values))
+    if vocabulary:  # row = num_oov + index in the vocabulary, by hand
+        known = [num_oov_buckets + list(vocabulary).index(v) for v in probe[0]]
+        np.testing.assert_array_equal(table.lookup(values).numpy()[0], known)
+
+
+@pytest.mark.parametrize(
+    "key_dtype, vocabulary, probe",
+    [("int64", [30, 10, 20], [10, 20, 30, 7]), ("string", ["b", "a", "c"], ["a", "c", "b", "zz"]), ("string", [], ["a"])],
+)
+def test_embedding_table_config_holds_sizes_and_a_checkpoint_restores_the_vocabulary(
+    key_dtype, vocabulary, probe, tmp_path
+):
+    table = EmbeddingTable(vocabulary, key_dtype, 4, num_oov_buckets=2, name="items")
+    config = json.loads(json.dumps(table.get_config()))
+    assert {k: config[k] for k in ("key_dtype", "embedding_dim", "num_oov_buckets", "vocabulary_size")} == {
+        "key_dtype": key_dtype, "embedding_dim": 4, "num_oov_buckets": 2, "vocabulary_size": len(vocabulary),
+    }
+    assert "vocabulary" not in config
+    values = tf.constant(probe, tf.int64 if key_dtype == "int64" else tf.string)
+    expected = table(values).numpy()
+    rebuilt = EmbeddingTable.from_config(config)
+    assert rebuilt.get_config() == table.get_config()
+    assert np.all(rebuilt.lookup(values).numpy() < 2)  # no vocabulary yet: every value is OOV
+    rebuilt(values)
+    assert rebuilt.embedding.embeddings.shape == (len(vocabulary) + 2, 4)
+    path = tf.train.Checkpoint(table=table).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(table=rebuilt).read(path).assert_consumed()
+    assert rebuilt.get_vocabulary().tolist() == list(vocabulary)
+    np.testing.assert_array_equal(rebuilt(values).numpy(), expected)
+
+
+def test_feature_encoder_config_has_sizes_not_values():
+    encoder = FeatureEncoder([CategoricalFeature("u", vocabulary=(5, 6, 7)), SequenceFeature("h", dtype="string", vocabulary=("x",))])
+    features = encoder.get_config()["features"]
+    assert [(f["name"], f["vocabulary"], f["vocabulary_size"]) for f in features] == [("u", None, 3), ("h", None, 1)]
+    rebuilt = FeatureEncoder.from_config(encoder.get_config())
+    assert rebuilt.tables["u"].vocabulary_size == 3 and rebuilt.tables["h"].vocabulary_size == 1
+
+
+def test_embedding_table_validation_names_the_argument():
+    with pytest.raises(ValueError, match=r"`vocabulary` or `vocabulary_size` is required. Received neither."):
+        EmbeddingTable(None, "int64", 2)
+    with pytest.raises(ValueError, match=r"`vocabulary_size` must equal the 2 values of `vocabulary`. Received: 3"):
+        EmbeddingTable([1, 2], "int64", 2, vocabulary_size=3)
+    with pytest.raises(ValueError, match=r"`vocabulary` must hold distinct values. Received 3 values of which 2"):
+        EmbeddingTable(["a", "b", "a"], "string", 2)
+
+
+def test_a_config_that_held_the_vocabulary_still_loads_it():
+    # the form earlier versions wrote: the values themselves, no `vocabulary_size`
+    config = {"name": "items", "trainable": True, "dtype": "float32", "vocabulary": [30, 10],
+              "key_dtype": "int64", "embedding_dim": 2, "num_oov_buckets": 1}
+    table = EmbeddingTable.from_config(config)
+    assert table.vocabulary_size == 2 and table.get_vocabulary().tolist() == [30, 10]
+    np.testing.assert_array_equal(table.lookup(tf.constant([10, 30, 5], tf.int64)).numpy(), [2, 1, 0])

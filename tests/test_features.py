@@ -1,5 +1,7 @@
 """Feature declarations: adaptation from data, sharing, JSON round trip, validation."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,10 @@ from tfrec_towers.features import (
     NumericFeature,
     SequenceFeature,
     adapt,
+    feature_from_dict,
+    feature_to_dict,
     input_signature,
+    without_vocabulary,
 )
 
 pytestmark = pytest.mark.fast
@@ -91,3 +96,25 @@ def test_validation_names_the_field():
         )
     with pytest.raises(KeyError, match="`user_id` is declared but no input table"):
         adapt(_spec(), {"movie_id": np.array([1])})
+
+
+def test_without_vocabulary_keeps_the_size_and_round_trips_through_json():
+    spec = adapt(_spec(), *_tables())
+    by_name = {f.name: without_vocabulary(f) for f in spec.all_features}
+    assert (by_name["movie_id"].vocabulary, by_name["movie_id"].vocabulary_size) == (None, 3)
+    assert (by_name["gender"].vocabulary, by_name["gender"].vocabulary_size) == (None, 1)
+    assert by_name["zip"] == HashedFeature("zip", num_bins=7)  # no vocabulary: unchanged
+    assert by_name["age"] == next(f for f in spec.query if f.name == "age")
+    for feature in by_name.values():
+        assert feature_from_dict(json.loads(json.dumps(feature_to_dict(feature)))) == feature
+    relearnt = adapt(FeatureSpec(query=(by_name["user_id"],), candidate=(by_name["movie_id"],), candidate_id="movie_id"),
+                     *_tables())
+    assert [(f.vocabulary, f.vocabulary_size) for f in relearnt.all_features] == [((5, 7), None), ((1, 2, 3), None)]
+
+
+def test_vocabulary_size_validation_names_the_field():
+    with pytest.raises(ValueError, match="Feature `x`: `vocabulary_size` must be an int ≥ 0. Received: -1"):
+        CategoricalFeature("x", vocabulary_size=-1)
+    with pytest.raises(ValueError, match="Feature `x`: give `vocabulary` or `vocabulary_size`"):
+        CategoricalFeature("x", vocabulary=(1, 2), vocabulary_size=2)
+    assert CategoricalFeature("x", vocabulary_size=0).vocabulary_size == 0  # an empty vocabulary

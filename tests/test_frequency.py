@@ -267,22 +267,44 @@ def test_counts_table_from_training_ids_with_strings():
     table = CountsFrequencyTable.from_ids(np.array(["b", "a", "b", "c", "b", "a"], dtype=object))
     probe = tf.constant(["a", "b", "c", "zzz"])
     np.testing.assert_allclose(table.probability(probe).numpy(), [2 / 6, 3 / 6, 1 / 6, 1 / 12], rtol=1e-6)
-    assert table.get_config()["ids"] == ["a", "b", "c"] and table.get_config()["counts"] == [2, 3, 1]
+    assert table.ids.tolist() == ["a", "b", "c"] and table.counts.tolist() == [2, 3, 1]
 
 
 @pytest.mark.parametrize(
-    "ids, counts",
-    [(COUNT_IDS, COUNTS), (["x", "y"], [2.5, 0.5])],
+    "ids, counts, default_probability, expected",
+    [
+        (COUNT_IDS, COUNTS, 0.01, [0.1, 0.3, 0.1, 0.5, 0.01]),
+        (["x", "y"], [2.5, 0.5], None, [1 / 6, 5 / 6, 1 / 12]),  # unseen: min p / 2, a restored weight
+    ],
 )
-def test_counts_table_config_round_trip(ids, counts):
-    table = CountsFrequencyTable(ids, counts, default_probability=0.01, name="counts")
+def test_counts_table_config_holds_no_ids_and_a_checkpoint_restores_them(
+    ids, counts, default_probability, expected, tmp_path
+):
+    table = CountsFrequencyTable(ids, counts, default_probability=default_probability, name="counts")
     config = json.loads(json.dumps(table.get_config()))
+    assert {k: config[k] for k in ("key_dtype", "default_probability")} == {
+        "key_dtype": table.key_dtype, "default_probability": default_probability,
+    }
+    assert "ids" not in config and "counts" not in config
     rebuilt = CountsFrequencyTable.from_config(config)
     assert rebuilt.get_config() == table.get_config()
     probe = tf.constant(list(ids)[::-1] + ([0] if table.key_dtype == "int64" else ["unseen"]))
+    assert rebuilt.ids.size == 0  # the counts are state: an empty table until restored
+    path = tf.train.Checkpoint(table=table).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(table=rebuilt).read(path).assert_consumed()
+    np.testing.assert_allclose(rebuilt.probability(probe).numpy(), expected, rtol=1e-6)
     np.testing.assert_array_equal(rebuilt.probability(probe).numpy(), table.probability(probe).numpy())
+    np.testing.assert_array_equal(rebuilt.counts, np.asarray(counts, np.float64)[np.argsort(ids)])
     revived = tf.keras.layers.deserialize(tf.keras.layers.serialize(table))
-    np.testing.assert_array_equal(revived.probability(probe).numpy(), table.probability(probe).numpy())
+    assert type(revived) is CountsFrequencyTable and revived.get_config() == table.get_config()
+
+
+def test_a_config_that_held_the_counts_still_loads_them():
+    # the form earlier versions wrote: ids and counts, no `key_dtype`
+    config = {"name": "counts", "trainable": True, "dtype": "float32", "ids": ["a", "b"], "counts": [1, 3],
+              "default_probability": None}
+    table = CountsFrequencyTable.from_config(config)
+    np.testing.assert_allclose(table.probability(tf.constant(["b", "a", "new"])).numpy(), [0.75, 0.25, 0.125])
 
 
 def test_counts_table_saved_model_round_trip(tmp_path):

@@ -76,20 +76,40 @@ def test_draws_are_uniform_over_rows(seeded):
     assert chi_square < 22.46  # 99.9% quantile of chi-square with 6 degrees of freedom
 
 
-def test_config_round_trip():
+def test_config_holds_the_corpus_schema_and_a_checkpoint_restores_the_rows(tmp_path):
     sampler = MixedNegativeSampler(CORPUS, 9, "movie_id", seed=3, name="mns")
     config = json.loads(json.dumps(sampler.get_config()))
-    assert config["corpus"]["genres"] == CORPUS["genres"].tolist()
-    assert config["corpus"]["tags"] == CORPUS["tags"].tolist()
+    assert config["columns"] == {
+        "movie_id": {"dtype": "int64", "shape": [7]},
+        "genres": {"dtype": "string", "shape": [7]},
+        "year": {"dtype": "float32", "shape": [7]},
+        "tags": {"dtype": "int64", "shape": [7, 3]},
+    }
+    assert "corpus" not in config
     assert (config["num_negatives"], config["candidate_id"], config["seed"]) == (9, "movie_id", 3)
     rebuilt = MixedNegativeSampler.from_config(config)
-    assert rebuilt.get_config() == sampler.get_config()
+    assert rebuilt.get_config() == sampler.get_config() and rebuilt.corpus_size == 7
+    assert not np.any(rebuilt.corpus["movie_id"].numpy()) and set(rebuilt.corpus["genres"].numpy()) == {b""}
+    path = tf.train.Checkpoint(sampler=sampler).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(sampler=rebuilt).read(path).assert_consumed()
     expected = as_numpy(sampler.sample(seed=11)[0])
     for name, values in as_numpy(rebuilt.sample(seed=11)[0]).items():
         np.testing.assert_array_equal(values, expected[name])
         assert values.dtype == expected[name].dtype
+    features, ids, _ = rebuilt.sample()
+    assert_real_rows(as_numpy(features), ids.numpy())
     revived = tf.keras.layers.deserialize(tf.keras.layers.serialize(sampler))
     assert type(revived) is MixedNegativeSampler and revived.get_config() == sampler.get_config()
+
+
+def test_a_config_that_held_the_corpus_still_loads_it():
+    # the form earlier versions wrote: the columns as lists, no `columns` schema
+    config = {"name": "mns", "trainable": True, "dtype": "float32", "num_negatives": 5, "candidate_id": "movie_id",
+              "seed": 2, "corpus": {name: values.tolist() for name, values in CORPUS.items()}}
+    sampler = MixedNegativeSampler.from_config(config)
+    assert sampler.get_config()["columns"]["tags"] == {"dtype": "int64", "shape": [7, 3]}
+    features, ids, _ = sampler.sample(seed=3)
+    assert_real_rows(as_numpy(features), ids.numpy())
 
 
 def test_checkpoint_restores_corpus_and_random_state(tmp_path):
@@ -150,6 +170,19 @@ def test_saved_model_round_trip(tmp_path):
             "Corpus column 'movie_id' must hold int64 or string ids of shape [N]",
         ),
         (CORPUS, {"seed": -1}, "`seed` must be an int >= 0. Received: -1"),
+        (None, {}, "`corpus` or `columns` (its schema, for a sampler a checkpoint fills) is required."),
+        (
+            None,
+            {"columns": {"movie_id": {"dtype": "bool", "shape": [3]}}},
+            "`columns['movie_id']` must be {'dtype': 'int64' | 'float32' | 'string', 'shape': [N, ...]}",
+        ),
+        (None, {"columns": {"movie_id": {"dtype": "int64", "shape": [0]}}}, "`columns['movie_id']` must be"),
+        (
+            {"movie_id": np.arange(3)},
+            {"columns": {"movie_id": {"dtype": "int64", "shape": [4]}}},
+            "`columns` must describe `corpus` {'movie_id': {'dtype': 'int64', 'shape': [3]}}",
+        ),
+        (None, {"columns": {"id": {"dtype": "int64", "shape": [3]}}}, "`candidate_id` must name a corpus column ['id']"),
     ],
 )
 def test_constructor_validation(corpus, kwargs, message):

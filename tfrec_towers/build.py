@@ -86,7 +86,10 @@ def build_model(
 
     Returns:
       A :class:`~tfrec_towers.model.TwoTowerModel`: ``model.fit`` trains it,
-      ``model.query_tower`` / ``model.candidate_tower`` embed raw features.
+      ``model.query_tower`` / ``model.candidate_tower`` embed raw features. Hyper-parameters in
+      the config, state in weights: ``model.get_config()`` holds no vocabulary, count or corpus
+      row (its size does not grow with the catalogue); they are in the weights and lookup tables
+      that ``tf.train.Checkpoint`` and SavedModels save.
 
     Raises:
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or

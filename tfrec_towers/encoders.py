@@ -3,6 +3,12 @@
 Every layer takes raw tensors (ids, strings, padded id matrices, numbers) so that the towers, and
 the SavedModels exported from them, contain all preprocessing: no client-side lookups, and unknown
 values land in out-of-vocabulary buckets instead of failing.
+
+Hyper-parameters in the config, state in weights: every ``get_config`` holds sizes, dtypes and
+widths; a vocabulary is state, kept in a checkpointable lookup table beside the embedding matrix
+(:class:`EmbeddingTable`). Normalisation statistics and bucket boundaries, whose size is set by
+the declaration (two numbers, ``num_buckets`` boundaries) and not by the data, stay in the config
+as Keras' own ``Normalization``/``Discretization`` keep them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tfrec_towers.features import (
     SequenceFeature,
     feature_from_dict,
     feature_to_dict,
+    without_vocabulary,
 )
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -30,52 +37,105 @@ _register = tf.keras.utils.register_keras_serializable(package="tfrec_towers")
 class EmbeddingTable(tf.keras.layers.Layer):
     """Vocabulary lookup with OOV buckets followed by an embedding: ``E[lookup(x)]``.
 
-    Row ``i < num_oov_buckets`` is an OOV bucket (values not in ``vocabulary`` are hashed into
-    one); row ``num_oov_buckets + j`` embeds ``vocabulary[j]``. An empty ``vocabulary`` (no value
-    reached the feature's ``min_count``) sends every value to the OOV buckets.
+    Row ``i < num_oov_buckets`` is an OOV bucket (values not in the vocabulary are hashed into
+    one); row ``num_oov_buckets + j`` embeds the vocabulary's ``j``-th value. An empty vocabulary
+    (no value reached the feature's ``min_count``) sends every value to the OOV buckets. With
+    several OOV buckets an unknown integer ``x`` goes to ``x mod num_oov_buckets`` and an unknown
+    string to its ``tf.strings.to_hash_bucket_fast`` bucket (for an empty vocabulary, integers
+    are hashed by their decimal string), as Keras' ``IntegerLookup``/``StringLookup`` and
+    ``Hashing`` do.
+
+    Hyper-parameters in the config, state in weights: the config holds the dtype and sizes
+    (``vocabulary_size``, never the values), the values live in ``vocabulary_table``, a
+    ``tf.lookup.experimental.MutableHashTable`` (value → its row) that ``tf.train.Checkpoint`` and
+    SavedModels save beside the embedding matrix. ``from_config`` builds a table of the same
+    shape whose lookup is empty (every value OOV) until a checkpoint is restored into it.
+    ``get_weights``/``set_weights`` carry the variables only; the vocabulary moves with checkpoints.
 
     Args:
-      vocabulary: the known values (ints for ``key_dtype="int64"``, strings otherwise).
+      vocabulary: the known values (ints for ``key_dtype="int64"``, strings otherwise), distinct;
+        ``None`` for a table whose vocabulary a checkpoint restores.
       key_dtype: ``"int64"`` or ``"string"``.
       embedding_dim: width of each embedding.
       num_oov_buckets: rows shared by out-of-vocabulary values.
+      vocabulary_size: the number of known values; required without ``vocabulary``, and equal to
+        ``len(vocabulary)`` when both are given.
+
+    Raises:
+      ValueError: naming the argument, for an unknown ``key_dtype``, a missing or mismatched
+        ``vocabulary_size``, or repeated values in ``vocabulary``.
 
     Call: ``values`` of any shape ``[...]`` → ``[..., embedding_dim]``.
     """
 
     def __init__(
         self,
-        vocabulary: Sequence[Union[int, str]],
+        vocabulary: Optional[Sequence[Union[int, str]]],
         key_dtype: str,
         embedding_dim: int,
         num_oov_buckets: int = 1,
+        vocabulary_size: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if key_dtype not in ("int64", "string"):
             raise ValueError(f"`key_dtype` must be 'int64' or 'string'. Received: {key_dtype!r}")
-        self.vocabulary = list(vocabulary)
+        if vocabulary is None and vocabulary_size is None:
+            raise ValueError("`vocabulary` or `vocabulary_size` is required. Received neither.")
+        if vocabulary is not None and vocabulary_size is not None and len(vocabulary) != vocabulary_size:
+            raise ValueError(f"`vocabulary_size` must equal the {len(vocabulary)} values of `vocabulary`. "
+                             f"Received: {vocabulary_size}")
         self.key_dtype = key_dtype
         self.embedding_dim = int(embedding_dim)
         self.num_oov_buckets = int(num_oov_buckets)
-        if not self.vocabulary:  # Keras' lookups refuse an empty vocabulary
-            self.lookup = tf.keras.layers.Hashing(self.num_oov_buckets)
-        elif key_dtype == "int64":
-            self.lookup = tf.keras.layers.IntegerLookup(
-                vocabulary=np.asarray(self.vocabulary, dtype=np.int64),
-                num_oov_indices=self.num_oov_buckets,
-                mask_token=None,
-                vocabulary_dtype="int64",
+        self.vocabulary_size = int(len(vocabulary) if vocabulary is not None else vocabulary_size)
+        dtype = tf.int64 if key_dtype == "int64" else tf.string
+        with tf.init_scope():
+            # value → its row; a missing value gets the only OOV row 0, or -1 to hash it into one of several
+            self.vocabulary_table = tf.lookup.experimental.MutableHashTable(
+                dtype, tf.int64, default_value=0 if self.num_oov_buckets == 1 else -1
             )
-        else:
-            self.lookup = tf.keras.layers.StringLookup(
-                vocabulary=np.asarray(self.vocabulary, dtype=object),
-                num_oov_indices=self.num_oov_buckets,
-                mask_token=None,
-            )
+            if vocabulary is not None and len(vocabulary):
+                keys = tf.constant(np.asarray(vocabulary, dtype=np.int64 if key_dtype == "int64" else object), dtype)
+                unique, _ = tf.unique(keys)
+                if int(tf.size(unique)) != self.vocabulary_size:
+                    raise ValueError(f"`vocabulary` must hold distinct values. Received {self.vocabulary_size} "
+                                     f"values of which {int(tf.size(unique))} are distinct.")
+                rows = tf.range(self.num_oov_buckets, self.num_oov_buckets + self.vocabulary_size, dtype=tf.int64)
+                self.vocabulary_table.insert(keys, rows)
         self.embedding = tf.keras.layers.Embedding(
-            len(self.vocabulary) + self.num_oov_buckets, self.embedding_dim, name="embedding"
+            self.vocabulary_size + self.num_oov_buckets, self.embedding_dim, name="embedding"
         )
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "EmbeddingTable":
+        """A table of the configured shape with an empty lookup, for a checkpoint to fill (a
+        config written by an earlier version, which held the ``vocabulary``, fills it instead)."""
+        config = dict(config)
+        return cls(config.pop("vocabulary", None), **config)
+
+    def get_vocabulary(self) -> np.ndarray:
+        """The known values in row order: ``int64 [V]``, or an ``object [V]`` array of ``str``."""
+        keys, rows = (t.numpy() for t in self.vocabulary_table.export())
+        values = keys[np.argsort(rows, kind="stable")]
+        if self.key_dtype == "string":
+            return np.array([v.decode("utf-8") for v in values], dtype=object)
+        return values.astype(np.int64)
+
+    def lookup(self, values: tf.Tensor) -> tf.Tensor:
+        """The embedding row of each value, ``int64`` shaped as ``values``."""
+        if self.key_dtype == "int64" and values.dtype != tf.int64:
+            values = tf.cast(values, tf.int64)
+        rows = self.vocabulary_table.lookup(values)
+        rows.set_shape(values.shape)  # a MutableHashTable lookup has no static shape
+        if self.num_oov_buckets == 1:
+            return rows
+        if self.key_dtype == "int64" and self.vocabulary_size > 0:
+            oov = tf.math.floormod(values, self.num_oov_buckets)
+        else:
+            keys = tf.strings.as_string(values) if self.key_dtype == "int64" else values
+            oov = tf.strings.to_hash_bucket_fast(keys, self.num_oov_buckets)
+        return tf.where(rows >= 0, rows, oov)
 
     def call(self, values: tf.Tensor) -> tf.Tensor:
         return self.embedding(self.lookup(values))
@@ -83,10 +143,10 @@ class EmbeddingTable(tf.keras.layers.Layer):
     def get_config(self) -> Dict[str, Any]:
         return {
             **super().get_config(),
-            "vocabulary": self.vocabulary,
             "key_dtype": self.key_dtype,
             "embedding_dim": self.embedding_dim,
             "num_oov_buckets": self.num_oov_buckets,
+            "vocabulary_size": self.vocabulary_size,
         }
 
 
@@ -194,7 +254,15 @@ class BucketizedEmbedding(tf.keras.layers.Layer):
 
 
 def build_embedding_tables(features: Sequence[Feature]) -> Dict[str, tf.keras.layers.Layer]:
-    """One embedding layer per table name; features naming the same table get the same layer."""
+    """One embedding layer per table name; features naming the same table get the same layer.
+
+    A declaration with a ``vocabulary`` fills its table's lookup; one with only a
+    ``vocabulary_size`` (read back from a config) gives an empty lookup of that size, to be
+    filled by restoring a checkpoint.
+
+    Raises:
+      ValueError: a feature was never adapted (no vocabulary, no size, or no boundaries).
+    """
     tables: Dict[str, tf.keras.layers.Layer] = {}
     for feature in features:
         if isinstance(feature, NumericFeature) or feature.table in tables:
@@ -207,13 +275,14 @@ def build_embedding_tables(features: Sequence[Feature]) -> Dict[str, tf.keras.la
             tables[feature.table] = BucketizedEmbedding(feature.boundaries, feature.embedding_dim,
                                                         name=f"{feature.table}_buckets")
         else:
-            if feature.vocabulary is None:
+            if feature.vocabulary is None and feature.vocabulary_size is None:
                 raise ValueError(f"Feature `{feature.name}` has no vocabulary: call `features.adapt` on data first.")
             tables[feature.table] = EmbeddingTable(
                 feature.vocabulary,
                 feature.dtype,
                 feature.embedding_dim,
                 feature.num_oov_buckets,
+                vocabulary_size=feature.vocabulary_size,
                 name=f"{feature.table}_embedding",
             )
     return tables
@@ -222,6 +291,10 @@ def build_embedding_tables(features: Sequence[Feature]) -> Dict[str, tf.keras.la
 @_register
 class FeatureEncoder(tf.keras.layers.Layer):
     """Encodes one tower's raw features and concatenates them: ``[e_1(x_1); …; e_F(x_F)]``.
+
+    Hyper-parameters in the config, state in weights: ``get_config`` stores the declarations
+    without their vocabularies (:func:`~tfrec_towers.features.without_vocabulary`); the values are
+    in the tables' lookups, restored from a checkpoint.
 
     Args:
       features: the tower's declarations (or their dict form, as stored by ``get_config``).
@@ -268,4 +341,4 @@ class FeatureEncoder(tf.keras.layers.Layer):
         return tf.concat([self._encode(f, inputs[f.name]) for f in self.features], axis=-1)
 
     def get_config(self) -> Dict[str, Any]:
-        return {**super().get_config(), "features": [feature_to_dict(f) for f in self.features]}
+        return {**super().get_config(), "features": [feature_to_dict(without_vocabulary(f)) for f in self.features]}

@@ -14,6 +14,9 @@ model turns it into a vector:
 
 Vocabularies and normalisation statistics are learnt from data by :func:`adapt` and stored in the
 declaration itself, so a :class:`FeatureSpec` written to JSON is enough to rebuild a model exactly.
+Layer configs hold hyper-parameters only: a tower's config carries its declarations as
+:func:`without_vocabulary` gives them (the vocabulary replaced by its ``vocabulary_size``), and the
+values themselves live in the model's weights (see ``encoders.EmbeddingTable``).
 Features that name the same ``embedding_table`` share one vocabulary and one embedding matrix
 (e.g. the query tower's ``history`` and the candidate tower's ``movie_id``).
 """
@@ -53,6 +56,10 @@ class _VocabularyFeature:
     Values outside the vocabulary (unseen at training, or below ``min_count``) are hashed into
     ``num_oov_buckets`` OOV rows, so an unknown id never fails a request. Features naming the
     same ``embedding_table`` share one vocabulary and one embedding matrix.
+
+    ``vocabulary`` holds the values once learnt (:func:`adapt`); ``vocabulary_size`` declares only
+    how many there are, for a declaration read back from a layer config whose values a checkpoint
+    restores (:func:`without_vocabulary`). At most one of the two is given.
     """
 
     name: str
@@ -63,11 +70,20 @@ class _VocabularyFeature:
     max_vocabulary_size: Optional[int] = None
     embedding_table: Optional[str] = None
     vocabulary: Optional[Tuple[Union[int, str], ...]] = None
+    vocabulary_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_dtype(self.name, self.dtype, ("int64", "string"))
         for field in ("embedding_dim", "num_oov_buckets", "min_count", "max_vocabulary_size"):
             _check_positive(self.name, field, getattr(self, field))
+        size = self.vocabulary_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0):
+            raise ValueError(f"Feature `{self.name}`: `vocabulary_size` must be an int ≥ 0. Received: {size!r}")
+        if size is not None and self.vocabulary is not None:
+            raise ValueError(
+                f"Feature `{self.name}`: give `vocabulary` or `vocabulary_size` (for a vocabulary held by a "
+                f"model's weights), not both. Received {len(self.vocabulary)} values and a size of {size}."
+            )
 
     @property
     def table(self) -> str:
@@ -184,6 +200,14 @@ _KINDS: Dict[str, type] = {
     "numeric": NumericFeature,
     "bucketized": BucketizedFeature,
 }
+
+
+def without_vocabulary(feature: Feature) -> Feature:
+    """The declaration as a layer config holds it: a learnt ``vocabulary`` replaced by its
+    ``vocabulary_size`` (the values live in the model's weights); other declarations unchanged."""
+    if isinstance(feature, _VocabularyFeature) and feature.vocabulary is not None:
+        return dataclasses.replace(feature, vocabulary=None, vocabulary_size=len(feature.vocabulary))
+    return feature
 
 
 def feature_to_dict(feature: Feature) -> Dict[str, Any]:
@@ -359,7 +383,7 @@ def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
 
     def adapted(feature: Feature) -> Feature:
         if isinstance(feature, _VocabularyFeature):
-            return dataclasses.replace(feature, vocabulary=vocabularies[feature.table])
+            return dataclasses.replace(feature, vocabulary=vocabularies[feature.table], vocabulary_size=None)
         if isinstance(feature, NumericFeature) and feature.mean is None:
             values = np.concatenate(pooled[feature.name]).astype(np.float64)
             if feature.log1p:

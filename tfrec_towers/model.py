@@ -59,6 +59,13 @@ class TwoTowerModel(tfrs.Model):
         interaction's weight); ``fit`` on ``(features, sample_weight)`` pairs works too.
 
     Works with ``compile``/``fit``/``evaluate``, Keras callbacks and ``tf.train.Checkpoint``.
+
+    Hyper-parameters in the config, state in weights: ``get_config`` holds the towers', task's
+    and sampler's hyper-parameters (sizes, dtypes, widths, seeds) and no data, so its size does
+    not grow with the catalogue; vocabularies, training counts and the sampler's corpus are
+    weights and lookup tables, saved by ``tf.train.Checkpoint`` and SavedModels.
+    ``from_config`` builds a model of the same shape, which restoring the original's checkpoint
+    makes identical to it.
     """
 
     def __init__(
@@ -134,7 +141,8 @@ class TwoTowerModel(tfrs.Model):
         )
 
     def get_config(self) -> Dict[str, Any]:
-        """Towers, candidate id, and the task and sampler when they are serialisable layers.
+        """Towers, candidate id, and the task and sampler when they are serialisable layers:
+        their hyper-parameters only (the state is in the weights).
 
         TFRS's ``Retrieval`` task has no config: a model built with it reloads with the default
         :func:`in_batch_softmax_task`.
@@ -152,7 +160,10 @@ class TwoTowerModel(tfrs.Model):
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "TwoTowerModel":
-        """Rebuilds the towers; two :class:`Tower` s get one set of tables, so sharing survives."""
+        """Rebuilds the towers; two :class:`Tower` s get one set of tables, so sharing survives.
+
+        The tables' lookups, the counts and the corpus are empty until a checkpoint is restored.
+        """
         config = dict(config)
         for key in ("task", "mixed_negatives"):
             if config.get(key) is not None:

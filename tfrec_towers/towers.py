@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.encoders import FeatureEncoder, build_embedding_tables
-from tfrec_towers.features import Feature, SequenceFeature, feature_from_dict, feature_to_dict
+from tfrec_towers.features import Feature, SequenceFeature, feature_from_dict, feature_to_dict, without_vocabulary
 from tfrec_towers.history_encoders import HistoryEncoderConfig, make_history_encoder
 from tfrec_towers.progress import progress
 
@@ -75,6 +75,12 @@ class Tower(tf.keras.Model):
       history: how the history feature is read (:class:`HistoryEncoderConfig` or its dict form);
         with a sequence encoder the feature named ``history.feature`` (a ``[B, L]`` id sequence) is
         looked up in its (shared) table and encoded by it, the other features by the feature encoder.
+
+    Hyper-parameters in the config, state in weights: ``get_config`` holds the declarations
+    without their vocabularies (only each one's ``vocabulary_size``), the MLP and history
+    settings; the vocabularies are in the embedding tables' lookups and, with the embeddings,
+    in checkpoints and SavedModels. A tower rebuilt by ``from_config`` has the same shape and
+    sends every value to the OOV rows until a checkpoint is restored into it.
 
     Raises:
       ValueError: a sequence encoder is configured but the tower has no ``[B, L]`` id sequence
@@ -178,7 +184,7 @@ class Tower(tf.keras.Model):
     def get_config(self) -> Dict[str, Any]:
         return {
             "name": self.name,
-            "features": [feature_to_dict(f) for f in self._features],
+            "features": [feature_to_dict(without_vocabulary(f)) for f in self._features],
             "config": dataclasses.asdict(self.config),
             "history": dataclasses.asdict(self.history),
         }

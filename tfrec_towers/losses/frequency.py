@@ -16,7 +16,7 @@ all candidates is a constant shift of every logit and leaves the softmax unchang
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Dict, Literal, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import numpy as np
 import tensorflow as tf
@@ -228,55 +228,81 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
     smallest observed probability, i.e. rarer than anything seen but still finite, so an
     unseen candidate gets the largest logQ boost without an infinite logit.
 
-    The vocabulary and counts are part of the config (``get_config``/``from_config``
-    rebuild the same table); lookups go through a ``tf.lookup.StaticHashTable``. There is
-    no state to update: :meth:`update` is a no-op, kept for :class:`CandidateProbability`.
+    Hyper-parameters in the config, state in weights: the config holds ``key_dtype`` and
+    ``default_probability``; the counts are in ``counts_table``, a
+    ``tf.lookup.experimental.MutableHashTable`` id → ``c_j``, and their sum and the unseen ids'
+    probability in the non-trainable weights ``total_count`` and ``unseen_probability``, all
+    saved by ``tf.train.Checkpoint`` and SavedModels. ``from_config`` builds an empty table
+    (every id unseen, with probability ``default_probability`` or 1) that restoring a
+    checkpoint fills. There is no state to update:
+    :meth:`update` is a no-op, kept for :class:`CandidateProbability`.
 
     Args:
-      ids: ``[V]`` distinct training candidate ids, integers or strings.
+      ids: ``[V]`` distinct training candidate ids, integers or strings; ``None`` (with
+        ``counts``) for a table a checkpoint fills.
       counts: ``[V]`` positive counts aligned with ``ids``.
       default_probability: probability of an unseen id, in ``(0, 1]``; ``None`` for
         ``min_j p_j / 2``.
+      key_dtype: ``"int64"`` or ``"string"``, the ids' dtype; required without ``ids``,
+        inferred from them otherwise.
       **kwargs: passed to ``tf.keras.layers.Layer``.
 
     Raises:
       ValueError: naming the argument, for empty or repeated ``ids``, ``counts`` of another
-        length or not all positive and finite, or ``default_probability`` outside ``(0, 1]``.
+        length or not all positive and finite, ``ids`` without ``counts`` (or the reverse), a
+        ``key_dtype`` missing or other than the ids', or ``default_probability`` outside ``(0, 1]``.
     """
 
     def __init__(
         self,
-        ids: Union[Sequence[Any], np.ndarray],
-        counts: Union[Sequence[float], np.ndarray],
+        ids: Optional[Union[Sequence[Any], np.ndarray]] = None,
+        counts: Optional[Union[Sequence[float], np.ndarray]] = None,
         default_probability: Optional[float] = None,
+        key_dtype: Optional[KeyDtype] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.ids = _as_vocabulary("ids", ids)
-        unique, multiplicity = np.unique(self.ids, return_counts=True)
-        if np.any(multiplicity > 1):
-            repeated = unique[multiplicity > 1][:5].tolist()
-            raise ValueError(f"`ids` must be distinct. Repeated: {repeated}")
-        self.counts = np.asarray(counts, dtype=np.float64)
-        if self.counts.shape != self.ids.shape:
-            raise ValueError(
-                f"`counts` must have one entry per id ({self.ids.size}). Received shape {self.counts.shape}"
+        if (ids is None) != (counts is None):
+            raise ValueError("`ids` and `counts` must be given together (or neither, for a table a checkpoint fills).")
+        self.default_probability = (
+            None if default_probability is None
+            else check_real("default_probability", default_probability, 0.0, 1.0, low_open=True)
+        )
+        total = 0.0  # an empty table until a checkpoint is restored: every id unseen
+        unseen = 1.0 if self.default_probability is None else self.default_probability
+        if ids is not None:
+            keys = _as_vocabulary("ids", ids)
+            inferred: KeyDtype = "int64" if keys.dtype == np.int64 else "string"
+            if key_dtype is not None and _check_key_dtype("key_dtype", key_dtype) != inferred:
+                raise ValueError(f"`key_dtype` is {key_dtype!r} but the `ids` are {inferred} ids.")
+            key_dtype = inferred
+            unique, multiplicity = np.unique(keys, return_counts=True)
+            if np.any(multiplicity > 1):
+                repeated = unique[multiplicity > 1][:5].tolist()
+                raise ValueError(f"`ids` must be distinct. Repeated: {repeated}")
+            values = np.asarray(counts, dtype=np.float64)
+            if values.shape != keys.shape:
+                raise ValueError(f"`counts` must have one entry per id ({keys.size}). Received shape {values.shape}")
+            if not np.all(np.isfinite(values) & (values > 0)):
+                raise ValueError(f"`counts` must all be positive and finite. Received min {float(values.min())!r}")
+            total = float(values.sum())
+            if default_probability is None:
+                unseen = float((values / total).min()) / 2.0
+        elif key_dtype is None:
+            raise ValueError("`key_dtype` ('int64' or 'string') is required without `ids`.")
+        self.key_dtype: KeyDtype = _check_key_dtype("key_dtype", key_dtype)
+        with tf.init_scope():
+            self.counts_table = tf.lookup.experimental.MutableHashTable(
+                tf.as_dtype(self.key_dtype), tf.float64, default_value=0.0
             )
-        if not np.all(np.isfinite(self.counts) & (self.counts > 0)):
-            raise ValueError(f"`counts` must all be positive and finite. Received min {float(self.counts.min())!r}")
-        probabilities = self.counts / self.counts.sum()
-        self.default_probability = default_probability
-        if default_probability is None:
-            unseen = float(probabilities.min()) / 2.0
-        else:
-            unseen = check_real("default_probability", default_probability, 0.0, 1.0, low_open=True)
-        self.key_dtype: KeyDtype = "int64" if self.ids.dtype == np.int64 else "string"
-        self._table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(self.ids, dtype=self.key_dtype),
-                tf.constant(probabilities, dtype=tf.float32),
-            ),
-            default_value=tf.constant(unseen, dtype=tf.float32),
+            if ids is not None:
+                self.counts_table.insert(tf.constant(keys, dtype=self.key_dtype), tf.constant(values, tf.float64))
+        state = dict(shape=[], trainable=False)
+        self.total_count = self.add_weight(
+            name="total_count", dtype=tf.float64, initializer=tf.keras.initializers.Constant(total), **state
+        )
+        self.unseen_probability = self.add_weight(
+            name="unseen_probability", dtype=tf.float32, initializer=tf.keras.initializers.Constant(unseen), **state
         )
         self.built = True
 
@@ -309,7 +335,28 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
             ids = tf.cast(ids, tf.int64)
         elif ids.dtype != tf.string:
             raise TypeError(f"Expected string ids. Received: {ids.dtype.name}")
-        return self._table.lookup(ids)
+        counts = self.counts_table.lookup(ids)
+        counts.set_shape(ids.shape)  # a MutableHashTable lookup has no static shape
+        probability = tf.cast(counts / self.total_count, tf.float32)
+        return tf.where(counts > 0, probability, self.unseen_probability)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The counted ids, sorted: ``int64 [V]`` or an ``object [V]`` array of ``str``."""
+        return self._counted()[0]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``float64 [V]`` the counts ``c_j``, aligned with :attr:`ids`."""
+        return self._counted()[1]
+
+    def _counted(self) -> Tuple[np.ndarray, np.ndarray]:
+        keys, values = (t.numpy() for t in self.counts_table.export())
+        order = np.argsort(keys, kind="stable")
+        keys, values = keys[order], values[order]
+        if self.key_dtype == "string":
+            keys = np.array([k.decode("utf-8") for k in keys], dtype=object)
+        return keys, values
 
     def log_probability(self, ids: tf.Tensor) -> tf.Tensor:
         """``ids [N]`` → ``float32 [N]`` ``log p_j``."""
@@ -326,9 +373,5 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
-        config.update(
-            ids=self.ids.tolist(),
-            counts=[int(c) if float(c).is_integer() else float(c) for c in self.counts],
-            default_probability=self.default_probability,
-        )
+        config.update(key_dtype=self.key_dtype, default_probability=self.default_probability)
         return config

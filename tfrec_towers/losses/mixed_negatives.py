@@ -38,6 +38,45 @@ def _as_column(name: str, values: Any) -> np.ndarray:
     )
 
 
+def _corpus_arrays(corpus: Mapping[str, Any], candidate_id: str) -> Dict[str, np.ndarray]:
+    """The corpus columns as arrays (:func:`_as_column`), checking that the ids are distinct."""
+    if not corpus:
+        raise ValueError("`corpus` must hold at least one column. Received: {}")
+    columns = {name: _as_column(name, values) for name, values in corpus.items()}
+    if candidate_id in columns and columns[candidate_id].ndim == 1:
+        unique, multiplicity = np.unique(columns[candidate_id], return_counts=True)
+        if np.any(multiplicity > 1):
+            raise ValueError(
+                f"Corpus column {candidate_id!r} must hold distinct ids. "
+                f"Repeated: {unique[multiplicity > 1][:5].tolist()}"
+            )
+    return columns
+
+
+def _schema(columns: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, Any]]:
+    """``{name: {"dtype": ..., "shape": [...]}}`` of corpus arrays."""
+    return {
+        name: {"dtype": "string" if values.dtype == object else values.dtype.name, "shape": list(values.shape)}
+        for name, values in columns.items()
+    }
+
+
+def _checked_schema(columns: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """A ``columns`` schema in canonical form, each column a supported dtype of a non-empty shape."""
+    if not columns:
+        raise ValueError("`columns` must describe at least one corpus column. Received: {}")
+    schema = {}
+    for name, column in columns.items():
+        dtype, shape = column.get("dtype"), [int(d) for d in column.get("shape", ())]
+        if dtype not in ("int64", "float32", "string") or not shape or min(shape) <= 0:
+            raise ValueError(
+                f"`columns[{name!r}]` must be {{'dtype': 'int64' | 'float32' | 'string', 'shape': [N, ...]}} "
+                f"with positive sizes. Received: {dict(column)}"
+            )
+        schema[name] = {"dtype": dtype, "shape": shape}
+    return schema
+
+
 def _replica_id() -> Union[int, tf.Tensor]:
     """The replica's index in its ``tf.distribute`` sync group (0 outside a strategy)."""
     context = tf.distribute.get_replica_context()
@@ -68,9 +107,12 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
     per-batch probability, use the expected number of copies per step, ``B' / |corpus|``,
     i.e. add ``log(num_negatives)``.
 
-    The corpus columns are non-trainable weights (in checkpoints and SavedModels) and, as
-    lists, in the config. Random numbers are ``tf.random.stateless_uniform`` draws, so
-    they work in ``tf.function`` and are reproducible. With a seed, :meth:`sample` is a
+    Hyper-parameters in the config, state in weights: the corpus columns are non-trainable
+    weights (in checkpoints and SavedModels); the config holds only their ``columns`` schema
+    (dtype and shape of each), so ``from_config`` builds a sampler of the same shape whose
+    columns are zeros (or empty strings) until a checkpoint is restored into it. Random
+    numbers are ``tf.random.stateless_uniform`` draws, so they work in ``tf.function`` and
+    are reproducible. With a seed, :meth:`sample` is a
     pure function of that seed. Without one, draw ``k`` (counted by the weight ``draws``)
     uses the seed ``[rng_seed, k]`` folded with the replica id, so every replica of a
     ``tf.distribute`` strategy draws different rows; ``rng_seed`` is a weight too (the
@@ -81,59 +123,66 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
     Args:
       corpus: the candidate tower's raw features, one row per candidate (ids unique):
         column name → ``int64 [N]`` / ``int64 [N, L]`` / ``float32 [N]`` / ``str [N]``
-        arrays (the column types of ``pipelines/data.py``).
+        arrays (the column types of ``pipelines/data.py``); ``None`` for a sampler whose
+        corpus a checkpoint restores (then ``columns`` is required).
       num_negatives: ``B' > 0``, rows per :meth:`sample`.
       candidate_id: the id column of ``corpus``.
       seed: ``rng_seed`` of the unseeded draws, ≥ 0; ``None`` for a random one.
+      columns: the corpus schema, column name → ``{"dtype": "int64" | "float32" | "string",
+        "shape": [N, ...]}`` (what :meth:`get_config` stores); must match ``corpus`` when
+        both are given.
       **kwargs: passed to ``tf.keras.layers.Layer``.
 
     Raises:
       ValueError: for a non-positive ``num_negatives``, an empty corpus, columns of
         different lengths or unsupported dtypes, a ``candidate_id`` that is not a column,
-        or repeated ids.
+        repeated ids, neither ``corpus`` nor ``columns``, or ``columns`` that do not
+        describe ``corpus``.
     """
 
     def __init__(
         self,
-        corpus: Mapping[str, Any],
+        corpus: Optional[Mapping[str, Any]],
         num_negatives: int,
         candidate_id: str,
         seed: Optional[int] = None,
+        columns: Optional[Mapping[str, Mapping[str, Any]]] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.num_negatives = check_int("num_negatives", num_negatives, 1)
-        if not corpus:
-            raise ValueError("`corpus` must hold at least one column. Received: {}")
-        columns = {name: _as_column(name, values) for name, values in corpus.items()}
-        lengths = {name: len(values) for name, values in columns.items()}
+        if corpus is None and columns is None:
+            raise ValueError("`corpus` or `columns` (its schema, for a sampler a checkpoint fills) is required.")
+        data = None if corpus is None else _corpus_arrays(corpus, candidate_id)
+        schema = _schema(data) if data is not None else _checked_schema(columns)
+        if data is not None and columns is not None and _checked_schema(columns) != schema:
+            raise ValueError(f"`columns` must describe `corpus` {schema}. Received: {dict(columns)}")
+        lengths = {name: column["shape"][0] for name, column in schema.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"Corpus columns have different lengths: {lengths}")
-        if candidate_id not in columns:
+        if candidate_id not in schema:
             raise ValueError(
-                f"`candidate_id` must name a corpus column {sorted(columns)}. Received: {candidate_id!r}"
+                f"`candidate_id` must name a corpus column {sorted(schema)}. Received: {candidate_id!r}"
             )
-        ids = columns[candidate_id]
-        if ids.ndim != 1 or ids.dtype == np.float32:
+        id_column = schema[candidate_id]
+        if len(id_column["shape"]) != 1 or id_column["dtype"] == "float32":
             raise ValueError(f"Corpus column {candidate_id!r} must hold int64 or string ids of shape [N]")
-        unique, multiplicity = np.unique(ids, return_counts=True)
-        if np.any(multiplicity > 1):
-            raise ValueError(
-                f"Corpus column {candidate_id!r} must hold distinct ids. "
-                f"Repeated: {unique[multiplicity > 1][:5].tolist()}"
-            )
         self.candidate_id = candidate_id
         self.seed = None if seed is None else check_int("seed", seed, 0)
-        self.corpus_size = len(ids)
+        self.columns = schema
+        self.corpus_size = lengths[candidate_id]
         self.corpus = {
             name: self.add_weight(
                 name=f"corpus_{name}",
-                shape=values.shape,
-                dtype=tf.string if values.dtype == object else tf.as_dtype(values.dtype),
-                initializer=lambda shape, dtype, values=values: tf.constant(values, dtype=dtype),
+                shape=column["shape"],
+                dtype=tf.as_dtype(column["dtype"]),
+                initializer=(
+                    (lambda shape, dtype: tf.zeros(shape, dtype)) if data is None  # "" for strings
+                    else lambda shape, dtype, values=data[name]: tf.constant(values, dtype=dtype)
+                ),
                 trainable=False,
             )
-            for name, values in columns.items()
+            for name, column in schema.items()
         }
         rng_seed = int(np.random.default_rng().integers(2**62)) if self.seed is None else self.seed
         self.rng_seed = self.add_weight(
@@ -181,18 +230,19 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
         log_q = tf.fill(shape, tf.constant(-math.log(self.corpus_size), dtype=tf.float32))
         return features, features[self.candidate_id], log_q
 
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "MixedNegativeSampler":
+        """A sampler of the configured ``columns`` with zero rows, for a checkpoint to fill (a
+        config written by an earlier version, which held the ``corpus``, fills them instead)."""
+        config = dict(config)
+        return cls(config.pop("corpus", None), **config)
+
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
-        corpus = {}
-        for name, column in self.corpus.items():
-            values = column.numpy()
-            if values.dtype == object:
-                values = np.vectorize(lambda v: v.decode("utf-8"), otypes=[object])(values)
-            corpus[name] = values.tolist()
         config.update(
-            corpus=corpus,
             num_negatives=self.num_negatives,
             candidate_id=self.candidate_id,
             seed=self.seed,
+            columns={name: {"dtype": c["dtype"], "shape": list(c["shape"])} for name, c in self.columns.items()},
         )
         return config
