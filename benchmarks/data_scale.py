@@ -7,15 +7,20 @@ drawn uniformly) and ~N/100 items (at most 1M) with power-law (Zipf, exponent 1)
 an items table (``item_id``, a multi-valued ``tags`` list column, ``price``) and a users table
 (``user_id``, ``country``). A fresh subprocess per size then runs the path of
 ``tfrec-towers train --interactions ... --items ... --users ...``:
-``pipelines.sources.prepare_data`` with ``data.dataset: interactions`` and
-``PreparedData.adapted_spec()``, timing each stage and its peak resident memory:
+``pipelines.sources.prepare_data`` with ``data.dataset: interactions``,
+``PreparedData.adapted_spec()`` and the input pipeline ``fit_model`` trains on, timing each
+stage and its peak resident memory:
 
     python benchmarks/data_scale.py --rows 1000000 5000000 20000000
 
 Stages: *import* (the package and TensorFlow), *read tables* (the three tables into pandas),
 *split* (validation and the leave-last-out split), *features* (inferred declarations, the
-feature spec, the renamed columns: the rest of ``prepare_data``) and *adapt* (vocabularies and
-statistics). A stage's peak is the process's resident high-water mark (``VmHWM``) reset at the
+feature spec, the renamed columns: the rest of ``prepare_data``), *adapt* (vocabularies and
+statistics) and *training input* (``fit_model``'s ``tf.data`` pipeline of the default
+configuration, ``pipelines.checkpointing.training_batches`` of ``pipelines.train.training_columns``,
+and its first batch taken: training can start).
+
+A stage's peak is the process's resident high-water mark (``VmHWM``) reset at the
 stage's start (``/proc/self/clear_refs``); the run's peak is the highest of them. A size that is
 killed (out of memory) or runs past ``--timeout-minutes`` is recorded as failed. The machine's
 load average is recorded before and after each size.
@@ -41,7 +46,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import write_results  # noqa: E402
 
-STAGES = ("import", "read tables", "split", "features", "adapt")
+STAGES = ("import", "read tables", "split", "features", "adapt", "training input")
+PREPARATION = STAGES[1:-1]  # what *prepare s* sums: the data path before training
 EVENTS = ("view", "click", "add_to_cart", "purchase")
 EVENT_SHARES = (0.80, 0.12, 0.05, 0.03)
 NUM_TAGS = 500
@@ -161,7 +167,8 @@ class StageClock:
 
 
 def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) -> dict:
-    """Runs ``prepare_data`` and ``adapted_spec`` on the tables in ``directory``, stage by stage.
+    """Runs ``prepare_data`` and ``adapted_spec`` on the tables in ``directory``, then takes the first
+    batch of the training input, stage by stage.
 
     The stages are told apart by wrapping the table source and the split that
     ``pipelines.sources.prepare_data`` calls; the data path itself is unchanged.
@@ -171,13 +178,16 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
       progress: where to record the stages as they pass (see :class:`StageClock`), or None.
 
     Returns:
-      The stages' times and peaks, the split's summary and the vocabulary sizes.
+      The stages' times and peaks, the split's summary, the vocabulary sizes and the shape of
+      each column of the first training batch.
     """
     clock = StageClock(progress)
     clock.begin("import")
     import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
     import tensorflow  # noqa: F401
     from pipelines import sources
+    from pipelines.checkpointing import training_batches
+    from pipelines.train import training_columns
     from tfrec_towers.config import ExperimentConfig, apply_overrides
 
     config = apply_overrides(ExperimentConfig(), [
@@ -204,6 +214,11 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
         prepared = sources.prepare_data(config)
         clock.begin("adapt")
         spec = prepared.adapted_spec()
+        clock.begin("training input")
+        training = config.training
+        columns = training_columns(prepared.data, spec, prepared.weight_column)
+        batches = training_batches(columns, training.batch_size, seed=training.seed, epochs=training.epochs)
+        first_batch = next(iter(batches))
         clock.begin(None)
     finally:
         sources.SOURCES["interactions"], sources.interaction_data = read_tables, split
@@ -224,6 +239,7 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
                      for side in ("query", "candidate")},
         "vocabulary_sizes": {f.name: len(f.vocabulary) for f in spec.all_features
                              if getattr(f, "vocabulary", None) is not None},
+        "first_batch": {name: tensor.shape.as_list() for name, tensor in first_batch.items()},
     }
 
 
@@ -268,7 +284,7 @@ def run_size(rows: int, shards: int, seed: int, timeout: float) -> dict:
         load_before = os.getloadavg()
         measured = _worker(["--prepare", str(directory)], Path(scratch) / "prepared.json", timeout)
         load_after = os.getloadavg()
-    total = sum(s["seconds"] for k, s in measured.get("stages", {}).items() if k != "import")
+    total = sum(s["seconds"] for k, s in measured.get("stages", {}).items() if k in PREPARATION)
     return {"rows": rows, "generated": generated, "parquet_mib": on_disk, "load_average_before": load_before,
             "load_average_after": load_after, **({"prepare_seconds": total} if measured["status"] == "ok" else {}),
             **measured}
@@ -297,7 +313,9 @@ def markdown(results: List[dict], command: str) -> str:
                      f"{result['prepare_seconds']:.1f}", f"{result['peak_rss_mib'] / 1024:.2f}", load]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Stage times are wall seconds; a stage's peak is the process's resident high-water mark "
-              "during it (the import of the package and TensorFlow is not counted in *prepare s*)."]
+              "during it. *prepare s* sums the stages from *read tables* to *adapt* (not the import of the package "
+              "and TensorFlow, nor the training input, which builds `fit_model`'s `tf.data` pipeline and takes its "
+              "first batch)."]
     return "\n".join(lines) + "\n"
 
 
