@@ -441,16 +441,18 @@ def export_run(
     k: Optional[int] = None,
     candidates: Optional[CandidateSource] = None,
     index_settings: Optional[Dict[str, Any]] = None,
+    exclude_history: Optional[bool] = None,
 ) -> Path:
     """Exports a trained run as a new SavedModel version (under ``RUN/export`` by default).
 
-    ``index``, ``k``, ``candidates`` and ``index_settings`` are those of :func:`export_model`.
+    ``index``, ``k``, ``candidates``, ``index_settings`` and ``exclude_history`` are those of
+    :func:`export_model` (``None``: the run's configuration).
     """
     config, spec, model = load_run(run_dir)
     base = Path(run_dir) / EXPORT_DIR if export_base is None else Path(export_base)
     return export_model(
         model, spec, load_data(config), base, config, index=index, k=k, candidates=candidates,
-        index_settings=index_settings,
+        index_settings=index_settings, exclude_history=exclude_history,
     )
 
 

@@ -245,3 +245,23 @@ def test_init_writes_a_commented_default_configuration(tmp_path, capsys):
     assert "# width of every id and category embedding (a feature may set its own)." in text and "logq: counts" in text
     assert main(["--verbose", "init", str(path)]) == EXIT_USAGE
     assert "init never overwrites" in capsys.readouterr().err
+
+
+def test_export_exclude_history_flag_leaves_the_requests_history_out(tiny_run, tmp_path, capsys):
+    """``--exclude-history`` overrides the run's ``export.exclude_history``: the ids a request sends as its
+    history (the plain export's top 5 for it) are absent from the new version's k results."""
+    import tensorflow as tf
+
+    assert main(["--quiet", "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"), "--no-verify"]) == EXIT_OK
+    assert main(["--quiet", "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"), "--no-verify",
+                 "--exclude-history"]) == EXIT_OK, capsys.readouterr().err
+    plain_dir, excluding_dir = (tmp_path / "models" / "tfrec_towers" / version for version in ("1", "2"))
+    assert _metadata(plain_dir)["exclude_history"] is None and _metadata(excluding_dir)["exclude_history"] == "history"
+    plain, excluding = (tf.saved_model.load(str(path)).signatures["serving_default"] for path in (plain_dir, excluding_dir))
+    sample = json.loads((plain_dir / "assets.extra" / "verification_sample.json").read_text())
+    inputs = plain.structured_input_signature[1]
+    request = {name: tf.constant(values[:1], inputs[name].dtype) for name, values in sample["queries"].items()}
+    top = plain(**request)["candidate_ids"].numpy()[0]
+    request["history"] = tf.constant(top[None, :5], inputs["history"].dtype)
+    served = excluding(**request)["candidate_ids"].numpy()[0]
+    assert len(served) == 10 and not set(top[:5].tolist()) & set(served.tolist())

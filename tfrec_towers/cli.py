@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--num-leaves", type=_positive_int, help="ScaNN partitions (default: about sqrt(N))")
     export.add_argument("--leaves-to-search", dest="num_leaves_to_search", type=_positive_int, help="ScaNN leaves searched per query")
     export.add_argument("--reordering-multiplier", type=_positive_int, help="ScaNN re-scores this many times k candidates exactly")
+    export.add_argument("--exclude-history", action=argparse.BooleanOptionalAction, default=None,
+                        help="leave the query's history items out of serving_default's top k, still k results "
+                             "(default: the run's export.exclude_history)")
     export.add_argument("--no-verify", action="store_true", help="skip the fresh-process verification")
 
     tune = commands.add_parser(
@@ -331,7 +334,8 @@ def _cmd_export(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
     index, settings = _export_index(args)
     path = export_run(
-        args.run, args.output, index=index, k=args.k, candidates=args.candidates, index_settings=settings
+        args.run, args.output, index=index, k=args.k, candidates=args.candidates, index_settings=settings,
+        exclude_history=args.exclude_history,
     )
     print(path)
     return EXIT_OK if args.no_verify else _print_verification(verify_export(path), out)
