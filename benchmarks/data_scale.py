@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import write_results  # noqa: E402
+from tfrec_towers.atomic_file import write_text_atomically  # noqa: E402  (the package alone, not TensorFlow)
 
 STAGES = ("import", "read tables", "split", "features", "adapt", "training input")
 PREPARATION = STAGES[1:-1]  # what *prepare s* sums: the data path before training
@@ -160,9 +161,7 @@ class StageClock:
         elif name is not None:
             _resident_peak_mib(reset=True)
         if self.progress is not None:
-            partial = self.progress.with_name(self.progress.name + ".partial")
-            partial.write_text(json.dumps({"completed_stages": self.stages, "running_stage": name}))
-            partial.replace(self.progress)
+            write_text_atomically(self.progress, json.dumps({"completed_stages": self.stages, "running_stage": name}))
         self._current, self._wall, self._cpu = name, time.perf_counter(), time.process_time()
 
 

@@ -47,6 +47,7 @@ from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectG
 from pipelines.data import DataError, HistoryWindows, TrainingExamples, num_rows
 from pipelines.dataset import epoch_batches, steps_per_epoch
 from pipelines.validation import EarlyStopping
+from tfrec_towers.atomic_file import write_text_atomically
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, config_to_dict
 from tfrec_towers.export import placeholder_features
 from tfrec_towers.features import input_signature
@@ -107,10 +108,8 @@ def _forget(directory: Path, skipped: Sequence[str], newest: str) -> None:
     if len(stamps) == len(paths):
         state.all_model_checkpoint_timestamps.extend(stamps[i] for i in keep)
     state.model_checkpoint_path = newest
-    listing = directory / "checkpoint"  # the name tf.train.CheckpointManager keeps its list under
-    partial = directory / ".checkpoint.tmp"
-    partial.write_text(text_format.MessageToString(state))
-    os.replace(partial, listing)
+    # "checkpoint" is the name tf.train.CheckpointManager keeps its list under
+    write_text_atomically(directory / "checkpoint", text_format.MessageToString(state))
 
 
 def newest_readable_checkpoint(directory: str | Path, forget_unreadable: bool = False) -> Optional[Tuple[str, int]]:

@@ -2,8 +2,7 @@
 
 Training: ``from_tensor_slices → cache → shuffle → [repeat] → batch → prefetch``;
 resumable training (:func:`epoch_batches`): each epoch in the order of ``(seed, epoch)``, from any
-global step; inference: ``from_tensor_slices → batch → prefetch``. Each element is a dict of
-tensors: ``int64 [B]``, ``float32 [B]``, ``string [B]`` or ``int64 [B, L]``.
+global step. Each element is a dict of tensors: ``int64 [B]``, ``float32 [B]``, ``string [B]`` or ``int64 [B, L]``.
 """
 
 from __future__ import annotations
@@ -122,24 +121,6 @@ def epoch_batches(
         .map(lambda index: {name: tf.gather(column, index) for name, column in columns.items()})
         .prefetch(tf.data.AUTOTUNE)
     )
-
-
-def inference_dataset(features: Mapping[str, np.ndarray], batch_size: int) -> tf.data.Dataset:
-    """Batches of rows in order (for embedding and evaluation), the last one partial.
-
-    Args:
-      features: the feature dictionary.
-      batch_size: rows per batch.
-
-    Returns:
-      A dataset of ``{name: tensor [batch, ...]}``.
-
-    Raises:
-      ValueError: ``batch_size`` is not a positive int.
-      DataError: a column has an unsupported dtype, or columns differ in length.
-    """
-    _check_batch_size(batch_size)
-    return tf.data.Dataset.from_tensor_slices(_to_tensors(features)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _to_tensors(features: Mapping[str, np.ndarray]) -> dict[str, tf.Tensor]:

@@ -22,13 +22,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pa_dataset
 import pyarrow.parquet as pq
 import tensorflow as tf
-from apache_beam.io.filesystems import FileSystems
 
-import tfrec_towers
+from tfrec_towers.extras import missing_extra
+
+try:
+    from apache_beam.io.filesystems import FileSystems
+except ModuleNotFoundError as e:
+    raise missing_extra("beam", "Indexing an embedding job's output", e) from e
+
 from pipelines import embed_output
 from tfrec_towers import export
 from tfrec_towers.candidate_table import read_candidate_table
-from tfrec_towers.index import INDEX_KINDS, IndexConfig, build_index, exact_top_k, recall_at_k
+from tfrec_towers.index import INDEX_KINDS, IndexConfig, build_index
 
 
 class SignatureTower(tf.Module):
@@ -163,24 +168,19 @@ def build_index_export(
     loaded = tf.saved_model.load(str(source))
     query_model = SignatureTower(loaded.signatures["query_embedding"], loaded.query_model)
     candidate_model = SignatureTower(loaded.signatures["candidate_embedding"], loaded.candidate_model)
-    query_spec = {n: tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"]), name=n)
-                  for n, s in metadata["query_input_spec"].items()}
-    candidate_spec = {n: tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"]), name=n)
-                      for n, s in metadata["candidate_input_spec"].items()}
+    query_spec = export.specs_from_json(metadata["query_input_spec"])
+    candidate_spec = export.specs_from_json(metadata["candidate_input_spec"])
     retrieval_index = build_index(index or IndexConfig.for_corpus(len(ids), k=metadata["k"]), embeddings, ids)
 
     queries = export.as_features("source sample queries", sample["queries"], query_spec)
     candidates = export.as_features("source sample candidates", sample["candidates"], candidate_spec)
     query_embeddings = query_model(queries).numpy()
-    scores, top_ids = (t.numpy() for t in retrieval_index(tf.constant(query_embeddings)))
     corpus_ids = retrieval_index.candidate_ids.numpy()
-    exact_ids = corpus_ids[exact_top_k(query_embeddings, embeddings, retrieval_index.k)[1]]
+    retrieved = export.search_with_exact(retrieval_index, query_embeddings, embeddings, corpus_ids)
     warnings = []
     if candidate_features:
         position = {identifier: row for row, identifier in enumerate(corpus_ids.tolist())}
-        first = corpus_ids[: export.NUM_SAMPLE_CANDIDATES].tolist()
-        retrieved = top_ids[: export.NUM_SCORED_QUERIES, : export.NUM_SAMPLE_RETRIEVED].ravel().tolist()
-        wanted = [ids[position[i]] for i in dict.fromkeys(first + retrieved) if i in position]
+        wanted = ids[export.sampled_candidate_positions(corpus_ids, retrieved[1])].tolist()
         candidates = _candidate_rows(candidate_features, candidate_spec, metadata["candidate_id"], wanted)
         found = candidates[metadata["candidate_id"]].tolist()
         rows = [position[i.encode("utf-8") if isinstance(i, str) else i] for i in found]
@@ -189,39 +189,11 @@ def build_index_export(
         candidate_embeddings = candidate_model(candidates).numpy()
         warnings.append("the verification sample's candidate rows come from the source export, not from the "
                         "embedded corpus: pass `candidate_features` to check the corpus embeddings and scores.")
-    verification = {
-        "queries": sample["queries"],
-        "query_embeddings": query_embeddings.tolist(),
-        "candidates": export.features_to_json(candidates),
-        "candidate_embeddings": candidate_embeddings.tolist(),
-        "top_k": {"candidate_ids": export.to_json(top_ids), "scores": scores.tolist()},
-        "exact_top_k_candidate_ids": export.to_json(exact_ids),
-        "index_recall": recall_at_k(top_ids, exact_ids),
-    }
-    description = {
-        **{key: metadata[key] for key in ("query_input_spec", "candidate_input_spec", "candidate_id")},
-        "model_name": model_name,
-        "version": version,
-        "tfrec_towers_version": tfrec_towers.__version__,
-        "signatures": list(export.SIGNATURE_NAMES),
-        "index": retrieval_index.config.to_dict(),
-        "k": retrieval_index.k,
-        "embedding_dim": int(embeddings.shape[1]),
-        "corpus_size": int(embeddings.shape[0]),
-        "candidate_id_dtype": retrieval_index.id_dtype.name,
-        "warnings": warnings,
-        "embeddings_from": embeddings_dir,
-        "towers_from": str(source),
-    }
-    module = export.RetrievalExport(query_model, candidate_model, retrieval_index, query_spec, candidate_spec)
-    first_rows = slice(0, export.NUM_WARMUP_ROWS)
-    warmup_inputs = {
-        "serving_default": export.take_feature_rows(queries, first_rows),
-        "query_embedding": export.take_feature_rows(queries, first_rows),
-        "candidate_embedding": export.take_feature_rows(candidates, first_rows),
-    }
-    return export.write_export(
-        model_dir, version, module, model_name, description, verification, warmup_inputs, next_free=next_free
+    verification = export.verification_sample(queries, query_embeddings, candidates, candidate_embeddings, retrieved)
+    return export.write_retrieval_export(
+        model_dir, version, model_name, query_model, candidate_model, retrieval_index, query_spec, candidate_spec,
+        metadata["candidate_id"], verification, (queries, candidates), warnings=warnings,
+        metadata={"embeddings_from": embeddings_dir, "towers_from": str(source)}, next_free=next_free,
     )
 
 

@@ -36,6 +36,12 @@ from pipelines.data import ColumnType, DataError, FeatureDict, num_rows
 
 LIST_SEPARATOR = "|"
 
+FILE_FORMATS = ("parquet", "csv", "tfrecord")
+"""The file formats of the readers: :func:`read_parquet`, :func:`read_csv`, :func:`read_tfrecord`."""
+SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tfrecord": "tfrecord",
+                  ".tfrecords": "tfrecord", ".tfrec": "tfrecord"}
+"""File suffix (lower case) → its format in :data:`FILE_FORMATS`, for a file named without an explicit format."""
+
 _COLUMN_TYPES = ("int64", "float32", "string", "int64_list")
 _INTEGER = r"\s*[+-]?\d+\s*"
 _INTEGER_LIST = rf"(?:{_INTEGER}(?:{re.escape(LIST_SEPARATOR)}{_INTEGER})*)?"

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines.data import DataError
-from pipelines.dataset import inference_dataset, training_dataset
+from pipelines.dataset import epoch_batches, training_dataset
 
 ROWS = 10
 
@@ -64,9 +64,8 @@ def test_same_seed_same_order_each_epoch_a_permutation(features):
     assert epoch_ids(training_dataset(features, 4, seed=8)) != epochs[0]
 
 
-def test_no_shuffle_and_inference_keep_the_order(features):
-    assert epoch_ids(training_dataset(features, 4, shuffle=False)) == list(range(1, ROWS + 1))
-    batches = list(inference_dataset(features, 4))
+def test_no_shuffle_keeps_the_order(features):
+    batches = list(training_dataset(features, 4, shuffle=False))
     assert [len(b["user_id"]) for b in batches] == [4, 4, 2]
     assert epoch_ids(batches) == list(range(1, ROWS + 1))
     assert [c.decode() for b in batches for c in b["country"].numpy()] == features["country"].tolist()
@@ -83,7 +82,7 @@ def test_batch_size_is_validated(features, batch_size):
     with pytest.raises(ValueError, match=re.escape(message)):
         training_dataset(features, batch_size)
     with pytest.raises(ValueError, match=re.escape(message)):
-        inference_dataset(features, batch_size)
+        epoch_batches(features, batch_size, seed=0, epochs=1)
 
 
 def test_bad_columns(features):
@@ -92,4 +91,4 @@ def test_bad_columns(features):
     with pytest.raises(DataError, match="Column 'flag' has unsupported dtype bool"):
         training_dataset({**features, "flag": np.ones(ROWS, bool)}, 4)
     with pytest.raises(DataError, match="Column 'country' must hold only strings"):
-        inference_dataset({**features, "country": np.array([1] * ROWS, dtype=object)}, 4)
+        epoch_batches({**features, "country": np.array([1] * ROWS, dtype=object)}, 4, seed=0, epochs=1)

@@ -19,11 +19,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipelines.readers import from_dataframe, read_csv, read_parquet, read_tfrecord
+from pipelines.readers import FILE_FORMATS as FORMATS
+from pipelines.readers import SUFFIX_FORMATS, from_dataframe, read_csv, read_parquet, read_tfrecord
 
-FORMATS = ("parquet", "csv", "tfrecord")
-_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tfrecord": "tfrecord",
-             ".tfrecords": "tfrecord", ".tfrec": "tfrecord"}
 _READERS = {"parquet": read_parquet, "csv": read_csv, "tfrecord": read_tfrecord}
 
 CandidateSource = Union[pd.DataFrame, str, Path]
@@ -67,12 +65,12 @@ def table_format(path: Union[str, Path]) -> str:
     if path.is_dir():
         return "parquet"
     suffix = path.suffix.lower()
-    if suffix not in _SUFFIXES:
+    if suffix not in SUFFIX_FORMATS:
         raise ValueError(
             f"Cannot tell the format of the candidate table {path} from its suffix {suffix!r}: use one of "
-            f"{sorted(_SUFFIXES)} or pass `file_format` (one of {list(FORMATS)})."
+            f"{sorted(SUFFIX_FORMATS)} or pass `file_format` (one of {list(FORMATS)})."
         )
-    return _SUFFIXES[suffix]
+    return SUFFIX_FORMATS[suffix]
 
 
 def read_candidate_table(

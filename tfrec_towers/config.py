@@ -15,7 +15,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import re
 import typing
 from pathlib import Path
@@ -23,10 +22,14 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from tfrec_towers.atomic_file import write_text_atomically
 from tfrec_towers.data_config import FeatureDeclaration, InteractionsConfig, SplitConfig, TableConfig
-from tfrec_towers.history_encoders import HistoryEncoderConfig
-from tfrec_towers.towers import TowerConfig
+from tfrec_towers.tower_config import HistoryEncoderConfig, TowerConfig
 
+
+DEFAULT_FREQUENCY_LEARNING_RATE = 0.05
+"""α of the streaming frequency estimator (Yi et al., RecSys 2019): the default of ``loss.frequency``
+and of :class:`~tfrec_towers.losses.frequency.StreamingFrequencyEstimator`."""
 
 class ConfigError(ValueError):
     """A configuration key is unknown, or its value has the wrong type or range."""
@@ -189,8 +192,8 @@ class ModelConfig:
         ``num_layers``, ``num_heads``, ``dropout`` and ``max_length`` (see ``history_encoders.py``).
     """
 
-    query_tower: TowerConfig = TowerConfig()
-    candidate_tower: TowerConfig = TowerConfig()
+    query_tower: TowerConfig = dataclasses.field(default_factory=TowerConfig)
+    candidate_tower: TowerConfig = dataclasses.field(default_factory=TowerConfig)
     temperature: float = 0.05
     history: HistoryEncoderConfig = HistoryEncoderConfig()
 
@@ -219,7 +222,7 @@ class FrequencyConfig:
 
     num_hashes: int = 2
     hash_buckets: int = 2**17
-    learning_rate: float = 0.05
+    learning_rate: float = DEFAULT_FREQUENCY_LEARNING_RATE
 
     def __post_init__(self) -> None:
         for name in ("num_hashes", "hash_buckets"):
@@ -472,7 +475,7 @@ class ExperimentConfig:
 
     data: DataConfig = DataConfig()
     features: FeaturesConfig = FeaturesConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = LossConfig()
     training: TrainingConfig = TrainingConfig()
     export: ExportConfig = ExportConfig()
@@ -683,10 +686,4 @@ def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> Exper
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
     """Writes ``config`` as JSON (:func:`load_config` reads it back), atomically: a temporary
     sibling is written, then renamed over ``path``; a failed write leaves ``path`` as it was."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_text_atomically(path, json.dumps(config_to_dict(config), indent=2) + "\n")

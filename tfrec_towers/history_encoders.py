@@ -20,62 +20,14 @@ positions whether it is read alone or inside a longer sequence, whatever the pad
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
 from tfrec_towers.encoders import MaskedPooling
+from tfrec_towers.tower_config import HISTORY_ENCODERS, HistoryEncoderConfig, HistoryEncoderName  # noqa: F401  (re-exported)
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec_towers")
-
-HistoryEncoderName = Literal["pooling", "mean", "attention", "gru", "transformer"]
-HISTORY_ENCODERS = ("pooling", "mean", "attention", "gru", "transformer")
-
-
-@dataclasses.dataclass(frozen=True)
-class HistoryEncoderConfig:
-    """How the query tower reads its item history.
-
-    The defaults are the product's (``ExperimentConfig().model.history``); a tower without a
-    history feature (the candidate tower) is built with ``encoder="pooling"``.
-
-    Attributes:
-      encoder: a sequence encoder, ``attention`` (default: attention pooling with a learned query
-        and a learned recency bias), ``mean``, ``gru`` or ``transformer``; or ``pooling`` (the
-        history is one more feature of the ``FeatureEncoder``, pooled by ``features.history_pooling``).
-        Only sequence encoders support every-position training.
-      feature: the query feature holding the history (``int64 [B, L]``, 0-padded on the left).
-      num_layers: transformer blocks (positive).
-      num_heads: attention heads of each transformer block (positive).
-      dropout: dropout rate of the transformer (embeddings, attention, feed-forward), in [0, 1).
-      max_length: the encoder reads the last ``max_length`` items of a history; also the number
-        of learned positions (transformer) and recency offsets (attention).
-    """
-
-    encoder: HistoryEncoderName = "attention"
-    feature: str = "history"
-    num_layers: int = 2
-    num_heads: int = 2
-    dropout: float = 0.2
-    max_length: int = 50
-
-    def __post_init__(self) -> None:
-        if self.encoder not in HISTORY_ENCODERS:
-            raise ValueError(f"`encoder` must be one of {list(HISTORY_ENCODERS)}. Received: {self.encoder!r}")
-        for name in ("num_layers", "num_heads", "max_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive int. Received: {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout}")
-        if not self.feature:
-            raise ValueError("`feature` must name the query tower's history feature.")
-
-    @property
-    def is_sequential(self) -> bool:
-        """True for the encoders that give one output per position (all but ``pooling``)."""
-        return self.encoder != "pooling"
 
 
 def make_history_encoder(config: HistoryEncoderConfig, name: str = "history_encoder") -> tf.keras.layers.Layer:

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.progress import progress
+from tfrec_towers.unique_ids import repeated_ids
 
 IndexKind = Literal["brute-force", "scann"]
 INDEX_KINDS: Tuple[str, ...] = ("brute-force", "scann")
@@ -196,8 +197,7 @@ def check_candidate_ids(candidate_ids: np.ndarray) -> np.ndarray:
         ids = np.array([i.encode("utf-8") if isinstance(i, str) else bytes(i) for i in ids], dtype=object)
     else:
         raise ValueError(f"`candidate_ids` must be integers or strings. Received dtype {ids.dtype}")
-    unique, counts = np.unique(ids, return_counts=True)
-    duplicates = unique[counts > 1]
+    duplicates = repeated_ids(ids)
     if duplicates.size:
         raise ValueError(
             f"`candidate_ids` must be unique; {duplicates.size} ids repeat, e.g. {duplicates[:5].tolist()}."

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,48 +21,7 @@ from tfrec_towers.encoders import FeatureEncoder, build_embedding_tables
 from tfrec_towers.features import Feature, SequenceFeature, feature_from_dict, feature_to_dict, without_vocabulary
 from tfrec_towers.history_encoders import HistoryEncoderConfig, make_history_encoder
 from tfrec_towers.progress import progress
-
-Normalization = Literal["none", "batch", "layer"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TowerConfig:
-    """The MLP on top of a tower's concatenated feature vectors.
-
-    Attributes:
-      hidden_units: widths of the hidden layers (may be empty: a single linear projection).
-      output_dim: embedding dimension d (the last, linear layer).
-      activation: a Keras activation name for the hidden layers.
-      dropout: dropout rate after each hidden layer, in [0, 1).
-      normalization: ``"batch"``, ``"layer"`` or ``"none"`` after each hidden layer.
-      l2_normalize: divide the output by its L2 norm (scores become cosines).
-    """
-
-    hidden_units: Tuple[int, ...] = (256,)
-    output_dim: int = 64
-    activation: str = "relu"
-    dropout: float = 0.0
-    normalization: Normalization = "none"
-    l2_normalize: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
-        if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
-            raise ValueError(f"`hidden_units` must be positive ints. Received: {self.hidden_units}")
-        if isinstance(self.output_dim, bool) or not isinstance(self.output_dim, int) or self.output_dim <= 0:
-            raise ValueError(f"`output_dim` must be a positive int. Received: {self.output_dim!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout}")
-        if self.normalization not in ("none", "batch", "layer"):
-            raise ValueError(f"`normalization` must be 'none', 'batch' or 'layer'. Received: {self.normalization!r}")
-        try:
-            tf.keras.activations.get(self.activation)
-        except ValueError as e:
-            raise ValueError(
-                f"`activation` must be a Keras activation name such as 'relu', 'gelu' or 'linear'. "
-                f"Received: {self.activation!r}"
-            ) from e
-
+from tfrec_towers.tower_config import TowerConfig
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
 class Tower(tf.keras.Model):
@@ -200,12 +159,51 @@ def _predict_function(tower: tf.keras.Model):
     return _PREDICT_FUNCTIONS[tower]
 
 
+def check_embeddings(what: str, embeddings: Any, num_rows: int) -> np.ndarray:
+    """A tower's output as numpy, if it is ``float32 [num_rows, dim]``.
+
+    Args:
+      what: the tower, as the error names it (e.g. ```candidate_model```).
+      embeddings: what the tower returned for ``num_rows`` rows.
+      num_rows: the rows fed to it.
+
+    Raises:
+      ValueError: naming ``what``, for any other output.
+    """
+    if (
+        not isinstance(embeddings, tf.Tensor)
+        or embeddings.dtype != tf.float32
+        or embeddings.shape.rank != 2
+        or embeddings.shape[0] != num_rows
+    ):
+        received = (
+            f"{embeddings.dtype.name} {embeddings.shape}" if isinstance(embeddings, tf.Tensor) else type(embeddings)
+        )
+        raise ValueError(
+            f"{what} must return a float32 tensor of embeddings [batch, dim]. Received {received} "
+            f"for {num_rows} rows."
+        )
+    return embeddings.numpy()
+
+
 def compute_embeddings(
     tower: tf.keras.Model, features: Mapping[str, np.ndarray], batch_size: int = 4096
 ) -> np.ndarray:
     """Runs ``tower`` over a feature dictionary in batches: ``float32 [num_rows, dim]``.
 
-    Only the columns the tower reads are fed, so a catalogue of any size passes in bounded memory.
+    Only the columns the tower reads are fed (those of its ``features`` declarations, all of
+    ``features`` for a tower without them), so a catalogue of any size passes in bounded memory.
+
+    Args:
+      tower: raw features → ``float32 [batch, dim]``, e.g. a :class:`Tower`.
+      features: ``{feature: numpy array [num_rows, ...]}``, the columns in the tower's input dtypes.
+      batch_size: rows per call of the tower.
+
+    Returns:
+      ``float32 [num_rows, dim]`` (``[0, 0]`` without rows).
+
+    Raises:
+      ValueError: the tower returns anything but ``float32 [batch, dim]`` for a batch.
     """
     names = [f.name for f in tower.features] if hasattr(tower, "features") else list(features)
     columns = {name: features[name] for name in names}
@@ -215,8 +213,9 @@ def compute_embeddings(
     with progress(f"Embedding with {tower.name}", total=num_rows, unit="rows") as bar:
         for start in range(0, num_rows, batch_size):
             batch = {name: tf.constant(values[start : start + batch_size]) for name, values in columns.items()}
-            outputs.append(predict(batch).numpy())
-            bar.update(len(outputs[-1]))
+            rows = len(next(iter(batch.values())))
+            outputs.append(check_embeddings(f"The tower {tower.name!r}", predict(batch), rows))
+            bar.update(rows)
     if not outputs:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(outputs).astype(np.float32)

@@ -8,10 +8,12 @@ Two providers share the :class:`CandidateProbability` interface, so the loss tak
 - :class:`CountsFrequencyTable`: exact ``p_j = c_j / Σ_k c_k`` from counts the pipeline
   computed over the training data, for a fixed data set.
 
-Units differ by design: the estimator gives the probability that a candidate appears in
-*a batch* (``≈ B · p_j`` for a rare item in batches of ``B`` examples), the table the
-probability of *one example*. For the logQ-corrected softmax a constant factor shared by
-all candidates is a constant shift of every logit and leaves the softmax unchanged.
+One unit for the loss: :meth:`CandidateProbability.log_example_probability` is the log
+probability that *one training example* has candidate ``j``, whatever the provider. Each
+provider converts its own estimate: the table's ``p_j`` is already per example; the
+estimator's native :meth:`StreamingFrequencyEstimator.probability` is the probability that a
+candidate appears in *a batch* (``≈ B · p_j`` for a rare item in batches of ``B`` examples),
+which it divides by ``B``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any, Dict, Literal, Optional, Protocol, Sequence, Tuple, Unio
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.config import DEFAULT_FREQUENCY_LEARNING_RATE
 from tfrec_towers.losses.negatives import check_int
 from tfrec_towers.losses.temperature import check_real
+from tfrec_towers.unique_ids import repeated_ids
 
 KeyDtype = Literal["int64", "string"]
 
@@ -33,8 +37,12 @@ _KEY_DTYPES = ("int64", "string")
 class CandidateProbability(Protocol):
     """What the loss needs from a sampling-probability provider."""
 
-    def log_probability(self, ids: tf.Tensor) -> tf.Tensor:
-        """``ids [N]`` → ``float32 [N]`` ``log p_j``, the log sampling probability."""
+    def log_example_probability(self, ids: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` ``log p_j``: the probability that one training example has candidate ``j``.
+
+        ``batch_size`` is ``B``, the examples per training step (int scalar), for a provider that
+        estimates per-step probabilities.
+        """
 
     def update(self, ids: tf.Tensor) -> None:
         """Observes one training batch of candidate ids ``[N]`` (a no-op when fixed)."""
@@ -72,8 +80,7 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     What :meth:`probability` means: the probability that ``y`` appears (at least once) in
     one training batch, estimated as one over its average gap in steps. It is not the
     per-example probability ``p_y``: for a rare item in batches of ``B`` examples it is
-    ``≈ B · p_y``. In the logQ-corrected softmax ``s(x, y) − log p̂(y)`` the factor ``B``
-    is the same constant shift for every candidate and does not change the softmax.
+    ``≈ B · p_y``; :meth:`log_example_probability`, what the loss reads, divides by ``B``.
 
     Hashes: hash ``i`` of id ``y`` is
     ``tf.strings.to_hash_bucket_strong(str(y), hash_buckets, key=[i, 0])``, where ``str(y)``
@@ -107,7 +114,8 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     Args:
       num_hashes: ``m``, the number of independent hash arrays.
       hash_buckets: ``H``, the size of each hash array.
-      learning_rate: ``α`` in ``(0, 1]``, the weight of the newest gap.
+      learning_rate: ``α`` in ``(0, 1]``, the weight of the newest gap
+        (default :data:`DEFAULT_FREQUENCY_LEARNING_RATE`).
       key_dtype: ``"int64"`` or ``"string"``, the dtype of the candidate ids.
       **kwargs: passed to ``tf.keras.layers.Layer``.
 
@@ -120,7 +128,7 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
         self,
         num_hashes: int = 2,
         hash_buckets: int = 2**17,
-        learning_rate: float = 0.01,
+        learning_rate: float = DEFAULT_FREQUENCY_LEARNING_RATE,
         key_dtype: KeyDtype = "int64",
         **kwargs: Any,
     ) -> None:
@@ -189,6 +197,18 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     def log_probability(self, ids: tf.Tensor) -> tf.Tensor:
         """``ids [N]`` → ``float32 [N]`` ``log p̂ = −log max_i B_i[h_i(y)]`` (≤ 0)."""
         return -tf.math.log(self._estimated_gap(ids))
+
+    def log_example_probability(self, ids: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` ``log(p̂ / B)``: the per-batch estimate in per-example units.
+
+        For a rare item ``p̂ ≈ B · p_y`` in batches of ``B`` examples, so ``p̂ / B`` is the
+        per-example ``p_y`` of :class:`CandidateProbability`.
+
+        Args:
+          ids: ``[N]`` candidate ids (``key_dtype``).
+          batch_size: ``B``, the examples of one training step (the global batch under ``tf.distribute``).
+        """
+        return self.log_probability(ids) - tf.math.log(tf.cast(batch_size, tf.float32))
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
         """``ids [N]`` → ``float32 [N]`` :meth:`log_probability` (no update)."""
@@ -276,10 +296,9 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
             if key_dtype is not None and _check_key_dtype("key_dtype", key_dtype) != inferred:
                 raise ValueError(f"`key_dtype` is {key_dtype!r} but the `ids` are {inferred} ids.")
             key_dtype = inferred
-            unique, multiplicity = np.unique(keys, return_counts=True)
-            if np.any(multiplicity > 1):
-                repeated = unique[multiplicity > 1][:5].tolist()
-                raise ValueError(f"`ids` must be distinct. Repeated: {repeated}")
+            repeated = repeated_ids(keys)
+            if repeated.size:
+                raise ValueError(f"`ids` must be distinct. Repeated: {repeated[:5].tolist()}")
             values = np.asarray(counts, dtype=np.float64)
             if values.shape != keys.shape:
                 raise ValueError(f"`counts` must have one entry per id ({keys.size}). Received shape {values.shape}")
@@ -361,6 +380,11 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
     def log_probability(self, ids: tf.Tensor) -> tf.Tensor:
         """``ids [N]`` → ``float32 [N]`` ``log p_j``."""
         return tf.math.log(self.probability(ids))
+
+    def log_example_probability(self, ids: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
+        """``ids [N]`` → ``float32 [N]`` ``log p_j``: counts are per example already, ``batch_size`` is unused."""
+        del batch_size
+        return self.log_probability(ids)
 
     @tf.autograph.experimental.do_not_convert
     def update(self, ids: tf.Tensor) -> None:

@@ -32,9 +32,9 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
     CBNS, while the embeddings still move fast).
 
     Stored values carry no gradient: :meth:`enqueue` applies ``tf.stop_gradient`` and the
-    weights are non-trainable. ``log_q`` is stored as given at enqueue time (the loss may
-    instead recompute it from the ids with a current
-    :class:`~tfrec_towers.losses.frequency.CandidateProbability`).
+    weights are non-trainable. ``log_q`` (per-example units, as in :class:`NegativeSet`) is
+    stored as given at enqueue time (the loss may instead recompute it from the ids with a
+    current :class:`~tfrec_towers.losses.frequency.CandidateProbability`).
 
     State (non-trainable weights, saved by checkpoints): ``embeddings [M, d]``,
     ``ids [M]``, ``log_q [M]``, ``rows_written`` (int64, total rows ever enqueued: the

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.losses.negatives import check_int
+from tfrec_towers.unique_ids import repeated_ids
 
 
 def _as_column(name: str, values: Any) -> np.ndarray:
@@ -44,11 +45,10 @@ def _corpus_arrays(corpus: Mapping[str, Any], candidate_id: str) -> Dict[str, np
         raise ValueError("`corpus` must hold at least one column. Received: {}")
     columns = {name: _as_column(name, values) for name, values in corpus.items()}
     if candidate_id in columns and columns[candidate_id].ndim == 1:
-        unique, multiplicity = np.unique(columns[candidate_id], return_counts=True)
-        if np.any(multiplicity > 1):
+        repeated = repeated_ids(columns[candidate_id])
+        if repeated.size:
             raise ValueError(
-                f"Corpus column {candidate_id!r} must hold distinct ids. "
-                f"Repeated: {unique[multiplicity > 1][:5].tolist()}"
+                f"Corpus column {candidate_id!r} must hold distinct ids. Repeated: {repeated[:5].tolist()}"
             )
     return columns
 
@@ -101,11 +101,8 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
     much the uniform negatives weigh against the in-batch ones. Dropping it while the
     in-batch logits get ``−log q`` (a boost of several nats for all but the most popular
     items) would under-weight every uniform negative against the in-batch ones.
-    Units: ``1 / |corpus|`` is a per-draw probability, like
-    :class:`~tfrec_towers.losses.frequency.CountsFrequencyTable`'s per-example ``p_j``. To
-    compare with :class:`~tfrec_towers.losses.frequency.StreamingFrequencyEstimator`'s
-    per-batch probability, use the expected number of copies per step, ``B' / |corpus|``,
-    i.e. add ``log(num_negatives)``.
+    Units: ``1 / |corpus|`` is the probability of one draw, the per-example unit of every
+    ``log_q`` (:meth:`~tfrec_towers.losses.frequency.CandidateProbability.log_example_probability`).
 
     Hyper-parameters in the config, state in weights: the corpus columns are non-trainable
     weights (in checkpoints and SavedModels); the config holds only their ``columns`` schema

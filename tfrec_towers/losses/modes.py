@@ -80,9 +80,12 @@ class ModeLoss(tf.keras.layers.Layer):
     [batch, num_negatives], negative_mask [batch, num_negatives]) -> [batch]``. Unless a
     subclass sets ``reads_masked_slots = False`` (its ``_row_losses`` selects a constant in
     masked slots and gives them an exact zero gradient), ``call`` first zeroes masked slots.
+    A subclass that scores only one replica's square in-batch logits sets
+    ``needs_square_in_batch_logits = True``.
     """
 
     reads_masked_slots = True
+    needs_square_in_batch_logits = False
 
     def _row_losses(
         self,
@@ -284,6 +287,7 @@ class SymmetricSoftmaxLoss(ModeLoss):
     """
 
     reads_masked_slots = False
+    needs_square_in_batch_logits = True
 
     def __init__(self, candidate_to_query_weight: float = 0.5, **kwargs: Any) -> None:
         """Initializes the loss.

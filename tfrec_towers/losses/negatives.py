@@ -20,8 +20,10 @@ class NegativeSet(NamedTuple):
     Attributes:
       embeddings: ``float32 [N, d]`` candidate embeddings (no gradient for stored ones).
       ids: ``int64 [N]`` or ``string [N]`` candidate ids (for accidental-hit removal).
-      log_q: ``float32 [N]`` ``log p_j``, the log-probability with which ``y_j`` was
-        drawn, used by the logQ correction ``s(x, y_j) − log p_j``.
+      log_q: ``float32 [N]`` ``log p_j``, the log-probability with which one draw (one
+        training example) is ``y_j``, the unit of
+        :meth:`~tfrec_towers.losses.frequency.CandidateProbability.log_example_probability`;
+        the loss turns it into the expected count of ``y_j`` among its negatives.
       valid: ``bool [N]`` False for empty slots (e.g. a memory bank not yet full); the
         loss must give those logits no probability mass.
     """

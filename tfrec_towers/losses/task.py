@@ -31,18 +31,47 @@ softmax mode differentiates its log-sum-exp in one pass (``modes._softmax_row_lo
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
 from tfrec_towers.losses import cross_replica
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature, item_anchored_similarities
-from tfrec_towers.losses.frequency import CandidateProbability, StreamingFrequencyEstimator
+from tfrec_towers.losses.frequency import CandidateProbability
 from tfrec_towers.losses.logq import LogQCorrection
 from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
-from tfrec_towers.losses.modes import ModeLoss, SampledSoftmaxLoss, SymmetricSoftmaxLoss
+from tfrec_towers.losses.modes import ModeLoss, SampledSoftmaxLoss
 from tfrec_towers.losses.negatives import NegativeSet, concat_negative_sets
 from tfrec_towers.losses.temperature import Temperature
+
+
+class _GlobalBatch(NamedTuple):
+    """The positive candidates of every replica, in replica order (one replica: this batch).
+
+    Attributes:
+      embeddings: ``[B, d]`` candidate embeddings, with gradient.
+      ids: ``[B]`` candidate ids.
+      size: ``B``, int32 scalar, the global batch size.
+    """
+
+    embeddings: tf.Tensor
+    ids: tf.Tensor
+    size: tf.Tensor
+
+
+class _PooledNegatives(NamedTuple):
+    """Every negative of the step and what the logQ correction needs to know about them.
+
+    Attributes:
+      negatives: the :class:`NegativeSet` of ``N`` rows: the sources that take gradient first
+        (the global batch, then the extra negatives), the bank's stored rows last.
+      trainable_rows: ``T``, int32 scalar, the rows that take gradient.
+      bank_slots: ``M_valid``, int64 scalar, the valid memory-bank rows (0 without a bank).
+    """
+
+    negatives: NegativeSet
+    trainable_rows: tf.Tensor
+    bank_slots: tf.Tensor
 
 
 def _similarities(anchors: tf.Tensor, negatives: tf.Tensor, trainable_rows: tf.Tensor) -> tf.Tensor:
@@ -86,9 +115,10 @@ class RetrievalLoss(tf.keras.layers.Layer):
         ``extra_negatives`` (0 when off).
 
     Raises:
-      ValueError: a combination that does not fit: the symmetric mode needs square in-batch
-        logits (no bank, no mixed negatives, no adaptive margins); adaptive margins bring their
-        own temperature, so a learnable ``temperature`` alongside is refused.
+      ValueError: a negative ``num_mixed_negatives``, or mixed negatives without a positive
+        ``corpus_size``. Which components combine is the configuration's rule
+        (:class:`~tfrec_towers.config.LossConfig`): the symmetric mode itself refuses
+        non-square logits, and under ``tf.distribute`` the call refuses the symmetric mode.
 
     Call: ``query_embeddings [B, d]``, ``candidate_embeddings [B, d]``, ``candidate_ids [B]``,
     optional ``extra_negatives`` (:class:`NegativeSet`, e.g. mixed negatives), ``sample_weight
@@ -120,44 +150,6 @@ class RetrievalLoss(tf.keras.layers.Layer):
                 "`num_mixed_negatives` must be ≥ 0, with a positive `corpus_size` when > 0. "
                 f"Received: {num_mixed_negatives}, {corpus_size}"
             )
-        if isinstance(self.mode, SymmetricSoftmaxLoss) and (memory_bank is not None or self.num_mixed_negatives or adaptive is not None):
-            raise ValueError(
-                "`mode`='symmetric' scores square in-batch logits: it cannot be combined with a "
-                "`memory_bank`, `mixed_negatives` or `adaptive` margins."
-            )
-        if adaptive is not None and temperature is not None and temperature.learnable:
-            raise ValueError(
-                "`adaptive` margins set their own per-negative temperatures: `temperature` cannot be learnable with them."
-            )
-
-    def _per_example_log_p(self, ids: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
-        log_p = self.candidate_probability.log_probability(ids)
-        if isinstance(self.candidate_probability, StreamingFrequencyEstimator):
-            # The estimator's p̂ is the chance to appear in one batch ≈ B · p (see frequency.py).
-            log_p = log_p - tf.math.log(tf.cast(batch_size, tf.float32))
-        return log_p
-
-    def _log_expected_count(
-        self, log_p: tf.Tensor, batch_size: tf.Tensor, bank_slots: tf.Tensor, replicas: int = 1
-    ) -> tf.Tensor:
-        """log Q_y = log((B + M_valid) · p_y + R·B'/N), ``B`` the global batch of ``R`` replicas."""
-        draws = tf.cast(batch_size, tf.float32) + tf.cast(bank_slots, tf.float32)
-        expected = draws * tf.exp(log_p)
-        if self.num_mixed_negatives:
-            expected = expected + replicas * self.num_mixed_negatives / self.corpus_size
-        return tf.math.log(expected)
-
-    def _logits(self, anchors, positives, negatives, trainable_rows):
-        """``(positive_logits [B], negative_logits [B, N])`` before the logQ correction."""
-        if self.adaptive is not None:
-            return self.adaptive(
-                tf.reduce_sum(anchors * positives, axis=1),
-                _similarities(anchors, negatives, trainable_rows),
-                _similarities(positives, negatives, trainable_rows),
-            )
-        # ⟨q, v⟩ / τ = ⟨q / τ, v⟩: the temperature scales [B, d] instead of [B, N].
-        scaled = self.temperature(anchors)
-        return tf.reduce_sum(scaled * positives, axis=1), _similarities(scaled, negatives, trainable_rows)
 
     def call(
         self,
@@ -169,36 +161,82 @@ class RetrievalLoss(tf.keras.layers.Layer):
         compute_metrics: bool = False,
         training: Optional[bool] = None,
     ) -> tf.Tensor:
+        """The step's loss: gather, update the frequencies, pool negatives, logits, logQ, mode, item term, scale.
+
+        Returns:
+          The scalar loss; under ``tf.distribute`` this replica's share of the global weighted mean.
+        """
         del compute_metrics
         training = bool(training)
+        replicas = self._check_replicas()
+        batch = _gather_batch(candidate_embeddings, candidate_ids)
+        if self.candidate_probability is not None and training:
+            self.candidate_probability.update(batch.ids)
+        batch_log_p, positive_log_p = self._batch_log_probabilities(batch, candidate_ids, replicas)
+        pooled = self._pool_negatives(batch, batch_log_p, extra_negatives)
+        positive_logits, negative_logits = self._logits(
+            query_embeddings, candidate_embeddings, pooled.negatives.embeddings, pooled.trainable_rows
+        )
+        if self.candidate_probability is not None:
+            positive_logits, negative_logits = self._correct_logq(
+                positive_logits, negative_logits, positive_log_p, pooled, batch.size, replicas
+            )
+        mask = _negative_mask(candidate_ids, pooled.negatives)
+        loss = self.mode(positive_logits, negative_logits, mask, sample_weight)
+        if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
+            loss = self._with_item_anchored_term(loss, query_embeddings, candidate_embeddings, candidate_ids,
+                                                 batch.ids, sample_weight)
+        if self.memory_bank is not None and training:
+            self.memory_bank.enqueue(batch.embeddings, batch.ids, batch_log_p)
+        if replicas > 1:
+            loss = _share_of_global_mean(loss, candidate_ids, sample_weight)
+        return loss
+
+    def _check_replicas(self) -> int:
+        """The number of replicas ``R`` in sync (1 outside ``tf.distribute``).
+
+        Raises:
+          ValueError: a mode of square in-batch logits (symmetric) under ``R > 1``: they are one replica's.
+        """
         replicas = cross_replica.num_replicas()
-        if replicas > 1 and isinstance(self.mode, SymmetricSoftmaxLoss):
+        if replicas > 1 and self.mode.needs_square_in_batch_logits:
             raise ValueError(
                 "`mode`='symmetric' scores square in-batch logits of one replica; under tf.distribute "
                 f"({replicas} replicas) use the 'softmax' mode."
             )
-        # Under tf.distribute the negatives are the global batch (every replica's candidates, in
-        # replica order, with gradient); a single device gathers nothing.
-        all_candidate_embeddings = cross_replica.all_gather(candidate_embeddings)
-        all_candidate_ids = cross_replica.all_gather(candidate_ids)
-        batch_size = tf.shape(all_candidate_ids)[0]
-        if self.candidate_probability is not None and training:
-            self.candidate_probability.update(all_candidate_ids)
-        if self.candidate_probability is not None:
-            all_log_p = self._per_example_log_p(all_candidate_ids, batch_size)
-            # One replica: the positives are the gathered rows themselves, looked up once.
-            positive_log_p = all_log_p if replicas == 1 else self._per_example_log_p(candidate_ids, batch_size)
-        else:
-            positive_log_p = tf.zeros([tf.shape(candidate_ids)[0]], tf.float32)
-            all_log_p = tf.zeros([batch_size], tf.float32)
-        # Sources that take gradient first, the bank's stored rows last.
-        sources = [NegativeSet(all_candidate_embeddings, all_candidate_ids, all_log_p, tf.ones([batch_size], tf.bool))]
+        return replicas
+
+    def _log_probability(self, ids: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
+        """``log p_y``, ``[N]``: the per-example sampling probability of each id (the provider's units)."""
+        return self.candidate_probability.log_example_probability(ids, batch_size)
+
+    def _batch_log_probabilities(
+        self, batch: _GlobalBatch, candidate_ids: tf.Tensor, replicas: int
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
+        """``(log p_y of the global batch [B], log p_y of this replica's positives [B_local])``.
+
+        Zeros without a ``candidate_probability`` (no logQ correction). With one replica the
+        positives are the global batch itself, looked up once.
+        """
+        if self.candidate_probability is None:
+            return tf.zeros([batch.size], tf.float32), tf.zeros([tf.shape(candidate_ids)[0]], tf.float32)
+        batch_log_p = self._log_probability(batch.ids, batch.size)
+        positive_log_p = batch_log_p if replicas == 1 else self._log_probability(candidate_ids, batch.size)
+        return batch_log_p, positive_log_p
+
+    def _pool_negatives(
+        self, batch: _GlobalBatch, batch_log_p: tf.Tensor, extra_negatives: Optional[NegativeSet]
+    ) -> _PooledNegatives:
+        """``n = [v_1..v_B; extra_1..extra_B'; bank_1..bank_M]``: the sources that take gradient first.
+
+        Extra negatives (e.g. mixed negatives) are gathered across replicas and, with a
+        ``candidate_probability``, their ``log_q`` is its ``log p_y`` (one unit for all sources).
+        """
+        sources = [NegativeSet(batch.embeddings, batch.ids, batch_log_p, tf.ones([batch.size], tf.bool))]
         if extra_negatives is not None:
             extra_negatives = NegativeSet(*(cross_replica.all_gather(t) for t in extra_negatives))
             if self.candidate_probability is not None:
-                extra_negatives = extra_negatives._replace(
-                    log_q=self._per_example_log_p(extra_negatives.ids, batch_size)
-                )
+                extra_negatives = extra_negatives._replace(log_q=self._log_probability(extra_negatives.ids, batch.size))
             sources.append(extra_negatives)
         trainable_rows = tf.add_n([tf.shape(source.ids)[0] for source in sources])
         bank_slots = tf.constant(0, tf.int64)
@@ -206,50 +244,81 @@ class RetrievalLoss(tf.keras.layers.Layer):
             bank = self.memory_bank.read()
             sources.append(bank)
             bank_slots = tf.reduce_sum(tf.cast(bank.valid, tf.int64))
-        negatives = concat_negative_sets(sources)
+        return _PooledNegatives(concat_negative_sets(sources), trainable_rows, bank_slots)
 
-        mask = tf.logical_and(
-            negatives.valid[tf.newaxis, :],
-            tf.not_equal(candidate_ids[:, tf.newaxis], negatives.ids[tf.newaxis, :]),
+    def _log_expected_count(
+        self, log_p: tf.Tensor, batch_size: tf.Tensor, bank_slots: tf.Tensor, replicas: int = 1
+    ) -> tf.Tensor:
+        """log Q_y = log((B + M_valid) · p_y + R·B'/N), ``B`` the global batch of ``R`` replicas."""
+        draws = tf.cast(batch_size, tf.float32) + tf.cast(bank_slots, tf.float32)
+        expected = draws * tf.exp(log_p)
+        if self.num_mixed_negatives:
+            expected = expected + replicas * self.num_mixed_negatives / self.corpus_size
+        return tf.math.log(expected)
+
+    def _correct_logq(
+        self,
+        positive_logits: tf.Tensor,
+        negative_logits: tf.Tensor,
+        positive_log_p: tf.Tensor,
+        pooled: _PooledNegatives,
+        batch_size: tf.Tensor,
+        replicas: int,
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
+        """``z − log Q_y`` for every sampled logit, the positive's included (Yi et al., RecSys 2019).
+
+        ``Q_y`` is :meth:`_log_expected_count`'s expected number of copies of ``y`` among the pooled negatives.
+        """
+
+        def log_count(log_p: tf.Tensor) -> tf.Tensor:
+            return self._log_expected_count(log_p, batch_size, pooled.bank_slots, replicas)
+
+        negative_logits = self.logq(negative_logits, log_count(pooled.negatives.log_q))
+        return positive_logits - log_count(positive_log_p), negative_logits
+
+    def _logits(self, anchors, positives, negatives, trainable_rows):
+        """``(positive_logits [B], negative_logits [B, N])`` before the logQ correction.
+
+        ``z = s / τ`` with a temperature, or the adaptive margins and temperatures (Li et al., EMNLP 2023).
+        """
+        if self.adaptive is not None:
+            return self.adaptive(
+                tf.reduce_sum(anchors * positives, axis=1),
+                _similarities(anchors, negatives, trainable_rows),
+                _similarities(positives, negatives, trainable_rows),
+            )
+        # ⟨q, v⟩ / τ = ⟨q / τ, v⟩: the temperature scales [B, d] instead of [B, N].
+        scaled = self.temperature(anchors)
+        return tf.reduce_sum(scaled * positives, axis=1), _similarities(scaled, negatives, trainable_rows)
+
+    def _with_item_anchored_term(
+        self,
+        loss: tf.Tensor,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        candidate_ids: tf.Tensor,
+        all_candidate_ids: tf.Tensor,
+        sample_weight: Optional[tf.Tensor],
+    ) -> tf.Tensor:
+        """``L = (1 − w) · L_query + w · L_item`` (Li et al., EMNLP 2023), ``w`` the item-anchored weight.
+
+        ``L_item`` anchors on the candidate ``v_i`` with positive ``q_i`` and the global batch's
+        queries ``q_j`` as negatives, those whose candidate is ``v_i``'s id masked out.
+        """
+        weight = self.adaptive.item_anchored_weight
+        item = item_anchored_similarities(
+            query_embeddings,
+            candidate_embeddings,
+            cross_replica.all_gather(query_embeddings),
+            cross_replica.row_offset(tf.shape(candidate_ids)[0]),
         )
-        positive_logits, negative_logits = self._logits(
-            query_embeddings, candidate_embeddings, negatives.embeddings, trainable_rows
+        item_mask = tf.logical_and(
+            item.negative_mask, tf.not_equal(candidate_ids[:, tf.newaxis], all_candidate_ids[tf.newaxis, :])
         )
-        if self.candidate_probability is not None:
-            log_count = lambda log_p: self._log_expected_count(log_p, batch_size, bank_slots, replicas)  # noqa: E731
-            negative_logits = self.logq(negative_logits, log_count(negatives.log_q))
-            positive_logits = positive_logits - log_count(positive_log_p)
-        loss = self.mode(positive_logits, negative_logits, mask, sample_weight)
-
-        if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
-            weight = self.adaptive.item_anchored_weight
-            local_rows = tf.shape(candidate_ids)[0]
-            item = item_anchored_similarities(
-                query_embeddings,
-                candidate_embeddings,
-                cross_replica.all_gather(query_embeddings),
-                cross_replica.row_offset(local_rows),
-            )
-            item_mask = tf.logical_and(
-                item.negative_mask, tf.not_equal(candidate_ids[:, tf.newaxis], all_candidate_ids[tf.newaxis, :])
-            )
-            item_positive, item_negative = self.adaptive(
-                item.positive_similarity, item.negative_similarity, item.positive_negative_similarity
-            )
-            loss = (1.0 - weight) * loss + weight * self.mode(item_positive, item_negative, item_mask, sample_weight)
-
-        if self.memory_bank is not None and training:
-            self.memory_bank.enqueue(all_candidate_embeddings, all_candidate_ids, all_log_p)
-        if replicas > 1:
-            # Local weighted mean × local weight / global weight: summed over replicas (as
-            # tf.distribute sums gradients), the global weighted mean.
-            local_weight = (
-                tf.cast(tf.shape(candidate_ids)[0], tf.float32)
-                if sample_weight is None
-                else tf.reduce_sum(tf.cast(sample_weight, tf.float32))
-            )
-            loss = loss * local_weight / cross_replica.global_sum(local_weight)
-        return loss
+        item_positive, item_negative = self.adaptive(
+            item.positive_similarity, item.negative_similarity, item.positive_negative_similarity
+        )
+        return (1.0 - weight) * loss + weight * self.mode(item_positive, item_negative, item_mask, sample_weight)
 
     def get_config(self) -> Dict[str, Any]:
         serialize = tf.keras.utils.serialize_keras_object
@@ -272,3 +341,31 @@ class RetrievalLoss(tf.keras.layers.Layer):
                 config[key] = tf.keras.utils.deserialize_keras_object(config[key])
         return cls(**config)
 
+
+
+def _gather_batch(candidate_embeddings: tf.Tensor, candidate_ids: tf.Tensor) -> _GlobalBatch:
+    """The global batch: every replica's candidates, in replica order, with gradient (one device: these)."""
+    embeddings = cross_replica.all_gather(candidate_embeddings)
+    ids = cross_replica.all_gather(candidate_ids)
+    return _GlobalBatch(embeddings, ids, tf.shape(ids)[0])
+
+
+def _negative_mask(candidate_ids: tf.Tensor, negatives: NegativeSet) -> tf.Tensor:
+    """``bool [B, N]``: ``valid_j ∧ y_i ≠ y_j``, no empty bank slot and no accidental hit (the diagonal included)."""
+    return tf.logical_and(
+        negatives.valid[tf.newaxis, :],
+        tf.not_equal(candidate_ids[:, tf.newaxis], negatives.ids[tf.newaxis, :]),
+    )
+
+
+def _share_of_global_mean(
+    loss: tf.Tensor, candidate_ids: tf.Tensor, sample_weight: Optional[tf.Tensor]
+) -> tf.Tensor:
+    """``L_local · W_local / Σ_r W_r``: summed over replicas (as tf.distribute sums gradients), the
+    global weighted mean; ``W`` the replica's example count or sample-weight sum."""
+    local_weight = (
+        tf.cast(tf.shape(candidate_ids)[0], tf.float32)
+        if sample_weight is None
+        else tf.reduce_sum(tf.cast(sample_weight, tf.float32))
+    )
+    return loss * local_weight / cross_replica.global_sum(local_weight)

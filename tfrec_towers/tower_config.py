@@ -1,0 +1,102 @@
+"""The towers' configuration: the MLP of a tower and how the query tower reads its history.
+
+Plain dataclasses without TensorFlow at import, so :mod:`tfrec_towers.config` stays cheap to import;
+:mod:`tfrec_towers.towers` and :mod:`tfrec_towers.history_encoders` build the layers they describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Tuple
+
+HistoryEncoderName = Literal["pooling", "mean", "attention", "gru", "transformer"]
+HISTORY_ENCODERS = ("pooling", "mean", "attention", "gru", "transformer")
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEncoderConfig:
+    """How the query tower reads its item history.
+
+    The defaults are the product's (``ExperimentConfig().model.history``); a tower without a
+    history feature (the candidate tower) is built with ``encoder="pooling"``.
+
+    Attributes:
+      encoder: a sequence encoder, ``attention`` (default: attention pooling with a learned query
+        and a learned recency bias), ``mean``, ``gru`` or ``transformer``; or ``pooling`` (the
+        history is one more feature of the ``FeatureEncoder``, pooled by ``features.history_pooling``).
+        Only sequence encoders support every-position training.
+      feature: the query feature holding the history (``int64 [B, L]``, 0-padded on the left).
+      num_layers: transformer blocks (positive).
+      num_heads: attention heads of each transformer block (positive).
+      dropout: dropout rate of the transformer (embeddings, attention, feed-forward), in [0, 1).
+      max_length: the encoder reads the last ``max_length`` items of a history; also the number
+        of learned positions (transformer) and recency offsets (attention).
+    """
+
+    encoder: HistoryEncoderName = "attention"
+    feature: str = "history"
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    max_length: int = 50
+
+    def __post_init__(self) -> None:
+        if self.encoder not in HISTORY_ENCODERS:
+            raise ValueError(f"`encoder` must be one of {list(HISTORY_ENCODERS)}. Received: {self.encoder!r}")
+        for name in ("num_layers", "num_heads", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int. Received: {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout}")
+        if not self.feature:
+            raise ValueError("`feature` must name the query tower's history feature.")
+
+    @property
+    def is_sequential(self) -> bool:
+        """True for the encoders that give one output per position (all but ``pooling``)."""
+        return self.encoder != "pooling"
+
+
+Normalization = Literal["none", "batch", "layer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerConfig:
+    """The MLP on top of a tower's concatenated feature vectors.
+
+    Attributes:
+      hidden_units: widths of the hidden layers (may be empty: a single linear projection).
+      output_dim: embedding dimension d (the last, linear layer).
+      activation: a Keras activation name for the hidden layers.
+      dropout: dropout rate after each hidden layer, in [0, 1).
+      normalization: ``"batch"``, ``"layer"`` or ``"none"`` after each hidden layer.
+      l2_normalize: divide the output by its L2 norm (scores become cosines).
+    """
+
+    hidden_units: Tuple[int, ...] = (256,)
+    output_dim: int = 64
+    activation: str = "relu"
+    dropout: float = 0.0
+    normalization: Normalization = "none"
+    l2_normalize: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+        if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
+            raise ValueError(f"`hidden_units` must be positive ints. Received: {self.hidden_units}")
+        if isinstance(self.output_dim, bool) or not isinstance(self.output_dim, int) or self.output_dim <= 0:
+            raise ValueError(f"`output_dim` must be a positive int. Received: {self.output_dim!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: {self.dropout}")
+        if self.normalization not in ("none", "batch", "layer"):
+            raise ValueError(f"`normalization` must be 'none', 'batch' or 'layer'. Received: {self.normalization!r}")
+        import tensorflow as tf  # on first use: importing this module stays free of TensorFlow
+
+        try:
+            tf.keras.activations.get(self.activation)
+        except ValueError as e:
+            raise ValueError(
+                f"`activation` must be a Keras activation name such as 'relu', 'gelu' or 'linear'. "
+                f"Received: {self.activation!r}"
+            ) from e
