@@ -3,7 +3,7 @@
     python benchmarks/loss_throughput.py --data-dir ../shared/data/ml-100k [--datasets movielens synthetic]
                                          [--repeats 3] [--seed 0]
 
-The issue's bar: with logQ (streaming) and a memory bank of M = 16384 on, training examples/s
+The target: with logQ (streaming) and a memory bank of M = 16384 on, training examples/s
 stays within 15% of plain in-batch training on the same towers (the default configuration's:
 embeddings 64, MLP (256,) → 64, batch 512, Adam). For each data set, every configuration gets
 its own model (same seed, same towers); one epoch warms it up (tracing, first allocations),

@@ -1,7 +1,7 @@
-"""A minimal causal transformer (SASRec) written apart from the library, as a yardstick for #7's bar.
+"""A minimal causal transformer (SASRec) written apart from the library, as a yardstick.
 
-The issue behind ``benchmarks/sequential.py`` states that "a minimal causal transformer with
-every-position in-batch + logQ training" reaches a given multiple of the plain TFRS recipe. This
+``benchmarks/sequential.py`` compares the library's history encoders with "a minimal causal
+transformer with every-position in-batch + logQ training" against the plain TFRS recipe. This
 module is that model, sharing nothing with ``tfrec_towers`` but the data split and the metric
 code of the evaluation protocol (``tfrec_towers.evaluation``): its own item table, blocks, loss and training loop.
 

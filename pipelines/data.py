@@ -1,7 +1,8 @@
 """The in-memory contract every reader produces: feature dictionaries of numpy arrays.
 
 A *feature dictionary* maps a feature name to a numpy array whose first axis is the
-example axis. Dtypes and shapes follow the raw-feature contract of the exported SavedModel:
+example axis. Dtypes and shapes follow the raw-feature contract of the exported SavedModel
+(docs/contracts.md):
 
 =============  ==========================  ===========================================
 column type    numpy array                 example
@@ -517,7 +518,7 @@ def split_interactions(
     """Splits implicit interactions into training examples and evaluated interactions.
 
     Each user's interactions are sorted by (phase, timestamp, item id). The ``test`` rule holds
-    some out (default: each user's last, the leave-last-out protocol), then the ``validation``
+    some out (default: each user's last, the leave-last-out protocol of docs/contracts.md), then the ``validation``
     rule holds out some of the rest; every other interaction is a training example whose
     ``history`` holds the up-to-``max_history`` items before it, most recent last, left-padded
     with 0 for integer ids and ``""`` for string ids (the first interaction has an all-padding
@@ -701,8 +702,8 @@ def split_interactions(
 
 
 def leave_last_out(**arguments: Any) -> RetrievalData:
-    """Splits implicit interactions by the leave-last-out protocol: :func:`split_interactions`
-    with its default rule, each user's last interaction the test target.
+    """Splits implicit interactions by the leave-last-out protocol (docs/contracts.md):
+    :func:`split_interactions` with its default rule, each user's last interaction the test target.
 
     Users with fewer than 2 interactions have no training example and are not evaluated (counted
     in ``summary["users_with_one_interaction"]``). The eval query of a user has the last

@@ -37,14 +37,20 @@ import sys
 import uuid
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.utils import shared
+
+from tfrec_towers.extras import missing_extra
+
+try:
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.utils import shared
+except ModuleNotFoundError as e:
+    raise missing_extra("beam", "The batch embedding job", e) from e
 
 from pipelines import embed_output, embed_sources
 from pipelines.embed_output import EMBEDDING_DTYPES, OUTPUT_FORMATS, EmbeddedChunk, OutputSpec

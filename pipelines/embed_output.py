@@ -24,13 +24,19 @@ import time
 import uuid
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filebasedsink import FileBasedSink
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+
+from tfrec_towers.extras import missing_extra
+
+try:
+    import apache_beam as beam
+    from apache_beam.io.filebasedsink import FileBasedSink
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+except ModuleNotFoundError as e:
+    raise missing_extra("beam", "The batch embedding job's writers", e) from e
 
 MANIFEST = "_manifest.json"
 OUTPUT_FORMATS = ("parquet", "tfrecord", "npy")

@@ -54,25 +54,29 @@ import io
 import json
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
+
+from tfrec_towers.extras import missing_extra
+
+try:
+    import apache_beam as beam
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.metrics import Metrics
+except ModuleNotFoundError as e:
+    raise missing_extra("beam", "The batch embedding job's readers", e) from e
 
 from pipelines.data import ColumnType, DataError
-from pipelines.readers import convert_columns, left_pad
+from pipelines.readers import FILE_FORMATS as FORMATS
+from pipelines.readers import SUFFIX_FORMATS, convert_columns, left_pad
 
 METRICS_NAMESPACE = "tfrec_towers.embed_job"
 DEAD_LETTER = "dead_letter"
-FORMATS = ("parquet", "csv", "tfrecord")
 _FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV", "tfrecord": "TFRecord"}
-_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tfrecord": "tfrecord",
-             ".tfrecords": "tfrecord", ".tfrec": "tfrecord"}
 _ROW_UNITS = {"parquet": "row", "csv": "line", "tfrecord": "record"}
 _EXAMPLE_KINDS = {"int64": "int64_list", "int64_list": "int64_list", "float32": "float_list", "string": "bytes_list"}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -93,12 +97,12 @@ def file_format(path: str) -> str:
       ValueError: for any other suffix.
     """
     suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
-    if suffix not in _SUFFIXES:
+    if suffix not in SUFFIX_FORMATS:
         raise ValueError(
-            f"Cannot tell the format of {path} from its suffix {suffix!r}: use one of {sorted(_SUFFIXES)} "
+            f"Cannot tell the format of {path} from its suffix {suffix!r}: use one of {sorted(SUFFIX_FORMATS)} "
             f"or pass the input format (one of {list(FORMATS)})."
         )
-    return _SUFFIXES[suffix]
+    return SUFFIX_FORMATS[suffix]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 The generic data path: every source, the user's files, a MovieLens release or the synthetic
 generator, ends as :class:`InteractionTables` (pandas tables with named id columns), which
-:func:`interaction_data` validates and splits (by the leave-last-out protocol unless configured
-otherwise, :mod:`pipelines.splits`) into a :class:`~pipelines.data.RetrievalData`.
+:func:`interaction_data` validates and splits (by the leave-last-out protocol of docs/contracts.md
+unless configured otherwise, :mod:`pipelines.splits`) into a :class:`~pipelines.data.RetrievalData`.
 
 Columns keep their own types: integer or string ids stay what they are in the histories, the
 catalogue, the training examples and the exported model. Attribute columns become feature

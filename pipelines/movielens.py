@@ -1,4 +1,4 @@
-"""MovieLens release directories, split by the leave-last-out protocol.
+"""MovieLens release directories, split by the leave-last-out protocol (docs/contracts.md).
 
 Any GroupLens MovieLens directory is read the same way; the layout is recognised from
 its files:
@@ -58,7 +58,8 @@ _RATING_COLUMNS: dict[str, ColumnType] = {"user_id": "int64", "movie_id": "int64
 
 
 def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData:
-    """Reads a MovieLens directory (:func:`movielens_tables`) and splits it by the leave-last-out protocol.
+    """Reads a MovieLens directory (:func:`movielens_tables`) and splits it by the leave-last-out
+    protocol (docs/contracts.md).
 
     Every rating is an implicit positive. Each user's ratings are sorted by (timestamp,
     movie id); the last is the test target and every earlier one a training example

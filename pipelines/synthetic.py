@@ -10,7 +10,7 @@ and the taste drifts toward every consumed item, ``taste_{t+1} = normalise((1 - 
 taste_t + α v_{i_t} + noise)``, so recent history carries signal beyond the user's
 features. :func:`synthetic_tables` gives the interaction, user and item tables, which take the
 same path as a user's own tables (:mod:`pipelines.interactions`); :func:`make_synthetic` splits
-them by the leave-last-out protocol.
+them by the leave-last-out protocol (docs/contracts.md).
 
 Sampling is sampling-importance-resampling: per step, each group of ``_GROUP_SIZE`` users
 shares ``_NUM_PROPOSALS`` items drawn from a proposal ``q`` (popularity mixed with 10%
@@ -50,7 +50,7 @@ def make_synthetic(
     zipf_exponent: float = 1.1,
     seed: int = 0,
 ) -> RetrievalData:
-    """The synthetic tables (:func:`synthetic_tables`) split by the leave-last-out protocol.
+    """The synthetic tables (:func:`synthetic_tables`) split by the leave-last-out protocol (docs/contracts.md).
 
     Returns:
       The split. Query features: ``user_id`` int64, ``age`` int64, ``country`` string,

@@ -86,7 +86,8 @@ class RunResult:
 
 
 def load_data(config: ExperimentConfig) -> RetrievalData:
-    """The configured data set, split by the leave-last-out protocol (:func:`pipelines.sources.prepare_data`)."""
+    """The configured data set, split by the leave-last-out protocol of docs/contracts.md
+    (:func:`pipelines.sources.prepare_data`)."""
     return prepare_data(config).data
 
 

@@ -12,11 +12,11 @@ import functools
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from tfrec_towers.atomic_file import write_text_atomically
 from tfrec_towers.progress import set_progress
 
 EXIT_OK, EXIT_USAGE, EXIT_VERIFY_FAILED, EXIT_TARGET_MISSED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
@@ -35,6 +35,9 @@ saves and exits 130), rerun the same command to resume.
 """
 EVALUATE_EXAMPLE = """example:
   tfrec-towers evaluate --run runs/ml1m            # prints HR@K / NDCG@K as JSON
+
+the evaluation protocol (held-out interactions, the whole catalogue ranked, seen items filtered):
+docs/contracts.md
 """
 EXPORT_EXAMPLE = """examples:
   tfrec-towers export --run runs/ml1m --output /models --index brute-force --k 50
@@ -44,6 +47,8 @@ EXPORT_EXAMPLE = """examples:
   tfrec-towers export --run runs/ml1m --output /models --index-config tuning/tuning.json
   tfrec-towers export --run runs/ml1m --output /models --index scann --num-leaves 1000 \\
       --leaves-to-search 60 --reordering-multiplier 10 --k 10
+
+the SavedModel's layout, signatures and inputs (what TF Serving and clients see): docs/contracts.md
 """
 TUNE_INDEX_EXAMPLE = """example:
   tfrec-towers tune-index --run runs/ml1m --k 10 --target-recall 0.95 --output runs/ml1m/tuning
@@ -64,6 +69,8 @@ COMPARE_EXAMPLE = """example:
 VERIFY_EXAMPLE = """example:
   tfrec-towers verify runs/ml1m/export/tfrec_towers/1 --report verify.json
   # loads the SavedModel in a fresh Python process that imports only TensorFlow
+
+checks the export against the SavedModel contract of docs/contracts.md
 """
 
 
@@ -77,14 +84,15 @@ def _run_passthrough(command: str, argv: Sequence[str]) -> int:
     """``embed`` → :func:`pipelines.embed_job.main`; ``index-embeddings`` → :func:`pipelines.index_from_embeddings.main`."""
     import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
     from pipelines.data import DataError
+    from tfrec_towers.extras import MissingExtraError
 
-    if command == "embed":
-        from pipelines.embed_job import main as run
-    else:
-        from pipelines.index_from_embeddings import main as run
     try:
+        if command == "embed":
+            from pipelines.embed_job import main as run
+        else:
+            from pipelines.index_from_embeddings import main as run
         return run(list(argv), prog=f"tfrec-towers {command}")
-    except (ValueError, DataError, OSError) as e:
+    except (ValueError, DataError, OSError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -257,12 +265,7 @@ def _write_text(path: str | Path, text: str) -> None:
     written, then renamed, so no half-written file is left behind."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_text_atomically(target, text)
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -391,10 +394,12 @@ def _cmd_report(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from tfrec_towers.report import compare_table, write_report
+    from tfrec_towers.report_data import compare_table  # the table needs no plotting (the `report` extra)
 
     print(compare_table(args.runs))
     if args.output is not None:
+        from tfrec_towers.report import write_report
+
         out(f"report: {write_report(args.runs, args.output)}")
     return EXIT_OK
 
@@ -446,11 +451,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.data import DataError
     from pipelines.train import RunError
     from tfrec_towers.config import ConfigError
+    from tfrec_towers.extras import MissingExtraError
 
     try:
         return COMMANDS[args.command](args, out)
-    except (ConfigError, DataError, RunError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            IsADirectoryError, PermissionError) as e:
+    except (ConfigError, DataError, RunError, MissingExtraError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

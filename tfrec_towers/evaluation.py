@@ -8,7 +8,9 @@ s(u, c) = ⟨q_u, v_c⟩; the query's training items (other than t_u) are remove
     NDCG@K = mean_u 1[rank_u < K] / log2(rank_u + 2)
 
 Ranks are counted chunk by chunk over the catalogue, so no [queries, catalogue] matrix is ever
-held: memory is O(query_chunk × candidate_chunk) and a million-item catalogue fits.
+held: memory is O(query_chunk × candidate_chunk) and a million-item catalogue fits. The evaluation
+protocol these metrics belong to (which interactions are held out, which items are filtered) is in
+docs/contracts.md.
 """
 
 from __future__ import annotations

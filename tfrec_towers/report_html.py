@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+from tfrec_towers.extras import missing_extra
+
+try:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+except ModuleNotFoundError as e:
+    raise missing_extra("report", "The run report", e) from e
 
 from tfrec_towers.evaluation import METRIC_KEYS
 from tfrec_towers.report_data import (

@@ -14,7 +14,7 @@ for a ``[batch, N]`` matmul to beat the tree search it is the one chosen (below
 :data:`~tfrec_towers.index.SCANN_MIN_CANDIDATES` candidates it is the only one). The *frontier* is the
 Pareto set (no other configuration has both higher recall and higher throughput); listed by
 increasing recall, its throughput decreases. :func:`save_tuning_report` writes it as JSON and as a
-recall-vs-QPS plot.
+recall-vs-QPS plot (matplotlib, the ``report`` extra).
 
 ScaNN builds are not reproducible bit for bit (its k-means and quantiser training draw their
 samples from OS entropy), so a re-built index reaches about, not exactly, the measured recall: keep
@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
-from matplotlib.figure import Figure
 
+from tfrec_towers.extras import missing_extra
 from tfrec_towers.index import (
     SCANN_MIN_CANDIDATES,
     IndexConfig,
@@ -393,7 +393,12 @@ def save_tuning_report(result: TuningResult, directory: Union[str, Path]) -> Dic
 
     Raises:
       NotADirectoryError: if ``directory`` is a file.
+      MissingExtraError: matplotlib (the ``report`` extra) is not installed; nothing is written.
     """
+    try:
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as e:
+        raise missing_extra("report", "The tuning report's recall/QPS plot", e) from e
     directory = check_report_directory(directory)
     directory.mkdir(parents=True, exist_ok=True)
     json_path, plot_path = directory / REPORT_JSON, directory / REPORT_PLOT

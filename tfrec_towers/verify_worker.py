@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.framework import tensor_pb2  # noqa: E402
 
-# File names and signature contract; they mirror tfrec_towers.export and tfrec_towers.warmup
+# File names and signature contract (docs/contracts.md); they mirror tfrec_towers.export and tfrec_towers.warmup
 # (tests/test_verify.py checks that they agree).
 METADATA_FILENAME = "tfrec_towers_metadata.json"
 VERIFICATION_SAMPLE_FILENAME = "verification_sample.json"

@@ -1,0 +1,96 @@
+"""Optional dependencies: each feature that needs an extra says which, from the library and the CLI,
+and setup.cfg installs what the message names."""
+
+import configparser
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tfrec_towers.extras import EXTRAS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _without(module: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter in which ``module`` cannot be imported."""
+    script = f"import sys\nsys.modules[{module!r}] = None\n" + textwrap.dedent(code)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+def _requirements(text: str) -> list:
+    return [line.split(">")[0].split("=")[0].split("<")[0].strip() for line in text.strip().splitlines()]
+
+
+def test_setup_cfg_extras_install_the_distributions_the_messages_name():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    extras = {name: _requirements(value) for name, value in setup["options.extras_require"].items()}
+    core = _requirements(setup["options"]["install_requires"])
+    for extra, distribution in {"beam": "apache-beam", "report": "matplotlib", "serving": "grpcio"}.items():
+        assert EXTRAS[extra] == distribution
+        assert distribution in extras[extra] and distribution not in core
+    assert "tensorflow-serving-api" in core  # export's warm-up records are built from its protos
+
+
+@pytest.mark.slow
+def test_each_optional_feature_names_its_extra_when_the_dependency_is_missing(tmp_path):
+    beam = _without("apache_beam", """
+        import importlib, json
+        from tfrec_towers.extras import MissingExtraError
+        found = {}
+        for name in ("pipelines.embed_job", "pipelines.embed_sources", "pipelines.embed_output",
+                     "pipelines.index_from_embeddings"):
+            try:
+                importlib.import_module(name)
+            except MissingExtraError as e:
+                found[name] = str(e)
+        print(json.dumps(found))
+    """, tmp_path)
+    assert beam.returncode == 0, beam.stderr
+    messages = json.loads(beam.stdout.strip().splitlines()[-1])
+    assert len(messages) == 4
+    assert all("apache-beam" in m and "pip install 'tfrec-towers[beam]'" in m for m in messages.values()), messages
+
+    report = _without("matplotlib", """
+        from tfrec_towers.extras import MissingExtraError
+        from tfrec_towers.tuning import save_tuning_report
+        try:
+            import tfrec_towers.report
+        except MissingExtraError as e:
+            print(e)
+        try:
+            save_tuning_report(None, "tuning")
+        except MissingExtraError as e:
+            print(e)
+    """, tmp_path)
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.strip().splitlines()
+    assert [line.split(" needs ")[0] for line in lines] == ["The run report", "The tuning report's recall/QPS plot"]
+    assert all("matplotlib" in line and line.endswith("pip install 'tfrec-towers[report]'") for line in lines)
+    assert not (tmp_path / "tuning").exists()  # nothing written before the plot's import failed
+
+
+@pytest.mark.slow
+def test_the_cli_prints_an_error_line_and_exits_2_without_the_extra(tmp_path):
+    embed = _without("apache_beam", """
+        from tfrec_towers.cli import main
+        sys.exit(main(["embed", "--model", "m", "--input", "in.parquet", "--output", "out"]))
+    """, tmp_path)
+    assert embed.returncode == 2, embed.stderr
+    assert embed.stderr.startswith("error: The batch embedding job needs apache-beam")
+    assert "pip install 'tfrec-towers[beam]'" in embed.stderr and "Traceback" not in embed.stderr
+
+    report = _without("matplotlib", """
+        from tfrec_towers.cli import main
+        sys.exit(main(["report", "--run", "run"]))
+    """, tmp_path)
+    assert report.returncode == 2, report.stderr
+    assert report.stderr.strip().splitlines()[-1].startswith("error: The run report needs matplotlib")
+    assert "pip install 'tfrec-towers[report]'" in report.stderr and "Traceback" not in report.stderr
