@@ -1,8 +1,6 @@
 """Tests for tfrec_towers.candidate_table: reading the export's candidate corpus from a feature table."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,13 +9,12 @@ import pytest
 import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from helpers import CANDIDATE_SPEC, K, MOVIE_IDS, catalogue, export_models
 from pipelines.data import DataError
 from pipelines.readers import write_tfrecord
 from tfrec_towers.candidate_table import column_types, read_candidate_table, table_format
 from tfrec_towers.index import IndexConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_export import CANDIDATE_SPEC, K, MOVIE_IDS, catalogue, export_models  # noqa: E402
 
 SPEC_WITH_LIST = dict(CANDIDATE_SPEC, tags=tf.TensorSpec([None, None], tf.int64), year=tf.TensorSpec([None], tf.float32))
 

@@ -8,8 +8,6 @@ import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from pipelines.checkpointing import training_batches
 from pipelines.data import HistoryWindows, Lookup, leave_last_out
 
-pytestmark = pytest.mark.fast
-
 
 def _split():
     """String ids: 6 users, 30 interactions, a multi-valued text attribute and a weight per interaction."""

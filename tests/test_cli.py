@@ -8,17 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import TINY_TOWERS, cli_sets
 from tfrec_towers.cli import EXIT_OK, EXIT_USAGE, main
 
-SMALL = [
-    "--set", "features.embedding_dim=8",
-    "--set", "model.query_tower.hidden_units=[16]",
-    "--set", "model.candidate_tower.hidden_units=[16]",
-    "--set", "model.query_tower.output_dim=8",
-    "--set", "model.candidate_tower.output_dim=8",
-    "--set", "training.batch_size=64",
-    "--set", "export.k=10",
-]
+SMALL = cli_sets(*TINY_TOWERS, "training.batch_size=64", "export.k=10")
 
 
 def _write_ml100k(directory, users=40, items=60, seed=0):
@@ -62,11 +55,14 @@ def test_batch_jobs_pass_their_arguments_through_and_exit_2_on_bad_input(tmp_pat
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_movielens_train_then_evaluate_export_verify(tmp_path, capsys):
     data_dir = _write_ml100k(tmp_path / "ml-100k")
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "movielens", "--data-dir", str(data_dir), "--output", str(out), "--epochs", "2", "--seed", "3", *SMALL])
+    code = main(["train", "--dataset", "movielens", "--data-dir", str(data_dir), "--output", str(out), "--epochs", "1",
+                 "--seed", "3", *SMALL])
     assert code == EXIT_OK
+    assert json.loads((out / "verification.json").read_text())["ok"] is True  # train verifies its export
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50", "NDCG@100"}
     config = json.loads((out / "config.json").read_text())
@@ -95,24 +91,6 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "not a tfrec-towers run" in capsys.readouterr().err
 
 
-TINY_SYNTHETIC = [
-    "--set", "data.num_items=300",
-    "--set", "data.num_users=120",
-    "--set", "data.interactions_per_user=12",
-    "--set", "data.max_history=8",
-    "--set", "export.verify=false",
-    *SMALL,
-]
-
-
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    """A tiny trained synthetic run (300 items, ids 1..300, k=10), exported without ScaNN."""
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main(["--quiet", "train", "--output", str(run), "--epochs", "1", "--index", "brute-force", *TINY_SYNTHETIC]) == EXIT_OK
-    return run
-
-
 def _metadata(version_dir):
     return json.loads((version_dir / "assets.extra" / "tfrec_towers_metadata.json").read_text())
 
@@ -124,18 +102,18 @@ def test_export_and_tune_index_help_show_examples(capsys):
         assert exit_info.value.code == 0 and example in capsys.readouterr().out
 
 
-def test_export_scann_from_a_candidate_table_returns_its_ids(synthetic_run, tmp_path, capsys):
+def test_export_scann_from_a_candidate_table_returns_its_ids(tiny_run, tmp_path, capsys):
     """A table with every third catalogue item (100 rows): the index holds exactly those ids, with the flags' settings."""
     from pipelines.train import load_data, load_run
 
-    config, _, _ = load_run(synthetic_run)
+    config, _, _ = load_run(tiny_run)
     catalogue = load_data(config).candidates
     table = pd.DataFrame({name: values[::3] for name, values in catalogue.items()})
     table.to_csv(tmp_path / "table.csv", index=False)
     code = main([
-        "export", "--run", str(synthetic_run), "--output", str(tmp_path / "models"), "--index", "scann",
+        "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"), "--index", "scann",
         "--candidates", str(tmp_path / "table.csv"), "--num-leaves", "8", "--leaves-to-search", "4",
-        "--reordering-multiplier", "3", "--k", "5",
+        "--reordering-multiplier", "3", "--k", "5", "--no-verify",
     ])
     assert code == EXIT_OK, capsys.readouterr().err
     version = tmp_path / "models" / "tfrec_towers" / "1"
@@ -149,9 +127,9 @@ def test_export_scann_from_a_candidate_table_returns_its_ids(synthetic_run, tmp_
     assert returned and returned <= set(table["item_id"].tolist())
 
 
-def test_tune_index_then_export_with_its_choice(synthetic_run, tmp_path, capsys):
+def test_tune_index_then_export_with_its_choice(tiny_run, tmp_path, capsys):
     output = tmp_path / "tuning"
-    code = main(["tune-index", "--run", str(synthetic_run), "--k", "5", "--target-recall", "0.9",
+    code = main(["tune-index", "--run", str(tiny_run), "--k", "5", "--target-recall", "0.9",
                  "--num-leaves", "17", "--num-queries", "64", "--output", str(output)])
     printed = capsys.readouterr().out
     assert code == EXIT_OK
@@ -160,18 +138,18 @@ def test_tune_index_then_export_with_its_choice(synthetic_run, tmp_path, capsys)
     assert report["target_met"] and report["chosen"]["recall"] >= 0.9 and report["num_queries"] == 64
     assert "| * |" in printed and f"--index-config {output / 'tuning.json'}" in printed
     chosen = report["chosen"]["config"]
-    assert main(["--quiet", "export", "--run", str(synthetic_run), "--output", str(tmp_path / "models"),
+    assert main(["--quiet", "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"),
                  "--index-config", str(output / "tuning.json"), "--no-verify"]) == EXIT_OK
     assert _metadata(tmp_path / "models" / "tfrec_towers" / "1")["index"] == chosen
 
 
-def test_export_bad_input_exits_2_and_writes_nothing(synthetic_run, tmp_path, capsys):
+def test_export_bad_input_exits_2_and_writes_nothing(tiny_run, tmp_path, capsys):
     from pipelines.train import load_data, load_run
 
-    config, _, _ = load_run(synthetic_run)
+    config, _, _ = load_run(tiny_run)
     catalogue = load_data(config).candidates
     models = tmp_path / "models"
-    base = ["export", "--run", str(synthetic_run), "--output", str(models), "--no-verify"]
+    base = ["export", "--run", str(tiny_run), "--output", str(models), "--no-verify"]
 
     duplicated = pd.DataFrame({name: np.concatenate([values[:5], values[:5]]) for name, values in catalogue.items()})
     duplicated.to_parquet(tmp_path / "dup.parquet")
@@ -199,9 +177,10 @@ def test_export_bad_input_exits_2_and_writes_nothing(synthetic_run, tmp_path, ca
     assert meta["k"] == 300 and meta["warnings"] == ["k=1000 exceeds the corpus size (300 candidates); clamped to k=300."]
 
 
-def test_verify_report_holds_recall_latency_and_throughput(synthetic_run, tmp_path, capsys):
+@pytest.mark.slow
+def test_verify_report_holds_recall_latency_and_throughput(tiny_run, tmp_path, capsys):
     report_file = tmp_path / "report.json"
-    assert main(["verify", str(synthetic_run / "export" / "tfrec_towers" / "1"), "--report", str(report_file)]) == EXIT_OK
+    assert main(["verify", str(tiny_run / "export" / "tfrec_towers" / "1"), "--report", str(report_file)]) == EXIT_OK
     report = json.loads(report_file.read_text())
     metrics = report["metrics"]
     assert report["ok"] and metrics["recall_at_k"] == 1.0 and metrics["k"] == 10  # brute force: exact
@@ -210,10 +189,10 @@ def test_verify_report_holds_recall_latency_and_throughput(synthetic_run, tmp_pa
     assert "recall@10 against exact search: 1.0000 (120 queries)" in capsys.readouterr().err
 
 
-def test_report_and_compare(synthetic_run, tmp_path, capsys):
+def test_report_and_compare(tiny_run, tmp_path, capsys):
     from html.parser import HTMLParser
 
-    assert main(["--quiet", "report", "--run", str(synthetic_run), "--output", str(tmp_path / "report")]) == EXIT_OK
+    assert main(["--quiet", "report", "--run", str(tiny_run), "--output", str(tmp_path / "report")]) == EXIT_OK
     html_path = Path(capsys.readouterr().out.strip())
     assert html_path == tmp_path / "report" / "report.html"
     images = []
@@ -227,10 +206,10 @@ def test_report_and_compare(synthetic_run, tmp_path, capsys):
     assert len(images) >= 5 and all(src.startswith("data:image/png;base64,") for src in images)
 
     copy = tmp_path / "copy"
-    shutil.copytree(synthetic_run, copy)
-    assert main(["--quiet", "compare", str(synthetic_run), str(copy), "--output", str(tmp_path / "both")]) == EXIT_OK
+    shutil.copytree(tiny_run, copy)
+    assert main(["--quiet", "compare", str(tiny_run), str(copy), "--output", str(tmp_path / "both")]) == EXIT_OK
     table = capsys.readouterr().out
-    hr50 = json.loads((synthetic_run / "metrics.json").read_text())["HR@50"]
+    hr50 = json.loads((tiny_run / "metrics.json").read_text())["HR@50"]
     assert table.count(f"{hr50:.4f}") == 2
     assert (tmp_path / "both" / "report.html").is_file()
 

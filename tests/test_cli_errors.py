@@ -10,8 +10,6 @@ import pytest
 
 from tfrec_towers.cli import EXIT_USAGE, main
 
-pytestmark = pytest.mark.fast
-
 
 def _run(argv, capsys):
     """``(exit code, stdout + stderr)`` of the command run in this process (argparse errors exit too)."""
@@ -110,6 +108,7 @@ def test_malformed_input_exits_2_naming_the_culprit(case, files, capsys):
     assert not (files / "run").exists()
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_one_error_line_without_a_traceback(tmp_path):
     """In a fresh process, as a user runs it: the NaN temperature that used to end in a traceback."""
     completed = subprocess.run(

@@ -31,8 +31,6 @@ from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.losses.factory import build_retrieval_task
 from tfrec_towers.towers import TowerConfig
 
-pytestmark = pytest.mark.fast
-
 
 def test_round_trip_through_json(tmp_path):
     config = apply_overrides(ExperimentConfig(), ["model.query_tower.hidden_units=[128, 64]", "training.epochs=3"])

@@ -19,8 +19,6 @@ from pipelines.data import (
     take_rows,
 )
 
-pytestmark = pytest.mark.fast
-
 # (user, item, timestamp), shuffled. User 1: 5@1, 6@2, 6@2 again (exact duplicate), 5@3 (the same item
 # later: a second interaction). User 2: 7@1, 8@2, 8@2 again: the duplicate is its last interaction.
 INTERACTIONS = [(2, 8, 2), (1, 6, 2), (1, 5, 3), (2, 7, 1), (1, 6, 2), (1, 5, 1), (2, 8, 2), (2, 8, 2)]

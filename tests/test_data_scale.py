@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from benchmarks.data_scale import EVENTS, STAGES, generate_tables, zipf_shares
 from pipelines.declarations import USER_ID_MIN_COUNT
@@ -39,6 +40,7 @@ def test_generated_tables_have_the_documented_schema_and_sizes(tmp_path):
     assert top_share > 5 / 40  # power law: the most popular item far above the uniform 1 / 40
 
 
+@pytest.mark.slow
 def test_prepare_worker_reports_every_stage_and_the_split_counts(tmp_path):
     generate_tables(tmp_path, rows=2000, shards=2, seed=1)
     log = pd.concat([pq.read_table(p).to_pandas() for p in sorted((tmp_path / "interactions").iterdir())])

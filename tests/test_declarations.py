@@ -14,8 +14,6 @@ from pipelines.interactions import InteractionTables, interaction_data
 from tfrec_towers.data_config import FeatureDeclaration
 from tfrec_towers.features import CategoricalFeature, HashedFeature, NumericFeature, SequenceFeature, adapt
 
-pytestmark = pytest.mark.fast
-
 
 @pytest.mark.parametrize(
     "values, kind, extra",

@@ -55,17 +55,17 @@ def test_only_the_chief_writes():
     assert not is_chief(_strategy_of("worker", 0, with_chief))
 
 
+@pytest.mark.slow
 def test_train_under_a_mirrored_strategy_writes_a_complete_run(tmp_path):
     import json
 
+    from helpers import tiny_config
     from pipelines.train import train
-    from tfrec_towers.config import ExperimentConfig, apply_overrides
 
-    config = apply_overrides(ExperimentConfig(), [
+    config = tiny_config(
         "data.num_items=200", "data.num_users=80", "data.interactions_per_user=10", "data.max_history=6",
-        "training.epochs=1", "training.batch_size=64", "export.verify=false", "loss.memory_bank_size=128",
-        "training.distribute=mirrored",
-    ])
+        "training.batch_size=64", "export.verify=false", "loss.memory_bank_size=128", "training.distribute=mirrored",
+    )
     result = train(config, tmp_path / "run", verbose=0)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) == {"HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50", "NDCG@100"}

@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every check trains in a fresh process with two logical devices
+
 _PRELUDE = textwrap.dedent(
     """
     import json

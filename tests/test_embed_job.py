@@ -22,6 +22,7 @@ from apache_beam.pvalue import TaggedOutput
 import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from helpers import GENRES, queries
 from pipelines import embed_job, embed_output
 from pipelines.data import DataError
 from pipelines.embed_job import EmbedJobConfig, run_embed_job
@@ -30,7 +31,6 @@ from pipelines.index_from_embeddings import build_index_export
 from tfrec_towers import cli as tfrec_cli
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature
 from tfrec_towers.verify import verify_export
-from test_export import GENRES, export_models, queries
 
 GOOD_ROWS = {"a.parquet": 2000, "b.csv": 1000, "c.tfrecord": 1000}
 NUM_GOOD = sum(GOOD_ROWS.values())
@@ -87,9 +87,9 @@ def write_inputs(directory: Path):
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
+def job(toy_export, tmp_path_factory):
     base = tmp_path_factory.mktemp("embed_job")
-    model_dir, _, _ = export_models(base / "export")
+    model_dir = toy_export[0]
     inputs = base / "inputs"
     inputs.mkdir()
     reference = write_inputs(inputs)
@@ -115,6 +115,7 @@ def _parquet_output(output, id_column="movie_id"):
     return table.column(id_column).to_numpy(), np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
 
 
+@pytest.mark.slow
 def test_every_id_exactly_once_with_the_signature_embedding(job):
     ids, embeddings = _parquet_output(job["config"].output)
     assert len(ids) == NUM_GOOD
@@ -123,6 +124,7 @@ def test_every_id_exactly_once_with_the_signature_embedding(job):
     np.testing.assert_allclose(embeddings, np.stack([expected[i] for i in ids.tolist()]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tfrecord_and_npy_outputs_hold_the_same_rows(job):
     output = job["config"].output
     expected = job["expected"]
@@ -144,6 +146,7 @@ def _dead_letters(output):
             for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_malformed_rows_and_the_unreadable_file_are_dead_letters_with_reasons(job):
     entries = _dead_letters(job["config"].output)
     found = sorted((Path(e["source"]).name, e["row"], e["reason"]) for e in entries)
@@ -169,6 +172,7 @@ def test_malformed_rows_and_the_unreadable_file_are_dead_letters_with_reasons(jo
     assert values[("b.csv", 801)] == ["7", "Drama", "extra"]
 
 
+@pytest.mark.slow
 def test_counters(job):
     counters = job["result"].counters
     assert counters == {"rows_read": NUM_GOOD + 6, "rows_embedded": NUM_GOOD, "rows_rejected": 6, "files_rejected": 1}
@@ -178,6 +182,7 @@ def test_counters(job):
                                 "id_dtype": "int64"}
 
 
+@pytest.mark.slow
 def test_output_holds_only_published_files(job):
     output = Path(job["config"].output)
     listed = set(job["result"].files)
@@ -185,17 +190,19 @@ def test_output_holds_only_published_files(job):
     assert any(name.endswith(".parquet") for name in listed) and any(name.endswith(".tfrecord") for name in listed)
 
 
-def test_missing_id_column_is_a_clear_error_before_the_job_starts(job, tmp_path):
-    config = EmbedJobConfig(str(job["model_dir"]), (str(job["base"] / "inputs" / "a.parquet"),), str(tmp_path / "o"),
+def test_missing_id_column_is_a_clear_error_before_the_job_starts(toy_export, tmp_path):
+    pq.write_table(pa.table({"movie_id": [10], "genres": ["Drama"]}), tmp_path / "a.parquet")
+    config = EmbedJobConfig(str(toy_export[0]), (str(tmp_path / "a.parquet"),), str(tmp_path / "o"),
                             id_column="item_id")
     with pytest.raises(DataError, match=r"a.parquet has no column 'item_id' \(expected int64\); its columns are"):
         run_embed_job(config)
     assert not (tmp_path / "o").exists()
-    query = EmbedJobConfig(str(job["model_dir"]), config.inputs, str(tmp_path / "o"), signature="query_embedding")
+    query = EmbedJobConfig(str(toy_export[0]), config.inputs, str(tmp_path / "o"), signature="query_embedding")
     with pytest.raises(ValueError, match="`id_column` is required for 'query_embedding'"):
         run_embed_job(query)
 
 
+@pytest.mark.slow
 def test_resumed_output_with_another_embedding_dtype_is_refused(job):
     config = EmbedJobConfig(str(job["model_dir"]), job["config"].inputs, job["config"].output,
                             embedding_dtype="float16")
@@ -235,6 +242,7 @@ def test_help_shows_an_example(capsys):
     assert "python -m pipelines.embed_job --model" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_build_index_export_serves_the_exact_top_k_of_the_embeddings(job, tmp_path):
     output = job["config"].output
     path = build_index_export(output, job["model_dir"], tmp_path / "exports", "movies")
@@ -255,14 +263,15 @@ def test_build_index_export_serves_the_exact_top_k_of_the_embeddings(job, tmp_pa
     np.testing.assert_allclose(returned, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_build_index_export_refuses_embeddings_of_other_towers(job, tmp_path):
+def test_build_index_export_refuses_embeddings_of_other_towers(toy_export, tmp_path):
     spec = {"embedding_dim": 16, "embedding_dtype": "float32", "id_column": "movie_id", "id_dtype": "int64"}
     (tmp_path / embed_output.MANIFEST).write_text(json.dumps({"spec": spec, "runs": []}))
     with pytest.raises(ValueError, match=r"\(dim 16, id column 'movie_id'\) do not come from the towers of .*\(dim 8"):
-        build_index_export(str(tmp_path), job["model_dir"], tmp_path / "exports", "movies")
+        build_index_export(str(tmp_path), toy_export[0], tmp_path / "exports", "movies")
     assert not (tmp_path / "exports").exists()
 
 
+@pytest.mark.slow
 def test_build_index_export_with_the_corpus_rows_passes_the_fresh_process_verification(job, tmp_path):
     reference = job["reference"]
     corpus = pa.table({"movie_id": reference["movie_id"], "genres": reference["genres"].astype(str)})
@@ -278,10 +287,11 @@ def test_build_index_export_with_the_corpus_rows_passes_the_fresh_process_verifi
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
 
 
-def test_cli_passes_beam_options_through_and_prints_the_counters(job, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_passes_beam_options_through_and_prints_the_counters(toy_export, tmp_path, capsys):
     (tmp_path / "few.csv").write_text("movie_id,genres\n10,Drama\n20,Action|Comedy\n30,\n")
     code = embed_job.main([
-        "--model", str(job["model_dir"]), "--input", str(tmp_path / "few.csv"), "--output", str(tmp_path / "out"),
+        "--model", str(toy_export[0]), "--input", str(tmp_path / "few.csv"), "--output", str(tmp_path / "out"),
         "--format", "npy", "--direct_running_mode", "in_memory", "--direct_num_workers", "1",
     ])
     assert code == 0
@@ -317,7 +327,8 @@ def test_non_finite_embeddings_go_to_the_dead_letter():
     ]
 
 
-def test_query_embeddings_with_history_lists_of_any_length(job, tmp_path):
+@pytest.mark.slow
+def test_query_embeddings_with_history_lists_of_any_length(toy_export, tmp_path):
     rng = np.random.default_rng(1)
     n = 300
     lengths = rng.integers(0, 6, n)
@@ -329,7 +340,7 @@ def test_query_embeddings_with_history_lists_of_any_length(job, tmp_path):
         "history": histories,
     })
     frame.to_parquet(tmp_path / "queries.parquet", row_group_size=100)
-    config = EmbedJobConfig(str(job["model_dir"]), (str(tmp_path / "queries.parquet"),), str(tmp_path / "out"),
+    config = EmbedJobConfig(str(toy_export[0]), (str(tmp_path / "queries.parquet"),), str(tmp_path / "out"),
                             signature="query_embedding", id_column="user_id", batch_size=128, read_chunk_rows=50)
     result = run_embed_job(config)
     assert result.counters["rows_embedded"] == n
@@ -337,7 +348,7 @@ def test_query_embeddings_with_history_lists_of_any_length(job, tmp_path):
     padded = np.zeros((n, lengths.max()), np.int64)
     for row, history in enumerate(histories):
         padded[row, padded.shape[1] - len(history):] = history
-    signature = tf.saved_model.load(str(job["model_dir"])).signatures["query_embedding"]
+    signature = tf.saved_model.load(str(toy_export[0])).signatures["query_embedding"]
     scalars = ("user_id", "gender", "age", "occupation", "zip_code")
     features = {name: tf.constant(frame[name].to_numpy()) for name in scalars}
     expected = signature(history=tf.constant(padded), **features)["embedding"].numpy()
@@ -376,6 +387,7 @@ def typed_job(job):
     return {"config": config, "result": run_embed_job(config), "inputs": inputs}
 
 
+@pytest.mark.slow
 def test_ill_typed_values_send_their_rows_to_the_dead_letter_naming_file_row_and_column(typed_job):
     inputs = typed_job["inputs"]
     reasons = {(Path(e["source"]).name, e["row"]): e["reason"] for e in _dead_letters(typed_job["config"].output)
@@ -401,6 +413,7 @@ def test_ill_typed_values_send_their_rows_to_the_dead_letter_naming_file_row_and
     assert values[("d_int_genres.parquet", 0)] == {"movie_id": 70, "genres": 5}
 
 
+@pytest.mark.slow
 def test_good_rows_are_written_with_their_exact_values_and_types(typed_job, job):
     tables = [pq.read_table(p) for p in embed_output.manifest_files(typed_job["config"].output, [".parquet"])]
     table = pa.concat_tables(tables)
@@ -414,6 +427,7 @@ def test_good_rows_are_written_with_their_exact_values_and_types(typed_job, job)
                                             "files_rejected": 4}
 
 
+@pytest.mark.slow
 def test_unreadable_files_anywhere_in_the_inputs_are_dead_letters_naming_them(typed_job):
     inputs = typed_job["inputs"]
     files = {Path(e["source"]).name: e["reason"] for e in _dead_letters(typed_job["config"].output)
@@ -425,22 +439,22 @@ def test_unreadable_files_anywhere_in_the_inputs_are_dead_letters_naming_them(ty
     assert files["z_damaged.tfrecord"].startswith(f"{inputs}/z_damaged.tfrecord is not a readable TFRecord file: ")
 
 
-def test_the_first_readable_file_is_checked_for_columns_before_the_job_starts(job, tmp_path):
+def test_the_first_readable_file_is_checked_for_columns_before_the_job_starts(toy_export, tmp_path):
     (tmp_path / "a.parquet").write_bytes(b"PAR1 damaged")
     pq.write_table(pa.table({"movie_id": [10], "genres": ["Drama"]}), tmp_path / "b.parquet")
-    config = EmbedJobConfig(str(job["model_dir"]), (str(tmp_path / "*.parquet"),), str(tmp_path / "o"),
+    config = EmbedJobConfig(str(toy_export[0]), (str(tmp_path / "*.parquet"),), str(tmp_path / "o"),
                             id_column="item_id")
     with pytest.raises(DataError, match=r"b.parquet has no column 'item_id' \(expected int64\)"):
         run_embed_job(config)
     assert not (tmp_path / "o").exists()
 
 
-def test_no_readable_input_file_is_an_error_naming_every_file(job, tmp_path, capsys):
+def test_no_readable_input_file_is_an_error_naming_every_file(toy_export, tmp_path, capsys):
     (tmp_path / "a.parquet").write_bytes(b"PAR1 damaged")
     (tmp_path / "b.csv").write_bytes(b"movie\xff_id,genres\n")
     (tmp_path / "c.csv").write_bytes(b"")
     (tmp_path / "d.tfrecord").write_bytes(b"\x00" * 40)
-    config = EmbedJobConfig(str(job["model_dir"]), (str(tmp_path / "*"),), str(tmp_path / "o"))
+    config = EmbedJobConfig(str(toy_export[0]), (str(tmp_path / "*"),), str(tmp_path / "o"))
     with pytest.raises(DataError, match=r"^None of the 4 input files can be read: ") as error:
         run_embed_job(config)
     message = str(error.value)
@@ -450,7 +464,7 @@ def test_no_readable_input_file_is_an_error_naming_every_file(job, tmp_path, cap
                    f"{tmp_path}/d.tfrecord is not a readable TFRecord file: "):
         assert reason in message
     assert not (tmp_path / "o").exists()
-    code = tfrec_cli.main(["embed", "--model", str(job["model_dir"]), "--input", str(tmp_path / "*"),
+    code = tfrec_cli.main(["embed", "--model", str(toy_export[0]), "--input", str(tmp_path / "*"),
                            "--output", str(tmp_path / "o")])
     assert code == 2
     stderr = capsys.readouterr().err
@@ -458,9 +472,10 @@ def test_no_readable_input_file_is_an_error_naming_every_file(job, tmp_path, cap
     assert all(f"{tmp_path}/{name}" in stderr for name in ("a.parquet", "b.csv", "c.csv", "d.tfrecord"))
 
 
-def test_string_lists_are_joined_with_the_separator_the_export_declares(job, tmp_path):
+@pytest.mark.slow
+def test_string_lists_are_joined_with_the_separator_the_export_declares(toy_export, tmp_path):
     model_dir = tmp_path / "movies" / "1"
-    shutil.copytree(job["model_dir"], model_dir)
+    shutil.copytree(toy_export[0], model_dir)
     metadata_path = model_dir / "assets.extra" / "tfrec_towers_metadata.json"
     metadata = json.loads(metadata_path.read_text())
     spec = FeatureSpec(query=(CategoricalFeature("user_id"),),
@@ -479,7 +494,7 @@ def test_string_lists_are_joined_with_the_separator_the_export_declares(job, tmp
     result = run_embed_job(config)
     assert result.counters == {"rows_read": 8, "rows_embedded": 5, "rows_rejected": 3, "files_rejected": 0}
     ids, embeddings = _parquet_output(config.output)
-    expected = _embeddings(job["model_dir"], [10, 20, 30, 70, 80],
+    expected = _embeddings(toy_export[0], [10, 20, 30, 70, 80],
                            ["Comedy|Action", "Drama", "", "Horror|Drama", "Action|Horror"])
     assert sorted(ids.tolist()) == sorted(expected)
     np.testing.assert_allclose(embeddings, np.stack([expected[i] for i in ids.tolist()]), rtol=1e-5, atol=1e-6)

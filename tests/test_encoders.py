@@ -106,6 +106,7 @@ def test_validation_messages():
         MaskedPooling("median")
 
 
+@pytest.mark.slow
 def test_savedmodel_round_trip_in_a_fresh_process(tmp_path):
     encoder = FeatureEncoder(
         [

@@ -5,8 +5,6 @@ import pytest
 
 from tfrec_towers.evaluation import METRIC_KEYS, metrics_from_ranks, target_ranks
 
-pytestmark = pytest.mark.fast
-
 
 def _reference_ranks(q, c, ids, targets, seen):
     """Sort every unseen candidate by score (ties against the target) and find the target."""

@@ -1,16 +1,17 @@
 """Tests for tfrec_towers.export: layout, versions, atomicity, fresh-process load, saved_model_cli.
 
-The tiny MovieLens-shaped towers defined here are reused by test_verify.py and test_warmup.py.
+The tiny MovieLens-shaped towers exported here are those of helpers.py; ``toy_export`` (conftest.py)
+is their one shared export.
 """
 
 import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -20,135 +21,22 @@ import pytest
 import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+from helpers import (
+    CANDIDATE_SPEC,
+    DIM,
+    K,
+    MOVIE_IDS,
+    NUM_MOVIES,
+    QueryTower,
+    catalogue,
+    export_models,
+    make_candidate_tower,
+    make_query_tower,
+    queries,
+    run_fresh_process,
+)
 from tfrec_towers import export, warmup
 from tfrec_towers.index import IndexConfig
-
-DIM = 8
-K = 5
-NUM_MOVIES = 40
-MOVIE_IDS = np.arange(1, NUM_MOVIES + 1, dtype=np.int64) * 10
-GENRES = ("Action", "Comedy", "Drama", "Horror")
-QUERY_SPEC = {
-    "user_id": tf.TensorSpec([None], tf.int64),
-    "gender": tf.TensorSpec([None], tf.string),
-    "age": tf.TensorSpec([None], tf.int64),
-    "occupation": tf.TensorSpec([None], tf.string),
-    "zip_code": tf.TensorSpec([None], tf.string),
-    "history": tf.TensorSpec([None, None], tf.int64),
-}
-CANDIDATE_SPEC = {"movie_id": tf.TensorSpec([None], tf.int64), "genres": tf.TensorSpec([None], tf.string)}
-REPO = Path(__file__).resolve().parents[1]
-
-
-def masked_mean(embeddings, mask):
-    """Mean of ``embeddings [B, L, d]`` over positions where ``mask [B, L]``; zeros for empty rows."""
-    mask = tf.cast(mask, embeddings.dtype)[..., tf.newaxis]
-    return tf.math.divide_no_nan(tf.reduce_sum(embeddings * mask, axis=1), tf.reduce_sum(mask, axis=1))
-
-
-class QueryTower(tf.keras.Model):
-    """Lookups (with OOV buckets) + embeddings for user features, masked mean of the history."""
-
-    def __init__(self, dim=DIM):
-        super().__init__()
-        self.user_lookup = tf.keras.layers.IntegerLookup(vocabulary=np.arange(1, 7, dtype=np.int64))
-        self.age_lookup = tf.keras.layers.IntegerLookup(vocabulary=np.array([18, 25, 35], np.int64))
-        self.gender_lookup = tf.keras.layers.StringLookup(vocabulary=["F", "M"])
-        self.occupation_lookup = tf.keras.layers.StringLookup(vocabulary=["12", "technician"])
-        self.zip_hashing = tf.keras.layers.Hashing(num_bins=7)
-        self.history_lookup = tf.keras.layers.IntegerLookup(vocabulary=MOVIE_IDS, mask_token=0)
-        self.user_embedding = tf.keras.layers.Embedding(7, dim)
-        self.age_embedding = tf.keras.layers.Embedding(4, dim)
-        self.gender_embedding = tf.keras.layers.Embedding(3, dim)
-        self.occupation_embedding = tf.keras.layers.Embedding(3, dim)
-        self.zip_embedding = tf.keras.layers.Embedding(7, dim)
-        self.history_embedding = tf.keras.layers.Embedding(NUM_MOVIES + 2, dim)
-
-    def call(self, features):
-        history = self.history_lookup(features["history"])
-        return (
-            self.user_embedding(self.user_lookup(features["user_id"]))
-            + self.age_embedding(self.age_lookup(features["age"]))
-            + self.gender_embedding(self.gender_lookup(features["gender"]))
-            + self.occupation_embedding(self.occupation_lookup(features["occupation"]))
-            + self.zip_embedding(self.zip_hashing(features["zip_code"]))
-            + masked_mean(self.history_embedding(history), history != 0)
-        )
-
-
-def make_query_tower():
-    tf.keras.utils.set_random_seed(1)
-    return QueryTower()
-
-
-def make_candidate_tower(dim=DIM, string_ids=False):
-    """Functional tower: movie id lookup (int64, or string ids) + mean of the "|"-joined genres' embeddings."""
-    tf.keras.utils.set_random_seed(2)
-    if string_ids:
-        movie_id = tf.keras.Input(shape=(), dtype=tf.string, name="movie_id")
-        id_lookup = tf.keras.layers.StringLookup(vocabulary=MOVIE_IDS.astype(str))
-    else:
-        movie_id = tf.keras.Input(shape=(), dtype=tf.int64, name="movie_id")
-        id_lookup = tf.keras.layers.IntegerLookup(vocabulary=MOVIE_IDS)
-    genres = tf.keras.Input(shape=(), dtype=tf.string, name="genres")
-    movie = tf.keras.layers.Embedding(NUM_MOVIES + 1, dim)(id_lookup(movie_id))
-    genre_ids = tf.keras.layers.StringLookup(vocabulary=list(GENRES), mask_token="")(
-        tf.strings.split(genres, "|").to_tensor(default_value="")
-    )
-    genre = masked_mean(tf.keras.layers.Embedding(len(GENRES) + 2, dim)(genre_ids), genre_ids != 0)
-    return tf.keras.Model({"movie_id": movie_id, "genres": genres}, movie + genre)
-
-
-def catalogue(string_ids=False):
-    rng = np.random.default_rng(3)
-    genres = ["|".join(rng.choice(GENRES, size=rng.integers(1, 3), replace=False)) for _ in MOVIE_IDS]
-    return {"movie_id": MOVIE_IDS.astype(str) if string_ids else MOVIE_IDS.copy(), "genres": np.array(genres)}
-
-
-def queries():
-    return {
-        "user_id": np.array([1, 2, 3, 4, 5], np.int64),
-        "gender": np.array(["F", "M", "M", "F", "M"]),
-        "age": np.array([18, 25, 35, 25, 18], np.int64),
-        "occupation": np.array(["12", "technician", "12", "12", "technician"]),
-        "zip_code": np.array(["55414", "94110", "10001", "02139", "60614"]),
-        "history": np.array([[10, 20, 30], [40, 0, 0], [0, 0, 0], [50, 60, 0], [70, 80, 90]], np.int64),
-    }
-
-
-def export_models(export_base, model_name="movies", index=IndexConfig(k=K), **kwargs):
-    """One export of freshly built towers; returns (path, query tower, candidate tower)."""
-    query_tower, candidate_tower = kwargs.pop("towers", (make_query_tower(), make_candidate_tower()))
-    path = export.export_retrieval_model(
-        query_tower,
-        candidate_tower,
-        QUERY_SPEC,
-        kwargs.pop("candidate_spec", CANDIDATE_SPEC),
-        kwargs.pop("candidates", catalogue()),
-        "movie_id",
-        export_base,
-        model_name,
-        index,
-        warmup_queries=kwargs.pop("warmup_queries", queries()),
-        **kwargs,
-    )
-    return path, query_tower, candidate_tower
-
-
-def run_fresh_process(script, *args, timeout=120):
-    """Runs ``script`` in a new interpreter (no pytest, no tfrec_towers) and returns its JSON stdout."""
-    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd="/",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 FRESH_LOAD_SCRIPT = """
@@ -176,15 +64,8 @@ def as_json(features):
     return {key: value.tolist() for key, value in features.items()}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("exports")
-    path, query_tower, candidate_tower = export_models(base, metadata={"dataset": "toy"})
-    return path, query_tower, candidate_tower
-
-
-def test_layout_metadata_and_no_leftovers(exported):
-    path, _, _ = exported
+def test_layout_metadata_and_no_leftovers(toy_export):
+    path, _, _ = toy_export
     assert path.name == "1" and path.parent.name == "movies"
     assert sorted(p.name for p in path.parent.iterdir()) == ["1"]
     assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
@@ -236,8 +117,8 @@ def failing_warmup_writer(*args, **kwargs):
 
 
 @pytest.mark.parametrize("failure", ["candidate tower", "tracing", "warm-up file"])
-def test_failed_export_leaves_only_previous_versions(tmp_path, monkeypatch, failure):
-    export_models(tmp_path)
+def test_failed_export_leaves_only_previous_versions(toy_export, tmp_path, monkeypatch, failure):
+    shutil.copytree(toy_export[0], tmp_path / "movies" / "1")  # a published version 1
     towers = (make_query_tower(), make_candidate_tower())
     if failure == "candidate tower":
         towers = (towers[0], RaisingCandidateTower())
@@ -253,8 +134,9 @@ def test_failed_export_leaves_only_previous_versions(tmp_path, monkeypatch, fail
     assert sorted(os.listdir(tmp_path)) == ["movies"]
 
 
-def test_fresh_process_load_matches_numpy(exported, tmp_path):
-    path, query_tower, candidate_tower = exported
+@pytest.mark.slow
+def test_fresh_process_load_matches_numpy(toy_export, tmp_path):
+    path, query_tower, candidate_tower = toy_export
     q = queries()
     cat = catalogue()
     query_embeddings = query_tower(q).numpy()
@@ -306,8 +188,9 @@ def saved_model_cli(*args):
     return result
 
 
-def test_saved_model_cli_lists_the_three_signatures(exported):
-    path, _, _ = exported
+@pytest.mark.slow
+def test_saved_model_cli_lists_the_three_signatures(toy_export):
+    path, _, _ = toy_export
     result = saved_model_cli("show", "--dir", path, "--all")
     for name in export.SIGNATURE_NAMES:
         assert f"signature_def['{name}']" in result.stdout
@@ -315,10 +198,11 @@ def test_saved_model_cli_lists_the_three_signatures(exported):
         assert f"['{name}'] tensor_info" in result.stdout
 
 
-def test_saved_model_cli_run_uses_the_session_loader(exported, tmp_path):
+@pytest.mark.slow
+def test_saved_model_cli_run_uses_the_session_loader(toy_export, tmp_path):
     """``saved_model_cli run`` loads through a TF1 session (tables initialised by the SavedModel's
     init op), the way TF Serving's C++ loader does; one known and one unknown user."""
-    path, query_tower, candidate_tower = exported
+    path, query_tower, candidate_tower = toy_export
     user = {
         "user_id": np.array([1, 999999], np.int64),
         "gender": np.array(["F", "?"]),
@@ -351,8 +235,8 @@ def test_k_clamped_to_corpus_size_with_a_recorded_warning(tmp_path, caplog):
     assert "clamped to k=3" in caplog.text
 
 
-def test_sample_records_the_exact_top_k_of_every_sample_query(exported):
-    path, query_tower, candidate_tower = exported
+def test_sample_records_the_exact_top_k_of_every_sample_query(toy_export):
+    path, query_tower, candidate_tower = toy_export
     sample = json.loads((path / "assets.extra" / export.VERIFICATION_SAMPLE_FILENAME).read_text())
     scores = query_tower(queries()).numpy() @ candidate_tower(catalogue()).numpy().T
     expected = MOVIE_IDS[np.argsort(-scores, axis=1, kind="stable")[:, :K]]
@@ -411,8 +295,8 @@ def test_invalid_arguments(tmp_path, change, error):
     assert not (tmp_path / "movies").exists()
 
 
-def test_metadata_keys_constant_matches_the_file(exported):
-    path, _, _ = exported
+def test_metadata_keys_constant_matches_the_file(toy_export):
+    path, _, _ = toy_export
     meta = json.loads((path / "assets.extra" / "tfrec_towers_metadata.json").read_text())
     assert sorted(meta) == sorted(export.METADATA_KEYS + ("dataset",))
 
@@ -591,6 +475,7 @@ def test_exclude_history_returns_k_results_outside_the_history(tmp_path, kind, s
     assert meta["exclude_history"] == "history" and meta["index"]["kind"] == kind
 
 
+@pytest.mark.slow
 def test_exclude_history_export_passes_the_fresh_process_verification(tmp_path):
     from tfrec_towers.verify import verify_export
 

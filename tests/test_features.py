@@ -21,8 +21,6 @@ from tfrec_towers.features import (
     without_vocabulary,
 )
 
-pytestmark = pytest.mark.fast
-
 
 def _spec():
     return FeatureSpec(

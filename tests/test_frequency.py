@@ -228,6 +228,7 @@ _DISTRIBUTED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_under_mirrored_strategy_first_replica_update_applies_to_all_copies():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     run = subprocess.run([sys.executable, "-c", _DISTRIBUTED], capture_output=True, text=True, env=env, timeout=120)

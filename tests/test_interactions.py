@@ -12,8 +12,6 @@ from pipelines.data import DataError
 from pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
 from tfrec_towers.data_config import InteractionsConfig, RowFilter, TableConfig
 
-pytestmark = pytest.mark.fast
-
 
 def _log(user_ids, item_ids, timestamps=None):
     frame = {"user_id": user_ids, "item_id": item_ids}

@@ -4,16 +4,16 @@ loaded in a fresh process that imports only TensorFlow."""
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 import tfrec_towers as tt
 import tensorflow as tf
+
+from helpers import run_fresh_process
 
 NUM_ITEMS, NUM_USERS, HISTORY, K = 30, 24, 4, 5
 ITEMS = np.array([f"item_{i:02d}" for i in range(NUM_ITEMS)], dtype=object)
@@ -76,6 +76,7 @@ FRESH_PROCESS = """
 """
 
 
+@pytest.mark.slow
 def test_own_tf_data_pipeline_to_a_served_string_id_export(tmp_path):
     tf.keras.utils.set_random_seed(0)
     train, weights, eval_queries, targets, seen = _interactions()
@@ -122,13 +123,7 @@ def test_own_tf_data_pipeline_to_a_served_string_id_export(tmp_path):
     path = tt.export_model(model, catalogue, tmp_path / "models", k=K, warmup_queries=eval_queries)
     assert path == tmp_path / "models" / "tfrec_towers" / "1"
     rows = {name: values[:6].tolist() for name, values in eval_queries.items()}
-    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FRESH_PROCESS), str(path), json.dumps(rows)],
-        capture_output=True, text=True, timeout=120, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), cwd="/",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    served = json.loads(result.stdout.strip().splitlines()[-1])
+    served = run_fresh_process(FRESH_PROCESS, path, json.dumps(rows))
     assert served["modules"] == [] and served["id_dtype"] == "string"
     scores = query_embeddings[:6] @ candidate_embeddings.T
     best = np.argsort(-scores, axis=1, kind="stable")[:, :K]
@@ -145,6 +140,7 @@ def test_own_tf_data_pipeline_to_a_served_string_id_export(tmp_path):
         assert ids == [i for i in ranked if i not in rows["history"][row]][:K]
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_the_public_api_is_listed():
     script = (
         "import sys, tfrec_towers as tt; heavy = 'tensorflow' in sys.modules; "

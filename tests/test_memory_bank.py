@@ -267,6 +267,7 @@ _DISTRIBUTED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_under_mirrored_strategy_every_replica_holds_the_gathered_bank():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     run = subprocess.run([sys.executable, "-c", _DISTRIBUTED], capture_output=True, text=True, env=env, timeout=120)

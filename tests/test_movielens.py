@@ -5,59 +5,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import (
+    EXPECTED_EVAL_HISTORY,
+    EXPECTED_EVAL_USERS,
+    EXPECTED_SEEN,
+    EXPECTED_TARGETS,
+    EXPECTED_TRAIN_HISTORY,
+    EXPECTED_TRAIN_MOVIES,
+    EXPECTED_TRAIN_USERS,
+    MOVIELENS_GENRES,
+    write_1m,
+    write_20m,
+    write_100k,
+)
 from pipelines.data import DataError
 from pipelines.movielens import load_movielens
-
-pytestmark = pytest.mark.fast
-
-# (user, movie, timestamp). User 1 has a timestamp tie (movies 10 and 30 at t=100) broken by
-# movie id; user 2 rated movie 99, which is not in the item file; user 3 rated once.
-# Movie 50 is never rated.
-RATINGS = [(1, 30, 100), (1, 10, 100), (1, 20, 50), (1, 40, 200), (2, 10, 5), (2, 99, 6), (2, 20, 7), (3, 30, 1)]
-GENRES = {10: "Action|Comedy", 20: "unknown", 30: "Drama", 40: "Action|Drama", 50: "Comedy"}
-TITLES = {10: "Café (1995)", 20: 'The "Thing" (1982)', 30: "Star Wars: Episode IV (1977)",
-          40: "American President, The (1995)", 50: "Babe (1995)"}
-
-# Hand-derived with max_history=2. User 1 in (timestamp, movie) order: 20, 10, 30 | 40.
-# User 2 after dropping movie 99: 10 | 20. User 3 has no training example and no eval query.
-EXPECTED_TRAIN_USERS = [1, 1, 1, 2]
-EXPECTED_TRAIN_MOVIES = [20, 10, 30, 10]
-EXPECTED_TRAIN_HISTORY = [[0, 0], [0, 20], [20, 10], [0, 0]]
-EXPECTED_EVAL_USERS = [1, 2]
-EXPECTED_EVAL_HISTORY = [[10, 30], [0, 10]]
-EXPECTED_TARGETS = [40, 20]
-EXPECTED_SEEN = [[10, 20, 30], [10]]
-
-
-def write_100k(directory: Path) -> Path:
-    directory.mkdir()
-    (directory / "u.data").write_text("".join(f"{u}\t{m}\t4\t{t}\n" for u, m, t in RATINGS))
-    (directory / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|T8H1N\n")
-    (directory / "u.genre").write_text("unknown|0\nAction|1\nComedy|2\nDrama|3\n\n")
-    flags = {10: "0|1|1|0", 20: "1|0|0|0", 30: "0|0|0|1", 40: "0|1|0|1", 50: "0|0|1|0"}
-    item = "".join(f"{m}|{TITLES[m]}|01-Jan-1995||http://example.org/{m}|{flags[m]}\n" for m in TITLES)
-    (directory / "u.item").write_bytes(item.encode("latin-1"))
-    return directory
-
-
-def write_1m(directory: Path) -> Path:
-    directory.mkdir()
-    (directory / "ratings.dat").write_text("".join(f"{u}::{m}::4::{t}\n" for u, m, t in RATINGS))
-    (directory / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
-    movies = "".join(f"{m}::{TITLES[m]}::{GENRES[m]}\n" for m in TITLES)
-    (directory / "movies.dat").write_bytes(movies.encode("latin-1"))
-    return directory
-
-
-def write_20m(directory: Path) -> Path:
-    directory.mkdir()
-    ratings = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},4.5,{t}\n" for u, m, t in RATINGS)
-    (directory / "ratings.csv").write_text(ratings)
-    titles = {m: '"' + t.replace('"', '""') + '"' for m, t in TITLES.items()}
-    movies = "movieId,title,genres\n" + "".join(f"{m},{titles[m]},{GENRES[m]}\n" for m in TITLES)
-    (directory / "movies.csv").write_text(movies, encoding="utf-8")
-    return directory
-
 
 EXPECTED_USERS = {
     "ml-100k": {"gender": ["M", "F"], "age": [24, 53], "occupation": ["technician", "other"],
@@ -76,14 +38,14 @@ def test_leave_last_out_protocol(tmp_path, layout):
     assert data.train["user_id"].tolist() == EXPECTED_TRAIN_USERS
     assert data.train["movie_id"].tolist() == EXPECTED_TRAIN_MOVIES
     assert data.train["history"].tolist() == EXPECTED_TRAIN_HISTORY
-    assert data.train["genres"].tolist() == [GENRES[m] for m in EXPECTED_TRAIN_MOVIES]
+    assert data.train["genres"].tolist() == [MOVIELENS_GENRES[m] for m in EXPECTED_TRAIN_MOVIES]
     assert data.eval_queries["user_id"].tolist() == EXPECTED_EVAL_USERS
     assert data.eval_queries["history"].tolist() == EXPECTED_EVAL_HISTORY
     assert data.eval_targets.tolist() == EXPECTED_TARGETS
     assert [data.seen(u).tolist() for u in range(2)] == EXPECTED_SEEN
     assert data.seen_indptr.tolist() == [0, 3, 4]
     assert data.candidates["movie_id"].tolist() == [10, 20, 30, 40, 50]
-    assert data.candidates["genres"].tolist() == [GENRES[m] for m in (10, 20, 30, 40, 50)]
+    assert data.candidates["genres"].tolist() == [MOVIELENS_GENRES[m] for m in (10, 20, 30, 40, 50)]
     for column, values in EXPECTED_USERS[layout].items():
         assert data.eval_queries[column].tolist() == values, column
     assert data.summary["interactions_read"] == 8

@@ -3,8 +3,6 @@ weight column, an items table with a multi-valued column and a price, a users ta
 evaluated, exported (brute force and ScaNN) and verified; the export read in a fresh process."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,13 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import TINY_OWN_TABLES, cli_sets, run_fresh_process
 from tfrec_towers.cli import main
 
-SMALL = ["--set", "training.epochs=1", "--set", "training.batch_size=64", "--set", "loss.mixed_negatives=16",
-         "--set", "model.query_tower.hidden_units=[16]", "--set", "model.candidate_tower.hidden_units=[16]",
-         "--set", "features.embedding_dim=8", "--set", "model.query_tower.output_dim=8",
-         "--set", "model.candidate_tower.output_dim=8", "--set", "model.history.max_length=5",
-         "--set", "data.max_history=5"]
+SMALL = cli_sets(*TINY_OWN_TABLES)
 
 
 def _shop(tmp_path):
@@ -44,6 +39,7 @@ def _shop(tmp_path):
     return log
 
 
+@pytest.mark.slow
 def test_own_parquet_tables_train_evaluate_export_and_verify_from_the_cli(tmp_path, capsys):
     log = _shop(tmp_path)
     run = tmp_path / "run"
@@ -88,8 +84,7 @@ def test_own_parquet_tables_train_evaluate_export_and_verify_from_the_cli(tmp_pa
                              inputs=sorted(serve.structured_input_signature[1]))
         print(json.dumps(out))
     """)
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_fresh_process(probe)
     catalogue = {f"sku-{i:03d}" for i in range(40)}
     for path, result in out.items():
         assert result["dtype"] == "string" and result["inputs"] == ["country", "customer", "history"]

@@ -8,6 +8,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 
+from helpers import tiny_config
 from pipelines.train import load_data, load_run, train
 from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides
 from tfrec_towers.projector import write_projector_embeddings
@@ -80,14 +81,13 @@ def test_embeddings_need_tensorboard():
         apply_overrides(ExperimentConfig(), ["training.tensorboard_embeddings=true"])
 
 
+@pytest.mark.slow
 def test_a_training_run_writes_its_candidates_for_the_projector(tmp_path):
-    config = apply_overrides(ExperimentConfig(), [
+    config = tiny_config(
         "data.num_items=120", "data.num_users=40", "data.interactions_per_user=6", "data.max_history=4",
-        "features.embedding_dim=4", "model.query_tower.hidden_units=[8]", "model.candidate_tower.hidden_units=[8]",
-        "model.query_tower.output_dim=4", "model.candidate_tower.output_dim=4", "training.epochs=1",
         "training.batch_size=64", "export.k=5", "export.verify=false",
         "training.tensorboard=true", "training.tensorboard_embeddings=true",
-    ])
+    )
     run = tmp_path / "run"
     result = train(config, run, verbose=0)
 
@@ -95,7 +95,7 @@ def test_a_training_run_writes_its_candidates_for_the_projector(tmp_path):
     config_file = read_config(board / "projector_config.pbtxt")
     assert config_file.embeddings[0].tensor_name == TENSOR
     stored = tf.train.load_checkpoint(str(board)).get_tensor(TENSOR)
-    assert stored.shape == (120, 4)
+    assert stored.shape == (120, 8)  # 120 items, towers of width 8 (helpers.TINY_TOWERS)
     _, _, model = load_run(run)
     candidates = load_data(config).candidates
     np.testing.assert_allclose(stored, compute_embeddings(model.candidate_tower, candidates), rtol=1e-5, atol=1e-6)

@@ -20,8 +20,6 @@ from pipelines.readers import (
     write_tfrecord,
 )
 
-pytestmark = pytest.mark.fast
-
 TYPES = {"user_id": "int64", "country": "string", "score": "float32", "history": "int64_list"}
 
 

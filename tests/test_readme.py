@@ -4,12 +4,10 @@ block is the product's defaults."""
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tfrec_towers.config import ExperimentConfig, config_from_dict
 
-pytestmark = pytest.mark.fast
 README_PATH = Path(__file__).resolve().parent.parent / "README.md"
 README = README_PATH.read_text(encoding="utf-8")
 

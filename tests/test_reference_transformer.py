@@ -41,6 +41,7 @@ def test_the_padding_row_never_reaches_a_valid_position():
     np.testing.assert_allclose(before[valid], after[valid], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["in_batch_logq", "full_softmax"])
 def test_it_learns_the_synthetic_structure_beyond_chance(loss):
     data = make_synthetic(num_items=200, num_users=300, interactions_per_user=20, max_history=10, seed=0)

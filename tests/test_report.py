@@ -4,6 +4,7 @@ import base64
 import collections
 import dataclasses
 import json
+import shutil
 from html.parser import HTMLParser
 
 import matplotlib.image
@@ -14,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tfrec_towers  # noqa: F401
+from helpers import TINY_OWN_TABLES, tiny_config
 from pipelines.train import RunError, load_data, load_run, train
 from tfrec_towers import report_data
 from tfrec_towers.config import ExperimentConfig, apply_overrides
@@ -30,21 +32,6 @@ from tfrec_towers.report_data import (
 )
 from tfrec_towers.towers import compute_embeddings
 
-TINY = [
-    "data.num_items=300",
-    "data.num_users=200",
-    "data.interactions_per_user=8",
-    "data.max_history=8",
-    "features.embedding_dim=8",
-    "model.query_tower.hidden_units=[16]",
-    "model.candidate_tower.hidden_units=[16]",
-    "model.query_tower.output_dim=8",
-    "model.candidate_tower.output_dim=8",
-    "training.epochs=2",
-    "training.batch_size=128",
-    "export.k=20",
-    "export.verify=false",
-]
 PLOTS = {"loss.png", "hit_rate_at_k.png", "ndcg_at_k.png", "popularity_recall.png", "embedding_norms.png", "scores.png"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -69,11 +56,13 @@ VERIFICATION = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two tiny runs (logQ from counts, the default, no logQ); the first with a tuning report, the second with a verification."""
+def runs(tiny_run, tmp_path_factory):
+    """Two tiny runs (logQ from counts, the default, no logQ); the first with a tuning report, the second with a verification.
+
+    The first is a copy of the shared tiny run (conftest.py)."""
     root = tmp_path_factory.mktemp("report_runs")
-    logq = train(apply_overrides(ExperimentConfig(), TINY), root / "logq", verbose=0).run_dir
-    plain = train(apply_overrides(ExperimentConfig(), [*TINY, "loss.logq=none"]), root / "plain", verbose=0).run_dir
+    logq = shutil.copytree(tiny_run, root / "logq")
+    plain = train(tiny_config("loss.logq=none", "export.verify=false"), root / "plain", verbose=0).run_dir
     (logq / "tuning").mkdir()
     (logq / "tuning" / "tuning.json").write_text(json.dumps(TUNING))
     (plain / "verification.json").write_text(json.dumps(VERIFICATION))
@@ -374,10 +363,7 @@ def own_run(tmp_path_factory):
         "data.dataset=interactions", f"data.interactions.path={root / 'log.csv'}",
         f"data.items.path={root / 'items.parquet'}", "data.interactions.user_column=customer",
         "data.interactions.item_column=product", "data.interactions.timestamp_column=time",
-        "training.epochs=1", "training.batch_size=64", "loss.mixed_negatives=16",
-        "model.query_tower.hidden_units=[16]", "model.candidate_tower.hidden_units=[16]", "features.embedding_dim=8",
-        "model.query_tower.output_dim=8", "model.candidate_tower.output_dim=8", "model.history.max_length=5",
-        "data.max_history=5", "export.verify=false",
+        *TINY_OWN_TABLES, "export.verify=false",
     ])
     run_dir = train(config, root / "run", verbose=0).run_dir
     return run_dir, log, table.set_index("product"), collect_run(run_dir)
@@ -395,6 +381,7 @@ def _own_oracle(log):
     return ordered, counts, ranks
 
 
+@pytest.mark.slow
 def test_own_tables_report_shows_the_baseline_coverage_and_example_users(own_run, tmp_path):
     run_dir, log, items, report = own_run
     ordered, counts, ranks = _own_oracle(log)
@@ -447,6 +434,7 @@ def test_own_tables_report_shows_the_baseline_coverage_and_example_users(own_run
         assert row[2] == ordered[user.strip()][-2]  # the most recent training item first
 
 
+@pytest.mark.slow
 def test_validation_curves_are_plotted_when_the_history_has_them(own_run, tmp_path):
     report = own_run[3]
     validated = dataclasses.replace(report, history={**report.history, "val_loss": [3.0, 2.5], "val_HR@10": [0.1, 0.2]})

@@ -171,6 +171,7 @@ def test_shipped_transformer_config_loads():
     assert config.data.dataset == "movielens"
 
 
+@pytest.mark.slow
 def test_every_position_model_exports_and_verifies_in_a_fresh_process(tmp_path):
     tf.keras.utils.set_random_seed(1)
     data = _split()

@@ -1,6 +1,6 @@
 """Tests for serving/client.py: signatures, request checks, requests parsed back with the TF Serving protos, sending.
 
-Signatures are read from an exported SavedModel and fetched from an in-process gRPC
+Signatures are read from an toy_export SavedModel and fetched from an in-process gRPC
 ``PredictionService`` (which also runs the SavedModel: the part of TF Serving a client sees) and a
 REST metadata endpoint; request checks run against the signatures the export was given, without a
 server. ``send_rest`` is exercised against a recording HTTP server.
@@ -9,7 +9,6 @@ server. ``send_rest`` is exercised against a recording HTTP server.
 import contextlib
 import importlib.util
 import json
-import sys
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -25,8 +24,8 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_export import CANDIDATE_SPEC, K, MOVIE_IDS, QUERY_SPEC, catalogue, export_models, queries  # noqa: E402
+from helpers import CANDIDATE_SPEC, K, MOVIE_IDS, QUERY_SPEC, catalogue, queries
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +40,7 @@ def load_client():
 client = load_client()
 
 SIGNATURES = {"serving_default": QUERY_SPEC, "query_embedding": QUERY_SPEC, "candidate_embedding": CANDIDATE_SPEC}
-"""The input specs the test export is given (test_export.py): the reference for signatures read back."""
+"""The input specs the test export is given (helpers.py): the reference for signatures read back."""
 QUERY = {
     "user_id": [42, 7],
     "gender": ["M", "F"],
@@ -103,11 +102,6 @@ class JsonHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export_models(tmp_path_factory.mktemp("exports"))
-
-
 class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata of TF Serving over one loaded SavedModel."""
 
@@ -138,8 +132,8 @@ class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceS
 
 
 @pytest.fixture(scope="module")
-def grpc_server(exported):
-    path, query_tower, candidate_tower = exported
+def grpc_server(toy_export):
+    path, query_tower, candidate_tower = toy_export
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(SavedModelPredictionService("movies", path), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -148,8 +142,8 @@ def grpc_server(exported):
     server.stop(None)
 
 
-def test_read_signatures_of_an_export(exported, tmp_path):
-    signatures = client.read_signatures(exported[0])
+def test_read_signatures_of_an_export(toy_export, tmp_path):
+    signatures = client.read_signatures(toy_export[0])
     assert described(signatures) == described(SIGNATURES)
     assert all(spec.name == feature for inputs in signatures.values() for feature, spec in inputs.items())
     with pytest.raises(FileNotFoundError, match=r"saved_model.pb does not exist.*<export_base>/<model_name>/<version>"):
@@ -167,8 +161,8 @@ def test_fetch_signatures_grpc_from_the_server(grpc_server):
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_fetch_signatures_rest_from_the_metadata_endpoint(exported):
-    signature_defs = json_format.MessageToDict(signature_def_map(exported[0]), preserving_proto_field_name=True)
+def test_fetch_signatures_rest_from_the_metadata_endpoint(toy_export):
+    signature_defs = json_format.MessageToDict(signature_def_map(toy_export[0]), preserving_proto_field_name=True)
     body = {"model_spec": {"name": "movies", "signature_name": "", "version": "1"}, "metadata": {"signature_def": signature_defs}}
     seen = []
 

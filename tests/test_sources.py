@@ -9,7 +9,7 @@ import yaml
 from pipelines.data import HistoryWindows
 from pipelines.interactions import InteractionTables
 from pipelines.sources import PRESETS_DIR, prepare_data, preset_declarations
-from tests.test_movielens import (
+from helpers import (
     EXPECTED_TARGETS,
     EXPECTED_TRAIN_HISTORY,
     EXPECTED_TRAIN_MOVIES,
@@ -18,8 +18,6 @@ from tests.test_movielens import (
 )
 from tfrec_towers.config import ExperimentConfig, apply_overrides, load_config
 from tfrec_towers.features import CategoricalFeature, NumericFeature, SequenceFeature
-
-pytestmark = pytest.mark.fast
 
 
 @pytest.mark.parametrize("writer", [write_100k, write_1m])

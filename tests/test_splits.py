@@ -14,8 +14,6 @@ from tfrec_towers.config import ConfigError, config_from_dict
 from tfrec_towers.data_config import InteractionsConfig, SplitConfig, TableConfig
 from tfrec_towers.evaluation import target_ranks
 
-pytestmark = pytest.mark.fast
-
 # u1: a@1 b@2 c@5 d@6; u2: b@3 a@7; u3: c@8 (nothing before any cut at 5).
 LOG = pd.DataFrame({
     "user_id": ["u2", "u1", "u3", "u1", "u1", "u1", "u2"],

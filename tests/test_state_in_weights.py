@@ -71,6 +71,7 @@ def _without_build_records(config):
     return {**config, **towers}
 
 
+@pytest.mark.slow
 def test_a_million_item_config_is_small_and_a_checkpoint_restores_the_model(million_item_model, tmp_path):
     model, batch = million_item_model
     config = model.get_config()

@@ -25,8 +25,6 @@ from tfrec_towers.data_config import FeatureDeclaration, RowFilter
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, NumericFeature, SequenceFeature, adapt
 from tfrec_towers.towers import TowerConfig
 
-pytestmark = pytest.mark.fast
-
 QUERY = (FeatureDeclaration("user_id", kind="id"), FeatureDeclaration("history", kind="history"),
          FeatureDeclaration("age", kind="categorical"))
 CANDIDATE = (FeatureDeclaration("item_id", kind="id"), FeatureDeclaration("tags", kind="multi_valued"),
@@ -438,6 +436,7 @@ def test_statistics_refuse_what_a_stream_cannot_learn(tmp_path):
         stream_statistics(numbered, columns=(FeatureDeclaration("item_id", kind="numeric"),))
 
 
+@pytest.mark.slow
 def test_the_documented_keras_example_runs_as_written(tmp_path):
     """docs/streaming.md's example, run in a fresh process from an empty directory."""
     import re

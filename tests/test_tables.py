@@ -11,8 +11,6 @@ import tensorflow as tf
 from pipelines.data import DataError
 from pipelines.tables import read_table
 
-pytestmark = pytest.mark.fast
-
 
 def _write_tfrecord(path, rows):
     with tf.io.TFRecordWriter(str(path)) as writer:

@@ -2,8 +2,7 @@
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import pytest
 import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
+from helpers import run_fresh_process, tiny_config
 from pipelines.sources import prepare_data
 from pipelines.train import (
     RunError,
@@ -23,24 +23,9 @@ from pipelines.train import (
     train,
     training_columns,
 )
-from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides, save_config
+from tfrec_towers.config import ConfigError, save_config
 from tfrec_towers.evaluation import METRIC_KEYS
 from tfrec_towers.towers import compute_embeddings
-
-TINY = [
-    "data.num_items=300",
-    "data.num_users=120",
-    "data.interactions_per_user=12",
-    "data.max_history=8",
-    "features.embedding_dim=8",
-    "model.query_tower.hidden_units=[16]",
-    "model.candidate_tower.hidden_units=[16]",
-    "model.query_tower.output_dim=8",
-    "model.candidate_tower.output_dim=8",
-    "training.epochs=2",
-    "training.batch_size=128",
-    "export.k=20",
-]
 
 FRESH_LOAD = r"""
 import json, sys
@@ -57,80 +42,68 @@ print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("tfre
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    config = apply_overrides(ExperimentConfig(), TINY)
-    output = tmp_path_factory.mktemp("runs") / "tiny"
-    return config, train(config, output, verbose=0)
+def run(tiny_run):
+    """``(configuration, directory)`` of the shared tiny run (conftest.py): read only."""
+    return load_run(tiny_run)[0], tiny_run
 
 
 def test_run_directory_holds_every_artifact(run):
-    config, result = run
-    for name in ("config.json", "feature_spec.json", "metrics.json", "history.json", "verification.json", "checkpoint"):
-        assert (result.run_dir / name).exists(), name
-    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    _, run_dir = run
+    for name in ("config.json", "feature_spec.json", "metrics.json", "history.json", "checkpoint"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert tuple(metrics) == METRIC_KEYS
     assert 0.0 <= metrics["HR@10"] <= metrics["HR@50"] <= metrics["HR@100"] <= 1.0
-    assert result.export_path == result.run_dir / "export" / "tfrec_towers" / "1"
-    assert result.verification["ok"], result.verification
-    assert not [p for p in result.run_dir.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    assert (run_dir / "export" / "tfrec_towers" / "1" / "saved_model.pb").is_file()
+    assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
 def test_export_matches_the_restored_model_in_a_fresh_process(run):
-    config, result = run
-    _, spec, model = load_run(result.run_dir)
+    config, run_dir = run
+    _, spec, model = load_run(run_dir)
     data = load_data(config)
     rows = {f.name: data.eval_queries[f.name][:5] for f in spec.query}
     expected_queries = compute_embeddings(model.query_tower, rows)
     candidates = compute_embeddings(model.candidate_tower, data.candidates)
     payload = json.dumps({k: v.tolist() for k, v in rows.items()})
-    out = subprocess.run(
-        [sys.executable, "-c", FRESH_LOAD, str(result.export_path), payload], capture_output=True, text=True, check=True
-    )
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_fresh_process(FRESH_LOAD, run_dir / "export" / "tfrec_towers" / "1", payload)
     assert got["modules"] == []  # the fresh process never imported this package
     np.testing.assert_allclose(np.array(got["embedding"]), expected_queries, rtol=1e-5, atol=1e-6)
     scores = expected_queries @ candidates.T
     ids = data.candidates[spec.candidate_id]
     for row in range(5):
-        best = np.argsort(-scores[row], kind="stable")[:20]
+        best = np.argsort(-scores[row], kind="stable")[: config.export.k]
         np.testing.assert_allclose(np.array(got["scores"][row]), scores[row][best], rtol=1e-5, atol=1e-6)
         assert got["ids"][row] == ids[best].tolist()
 
 
-def test_evaluate_and_reexport_a_finished_run(run):
-    _, result = run
-    metrics = evaluate_run(result.run_dir)
-    assert metrics == pytest.approx(json.loads((result.run_dir / "metrics.json").read_text()), abs=1e-9)
-    assert export_run(result.run_dir, k=5).name == "2"
+def test_evaluate_and_reexport_a_finished_run(run, tmp_path):
+    run_dir = shutil.copytree(run[1], tmp_path / "run")  # a new version is written: into a copy
+    metrics = evaluate_run(run_dir)
+    assert metrics == pytest.approx(json.loads((run_dir / "metrics.json").read_text()), abs=1e-9)
+    assert export_run(run_dir, k=5).name == "2"
 
 
 def test_output_that_holds_a_run_is_refused(run):
-    config, result = run
+    config, run_dir = run
     with pytest.raises(RunError, match="already holds a run"):
-        train(config, result.run_dir, verbose=0)
+        train(config, run_dir, verbose=0)
 
 
 def test_a_failed_run_leaves_nothing_behind(tmp_path):
-    config = apply_overrides(ExperimentConfig(), TINY + ["data.dataset=movielens", f"data.data_dir={tmp_path / 'empty'}"])
+    config = tiny_config("data.dataset=movielens", f"data.data_dir={tmp_path / 'empty'}")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a MovieLens directory"):
         train(config, tmp_path / "out", verbose=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_hold_the_epoch_losses_of_history_json(tmp_path):
-    import json
-
-    import numpy as np
-    import tensorflow as tf
-
-    from pipelines.train import train
-    from tfrec_towers.config import ExperimentConfig, apply_overrides
-
-    config = apply_overrides(ExperimentConfig(), [
+    config = tiny_config(
         "data.num_items=150", "data.num_users=60", "data.interactions_per_user=8", "data.max_history=5",
         "training.epochs=2", "training.batch_size=64", "export.verify=false", "training.tensorboard=true",
-    ])
+    )
     train(config, tmp_path / "run", verbose=0)
     losses = {}
     for events in (tmp_path / "run" / "tensorboard" / "train").glob("events.out.tfevents.*"):
@@ -143,27 +116,27 @@ def test_tensorboard_logs_hold_the_epoch_losses_of_history_json(tmp_path):
 
 
 def test_export_refuses_k_zero_and_an_empty_index_kind(run):
-    _, result = run
-    versions = sorted(p.name for p in (result.run_dir / "export" / "tfrec_towers").iterdir())
+    _, run_dir = run
+    versions = sorted(p.name for p in (run_dir / "export" / "tfrec_towers").iterdir())
     with pytest.raises(ValueError, match=r"`k` must be a positive int. Received: 0"):
-        export_run(result.run_dir, k=0)
+        export_run(run_dir, k=0)
     with pytest.raises(ValueError, match=r"`kind` must be one of \['brute-force', 'scann'\]. Received: ''"):
-        export_run(result.run_dir, index="")
-    assert sorted(p.name for p in (result.run_dir / "export" / "tfrec_towers").iterdir()) == versions
+        export_run(run_dir, index="")
+    assert sorted(p.name for p in (run_dir / "export" / "tfrec_towers").iterdir()) == versions
 
 
 def test_an_empty_export_base_is_the_current_directory_as_for_any_path(run, tmp_path, monkeypatch):
-    _, result = run
+    _, run_dir = run
     monkeypatch.chdir(tmp_path)
-    path = export_run(result.run_dir, export_base="", k=3)
+    path = export_run(run_dir, export_base="", k=3)
     assert (tmp_path / path).resolve() == tmp_path / "tfrec_towers" / "1"
     meta = json.loads((tmp_path / "tfrec_towers" / "1" / "assets.extra" / "tfrec_towers_metadata.json").read_text())
     assert meta["k"] == 3
 
 
 def _small(overrides=()):
-    """The TINY configuration with ``overrides``, its data and its adapted spec."""
-    config = apply_overrides(ExperimentConfig(), TINY + list(overrides))
+    """The tiny configuration (helpers.TINY) with ``overrides``, its data and its adapted spec."""
+    config = tiny_config(*overrides)
     prepared = prepare_data(config)
     return config, prepared.data, prepared.adapted_spec()
 
@@ -245,7 +218,7 @@ def test_load_run_restores_the_towers_of_its_checkpoint(tmp_path):
 def test_load_run_refuses_a_checkpoint_of_other_towers(tmp_path, saved, loaded, problem):
     run_dir = tmp_path / "run"
     _write_run(run_dir, saved)
-    config = apply_overrides(ExperimentConfig(), TINY + loaded)
+    config = tiny_config(*loaded)
     save_config(config, run_dir / "config.json")  # the run now describes another structure
     with pytest.raises(RunError, match=problem) as error:
         load_run(run_dir)

@@ -6,34 +6,24 @@ import pytest
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
+from helpers import tiny_config, trainable
 from pipelines.checkpointing import fit_resumably
-from pipelines.sources import prepare_data
-from pipelines.train import build_model, fit_model
+from pipelines.train import fit_model
 from pipelines.validation import EarlyStopping
 from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides
 from tfrec_towers.towers import compute_embeddings
 
-SMALL = [
+CONFIG = tiny_config(
     "data.num_items=120", "data.num_users=60", "data.interactions_per_user=8", "data.max_history=4",
-    "data.validation=last", "features.embedding_dim=8", "model.query_tower.hidden_units=[16]",
-    "model.candidate_tower.hidden_units=[16]", "model.query_tower.output_dim=8", "model.candidate_tower.output_dim=8",
-    "model.history.encoder=pooling", "loss.mixed_negatives=8", "training.epochs=5", "training.batch_size=64",
-]
-CONFIG = apply_overrides(ExperimentConfig(), SMALL)
+    "data.validation=last", "model.history.encoder=pooling", "loss.mixed_negatives=8", "training.epochs=5",
+    "training.batch_size=64",
+)
 VALUES = [0.1, 0.5, 0.3, 0.2, 0.9]  # best at epoch 2; patience 2 stops after epoch 4, before the 0.9
 
 
 @pytest.fixture(scope="module")
 def small():
-    prepared = prepare_data(CONFIG)
-    data, spec = prepared.data, prepared.adapted_spec()
-    columns = {f.name: data.train[f.name] for f in spec.all_features}
-
-    def model():
-        tf.keras.utils.set_random_seed(CONFIG.training.seed)
-        return build_model(spec, CONFIG, data)
-
-    return model, columns, data
+    return trainable(CONFIG)
 
 
 def _towers(model):

@@ -3,8 +3,6 @@
 import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,20 +11,10 @@ import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow l
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from helpers import CANDIDATE_SPEC, K, MOVIE_IDS, catalogue, export_models, make_candidate_tower, make_query_tower, queries
 from tfrec_towers import export, verify, warmup
 from tfrec_towers.index import IndexConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_export import (  # noqa: E402
-    CANDIDATE_SPEC,
-    K,
-    MOVIE_IDS,
-    catalogue,
-    export_models,
-    make_candidate_tower,
-    make_query_tower,
-    queries,
-)
 
 EXPECTED_CHECKS = {
     "metadata and verification sample parse",
@@ -65,9 +53,10 @@ def failed(report):
     return {c["name"] for c in report["checks"] if not c["ok"]}
 
 
-@pytest.fixture(scope="module")
-def brute_force_export(tmp_path_factory):
-    return export_models(tmp_path_factory.mktemp("exports"))[0]
+@pytest.fixture
+def brute_force_export(toy_export):
+    """The shared brute-force export's version directory (read only: a test that changes it copies it)."""
+    return toy_export[0]
 
 
 def check_metrics(metrics, num_queries):
@@ -79,6 +68,7 @@ def check_metrics(metrics, num_queries):
     assert metrics["batched_qps"] > 0 and metrics["qps_batch_size"] > 0
 
 
+@pytest.mark.slow
 def test_good_brute_force_export_passes(brute_force_export):
     report = verify.verify_export(brute_force_export, raise_on_failure=True)
     assert report["ok"] and failed(report) == set()
@@ -89,6 +79,7 @@ def test_good_brute_force_export_passes(brute_force_export):
     assert report["metrics"]["recall_at_k"] == 1.0
 
 
+@pytest.mark.slow
 def test_recall_is_measured_against_the_recorded_exact_top_k(brute_force_export, tmp_path):
     """Replace the recorded exact neighbours of 3 of the 5 queries by ids outside the top-k: the
     served top-k (unchanged) now matches only 2 queries' exact lists, so recall@k = 2/5."""
@@ -105,6 +96,7 @@ def test_recall_is_measured_against_the_recorded_exact_top_k(brute_force_export,
     assert report["metrics"]["recall_at_k"] == pytest.approx(2 / 5)
 
 
+@pytest.mark.slow
 def test_scann_export_with_string_ids_passes(tmp_path):
     string_spec = dict(CANDIDATE_SPEC, movie_id=tf.TensorSpec([None], tf.string))
     path = export_models(
@@ -121,6 +113,7 @@ def test_scann_export_with_string_ids_passes(tmp_path):
     check_metrics(report["metrics"], num_queries=len(queries()["user_id"]))
 
 
+@pytest.mark.slow
 def test_tampered_export_fails_and_raises(brute_force_export, tmp_path):
     tampered = tmp_path / "1"
     shutil.copytree(brute_force_export, tampered)
@@ -141,6 +134,7 @@ def test_tampered_export_fails_and_raises(brute_force_export, tmp_path):
     assert "query_embedding reproduces the in-memory model: max |difference| = 0.5" in str(error.value)
 
 
+@pytest.mark.slow
 def test_version_without_its_metadata_reports_failure(brute_force_export, tmp_path):
     version = tmp_path / "1"
     shutil.copytree(brute_force_export, version)

@@ -1,7 +1,5 @@
 """Tests for tfrec_towers.warmup: TF Serving warm-up records, parsed back with the TF Serving protos."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +8,9 @@ import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow l
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from helpers import catalogue, queries
 from tfrec_towers import warmup
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_export import catalogue, export_models, queries  # noqa: E402
 
 
 def request_inputs(request):
@@ -42,8 +39,8 @@ def test_round_trip_one_request_per_signature(tmp_path):
     assert requests[1].inputs["genres"].dtype == tf.string.as_datatype_enum
 
 
-def test_export_writes_a_request_per_signature_with_real_rows(tmp_path):
-    path = export_models(tmp_path)[0]
+def test_export_writes_a_request_per_signature_with_real_rows(toy_export):
+    path = toy_export[0]
     requests = warmup.read_warmup_requests(path / "assets.extra" / warmup.WARMUP_FILENAME)
     by_signature = {r.model_spec.signature_name: request_inputs(r) for r in requests}
     assert len(requests) == 3 and {r.model_spec.name for r in requests} == {"movies"}
