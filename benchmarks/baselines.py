@@ -7,10 +7,11 @@ the mean of the history's movie-id embeddings; the candidate is a movie-id embed
 
 from __future__ import annotations
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
+
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 
 
 def _lookup(ids: np.ndarray) -> tf.keras.layers.Layer:

@@ -10,7 +10,7 @@ row groups of 131,072 rows) with the ``candidate_embedding`` signature of the sa
 
 * direct: ``pyarrow`` record batches of ``--batch-size`` rows → signature → ``ParquetWriter``, in one
   process, the model loaded beforehand (not timed);
-* Beam: :func:`pipelines.embed_job.run_embed_job` end to end (pipeline start-up, model load in
+* Beam: :func:`tfrec_pipelines.embed_job.run_embed_job` end to end (pipeline start-up, model load in
   ``DoFn.setup``, row validation, dead-letter and manifest included), DirectRunner with
   ``--direct_running_mode multi_threading --direct_num_workers 2`` (default): on 2 cores, two threads
   overlap reading/validation with the signature calls (TensorFlow releases the GIL) and share one
@@ -39,13 +39,13 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tfrec_towers  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
+import tfrec_towers  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from benchmarks.common import write_results  # noqa: E402
-from pipelines.embed_job import EmbedJobConfig, run_embed_job  # noqa: E402
-from pipelines.embed_output import PARQUET_WRITER_OPTIONS, manifest_files  # noqa: E402
+from tfrec_pipelines.embed_job import EmbedJobConfig, run_embed_job  # noqa: E402
+from tfrec_pipelines.embed_output import PARQUET_WRITER_OPTIONS, manifest_files  # noqa: E402
 from tfrec_towers.export import export_retrieval_model  # noqa: E402
 from tfrec_towers.index import IndexConfig  # noqa: E402
 

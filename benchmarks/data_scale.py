@@ -7,7 +7,7 @@ drawn uniformly) and ~N/100 items (at most 1M) with power-law (Zipf, exponent 1)
 an items table (``item_id``, a multi-valued ``tags`` list column, ``price``) and a users table
 (``user_id``, ``country``). A fresh subprocess per size then runs the path of
 ``tfrec-towers train --interactions ... --items ... --users ...``:
-``pipelines.sources.prepare_data`` with ``data.dataset: interactions``,
+``tfrec_pipelines.sources.prepare_data`` with ``data.dataset: interactions``,
 ``PreparedData.adapted_spec()`` and the input pipeline ``fit_model`` trains on, timing each
 stage and its peak resident memory:
 
@@ -17,7 +17,7 @@ Stages: *import* (the package and TensorFlow), *read tables* (the three tables i
 *split* (validation and the leave-last-out split), *features* (inferred declarations, the
 feature spec, the renamed columns: the rest of ``prepare_data``), *adapt* (vocabularies and
 statistics) and *training input* (``fit_model``'s ``tf.data`` pipeline of the default
-configuration, ``pipelines.checkpointing.training_batches`` of ``pipelines.train.training_columns``,
+configuration, ``tfrec_pipelines.checkpointing.training_batches`` of ``tfrec_pipelines.train.training_columns``,
 and its first batch taken: training can start).
 
 A stage's peak is the process's resident high-water mark (``VmHWM``) reset at the
@@ -170,7 +170,7 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
     batch of the training input, stage by stage.
 
     The stages are told apart by wrapping the table source and the split that
-    ``pipelines.sources.prepare_data`` calls; the data path itself is unchanged.
+    ``tfrec_pipelines.sources.prepare_data`` calls; the data path itself is unchanged.
 
     Args:
       directory: the tables of :func:`generate_tables`.
@@ -182,11 +182,12 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
     """
     clock = StageClock(progress)
     clock.begin("import")
-    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
     import tensorflow  # noqa: F401
-    from pipelines import sources
-    from pipelines.checkpointing import training_batches
-    from pipelines.train import training_columns
+
+    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+    from tfrec_pipelines import sources
+    from tfrec_pipelines.checkpointing import training_batches
+    from tfrec_pipelines.train import training_columns
     from tfrec_towers.config import ExperimentConfig, apply_overrides
 
     config = apply_overrides(ExperimentConfig(), [

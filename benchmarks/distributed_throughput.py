@@ -23,16 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
-import tensorflow as tf  # noqa: E402
 
 _CPU = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from benchmarks.common import write_results  # noqa: E402
-from pipelines.sources import prepare_data  # noqa: E402
-from pipelines.train import build_model, fit_model  # noqa: E402
+from tfrec_pipelines.sources import prepare_data  # noqa: E402
+from tfrec_pipelines.train import build_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides  # noqa: E402
 
 LOSSES = {

@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
+import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 from benchmarks.baselines import plain_tfrs_model  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
-from pipelines.sources import prepare_data  # noqa: E402
-from pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
+from tfrec_pipelines.sources import prepare_data  # noqa: E402
+from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
 
 PLAIN = "plain TFRS recipe"

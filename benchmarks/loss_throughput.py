@@ -23,13 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
+import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 from benchmarks.common import write_results  # noqa: E402
-from pipelines.sources import prepare_data  # noqa: E402
-from pipelines.train import build_model, fit_model  # noqa: E402
+from tfrec_pipelines.sources import prepare_data  # noqa: E402
+from tfrec_pipelines.train import build_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides  # noqa: E402
 
 BASELINE = "in-batch softmax"

@@ -20,7 +20,7 @@ batch of sequences, whose targets are the next items ``y_l``:
 - ``full_softmax``: cross-entropy over the whole catalogue, ``s_li = h_l · E[i]`` (SASRec's "CE" variant,
   Klenitskiy & Vasilev, RecSys 2023).
 
-Trained with Adam(lr, β₂ = 0.98) on the sequence examples ``pipelines.sequences`` builds (the same
+Trained with Adam(lr, β₂ = 0.98) on the sequence examples ``tfrec_pipelines.sequences`` builds (the same
 training targets as the library's every-position training).
 """
 
@@ -32,8 +32,8 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from pipelines.data import RetrievalData
-from pipelines.sequences import sequence_examples
+from tfrec_pipelines.data import RetrievalData
+from tfrec_pipelines.sequences import sequence_examples
 from tfrec_towers.evaluation import metrics_from_ranks, target_ranks
 
 LOSSES = ("in_batch_logq", "full_softmax")

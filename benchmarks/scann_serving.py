@@ -41,9 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
+import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 from benchmarks.common import write_results  # noqa: E402
 from tfrec_towers.export import METADATA_FILENAME, export_retrieval_model  # noqa: E402
 from tfrec_towers.index import IndexConfig, exact_top_k, recall_at_k  # noqa: E402
@@ -79,7 +79,7 @@ SERVE_SCRIPT = """
     qps = worker.measure_batched_qps(run, batches[: -(-int(qps_queries) // batch_size)])
     singles = [tf.constant(queries[i : i + 1]) for i in range(len(queries))]
     latency = worker.measure_latency_ms(run, singles, int(num_requests))
-    modules = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("tfrec_towers", "pipelines", "keras", "tf_keras")})
+    modules = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("tfrec_towers", "tfrec_pipelines", "keras", "tf_keras")})
     print(json.dumps({"load_seconds": load_seconds, "batched_qps": qps, "latency_ms": latency, "other_modules": modules}))
 """
 

@@ -21,23 +21,23 @@ Writes ``benchmarks/results/sequential.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import functools
 import dataclasses
+import functools
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
+import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 from benchmarks.ablation import PLAIN, run_row  # noqa: E402
 from benchmarks.common import summarise, write_results  # noqa: E402
 from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402
-from pipelines.sources import prepare_data, spec_for  # noqa: E402
-from pipelines.sequences import num_targets, sequence_examples  # noqa: E402
-from pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
+from tfrec_pipelines.sequences import num_targets, sequence_examples  # noqa: E402
+from tfrec_pipelines.sources import prepare_data, spec_for  # noqa: E402
+from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
 from tfrec_towers.features import adapt  # noqa: E402
 

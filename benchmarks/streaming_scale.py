@@ -10,7 +10,7 @@ users drawn uniformly, ``--items`` items with Zipf popularity), and so is the nu
 the stream reads at once (1M rows a shard, at least 8 shards).
 
 A fresh subprocess per size then runs, stage by stage, what a user with a large log runs
-(``pipelines.streaming``):
+(``tfrec_pipelines.streaming``):
 
     python benchmarks/streaming_scale.py --rows 1000000 20000000 50000000
 
@@ -56,11 +56,11 @@ def generate_shards(directory: Path, rows: int, rows_per_shard: int, users: int,
     Returns:
       ``interactions``, ``shards`` and ``history_items`` (the ids in all history lists).
     """
-    from pipelines.streaming import MAX_INTERLEAVED_SHARDS
-
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
+    from tfrec_pipelines.streaming import MAX_INTERLEAVED_SHARDS
 
     rng = np.random.default_rng(seed)
     user_names = pa.array([f"u{k}" for k in range(users)], pa.string())
@@ -102,10 +102,11 @@ def stream_in_this_process(directory: Path, history: int, batch_size: int, progr
     """Statistics, spec and one pass of the input pipeline over the shards in ``directory``."""
     clock = StageClock(progress)
     clock.begin("import")
-    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
     import tensorflow  # noqa: F401
-    from pipelines.declarations import Declarations
-    from pipelines.streaming import adapted_spec, stream_examples, stream_statistics
+
+    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+    from tfrec_pipelines.declarations import Declarations
+    from tfrec_pipelines.streaming import adapted_spec, stream_examples, stream_statistics
     from tfrec_towers.data_config import FeatureDeclaration
 
     declarations = Declarations(
@@ -119,7 +120,7 @@ def stream_in_this_process(directory: Path, history: int, batch_size: int, progr
     spec = adapted_spec(declarations, statistics)
     clock.begin("input pipeline")
     batches = examples = 0
-    for features, weights in stream_examples(directory, columns=columns, weight_column="quantity",
+    for _features, weights in stream_examples(directory, columns=columns, weight_column="quantity",
                                              max_history=history, batch_size=batch_size):
         batches += 1
         examples += int(weights.shape[0])

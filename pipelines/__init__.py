@@ -2,7 +2,7 @@
 
 The data and jobs API, each name imported on first use::
 
-    import pipelines as tp
+    import tfrec_pipelines as tp
     from tfrec_towers.config import ExperimentConfig, apply_overrides
 
     config = apply_overrides(ExperimentConfig(), ["data.dataset=interactions", "data.interactions.path=logs.csv"])
@@ -13,7 +13,7 @@ The data and jobs API, each name imported on first use::
 
 Groups: data preparation (``prepare_data``, ``read_table``, ``read_interaction_tables``,
 ``load_movielens``, ``make_synthetic``), the run functions (``train_run``, ``evaluate_run``,
-``export_run``, ``tune_run``, ``load_run``; ``train_run`` is :func:`pipelines.train.train`, named
+``export_run``, ``tune_run``, ``load_run``; ``train_run`` is :func:`tfrec_pipelines.train.train`, named
 apart from its module) and the step-by-step ones a notebook calls
 (``build_model``, ``fit_model``, ``evaluate_model``, ``export_model``), streaming beyond memory
 (``stream_statistics``, ``adapted_spec``, ``stream_examples``: docs/streaming.md) and the Beam batch

@@ -7,7 +7,7 @@ bank, frequency estimator, mixed-negative draw counter), the optimizer (slots, i
 and a :class:`TrainingProgress` (the global step, the history of the finished epochs).
 
 The data position is the global step: epoch ``e`` visits the examples in an order that depends
-only on ``(seed, e)`` (:func:`pipelines.dataset.epoch_batches`), so step ``s`` is batch ``s mod S``
+only on ``(seed, e)`` (:func:`tfrec_pipelines.dataset.epoch_batches`), so step ``s`` is batch ``s mod S``
 of epoch ``⌊s / S⌋`` (``S`` steps per epoch) and a resumed run trains on exactly the batches the
 uninterrupted run would have. Rerunning the same command after a crash or ``kill -9`` resumes
 from the latest checkpoint (or, if that one cannot be read, from the newest one that can, with a
@@ -17,7 +17,7 @@ warning naming the one skipped); a different configuration is refused, naming th
 ``training.checkpoint_every_steps`` steps, every ``training.checkpoint_every_seconds`` seconds and
 at every epoch end), stops at a non-finite loss without saving it, and on SIGINT finishes the
 batch, saves and stops; :func:`fit_resumably` runs ``model.fit`` with it. With early stopping
-(:class:`~pipelines.validation.EarlyStopping`) it also stops when the validation metric of the
+(:class:`~tfrec_pipelines.validation.EarlyStopping`) it also stops when the validation metric of the
 history has stopped improving, keeps the best epoch's model in ``checkpoints/best/`` and ends
 training with it; a resumed run re-derives the decision from the checkpoint's history.
 """
@@ -44,9 +44,9 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
-from pipelines.data import DataError, HistoryWindows, TrainingExamples, num_rows
-from pipelines.dataset import epoch_batches, steps_per_epoch
-from pipelines.validation import EarlyStopping
+from tfrec_pipelines.data import DataError, HistoryWindows, TrainingExamples, num_rows
+from tfrec_pipelines.dataset import epoch_batches, steps_per_epoch
+from tfrec_pipelines.validation import EarlyStopping
 from tfrec_towers.atomic_file import write_text_atomically
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, config_to_dict
 from tfrec_towers.export import placeholder_features
@@ -486,7 +486,7 @@ def fit_resumably(
 
     Args:
       model: the compiled model.
-      features: the training examples (a feature dictionary or :class:`~pipelines.data.TrainingExamples`).
+      features: the training examples (a feature dictionary or :class:`~tfrec_pipelines.data.TrainingExamples`).
       training: epochs, batch size, seed and the checkpoint schedule; under ``multi_worker``
         time-based saves are off (workers must save at the same steps).
       checkpoints: the checkpoint directory (``None``: no checkpoints, no Ctrl-C handling).
@@ -549,15 +549,15 @@ def fit_resumably(
 def training_batches(
     features: Mapping[str, np.ndarray], batch_size: int, *, seed: int, epochs: int, start_step: int = 0
 ) -> tf.data.Dataset:
-    """The batches training reads: :func:`~pipelines.dataset.epoch_batches` of ``features``.
+    """The batches training reads: :func:`~tfrec_pipelines.dataset.epoch_batches` of ``features``.
 
-    :class:`~pipelines.data.TrainingExamples` are not built whole: their per-example indexes are
+    :class:`~tfrec_pipelines.data.TrainingExamples` are not built whole: their per-example indexes are
     batched (the same rows in the same order), then each batch's columns are looked up in the
     tables they read (``tf.gather``), so a batch holds exactly the tensors ``epoch_batches`` of
     the built columns would give, and the pipeline holds the tables and the indexes (a few bytes
     an example) rather than a copy of every column.
 
-    Args, Returns and Raises: those of :func:`~pipelines.dataset.epoch_batches`.
+    Args, Returns and Raises: those of :func:`~tfrec_pipelines.dataset.epoch_batches`.
     """
     if not isinstance(features, TrainingExamples):
         return epoch_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step)

@@ -218,7 +218,7 @@ class TrainingExamples(Mapping[str, np.ndarray]):
     the column, every time it is read (nothing is cached): the arrays, dtypes and shapes of a
     plain feature dictionary. :meth:`take` and :meth:`select` give other examples still unbuilt,
     and a ``tf.data`` pipeline can batch the indexes and look the columns up per batch
-    (:func:`pipelines.checkpointing.training_batches`).
+    (:func:`tfrec_pipelines.checkpointing.training_batches`).
 
     Args:
       indexes: the per-example indexes, ``[N]`` each.

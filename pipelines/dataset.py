@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from pipelines.data import DataError, num_rows
+from tfrec_pipelines.data import DataError, num_rows
 
 MAX_SHUFFLE_BUFFER = 1_000_000
 
@@ -30,7 +30,7 @@ def training_dataset(
     """Batches of training examples, reshuffled every epoch.
 
     Args:
-      features: the feature dictionary (see :mod:`pipelines.data`).
+      features: the feature dictionary (see :mod:`tfrec_pipelines.data`).
       batch_size: examples per batch.
       shuffle: shuffle with a buffer of ``min(rows, MAX_SHUFFLE_BUFFER)`` examples (a
         full shuffle up to that size), reshuffled each iteration.
@@ -89,7 +89,7 @@ def epoch_batches(
     that epoch's order instead of reading the skipped batches.
 
     Args:
-      features: the feature dictionary (see :mod:`pipelines.data`).
+      features: the feature dictionary (see :mod:`tfrec_pipelines.data`).
       batch_size: examples per batch.
       seed: the order's seed.
       epochs: the epochs of the whole run.

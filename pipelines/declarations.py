@@ -37,7 +37,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from pipelines.data import DataError, RetrievalData
+from tfrec_pipelines.data import DataError, RetrievalData
 from tfrec_towers.data_config import FeatureDeclaration
 from tfrec_towers.features import (
     BucketizedFeature,

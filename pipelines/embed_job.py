@@ -13,17 +13,17 @@ its declared separator. Rows that cannot be embedded (a missing value, a value t
 exactly, an unparsable record, a non-finite embedding) and files that cannot be read, wherever they
 come in the inputs, go to the dead letter with the reason (file, row, column, what was expected); they
 never fail the job, unless no input file can be read at all. What each input accepts:
-:mod:`pipelines.embed_sources`. The counters ``rows_read``, ``rows_embedded``, ``rows_rejected`` and
+:mod:`tfrec_pipelines.embed_sources`. The counters ``rows_read``, ``rows_embedded``, ``rows_rejected`` and
 ``files_rejected`` (namespace ``tfrec_towers.embed_job``) are reported and stored in the output's
 manifest; ``rows_read = rows_embedded + rows_rejected``. Output layout, atomicity and resumption:
-:mod:`pipelines.embed_output`. The follow-up step that indexes the embeddings:
-:mod:`pipelines.index_from_embeddings`.
+:mod:`tfrec_pipelines.embed_output`. The follow-up step that indexes the embeddings:
+:mod:`tfrec_pipelines.index_from_embeddings`.
 
 DirectRunner by default; every argument this job does not define is a Beam pipeline option and is
 passed on unchanged (``--runner DataflowRunner --project ... --region ...``, ``--direct_num_workers``,
 Flink/Spark flags)::
 
-    python -m pipelines.embed_job --model exports/movies/1 --input 'corpus/part-*.parquet' \\
+    python -m tfrec_pipelines.embed_job --model exports/movies/1 --input 'corpus/part-*.parquet' \\
         --output embeddings/movies --format parquet --format npy
 """
 
@@ -52,10 +52,10 @@ try:
 except ModuleNotFoundError as e:
     raise missing_extra("beam", "The batch embedding job", e) from e
 
-from pipelines import embed_output, embed_sources
-from pipelines.embed_output import EMBEDDING_DTYPES, OUTPUT_FORMATS, EmbeddedChunk, OutputSpec
-from pipelines.embed_sources import DEAD_LETTER, FORMATS, METRICS_NAMESPACE, RowChunk
-from tfrec_towers.candidate_table import column_types as reader_column_types
+from tfrec_pipelines import embed_output, embed_sources
+from tfrec_pipelines.candidate_table import column_types as reader_column_types
+from tfrec_pipelines.embed_output import EMBEDDING_DTYPES, OUTPUT_FORMATS, EmbeddedChunk, OutputSpec
+from tfrec_pipelines.embed_sources import DEAD_LETTER, FORMATS, METRICS_NAMESPACE, RowChunk
 from tfrec_towers.features import SequenceFeature, feature_from_dict
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class EmbedJobConfig:
     Attributes:
       model_dir: a SavedModel version directory of a tfrec-towers export (``<base>/<name>/<version>``).
       inputs: files or glob patterns of feature rows (local or any Beam file system).
-      output: the output directory (see :mod:`pipelines.embed_output`).
+      output: the output directory (see :mod:`tfrec_pipelines.embed_output`).
       signature: ``"candidate_embedding"`` or ``"query_embedding"``.
       input_format: ``"parquet"``, ``"csv"`` or ``"tfrecord"``; None = from each file's suffix.
       id_column: the column written beside each embedding; None = the export's candidate id
@@ -385,7 +385,7 @@ def run_embed_job(config: EmbedJobConfig, pipeline_options: Optional[PipelineOpt
 
     Raises:
       FileNotFoundError: an input pattern matches no file.
-      pipelines.data.DataError: the first readable input file lacks the id column or a signature
+      tfrec_pipelines.data.DataError: the first readable input file lacks the id column or a signature
         input, or no input file can be read (the message names each file and why).
       ValueError: a bad signature, an input suffix naming no format (without ``input_format``), or an
         existing output of another embedding dimension or dtype.
@@ -418,13 +418,13 @@ def run_embed_job(config: EmbedJobConfig, pipeline_options: Optional[PipelineOpt
     return EmbedJobResult(config.output, run, tuple(names), counters)
 
 
-def _parser(prog: str = "python -m pipelines.embed_job") -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m tfrec_pipelines.embed_job") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Embed feature rows with a tfrec-towers SavedModel on Apache Beam and write id, embedding "
         "shards. Arguments not listed here are Beam pipeline options, passed on unchanged "
         "(default runner: DirectRunner).",
-        epilog="example:\n  python -m pipelines.embed_job --model exports/movies/1 --input 'corpus/*.parquet' "
+        epilog="example:\n  python -m tfrec_pipelines.embed_job --model exports/movies/1 --input 'corpus/*.parquet' "
         "--output embeddings/movies --format parquet --format npy\n"
         "  (DirectRunner defaults added unless given: " + " ".join(DIRECT_RUNNER_DEFAULTS) + ")\n"
         "  (on Dataflow add: --runner DataflowRunner --project P --region R --temp_location gs://B/tmp)",
@@ -445,7 +445,7 @@ def _parser(prog: str = "python -m pipelines.embed_job") -> argparse.ArgumentPar
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipelines.embed_job") -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m tfrec_pipelines.embed_job") -> int:
     """CLI: parses the job's arguments, passes the rest to Beam's ``PipelineOptions`` and runs the job.
 
     Beam options are passed on unchanged; :data:`DIRECT_RUNNER_DEFAULTS` are added when absent.

@@ -3,7 +3,7 @@
 The job reads *read units*: a Parquet row group, or a whole CSV or TFRecord file (shard big corpora
 into many files). :class:`ListReadUnits` opens each file once to list its units; :class:`ReadRowChunks`
 reads a unit in chunks of at most ``chunk_rows`` rows and checks every value against the reader
-column type of the signature input it feeds (:func:`tfrec_towers.candidate_table.column_types`), or
+column type of the signature input it feeds (:func:`tfrec_pipelines.candidate_table.column_types`), or
 of the id column. Valid rows leave as :class:`RowChunk`; every row or record that cannot be embedded,
 and every file that cannot be read, leaves on the ``dead_letter`` output as a :func:`dead_letter`
 dictionary (source file, row, the row or record, the reason), so nothing is dropped silently and no
@@ -31,7 +31,7 @@ A string is never read as a number, a number never as a string, and a boolean as
 features must hold the matching kind (``int64_list``, ``float_list``, ``bytes_list``) and one value,
 except ``int64_list`` inputs (any number; an absent feature is ``[]``) and separator-declared string
 features (several values are joined as above, none is ``""``). CSV cells are text, read with the
-rules of :mod:`pipelines.readers`: an integer literal for ``int64``, a number for ``float32`` (finite
+rules of :mod:`tfrec_pipelines.readers`: an integer literal for ``int64``, a number for ``float32`` (finite
 as a float32), ``"3|17"`` for ``int64_list`` (an empty field is no items), any text for ``string``
 (an empty field is ``""``); an empty field is no value for ``int64`` and ``float32``. The id column,
 when it is not a signature input, follows the same rules for its id dtype, and is written with that
@@ -70,9 +70,9 @@ try:
 except ModuleNotFoundError as e:
     raise missing_extra("beam", "The batch embedding job's readers", e) from e
 
-from pipelines.data import ColumnType, DataError
-from pipelines.readers import FILE_FORMATS as FORMATS
-from pipelines.readers import SUFFIX_FORMATS, convert_columns, left_pad
+from tfrec_pipelines.data import ColumnType, DataError
+from tfrec_pipelines.readers import FILE_FORMATS as FORMATS
+from tfrec_pipelines.readers import SUFFIX_FORMATS, convert_columns, left_pad
 
 METRICS_NAMESPACE = "tfrec_towers.embed_job"
 DEAD_LETTER = "dead_letter"
@@ -604,7 +604,7 @@ class ReadRowChunks(beam.DoFn):
         yield self._chunk(unit, columns, rows[good])
 
     def _convert_text(self, unit: ReadUnit, frame: pd.DataFrame, rows: np.ndarray) -> Dict[str, np.ndarray]:
-        """:func:`pipelines.readers.convert_columns`, and finite ``float32`` values.
+        """:func:`tfrec_pipelines.readers.convert_columns`, and finite ``float32`` values.
 
         Raises:
           DataError: naming the file, the column and the line of a value that does not convert.

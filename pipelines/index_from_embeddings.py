@@ -1,6 +1,6 @@
 """Follow-up to the batch embedding job: index its ``id, embedding`` output and export it for TF Serving.
 
-:func:`build_index_export` reads the embeddings an :mod:`pipelines.embed_job` run wrote (Parquet,
+:func:`build_index_export` reads the embeddings an :mod:`tfrec_pipelines.embed_job` run wrote (Parquet,
 ``.npy`` or TFRecord shards listed in the output's manifest), builds the retrieval index over them
 with :func:`tfrec_towers.index.build_index`, and writes a new SavedModel version whose towers are
 those of an existing export (its ``query_embedding`` and ``candidate_embedding`` signatures), so
@@ -30,9 +30,9 @@ try:
 except ModuleNotFoundError as e:
     raise missing_extra("beam", "Indexing an embedding job's output", e) from e
 
-from pipelines import embed_output
+from tfrec_pipelines import embed_output
+from tfrec_pipelines.candidate_table import read_candidate_table
 from tfrec_towers import export
-from tfrec_towers.candidate_table import read_candidate_table
 from tfrec_towers.index import INDEX_KINDS, IndexConfig, build_index
 
 
@@ -122,7 +122,7 @@ def build_index_export(
     """Indexes an embedding output and exports it with the towers of ``source_export``.
 
     Args:
-      embeddings_dir: the output directory of :func:`pipelines.embed_job.run_embed_job`
+      embeddings_dir: the output directory of :func:`tfrec_pipelines.embed_job.run_embed_job`
         (``candidate_embedding`` rows of the same towers).
       source_export: a version directory written by :func:`tfrec_towers.export.export_retrieval_model`.
       export_base: where ``<model_name>/<version>/`` is written (atomically).
@@ -197,8 +197,8 @@ def build_index_export(
     )
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipelines.index_from_embeddings") -> int:
-    """CLI: ``python -m pipelines.index_from_embeddings --embeddings DIR --towers VERSION_DIR --export-base DIR``."""
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m tfrec_pipelines.index_from_embeddings") -> int:
+    """CLI: ``python -m tfrec_pipelines.index_from_embeddings --embeddings DIR --towers VERSION_DIR --export-base DIR``."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Index an embedding job's output and export it for TF Serving.",
@@ -206,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pipelines.
         "--export-base exports --model-name movies_full --index scann --candidate-features 'corpus/*.parquet'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--embeddings", required=True, help="output directory of pipelines.embed_job")
+    parser.add_argument("--embeddings", required=True, help="output directory of tfrec_pipelines.embed_job")
     parser.add_argument("--towers", required=True, help="export version directory whose towers made the embeddings")
     parser.add_argument("--export-base", required=True)
     parser.add_argument("--model-name", required=True)

@@ -3,11 +3,11 @@
 The generic data path: every source, the user's files, a MovieLens release or the synthetic
 generator, ends as :class:`InteractionTables` (pandas tables with named id columns), which
 :func:`interaction_data` validates and splits (by the leave-last-out protocol of docs/contracts.md
-unless configured otherwise, :mod:`pipelines.splits`) into a :class:`~pipelines.data.RetrievalData`.
+unless configured otherwise, :mod:`tfrec_pipelines.splits`) into a :class:`~tfrec_pipelines.data.RetrievalData`.
 
 Columns keep their own types: integer or string ids stay what they are in the histories, the
 catalogue, the training examples and the exported model. Attribute columns become feature
-columns of one :data:`~pipelines.data.ColumnType` each: integers (and booleans) ``int64``, other
+columns of one :data:`~tfrec_pipelines.data.ColumnType` each: integers (and booleans) ``int64``, other
 numbers ``float32``, text ``string`` (nulls ``""``), and list columns the values joined by
 ``|`` (a multi-valued feature, ``"Action|Comedy"``).
 """
@@ -21,7 +21,7 @@ from typing import Dict, Literal, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pipelines.data import (
+from tfrec_pipelines.data import (
     CodedIds,
     ColumnType,
     DataError,
@@ -31,8 +31,8 @@ from pipelines.data import (
     RetrievalData,
     split_interactions,
 )
-from pipelines.splits import TestTable, time_cut, validation_rule
-from pipelines.tables import read_table
+from tfrec_pipelines.splits import TestTable, time_cut, validation_rule
+from tfrec_pipelines.tables import read_table
 from tfrec_towers.data_config import InteractionsConfig, RowFilter, SplitConfig, TableConfig
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def interaction_data(
     Every interaction is an implicit positive; each user's interactions are ordered by
     (timestamp, item id) — file order without a timestamp. ``split`` says which are evaluated:
     by default each user's last one (leave-last-out), or those from a global time cut on, or the
-    test table's (:mod:`pipelines.splits`); ``validation`` holds some training interactions out
+    test table's (:mod:`tfrec_pipelines.splits`); ``validation`` holds some training interactions out
     to validate on. The catalogue is the items table (every item, interacted or not) or, without
     one, the items of the interactions (and of the test table).
 
@@ -310,7 +310,7 @@ def interaction_data(
 
 
 def _id_column(values: pd.Series, column: str, source: str) -> CodedIds:
-    """An id column coded (:class:`~pipelines.data.CodedIds`: each distinct id made once, not once a
+    """An id column coded (:class:`~tfrec_pipelines.data.CodedIds`: each distinct id made once, not once a
     row) with ``int64`` or ``object`` (str) values; nulls, fractions, mixed types and ``""`` are
     errors naming the first row that holds one."""
     if values.isna().any():

@@ -17,7 +17,7 @@ ml-20m      ``ratings.csv``, ``movies.csv`` (with header;    none
 
 The files marked latin-1 are read as Latin-1, as GroupLens writes them; every other
 file as UTF-8 (the releases' ratings and users files are ASCII), and a byte that is not
-UTF-8 is a :class:`~pipelines.data.DataError` naming the file and the line. A
+UTF-8 is a :class:`~tfrec_pipelines.data.DataError` naming the file and the line. A
 directory must hold one release: the files of two layouts (say ``u.data`` and
 ``ratings.csv``) are an error, not a choice. The ml-1m files include those of ml-10m,
 so an ml-1m directory is one release.
@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-
 import pandas as pd
 
-from pipelines.data import ColumnType, DataError, FeatureDict, RetrievalData
-from pipelines.interactions import InteractionTables, interaction_data
-from pipelines.readers import read_delimited
+from tfrec_pipelines.data import ColumnType, DataError, FeatureDict, RetrievalData
+from tfrec_pipelines.interactions import InteractionTables, interaction_data
+from tfrec_pipelines.readers import read_delimited
 from tfrec_towers.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def load_movielens(data_dir: str | Path, max_history: int = 50) -> RetrievalData
     duplicate rating (same user, movie and timestamp as an earlier one, whatever the
     score) is a logging artefact: it is dropped, keeping the first, counted in
     ``summary["duplicate_interactions"]`` and logged (see
-    :func:`~pipelines.data.leave_last_out`). So ``interactions`` = ``interactions_read``
+    :func:`~tfrec_pipelines.data.leave_last_out`). So ``interactions`` = ``interactions_read``
     minus the three counts of dropped ratings.
 
     Args:

@@ -2,8 +2,8 @@
 
 The "bring your own data" path: each reader takes the expected :data:`ColumnType` of
 every column it should return, validates the file against it, and returns a
-:data:`~pipelines.data.FeatureDict` (see :mod:`pipelines.data`). Errors are
-:class:`~pipelines.data.DataError` naming the file, the column, the expected type and,
+:data:`~tfrec_pipelines.data.FeatureDict` (see :mod:`tfrec_pipelines.data`). Errors are
+:class:`~tfrec_pipelines.data.DataError` naming the file, the column, the expected type and,
 for a bad value, the first bad line, row or record.
 
 Integers that do not fit in ``int64`` are errors naming their line or row, never
@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow.dataset as pa_dataset
 import tensorflow as tf
 
-from pipelines.data import ColumnType, DataError, FeatureDict, num_rows
+from tfrec_pipelines.data import ColumnType, DataError, FeatureDict, num_rows
 
 LIST_SEPARATOR = "|"
 

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence, Tuple
 
 import numpy as np
 
-from pipelines.data import DataError, FeatureDict, TrainingExamples, num_rows
+from tfrec_pipelines.data import DataError, FeatureDict, TrainingExamples, num_rows
 
 
 def sequence_examples(
@@ -35,7 +35,7 @@ def sequence_examples(
     max_length: int,
     history: str = "history",
 ) -> FeatureDict:
-    """Every-position sequence examples from per-prefix rows (:func:`pipelines.data.leave_last_out`).
+    """Every-position sequence examples from per-prefix rows (:func:`tfrec_pipelines.data.leave_last_out`).
 
     The rows must hold each user's examples consecutively and in time order, as the leave-last-out
     split writes them: a user's first row has an all-padding history, and every other row's most
@@ -103,7 +103,7 @@ def sequence_examples(
 
 def _history_ends(train: Mapping[str, np.ndarray], history: str) -> Tuple[np.ndarray, np.ndarray]:
     """``(empty, most recent)``: ``bool [N]`` whether each row's history is all padding, and ``[N]``
-    its most recent item; of :class:`~pipelines.data.TrainingExamples` windows without building the
+    its most recent item; of :class:`~tfrec_pipelines.data.TrainingExamples` windows without building the
     ``[N, L]`` matrix (a window is left-padded: it is empty when its most recent slot is padding)."""
     windows = train.history_windows(history) if isinstance(train, TrainingExamples) else None
     if windows is not None:

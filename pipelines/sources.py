@@ -2,12 +2,12 @@
 
 One path for every data set. A *source* reads tables — the user's own files
 (``data.dataset: interactions``), a MovieLens release directory or the synthetic generator — into
-:class:`~pipelines.interactions.InteractionTables`; everything after is the same:
-:func:`~pipelines.interactions.interaction_data` validates and splits them (``data.split``,
+:class:`~tfrec_pipelines.interactions.InteractionTables`; everything after is the same:
+:func:`~tfrec_pipelines.interactions.interaction_data` validates and splits them (``data.split``,
 ``data.validation``), the features are the
 configured declarations, else the source's preset (``pipelines/presets/<dataset>.yaml``), else
-inferred from the attribute tables (:mod:`pipelines.declarations`), and
-:func:`~pipelines.declarations.feature_spec` turns them into the towers' spec.
+inferred from the attribute tables (:mod:`tfrec_pipelines.declarations`), and
+:func:`~tfrec_pipelines.declarations.feature_spec` turns them into the towers' spec.
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from typing import Callable, Dict, Optional
 
 import yaml
 
-from pipelines.data import RetrievalData
-from pipelines.declarations import (
+from tfrec_pipelines.data import RetrievalData
+from tfrec_pipelines.declarations import (
     Declarations,
     declarations_from_config,
     feature_spec,
     infer_declarations,
     rename_columns,
 )
-from pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
-from pipelines.movielens import movielens_tables
-from pipelines.synthetic import synthetic_tables
+from tfrec_pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
+from tfrec_pipelines.movielens import movielens_tables
+from tfrec_pipelines.synthetic import synthetic_tables
 from tfrec_towers.config import ExperimentConfig, FeaturesConfig, config_from_dict
 from tfrec_towers.features import FeatureSpec, SequenceFeature, adapt
 
@@ -57,7 +57,7 @@ class PreparedData:
         """The spec with vocabularies and statistics learnt from the training data and the catalogue.
 
         The training examples are counted without building their ``[N, L]`` histories or a text
-        per example (:meth:`~pipelines.data.TrainingExamples.counted`): the same vocabularies.
+        per example (:meth:`~tfrec_pipelines.data.TrainingExamples.counted`): the same vocabularies.
         """
         separators = {f.name: f.separator for f in self.spec.all_features
                       if isinstance(f, SequenceFeature) and not f.is_matrix}

@@ -1,13 +1,13 @@
 """The split rules beyond leave-last-out: a global time cut, a given test table, validation hold-outs.
 
-Each rule is a :class:`~pipelines.data.HoldOut`: it picks the interactions held out of training,
-and :func:`~pipelines.data.split_interactions` evaluates each one whose user keeps a training
+Each rule is a :class:`~tfrec_pipelines.data.HoldOut`: it picks the interactions held out of training,
+and :func:`~tfrec_pipelines.data.split_interactions` evaluates each one whose user keeps a training
 interaction, with the history (and seen items) before the user's first held-out interaction.
 
 =====================  ============================================================================
 ``data.split.kind``    held out
 =====================  ============================================================================
-``leave_last_out``     each user's last interaction (:class:`~pipelines.data.LastInteraction`)
+``leave_last_out``     each user's last interaction (:class:`~tfrec_pipelines.data.LastInteraction`)
 ``time``               every interaction at or after the global cut (:class:`TimeCut`)
 ``given``              the interactions of the ``data.test`` table (:class:`TestTable`)
 =====================  ============================================================================
@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from pipelines.data import DataError, HoldOut, LastInteraction, Timeline
+from tfrec_pipelines.data import DataError, HoldOut, LastInteraction, Timeline
 from tfrec_towers.data_config import SplitConfig
 
 
@@ -39,7 +39,7 @@ class TimeCut:
       cut: the first held-out timestamp, in the split's ``int64`` timestamps.
       described: the cut as the user gave it, for messages.
       key: the configuration key of the cut, for messages.
-      unevaluated_key: see :class:`~pipelines.data.HoldOut`.
+      unevaluated_key: see :class:`~tfrec_pipelines.data.HoldOut`.
     """
 
     cut: int

@@ -1,6 +1,6 @@
 """Interactions beyond memory: Parquet or TFRecord shards streamed through ``tf.data``.
 
-The in-memory path (:mod:`pipelines.interactions`) reads a whole log into pandas and derives the
+The in-memory path (:mod:`tfrec_pipelines.interactions`) reads a whole log into pandas and derives the
 histories itself. Here a log of any length is read in chunks of :data:`CHUNK_ROWS` rows inside the
 input pipeline; memory depends on the chunk, the shuffle buffer and the number of distinct values,
 not on the number of rows:
@@ -9,7 +9,7 @@ not on the number of rows:
              → tf.io.parse_example) ─► row filter ─► features ─► [unbatch → shuffle] ─► batch
 
 Each feature is a :class:`~tfrec_towers.data_config.FeatureDeclaration` (the same ones as the
-in-memory path) and comes out in the layout of :mod:`pipelines.data`, under the feature's name:
+in-memory path) and comes out in the layout of :mod:`tfrec_pipelines.data`, under the feature's name:
 
 ==================================  =========================================================
 declared kind                       column → batch tensor
@@ -28,7 +28,7 @@ numeric moments and the row count, validating every row; :func:`adapted_spec` tu
 adapted :class:`~tfrec_towers.features.FeatureSpec` that :func:`tfrec_towers.features.adapt` would
 learn from the same rows in memory; :func:`stream_examples` gives the training batches.
 
-Bad input is a :class:`~pipelines.data.DataError` naming the file, the column (and the row where
+Bad input is a :class:`~tfrec_pipelines.data.DataError` naming the file, the column (and the row where
 there is one) and what was expected. :func:`stream_examples` checks what the shards' footers and
 first records tell (columns, types, Parquet null counts) before it returns; a fault found later
 while training (a corrupt block, a missing TFRecord feature, a negative weight) stops the pipeline
@@ -52,9 +52,9 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from pipelines.data import DataError, RetrievalData
-from pipelines.declarations import Declarations, feature_spec
-from pipelines.tables import table_files, table_format
+from tfrec_pipelines.data import DataError, RetrievalData
+from tfrec_pipelines.declarations import Declarations, feature_spec
+from tfrec_pipelines.tables import table_files, table_format
 from tfrec_towers.config import FeaturesConfig
 from tfrec_towers.data_config import FeatureDeclaration, RowFilter
 from tfrec_towers.features import FeatureSpec, NumericFeature, _VocabularyFeature
@@ -293,7 +293,7 @@ def adapted_spec(
 ) -> FeatureSpec:
     """The adapted feature spec of ``declarations`` from streamed statistics.
 
-    The same spec as :func:`pipelines.declarations.feature_spec` then
+    The same spec as :func:`tfrec_pipelines.declarations.feature_spec` then
     :func:`tfrec_towers.features.adapt` on the streamed examples: vocabularies by descending count
     (ties by value), above each table owner's ``min_count`` and capped at its
     ``max_vocabulary_size``, pooled over the features sharing an embedding table; numeric means

@@ -9,7 +9,7 @@ user consumes ``interactions_per_user`` distinct items in sequence, each drawn f
 and the taste drifts toward every consumed item, ``taste_{t+1} = normalise((1 - α)
 taste_t + α v_{i_t} + noise)``, so recent history carries signal beyond the user's
 features. :func:`synthetic_tables` gives the interaction, user and item tables, which take the
-same path as a user's own tables (:mod:`pipelines.interactions`); :func:`make_synthetic` splits
+same path as a user's own tables (:mod:`tfrec_pipelines.interactions`); :func:`make_synthetic` splits
 them by the leave-last-out protocol (docs/contracts.md).
 
 Sampling is sampling-importance-resampling: per step, each group of ``_GROUP_SIZE`` users
@@ -23,11 +23,10 @@ users × proposals, never ``users × items``, so a catalogue of 1,000,000 items 
 from __future__ import annotations
 
 import numpy as np
-
 import pandas as pd
 
-from pipelines.data import RetrievalData
-from pipelines.interactions import InteractionTables, interaction_data
+from tfrec_pipelines.data import RetrievalData
+from tfrec_pipelines.interactions import InteractionTables, interaction_data
 from tfrec_towers.progress import progress
 
 COUNTRIES = ("US", "BR", "DE", "FR", "GB", "IN", "JP", "MX", "NG", "KR")

@@ -1,6 +1,6 @@
 """Tables of any schema from CSV, Parquet or TFRecord: a file, a directory of shards or a glob.
 
-The readers of :mod:`pipelines.readers` return the columns a caller already knows the types of;
+The readers of :mod:`tfrec_pipelines.readers` return the columns a caller already knows the types of;
 the tables here are the user's own (interaction logs, item and user attribute tables), whose
 columns are discovered from the files. A table is returned as a ``pandas.DataFrame`` with one
 dtype per column across every shard:
@@ -17,7 +17,7 @@ format          how it is read
 
 The format comes from the file suffix (``.csv``, ``.tsv``, ``.parquet``/``.pq``,
 ``.tfrecord``/``.tfrecords``/``.tfr``) unless given. Errors are
-:class:`~pipelines.data.DataError` naming the file (and the column and row where there is one).
+:class:`~tfrec_pipelines.data.DataError` naming the file (and the column and row where there is one).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Dict, List, Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from pipelines.data import DataError
+from tfrec_pipelines.data import DataError
 
 TableFormat = Literal["csv", "parquet", "tfrecord"]
 SUFFIXES: Dict[str, TableFormat] = {

@@ -29,7 +29,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from pipelines.checkpointing import (
+from tfrec_pipelines.candidate_table import CandidateSource, read_candidate_table
+from tfrec_pipelines.checkpointing import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     RunError,
@@ -39,13 +40,13 @@ from pipelines.checkpointing import (
     partial_run,
     restore_towers,
 )
-from pipelines.data import RetrievalData, TrainingExamples, num_rows, take_rows
-from pipelines.dataset import steps_per_epoch
-from pipelines.distribute import is_chief, make_strategy
-from pipelines.sequences import num_targets, sequence_examples
-from pipelines.sources import FEATURES_FILE, prepare_data
-from pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model
-from tfrec_towers.candidate_table import CandidateSource, read_candidate_table
+from tfrec_pipelines.data import RetrievalData, TrainingExamples, num_rows, take_rows
+from tfrec_pipelines.dataset import steps_per_epoch
+from tfrec_pipelines.distribute import is_chief, make_strategy
+from tfrec_pipelines.sequences import num_targets, sequence_examples
+from tfrec_pipelines.sources import FEATURES_FILE, prepare_data
+from tfrec_pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model
+from tfrec_towers import build
 from tfrec_towers.config import (
     ConfigError,
     ExperimentConfig,
@@ -58,7 +59,6 @@ from tfrec_towers.evaluation import DEFAULT_KS
 from tfrec_towers.export import NUM_SAMPLE_QUERIES, export_retrieval_model
 from tfrec_towers.features import FeatureSpec, input_signature
 from tfrec_towers.index import IndexConfig
-from tfrec_towers import build
 from tfrec_towers.model import TwoTowerModel
 from tfrec_towers.projector import write_projector_embeddings
 from tfrec_towers.towers import compute_embeddings
@@ -87,7 +87,7 @@ class RunResult:
 
 def load_data(config: ExperimentConfig) -> RetrievalData:
     """The configured data set, split by the leave-last-out protocol of docs/contracts.md
-    (:func:`pipelines.sources.prepare_data`)."""
+    (:func:`tfrec_pipelines.sources.prepare_data`)."""
     return prepare_data(config).data
 
 
@@ -158,11 +158,11 @@ def fit_model(
     validation: Optional[RetrievalData] = None,
 ) -> tuple[Dict[str, list], float, float]:
     """``model.fit`` on batches of ``features`` in a seeded order per epoch (with ``callbacks``),
-    resumable from the checkpoints in ``checkpoints`` (see :func:`pipelines.checkpointing.fit_resumably`).
+    resumable from the checkpoints in ``checkpoints`` (see :func:`tfrec_pipelines.checkpointing.fit_resumably`).
 
-    ``features`` is a feature dictionary or :class:`~pipelines.data.TrainingExamples` (e.g.
+    ``features`` is a feature dictionary or :class:`~tfrec_pipelines.data.TrainingExamples` (e.g.
     :func:`training_columns`), whose batches are looked up per step instead of built whole
-    (:func:`pipelines.checkpointing.training_batches`).
+    (:func:`tfrec_pipelines.checkpointing.training_batches`).
 
     With ``validation`` (a split holding validation interactions), every epoch end adds
     ``val_HR@K`` / ``val_NDCG@K`` (K in :data:`~tfrec_towers.evaluation.DEFAULT_KS` and the early
@@ -171,7 +171,7 @@ def fit_model(
 
     With ``training.example_format`` ``every_position``, the per-prefix ``features`` are first
     regrouped into sequence examples of ``model.query_tower.history.max_length`` positions
-    (:func:`pipelines.sequences.sequence_examples`); examples/s then counts trained positions.
+    (:func:`tfrec_pipelines.sequences.sequence_examples`); examples/s then counts trained positions.
 
     Returns:
       (per-epoch history, training seconds, training examples (targets) per second of the steps
@@ -310,7 +310,7 @@ def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> 
     end, so a failed or interrupted run leaves nothing half-written at ``output``. Training
     checkpoints go to its ``checkpoints/`` on the schedule of ``config.training``; after a crash,
     a kill or Ctrl-C, calling ``train`` again with the same configuration resumes from the latest
-    one (:mod:`pipelines.checkpointing`); other failures keep the directory only if it holds one.
+    one (:mod:`tfrec_pipelines.checkpointing`); other failures keep the directory only if it holds one.
 
     Raises:
       RunError: ``output`` is a file or already holds a run; the ``.partial`` directory holds a run
@@ -405,7 +405,7 @@ def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpec, TwoTow
     """Rebuilds a trained model's towers from a run directory (configuration, features, checkpoint).
 
     The model is built for inference (:func:`build_model` with ``for_inference=True``): its towers
-    hold the trained weights, checked against the checkpoint (:func:`pipelines.checkpointing.restore_towers`).
+    hold the trained weights, checked against the checkpoint (:func:`tfrec_pipelines.checkpointing.restore_towers`).
 
     Raises:
       RunError: the directory is not a complete run, or its checkpoint does not fit the towers its

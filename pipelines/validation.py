@@ -6,7 +6,7 @@ validation interactions (``data.validation``) at every epoch end and adds ``val_
 ``val_NDCG@K`` to the epoch's logs, so they reach the run's ``history.json``, TensorBoard and
 the checkpoints. :class:`EarlyStopping` (``training.early_stopping``) reads them from the history
 of the finished epochs, which every checkpoint holds, so a resumed run decides exactly as an
-uninterrupted one (:class:`~pipelines.checkpointing.ResumableTraining` applies it).
+uninterrupted one (:class:`~tfrec_pipelines.checkpointing.ResumableTraining` applies it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from pipelines.data import RetrievalData
+from tfrec_pipelines.data import RetrievalData
 from tfrec_towers.config import EarlyStoppingConfig
 from tfrec_towers.evaluation import DEFAULT_KS, metrics_from_ranks, target_ranks
 from tfrec_towers.towers import compute_embeddings

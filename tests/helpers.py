@@ -12,12 +12,11 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from pipelines.sources import prepare_data
-from pipelines.train import build_model
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from tfrec_pipelines.sources import prepare_data
+from tfrec_pipelines.train import build_model
 from tfrec_towers import export
 from tfrec_towers.config import ExperimentConfig, apply_overrides
 from tfrec_towers.index import IndexConfig

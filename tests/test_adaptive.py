@@ -1,11 +1,10 @@
 """Tests of the adaptive margin and temperature layer against numpy re-computations."""
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_towers.losses.adaptive import (
     AdaptiveMarginTemperature,
     item_anchored_similarities,

@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfrec_towers as tt
-import tensorflow as tf
 
 # Three candidates and three queries with 2-d embeddings (the towers return them unchanged):
 #   q0 = [1, 0]: scores 10 → 1, 20 → 0, 30 → 0.5; target 20

@@ -1,20 +1,18 @@
-"""Tests for tfrec_towers.candidate_table: reading the export's candidate corpus from a feature table."""
+"""Tests for tfrec_pipelines.candidate_table: reading the export's candidate corpus from a feature table."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from helpers import CANDIDATE_SPEC, K, MOVIE_IDS, catalogue, export_models
-from pipelines.data import DataError
-from pipelines.readers import write_tfrecord
-from tfrec_towers.candidate_table import column_types, read_candidate_table, table_format
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from helpers import CANDIDATE_SPEC, MOVIE_IDS, K, catalogue, export_models
+from tfrec_pipelines.candidate_table import column_types, read_candidate_table, table_format
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.readers import write_tfrecord
 from tfrec_towers.index import IndexConfig
-
 
 SPEC_WITH_LIST = dict(CANDIDATE_SPEC, tags=tf.TensorSpec([None, None], tf.int64), year=tf.TensorSpec([None], tf.float32))
 

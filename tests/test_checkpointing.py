@@ -1,12 +1,11 @@
-"""The batches training reads (pipelines.checkpointing.training_batches) against a numpy reference."""
+"""The batches training reads (tfrec_pipelines.checkpointing.training_batches) against a numpy reference."""
 
 import numpy as np
 import pytest
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
-
-from pipelines.checkpointing import training_batches
-from pipelines.data import HistoryWindows, Lookup, leave_last_out
+from tfrec_pipelines.checkpointing import training_batches
+from tfrec_pipelines.data import HistoryWindows, Lookup, leave_last_out
 
 
 def _split():

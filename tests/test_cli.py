@@ -104,7 +104,7 @@ def test_export_and_tune_index_help_show_examples(capsys):
 
 def test_export_scann_from_a_candidate_table_returns_its_ids(tiny_run, tmp_path, capsys):
     """A table with every third catalogue item (100 rows): the index holds exactly those ids, with the flags' settings."""
-    from pipelines.train import load_data, load_run
+    from tfrec_pipelines.train import load_data, load_run
 
     config, _, _ = load_run(tiny_run)
     catalogue = load_data(config).candidates
@@ -144,7 +144,7 @@ def test_tune_index_then_export_with_its_choice(tiny_run, tmp_path, capsys):
 
 
 def test_export_bad_input_exits_2_and_writes_nothing(tiny_run, tmp_path, capsys):
-    from pipelines.train import load_data, load_run
+    from tfrec_pipelines.train import load_data, load_run
 
     config, _, _ = load_run(tiny_run)
     catalogue = load_data(config).candidates

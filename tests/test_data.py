@@ -1,4 +1,4 @@
-"""The leave-last-out split of pipelines.data on hand-made interactions: exact duplicates, repeated keys, and
+"""The leave-last-out split of tfrec_pipelines.data on hand-made interactions: exact duplicates, repeated keys, and
 the training examples it stores (columns built when read, against a loop over each user; its memory)."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pipelines.data import (
+from tfrec_pipelines.data import (
     CodedIds,
     DataError,
     TrainingExamples,
@@ -35,7 +35,7 @@ def split(interactions=INTERACTIONS, users=(1, 2), items=(5, 6, 7, 8)):
 
 
 def test_exact_duplicates_are_dropped_and_the_same_item_later_is_kept(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipelines.data"):
+    with caplog.at_level(logging.WARNING, logger="tfrec_pipelines.data"):
         data = split()
 
     # Hand-derived. User 1: 5, 6 | 5. User 2: 7 | 8 (not 7, 8 | 8, whose target 8 would be a seen item).
@@ -55,7 +55,7 @@ def test_exact_duplicates_are_dropped_and_the_same_item_later_is_kept(caplog):
 
 
 def test_no_duplicates_no_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipelines.data"):
+    with caplog.at_level(logging.WARNING, logger="tfrec_pipelines.data"):
         data = split([(1, 5, 1), (1, 5, 2), (1, 6, 2)])
     assert data.summary["duplicate_interactions"] == 0
     assert data.summary["interactions"] == 3
@@ -169,7 +169,7 @@ def test_the_split_holds_a_fraction_of_one_history_matrix():
 
 @pytest.mark.parametrize("span", [1_000, 10**12, 2**62])  # one packed key, two, or lexsort
 def test_chronological_order_is_the_stable_lexsort_of_user_time_item(span):
-    from pipelines.data import _chronological_order
+    from tfrec_pipelines.data import _chronological_order
 
     rng = np.random.default_rng(span % 97)
     users, items = rng.integers(0, 50, 5_000), rng.integers(0, 30, 5_000)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.data_scale import EVENTS, STAGES, generate_tables, zipf_shares
-from pipelines.declarations import USER_ID_MIN_COUNT
+from tfrec_pipelines.declarations import USER_ID_MIN_COUNT
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "data_scale.py"
 

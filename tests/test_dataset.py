@@ -2,14 +2,13 @@
 
 import re
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.data import DataError
-from pipelines.dataset import epoch_batches, training_dataset
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.dataset import epoch_batches, training_dataset
 
 ROWS = 10
 

@@ -1,16 +1,15 @@
 """Feature declarations: inferred from the tables' columns, or declared, and turned into a FeatureSpec."""
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
-
 import dataclasses
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import DataError
-from pipelines.declarations import Declarations, feature_spec, infer_column, infer_declarations, rename_columns
-from pipelines.interactions import InteractionTables, interaction_data
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.declarations import Declarations, feature_spec, infer_column, infer_declarations, rename_columns
+from tfrec_pipelines.interactions import InteractionTables, interaction_data
 from tfrec_towers.data_config import FeatureDeclaration
 from tfrec_towers.features import CategoricalFeature, HashedFeature, NumericFeature, SequenceFeature, adapt
 

@@ -1,13 +1,12 @@
-"""Tests for pipelines.distribute: strategy choice, TF_CONFIG validation, which process writes the run."""
+"""Tests for tfrec_pipelines.distribute: strategy choice, TF_CONFIG validation, which process writes the run."""
 
 import types
 
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
-from pipelines.distribute import STRATEGIES, is_chief, make_strategy
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from tfrec_pipelines.distribute import STRATEGIES, is_chief, make_strategy
 
 
 def test_none_is_the_default_strategy_and_is_chief():
@@ -60,7 +59,7 @@ def test_train_under_a_mirrored_strategy_writes_a_complete_run(tmp_path):
     import json
 
     from helpers import tiny_config
-    from pipelines.train import train
+    from tfrec_pipelines.train import train
 
     config = tiny_config(
         "data.num_items=200", "data.num_users=80", "data.interactions_per_user=10", "data.max_history=6",

@@ -131,7 +131,7 @@ def _run(script):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    line = next(l for l in run.stdout.splitlines() if l.startswith("RESULT"))
+    line = next(out for out in run.stdout.splitlines() if out.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])
 
 

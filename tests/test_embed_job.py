@@ -1,5 +1,5 @@
-"""Tests for the Beam batch embedding job (pipelines.embed_job, embed_sources, embed_output) and
-its follow-up step (pipelines.index_from_embeddings).
+"""Tests for the Beam batch embedding job (tfrec_pipelines.embed_job, embed_sources, embed_output) and
+its follow-up step (tfrec_pipelines.index_from_embeddings).
 
 One DirectRunner run over four input files (Parquet, CSV, TFRecord and a damaged "Parquet" file,
 4,000 good rows and six malformed ones) is shared by the tests through a module-scoped fixture;
@@ -17,17 +17,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow as tf
 from apache_beam.pvalue import TaggedOutput
 
 import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import tensorflow as tf
-
 from helpers import GENRES, queries
-from pipelines import embed_job, embed_output
-from pipelines.data import DataError
-from pipelines.embed_job import EmbedJobConfig, run_embed_job
-from pipelines.embed_sources import RowChunk
-from pipelines.index_from_embeddings import build_index_export
+from tfrec_pipelines import embed_job, embed_output
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.embed_job import EmbedJobConfig, run_embed_job
+from tfrec_pipelines.embed_sources import RowChunk
+from tfrec_pipelines.index_from_embeddings import build_index_export
 from tfrec_towers import cli as tfrec_cli
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature
 from tfrec_towers.verify import verify_export
@@ -239,7 +238,7 @@ def test_help_shows_an_example(capsys):
     with pytest.raises(SystemExit) as exit_info:
         embed_job.main(["--help"])
     assert exit_info.value.code == 0
-    assert "python -m pipelines.embed_job --model" in capsys.readouterr().out
+    assert "python -m tfrec_pipelines.embed_job --model" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for the input side of the embedding job (pipelines.embed_sources): which values an input holds.
+"""Tests for the input side of the embedding job (tfrec_pipelines.embed_sources): which values an input holds.
 
 :class:`ReadRowChunks` is called directly on small files (no pipeline); the expected values and
 reasons are written out by hand from the rules in the module docstring.
@@ -8,12 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow as tf
 from apache_beam.pvalue import TaggedOutput
 
 import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import tensorflow as tf
-
-from pipelines.embed_sources import ReadRowChunks, ReadUnit, RowChunk, typed_value
+from tfrec_pipelines.embed_sources import ReadRowChunks, ReadUnit, RowChunk, typed_value
 
 
 def _read(path, fmt, column_type, separators=None):

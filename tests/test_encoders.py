@@ -6,10 +6,9 @@ import sys
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401
 from tfrec_towers.encoders import EmbeddingTable, FeatureEncoder, HashedEmbedding, MaskedPooling, NumericNormalization
 from tfrec_towers.features import CategoricalFeature, NumericFeature, SequenceFeature
 

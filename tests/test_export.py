@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from helpers import (
     CANDIDATE_SPEC,
     DIM,
-    K,
     MOVIE_IDS,
     NUM_MOVIES,
+    K,
     QueryTower,
     catalogue,
     export_models,
@@ -37,7 +36,6 @@ from helpers import (
 )
 from tfrec_towers import export, warmup
 from tfrec_towers.index import IndexConfig
-
 
 FRESH_LOAD_SCRIPT = """
     import json, sys

@@ -3,7 +3,6 @@
 import numpy as np
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
-
 from tfrec_towers.export.sample import (
     NUM_SAMPLE_CANDIDATES,
     sampled_candidate_positions,

@@ -2,9 +2,9 @@
 
 import json
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from tfrec_towers.export.signatures import specs_from_json, specs_to_json
 
 

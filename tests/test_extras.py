@@ -45,8 +45,8 @@ def test_each_optional_feature_names_its_extra_when_the_dependency_is_missing(tm
         import importlib, json
         from tfrec_towers.extras import MissingExtraError
         found = {}
-        for name in ("pipelines.embed_job", "pipelines.embed_sources", "pipelines.embed_output",
-                     "pipelines.index_from_embeddings"):
+        for name in ("tfrec_pipelines.embed_job", "tfrec_pipelines.embed_sources", "tfrec_pipelines.embed_output",
+                     "tfrec_pipelines.index_from_embeddings"):
             try:
                 importlib.import_module(name)
             except MissingExtraError as e:

@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401
 from tfrec_towers.features import (
     CategoricalFeature,
     FeatureSpec,

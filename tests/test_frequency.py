@@ -7,12 +7,11 @@ import subprocess
 import sys
 import textwrap
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_towers.losses.frequency import (
     CandidateProbability,
     CountsFrequencyTable,

@@ -4,10 +4,9 @@ import math
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from tfrec_towers.losses.frequency import CountsFrequencyTable, StreamingFrequencyEstimator
 
 

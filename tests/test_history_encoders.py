@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401
 from tfrec_towers.features import CategoricalFeature, SequenceFeature
 from tfrec_towers.history_encoders import (
     AttentionHistoryEncoder,
@@ -70,10 +69,10 @@ def test_mean_encoder_matches_numpy_prefix_means():
     x, mask = _batch(3)
     got = MeanHistoryEncoder()(tf.constant(x), tf.constant(mask), return_sequences=True).numpy()
     for b in range(3):
-        for l in range(6):
-            valid = x[b, : l + 1][mask[b, : l + 1]]
-            expected = valid.mean(axis=0) if mask[b, l] else np.zeros(4)
-            np.testing.assert_allclose(got[b, l], expected, rtol=1e-5, atol=1e-6)
+        for pos in range(6):
+            valid = x[b, : pos + 1][mask[b, : pos + 1]]
+            expected = valid.mean(axis=0) if mask[b, pos] else np.zeros(4)
+            np.testing.assert_allclose(got[b, pos], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_encoder_matches_numpy():
@@ -86,12 +85,12 @@ def test_attention_encoder_matches_numpy():
     kernel, query, recency = encoder.keys.kernel.numpy(), encoder.query.numpy(), encoder.recency.numpy()
     for b in range(3):
         valid = np.flatnonzero(mask[b])
-        for newest_rank, l in enumerate(valid):
+        for newest_rank, pos in enumerate(valid):
             items = valid[: newest_rank + 1]
             logits = (x[b, items] @ kernel @ query) / np.sqrt(4) + recency[np.minimum(newest_rank - np.arange(len(items)), 2)]
             weights = np.exp(logits - logits.max())
             expected = (weights / weights.sum()) @ x[b, items]
-            np.testing.assert_allclose(got[b, l], expected, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got[b, pos], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_gru_encoder_equals_a_gru_run_on_the_valid_items_alone():
@@ -154,13 +153,13 @@ def test_tower_sequence_embeddings_equal_the_per_prefix_queries(kind):
     users = np.array([1, 3], np.int64)
     sequences = tower.sequence_embeddings({"history": tf.constant(history), "user_id": tf.constant(users)}).numpy()
     for b in range(2):
-        for l in range(6):
-            if history[b, l] == 0:
+        for pos in range(6):
+            if history[b, pos] == 0:
                 continue
             prefix = np.zeros((1, 9), np.int64)  # a longer padding than training used
-            prefix[0, 9 - (l + 1):] = history[b, : l + 1]
+            prefix[0, 9 - (pos + 1):] = history[b, : pos + 1]
             query = tower({"history": tf.constant(prefix), "user_id": tf.constant(users[b : b + 1])}).numpy()[0]
-            np.testing.assert_allclose(sequences[b, l], query, atol=1e-5)
+            np.testing.assert_allclose(sequences[b, pos], query, atol=1e-5)
 
 
 def test_tower_reads_only_the_last_max_length_items_and_round_trips(tmp_path):

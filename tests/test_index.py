@@ -5,10 +5,9 @@ import math
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tfrec_towers.index import PADDING_SCORE, IndexConfig, build_index
 
 

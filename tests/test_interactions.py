@@ -1,15 +1,14 @@
 """A user's own interaction log and attribute tables → the leave-last-out split, ids of any type."""
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data import DataError
-from pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
 from tfrec_towers.data_config import InteractionsConfig, RowFilter, TableConfig
 
 

@@ -9,10 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-
-import tfrec_towers as tt
 import tensorflow as tf
 
+import tfrec_towers as tt
 from helpers import run_fresh_process
 
 NUM_ITEMS, NUM_USERS, HISTORY, K = 30, 24, 4, 5
@@ -71,7 +70,7 @@ FRESH_PROCESS = """
         "ids": [[v.decode() for v in row] for row in out["candidate_ids"].numpy().tolist()],
         "id_dtype": out["candidate_ids"].dtype.name,
         "scores": out["scores"].numpy().tolist(),
-        "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tfrec_towers", "pipelines")),
+        "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tfrec_towers", "tfrec_pipelines")),
     }))
 """
 

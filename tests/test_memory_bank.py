@@ -6,12 +6,11 @@ import subprocess
 import sys
 import textwrap
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
 from tfrec_towers.losses.negatives import NegativeSet
 

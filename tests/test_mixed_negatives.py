@@ -3,12 +3,11 @@
 import json
 import math
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_towers.losses.mixed_negatives import MixedNegativeSampler
 
 CORPUS = {

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt
 from tfrec_towers.model import TwoTowerModel, build_towers
 from tfrec_towers.towers import Tower, TowerConfig, compute_embeddings
@@ -35,7 +34,7 @@ def _spec(data):
 
 
 def _model(data, temperature=0.1):
-    from tfrec_towers.model import in_batch_softmax_task
+    from tfrec_towers.losses.task import in_batch_softmax_task
 
     config = TowerConfig(hidden_units=(16,), output_dim=8)
     query, candidate = build_towers(_spec(data), config, config)

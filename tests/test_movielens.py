@@ -18,8 +18,8 @@ from helpers import (
     write_20m,
     write_100k,
 )
-from pipelines.data import DataError
-from pipelines.movielens import load_movielens
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.movielens import load_movielens
 
 EXPECTED_USERS = {
     "ml-100k": {"gender": ["M", "F"], "age": [24, 53], "occupation": ["technician", "other"],

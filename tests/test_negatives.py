@@ -1,11 +1,10 @@
 """Tests of the NegativeSet contract and its concatenation."""
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_towers.losses.negatives import NegativeSet, check_int, concat_negative_sets
 
 

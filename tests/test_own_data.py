@@ -95,7 +95,7 @@ def test_own_parquet_tables_train_evaluate_export_and_verify_from_the_cli(tmp_pa
 
 
 def test_training_examples_carry_the_weight_and_only_the_filtered_events(tmp_path):
-    from pipelines.sources import prepare_data
+    from tfrec_pipelines.sources import prepare_data
     from tfrec_towers.config import ExperimentConfig, apply_overrides
 
     log = _shop(tmp_path)
@@ -117,12 +117,13 @@ def test_training_examples_carry_the_weight_and_only_the_filtered_events(tmp_pat
 
 @pytest.mark.parametrize("ids", [["a", "b", "c"], [7, 8, 9]])
 def test_the_sample_weight_scales_each_example_of_the_loss(ids):
-    import tfrec_towers  # noqa: F401
     import tensorflow as tf
 
+    import tfrec_towers  # noqa: F401
     from tfrec_towers.features import CategoricalFeature, FeatureSpec, adapt
     from tfrec_towers.history_encoders import HistoryEncoderConfig
-    from tfrec_towers.model import TwoTowerModel, build_towers, in_batch_softmax_task
+    from tfrec_towers.losses.task import in_batch_softmax_task
+    from tfrec_towers.model import TwoTowerModel, build_towers
     from tfrec_towers.towers import TowerConfig
 
     dtype = "string" if isinstance(ids[0], str) else "int64"

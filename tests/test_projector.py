@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from helpers import tiny_config
-from pipelines.train import load_data, load_run, train
+from tfrec_pipelines.train import load_data, load_run, train
 from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides
 from tfrec_towers.projector import write_projector_embeddings
 from tfrec_towers.towers import compute_embeddings

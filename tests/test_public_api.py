@@ -1,4 +1,4 @@
-"""The public API: ``import tfrec_towers as tt`` and ``import pipelines`` give curated names, imported
+"""The public API: ``import tfrec_towers as tt`` and ``import tfrec_pipelines`` give curated names, imported
 on first use, and the README's library example runs as written and does what it says."""
 
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pipelines
+import tfrec_pipelines
 import tfrec_towers as tt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,31 +25,31 @@ def _fresh(code: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
-@pytest.mark.parametrize("package", [tt, pipelines], ids=["tfrec_towers", "pipelines"])
+@pytest.mark.parametrize("package", [tt, tfrec_pipelines], ids=["tfrec_towers", "tfrec_pipelines"])
 def test_every_public_name_resolves_and_is_listed(package):
     assert package.__all__ and len(set(package.__all__)) == len(package.__all__)
     for name in package.__all__:
         assert getattr(package, name) is not None, name
     assert set(package.__all__) <= set(dir(package))
     with pytest.raises(AttributeError, match="has no attribute 'NotAName'"):
-        getattr(package, "NotAName")
+        _ = package.NotAName
 
 
 def test_public_names_are_the_defining_modules_objects():
-    from pipelines.train import train
+    from tfrec_pipelines.train import train
     from tfrec_towers.build import build_model
     from tfrec_towers.losses.negatives import NegativeSet
     from tfrec_towers.losses.task import RetrievalLoss
 
     assert tt.build_model is build_model and tt.RetrievalLoss is RetrievalLoss
     assert tt.losses.NegativeSet is NegativeSet  # the subpackage is an attribute, like tfrs.layers
-    assert pipelines.train_run is train
+    assert tfrec_pipelines.train_run is train
 
 
 @pytest.mark.slow
 def test_importing_the_packages_does_not_import_tensorflow(tmp_path):
     completed = _fresh(
-        "import os, sys\nimport tfrec_towers, pipelines\n"
+        "import os, sys\nimport tfrec_towers, tfrec_pipelines\n"
         "print(sorted(m for m in ('tensorflow', 'tf_keras', 'apache_beam', 'matplotlib') if m in sys.modules))\n"
         "print(os.environ['TF_USE_LEGACY_KERAS'])\nimport tensorflow as tf\nprint(tf.keras.__name__)",
         tmp_path,

@@ -2,15 +2,14 @@
 
 import re
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
-
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
-from pipelines.data import DataError
-from pipelines.readers import (
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.readers import (
     from_dataframe,
     left_pad,
     read_csv,
@@ -274,7 +273,7 @@ def test_text_not_in_the_encoding_names_file_line_and_encoding(tmp_path, sep, na
 
 def test_bad_byte_line_is_counted_across_read_chunks(tmp_path, monkeypatch):
     """The two bytes of the valid "é" fall in the 2nd and 3rd 5-byte reads; the bad byte is on line 4."""
-    monkeypatch.setattr("pipelines.readers._DECODE_CHUNK_BYTES", 5)
+    monkeypatch.setattr("tfrec_pipelines.readers._DECODE_CHUNK_BYTES", 5)
     (tmp_path / "t.csv").write_bytes("a,b\n1,xxxé\n2,yü\n".encode("utf-8") + b"3,\xe9\n")
     with pytest.raises(DataError, match=re.escape(f"{tmp_path / 't.csv'}: line 4 is not valid utf-8 text (0xe9")):
         read_csv(tmp_path / "t.csv", {"a": "int64", "b": "string"})

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.reference_transformer import MinimalSASRec, train_and_evaluate  # noqa: E402
-from pipelines.synthetic import make_synthetic  # noqa: E402
+from tfrec_pipelines.synthetic import make_synthetic  # noqa: E402
 
 
 def _model():

@@ -16,7 +16,7 @@ import pytest
 
 import tfrec_towers  # noqa: F401
 from helpers import TINY_OWN_TABLES, tiny_config
-from pipelines.train import RunError, load_data, load_run, train
+from tfrec_pipelines.train import RunError, load_data, load_run, train
 from tfrec_towers import report_data
 from tfrec_towers.config import ExperimentConfig, apply_overrides
 from tfrec_towers.evaluation import METRIC_KEYS

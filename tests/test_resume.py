@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
-from pipelines.checkpointing import (
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+from helpers import TINY_TOWERS, cli_sets, trainable
+from tfrec_pipelines.checkpointing import (
     CHECKPOINTS_DIR,
     ResumableTraining,
     RunError,
@@ -31,9 +31,8 @@ from pipelines.checkpointing import (
     partial_directory,
     partial_run,
 )
-from helpers import TINY_TOWERS, cli_sets, trainable
-from pipelines.dataset import epoch_batches
-from pipelines.train import fit_model, load_data, train
+from tfrec_pipelines.dataset import epoch_batches
+from tfrec_pipelines.train import fit_model, load_data, train
 from tfrec_towers import warmup
 from tfrec_towers.config import ConfigError, ExperimentConfig, TrainingConfig, apply_overrides
 
@@ -344,7 +343,7 @@ def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_o
     uninterrupted = make_model()
     expected_history, _, _ = fit_model(uninterrupted, columns, CONFIG.training, 0, checkpoints=tmp_path / "full")
     resumed = make_model()
-    caplog.set_level(logging.INFO, logger="pipelines.checkpointing")
+    caplog.set_level(logging.INFO, logger="tfrec_pipelines.checkpointing")
     history, _, _ = fit_model(resumed, columns, CONFIG.training, 0, checkpoints=directory)
     skipped = f"Skipping the checkpoint {directory / 'ckpt-8'}: it cannot be read (IndexError: Read less bytes than requested)."
     assert skipped in caplog.text
@@ -383,7 +382,7 @@ def test_ctrl_c_while_exporting_after_training_keeps_the_run_and_the_rerun_only_
     monkeypatch.setattr(warmup, "write_warmup_requests", interrupted)
     # Ctrl-C raises KeyboardInterrupt, as in a terminal, whatever handler an earlier test in this worker left.
     previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
-    caplog.set_level(logging.INFO, logger="pipelines")
+    caplog.set_level(logging.INFO, logger="tfrec_pipelines")
     output = tmp_path / "run"
     work = partial_directory(output)
     with pytest.raises(TrainingInterrupted, match=re.escape(

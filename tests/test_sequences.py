@@ -5,19 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
-from pipelines.data import DataError, HistoryWindows, leave_last_out, take_rows
-from pipelines.dataset import training_dataset
-from pipelines.sequences import num_targets, sequence_examples
-from pipelines.train import build_model
+import tfrec_towers  # noqa: F401
+from tfrec_pipelines.data import DataError, HistoryWindows, leave_last_out, take_rows
+from tfrec_pipelines.dataset import training_dataset
+from tfrec_pipelines.sequences import num_targets, sequence_examples
+from tfrec_pipelines.train import build_model
 from tfrec_towers.config import PLAIN_IN_BATCH, ConfigError, ExperimentConfig, LossConfig, apply_overrides, load_config
 from tfrec_towers.export import export_retrieval_model
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt, input_signature
-from tfrec_towers.index import IndexConfig
 from tfrec_towers.history_encoders import HistoryEncoderConfig
+from tfrec_towers.index import IndexConfig
 from tfrec_towers.losses.factory import build_retrieval_task
 from tfrec_towers.model import TwoTowerModel, build_towers
 from tfrec_towers.towers import TowerConfig
@@ -116,14 +115,14 @@ def test_every_position_loss_is_the_mean_of_the_per_prefix_losses(loss):
     got = float(model.compute_loss(batch, training=False))
 
     queries, candidates, ids = [], [], []
-    for b, l in zip(*np.nonzero(sequences["movie_id"])):  # one per-prefix call per position
+    for b, pos in zip(*np.nonzero(sequences["movie_id"])):  # one per-prefix call per position
         prefix = np.zeros((1, 5), np.int64)
-        prefix[0, 5 - (l + 1):] = sequences["history"][b, : l + 1]
+        prefix[0, 5 - (pos + 1):] = sequences["history"][b, : pos + 1]
         queries.append(model.query_tower({"history": tf.constant(prefix),
                                           "user_id": tf.constant(sequences["user_id"][b : b + 1])}).numpy()[0])
-        candidates.append(model.candidate_tower({"movie_id": tf.constant([sequences["movie_id"][b, l]]),
-                                                 "genres": tf.constant([sequences["genres"][b, l]])}).numpy()[0])
-        ids.append(sequences["movie_id"][b, l])
+        candidates.append(model.candidate_tower({"movie_id": tf.constant([sequences["movie_id"][b, pos]]),
+                                                 "genres": tf.constant([sequences["genres"][b, pos]])}).numpy()[0])
+        ids.append(sequences["movie_id"][b, pos])
     ids = np.array(ids)
     log_q = np.zeros(len(ids))
     if loss == "logQ (counts)":
@@ -203,7 +202,7 @@ def test_every_position_model_exports_and_verifies_in_a_fresh_process(tmp_path):
 
 
 def test_every_position_batches_too_large_for_in_batch_logits_warn(caplog):
-    from pipelines.train import MAX_EVERY_POSITION_PAIRS, fit_model
+    from tfrec_pipelines.train import MAX_EVERY_POSITION_PAIRS, fit_model
     from tfrec_towers.config import TrainingConfig
 
     tf.keras.utils.set_random_seed(2)

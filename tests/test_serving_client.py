@@ -17,15 +17,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from helpers import CANDIDATE_SPEC, K, MOVIE_IDS, QUERY_SPEC, catalogue, queries
-
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from helpers import CANDIDATE_SPEC, MOVIE_IDS, QUERY_SPEC, K, catalogue, queries
 
 REPO = Path(__file__).resolve().parents[1]
 

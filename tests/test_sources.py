@@ -6,9 +6,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.data import HistoryWindows
-from pipelines.interactions import InteractionTables
-from pipelines.sources import PRESETS_DIR, prepare_data, preset_declarations
 from helpers import (
     EXPECTED_TARGETS,
     EXPECTED_TRAIN_HISTORY,
@@ -16,6 +13,9 @@ from helpers import (
     write_1m,
     write_100k,
 )
+from tfrec_pipelines.data import HistoryWindows
+from tfrec_pipelines.interactions import InteractionTables
+from tfrec_pipelines.sources import PRESETS_DIR, prepare_data, preset_declarations
 from tfrec_towers.config import ExperimentConfig, apply_overrides, load_config
 from tfrec_towers.features import CategoricalFeature, NumericFeature, SequenceFeature
 

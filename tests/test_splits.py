@@ -1,15 +1,14 @@
-"""The splits of pipelines.splits on hand-made interactions: which rows train, which are evaluated
+"""The splits of tfrec_pipelines.splits on hand-made interactions: which rows train, which are evaluated
 with which history, which seen items are filtered; and the validation hold-outs."""
-
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import DataError
-from pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
-from pipelines.sources import prepare_data
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.interactions import InteractionTables, interaction_data, read_interaction_tables
+from tfrec_pipelines.sources import prepare_data
 from tfrec_towers.config import ConfigError, config_from_dict
 from tfrec_towers.data_config import InteractionsConfig, SplitConfig, TableConfig
 from tfrec_towers.evaluation import target_ranks

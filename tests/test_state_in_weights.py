@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_towers.build import build_model
 from tfrec_towers.config import ExperimentConfig
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature

@@ -2,8 +2,6 @@
 filters, weights, statistics and the adapted spec against pandas / numpy references; a model
 trained on the stream; every bad input named."""
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
-
 import collections
 import dataclasses
 import math
@@ -15,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from pipelines import streaming
-from pipelines.data import DataError, LastInteraction, split_interactions
-from pipelines.declarations import Declarations
-from pipelines.streaming import adapted_spec, stream_examples, stream_statistics
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
+from tfrec_pipelines import streaming
+from tfrec_pipelines.data import DataError, LastInteraction, split_interactions
+from tfrec_pipelines.declarations import Declarations
+from tfrec_pipelines.streaming import adapted_spec, stream_examples, stream_statistics
 from tfrec_towers.build import build_model
 from tfrec_towers.config import ExperimentConfig
 from tfrec_towers.data_config import FeatureDeclaration, RowFilter

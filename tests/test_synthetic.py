@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from pipelines.synthetic import COUNTRIES, make_synthetic
+from tfrec_pipelines.synthetic import COUNTRIES, make_synthetic
 
 SMALL = dict(num_items=300, num_users=40, interactions_per_user=12, max_history=8, embedding_dim=8, seed=3)
 

@@ -1,15 +1,14 @@
 """Tables of any schema: CSV, Parquet and TFRecord; a file, a directory of shards, a glob."""
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from pipelines.data import DataError
-from pipelines.tables import read_table
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow)
+from tfrec_pipelines.data import DataError
+from tfrec_pipelines.tables import read_table
 
 
 def _write_tfrecord(path, rows):

@@ -2,16 +2,15 @@
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401
 from tfrec_towers.config import AdaptiveConfig, ConfigError, LossConfig, config_from_dict
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt
 from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
 from tfrec_towers.losses.negatives import NegativeSet
-from tfrec_towers.losses.task import RetrievalLoss
-from tfrec_towers.model import TwoTowerModel, build_towers, in_batch_softmax_task
+from tfrec_towers.losses.task import RetrievalLoss, in_batch_softmax_task
+from tfrec_towers.model import TwoTowerModel, build_towers
 from tfrec_towers.towers import TowerConfig
 
 

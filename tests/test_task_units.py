@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from tfrec_towers.losses.frequency import CandidateProbability
 from tfrec_towers.losses.task import RetrievalLoss
 from tfrec_towers.losses.temperature import Temperature

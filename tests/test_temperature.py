@@ -2,12 +2,11 @@
 
 import math
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_towers.losses.temperature import Temperature
 
 SIMILARITY = np.random.default_rng(0).uniform(-1, 1, size=(3, 5)).astype(np.float32)

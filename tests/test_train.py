@@ -6,13 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401
 from helpers import run_fresh_process, tiny_config
-from pipelines.sources import prepare_data
-from pipelines.train import (
+from tfrec_pipelines.sources import prepare_data
+from tfrec_pipelines.train import (
     RunError,
     build_model,
     evaluate_run,
@@ -35,7 +34,7 @@ loaded = tf.saved_model.load(sys.argv[1])
 queries = {k: tf.constant(np.array(v)) for k, v in json.loads(sys.argv[2]).items()}
 emb = loaded.signatures["query_embedding"](**queries)["embedding"].numpy()
 top = loaded.signatures["serving_default"](**queries)
-print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("tfrec") or m.startswith("pipelines")),
+print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("tfrec")),
                   "embedding": emb.tolist(), "ids": top["candidate_ids"].numpy().tolist(),
                   "scores": top["scores"].numpy().tolist()}))
 """

@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tfrec_towers.index import IndexConfig, build_index
 from tfrec_towers.tuning import (
     TuningGrid,

@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 import tensorflow as tf
 
+import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from helpers import tiny_config, trainable
-from pipelines.checkpointing import fit_resumably
-from pipelines.train import fit_model
-from pipelines.validation import EarlyStopping
+from tfrec_pipelines.checkpointing import fit_resumably
+from tfrec_pipelines.train import fit_model
+from tfrec_pipelines.validation import EarlyStopping
 from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides
 from tfrec_towers.towers import compute_embeddings
 

@@ -6,15 +6,22 @@ import shutil
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from helpers import CANDIDATE_SPEC, K, MOVIE_IDS, catalogue, export_models, make_candidate_tower, make_query_tower, queries
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from helpers import (
+    CANDIDATE_SPEC,
+    MOVIE_IDS,
+    K,
+    catalogue,
+    export_models,
+    make_candidate_tower,
+    make_query_tower,
+    queries,
+)
 from tfrec_towers import export, verify, warmup
 from tfrec_towers.index import IndexConfig
-
 
 EXPECTED_CHECKS = {
     "metadata and verification sample parse",

@@ -3,14 +3,12 @@
 
 import numpy as np
 import pytest
-
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from helpers import catalogue, queries
 from tfrec_towers import warmup
-
 
 
 def request_inputs(request):

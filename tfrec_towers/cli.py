@@ -1,4 +1,4 @@
-"""The ``tfrec-towers`` command: a thin shell over ``pipelines.train`` and ``tfrec_towers.verify``.
+"""The ``tfrec-towers`` command: a thin shell over ``tfrec_pipelines.train`` and ``tfrec_towers.verify``.
 
 Exit codes: 0 success · 2 bad arguments, configuration or data · 3 the export failed verification ·
 4 ``tune-index`` found no configuration reaching the target recall (the report is still written) ·
@@ -81,16 +81,16 @@ PASSTHROUGH_HELP = {
 
 
 def _run_passthrough(command: str, argv: Sequence[str]) -> int:
-    """``embed`` → :func:`pipelines.embed_job.main`; ``index-embeddings`` → :func:`pipelines.index_from_embeddings.main`."""
+    """``embed`` → :func:`tfrec_pipelines.embed_job.main`; ``index-embeddings`` → :func:`tfrec_pipelines.index_from_embeddings.main`."""
     import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
-    from pipelines.data import DataError
+    from tfrec_pipelines.data import DataError
     from tfrec_towers.extras import MissingExtraError
 
     try:
         if command == "embed":
-            from pipelines.embed_job import main as run
+            from tfrec_pipelines.embed_job import main as run
         else:
-            from pipelines.index_from_embeddings import main as run
+            from tfrec_pipelines.index_from_embeddings import main as run
         return run(list(argv), prog=f"tfrec-towers {command}")
     except (ValueError, DataError, OSError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -273,8 +273,8 @@ def _write_json(path: str, value: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from pipelines.checkpointing import TrainingInterrupted
-    from pipelines.train import train
+    from tfrec_pipelines.checkpointing import TrainingInterrupted
+    from tfrec_pipelines.train import train
 
     config = _resolve_config(args)
     # Keras progress bars on a terminal (or with --verbose), one line per epoch in logs.
@@ -292,7 +292,7 @@ def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from pipelines.train import evaluate_run
+    from tfrec_pipelines.train import evaluate_run
 
     if args.output is not None:
         _check_output_file(args.output)
@@ -332,7 +332,7 @@ def _export_command(config) -> str:
 
 
 def _cmd_export(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from pipelines.train import export_run
+    from tfrec_pipelines.train import export_run
     from tfrec_towers.verify import verify_export
 
     index, settings = _export_index(args)
@@ -345,7 +345,7 @@ def _cmd_export(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
 
 def _cmd_tune_index(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from pipelines.train import tune_run
+    from tfrec_pipelines.train import tune_run
     from tfrec_towers.tuning import TuningGrid
 
     result, paths = tune_run(
@@ -437,7 +437,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _run_passthrough(argv[command], argv[command + 1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for ours in ("pipelines", "tfrec_towers"):
+    for ours in ("tfrec_pipelines", "tfrec_towers"):
         logging.getLogger(ours).setLevel(
             logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
         )
@@ -448,8 +448,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(message, file=sys.stderr)
 
     import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
-    from pipelines.data import DataError
-    from pipelines.train import RunError
+    from tfrec_pipelines.data import DataError
+    from tfrec_pipelines.train import RunError
     from tfrec_towers.config import ConfigError
     from tfrec_towers.extras import MissingExtraError
 

@@ -26,7 +26,6 @@ from tfrec_towers.atomic_file import write_text_atomically
 from tfrec_towers.data_config import FeatureDeclaration, InteractionsConfig, SplitConfig, TableConfig
 from tfrec_towers.tower_config import HistoryEncoderConfig, TowerConfig
 
-
 DEFAULT_FREQUENCY_LEARNING_RATE = 0.05
 """α of the streaming frequency estimator (Yi et al., RecSys 2019): the default of ``loss.frequency``
 and of :class:`~tfrec_towers.losses.frequency.StreamingFrequencyEstimator`."""
@@ -505,7 +504,7 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
         an int must fit in 64 bits).
     """
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
         if value is None:  # an empty section (`loss:` with nothing under it) keeps its defaults

@@ -47,7 +47,7 @@ def _comment(text: str) -> str:
 
 def _plain(value: Any) -> Any:
     """Tuples as lists and sections (a row filter, a feature declaration) as mappings."""
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]

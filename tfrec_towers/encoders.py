@@ -80,15 +80,19 @@ class EmbeddingTable(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         if key_dtype not in ("int64", "string"):
             raise ValueError(f"`key_dtype` must be 'int64' or 'string'. Received: {key_dtype!r}")
-        if vocabulary is None and vocabulary_size is None:
+        if vocabulary is not None:
+            if vocabulary_size is not None and len(vocabulary) != vocabulary_size:
+                raise ValueError(f"`vocabulary_size` must equal the {len(vocabulary)} values of `vocabulary`. "
+                                 f"Received: {vocabulary_size}")
+            size = len(vocabulary)
+        elif vocabulary_size is not None:
+            size = int(vocabulary_size)
+        else:
             raise ValueError("`vocabulary` or `vocabulary_size` is required. Received neither.")
-        if vocabulary is not None and vocabulary_size is not None and len(vocabulary) != vocabulary_size:
-            raise ValueError(f"`vocabulary_size` must equal the {len(vocabulary)} values of `vocabulary`. "
-                             f"Received: {vocabulary_size}")
         self.key_dtype = key_dtype
         self.embedding_dim = int(embedding_dim)
         self.num_oov_buckets = int(num_oov_buckets)
-        self.vocabulary_size = int(len(vocabulary) if vocabulary is not None else vocabulary_size)
+        self.vocabulary_size = size
         dtype = tf.int64 if key_dtype == "int64" else tf.string
         with tf.init_scope():
             # value → its row; a missing value gets the only OOV row 0, or -1 to hash it into one of several
@@ -211,7 +215,7 @@ class NumericNormalization(tf.keras.layers.Layer):
     Call: ``values [batch]`` (int or float) → ``[batch, 1]`` float32.
     """
 
-    def __init__(self, mean: float, variance: float, log1p: bool = False, **kwargs: Any) -> None:
+    def __init__(self, mean: Optional[float], variance: Optional[float], log1p: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if variance is None or mean is None or variance < 0:
             raise ValueError(f"`mean` and a non-negative `variance` are required. Received: {mean!r}, {variance!r}")

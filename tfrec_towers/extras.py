@@ -6,7 +6,7 @@ core requirements. Three features need more, each installed by one extra:
 ==========  ================  =========================================================================
 extra       installs          needed by
 ==========  ================  =========================================================================
-``beam``    ``apache-beam``   the batch embedding job (``tfrec-towers embed``, :mod:`pipelines.embed_job`)
+``beam``    ``apache-beam``   the batch embedding job (``tfrec-towers embed``, :mod:`tfrec_pipelines.embed_job`)
                               and indexing its output (``tfrec-towers index-embeddings``)
 ``report``  ``matplotlib``    the HTML run report (``tfrec-towers report``, ``compare --output``) and
                               the recall/QPS plot of ``tfrec-towers tune-index``

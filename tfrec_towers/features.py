@@ -259,9 +259,9 @@ class FeatureSpec:
                 f"FeatureSpec: `candidate_id` {self.candidate_id!r} must be one of the candidate features "
                 f"{[f.name for f in self.candidate]}."
             )
-        tables: Dict[str, Feature] = {}
+        tables: Dict[str, _VocabularyFeature] = {}
         for feature in self.all_features:
-            if isinstance(feature, (NumericFeature, HashedFeature, BucketizedFeature)):
+            if not isinstance(feature, _VocabularyFeature):
                 continue
             owner = tables.setdefault(feature.table, feature)
             if owner.dtype != feature.dtype or owner.embedding_dim != feature.embedding_dim:
@@ -370,14 +370,14 @@ def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
             else:
                 pooled[feature.name] = values
 
-    owners: Dict[str, Feature] = {}
+    owners: Dict[str, _VocabularyFeature] = {}
     for feature in spec.all_features:
-        if not isinstance(feature, (NumericFeature, HashedFeature, BucketizedFeature)):
+        if isinstance(feature, _VocabularyFeature):
             if feature.name == feature.table or feature.table not in owners:
                 owners[feature.table] = feature
     with progress("Building vocabularies", total=len(owners), unit="vocabularies") as bar:
         vocabularies = {
-            table: (owner.vocabulary or _vocabulary(np.concatenate(pooled[table]), owner))  # type: ignore[union-attr]
+            table: (owner.vocabulary or _vocabulary(np.concatenate(pooled[table]), owner))
             for table, owner in bar.track(owners.items())
         }
 

@@ -131,7 +131,7 @@ class IndexConfig:
           An unresolved config; ScaNN parameters are derived by :meth:`resolve` at build time.
         """
         _check_positive_int("num_candidates", num_candidates)
-        kind = "brute-force" if num_candidates <= BRUTE_FORCE_MAX_CANDIDATES else "scann"
+        kind: IndexKind = "brute-force" if num_candidates <= BRUTE_FORCE_MAX_CANDIDATES else "scann"
         return cls(kind=kind, k=k)
 
     @property

@@ -22,22 +22,8 @@ from tfrec_towers.encoders import build_embedding_tables
 from tfrec_towers.features import FeatureSpec, feature_from_dict
 from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.losses.negatives import NegativeSet
+from tfrec_towers.losses.task import in_batch_softmax_task
 from tfrec_towers.towers import Tower, TowerConfig
-
-
-def in_batch_softmax_task(temperature: Optional[float] = 0.05) -> tfrs.tasks.Retrieval:
-    """TFRS in-batch sampled softmax with accidental-hit removal, averaged over the batch.
-
-    loss = −(1/B) Σ_i log softmax_j(⟨q_i, v_j⟩ / τ)_i, logits of other rows with the positive's
-    id masked (an item twice in a batch is not its own negative).
-    """
-    return tfrs.tasks.Retrieval(
-        loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
-        temperature=temperature,
-        remove_accidental_hits=True,
-        metrics=None,
-        batch_metrics=None,
-    )
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")

@@ -24,7 +24,7 @@ import numbers
 import shutil
 import sys
 import time
-from typing import Callable, Iterable, Iterator, Optional, TextIO, TypeVar
+from typing import Callable, Iterable, Iterator, Literal, Optional, TextIO, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +89,15 @@ class progress:  # lower-case like contextlib.suppress: a context manager read a
         if total is not None and (isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < 0):
             raise ValueError(f"`total` must be a non-negative int or None. Received: {total!r}")
         self.label, self.total, self.unit, self.count = label, None if total is None else int(total), unit, 0
-        self._stream, self._clock = stream, clock
+        self._requested_stream, self._clock = stream, clock
+        self._stream: TextIO = sys.stderr  # chosen on entering: ``stream``, else the stderr of that moment
         self._on = self._tty = False
         self._start = self._shown_at = 0.0
         self._logged_count, self._drawn = 0, 0
 
     def __enter__(self) -> "progress":
         self._on = _enabled
-        self._stream = self._stream or sys.stderr
+        self._stream = self._requested_stream or sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._start = self._shown_at = self._clock()
         if self._on and self._tty and self.total is None:
@@ -125,7 +126,7 @@ class progress:  # lower-case like contextlib.suppress: a context manager read a
             yield item
             self.update(1)
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
         if not self._on:
             return False
         elapsed = self._clock() - self._start

@@ -26,7 +26,7 @@ def write_report(
     """Collects each run and renders one report comparing them (a single run: that run's report).
 
     Args:
-      run_dirs: run directories written by :func:`pipelines.train.train`.
+      run_dirs: run directories written by :func:`tfrec_pipelines.train.train`.
       output_dir: the report directory (``report.html`` and the PNGs); a previous report there is replaced.
       tuning: a ``tune-index`` report (``tuning.json`` or its directory) for a single run; by
         default each run directory is searched for one.

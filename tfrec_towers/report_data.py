@@ -1,8 +1,8 @@
 """What a run report shows, computed from a run directory: curves, buckets, baselines, examples.
 
-:func:`collect_run` reads a run written by :func:`pipelines.train.train` (of any data set: the
+:func:`collect_run` reads a run written by :func:`tfrec_pipelines.train.train` (of any data set: the
 user's own tables, MovieLens, synthetic), reloads its model and its data
-(:func:`pipelines.sources.prepare_data`), and recomputes from the held-out target ranks
+(:func:`tfrec_pipelines.sources.prepare_data`), and recomputes from the held-out target ranks
 
     HR@K   = mean_u 1[rank_u < K]                         for K = 1 … 100
     NDCG@K = mean_u 1[rank_u < K] / log2(rank_u + 2)
@@ -26,10 +26,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from pipelines.data import RetrievalData
-from pipelines.declarations import Declarations
-from pipelines.sources import prepare_data
-from pipelines.train import (
+from tfrec_pipelines.data import RetrievalData
+from tfrec_pipelines.declarations import Declarations
+from tfrec_pipelines.sources import prepare_data
+from tfrec_pipelines.train import (
     CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
@@ -440,7 +440,7 @@ def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunR
     """Reads a run directory, reloads its model and data, and computes what the report draws.
 
     Args:
-      run_dir: a directory written by :func:`pipelines.train.train`.
+      run_dir: a directory written by :func:`tfrec_pipelines.train.train`.
       tuning: a ``tuning.json`` of ``tune-index`` (or the directory holding it); by default the
         run directory and its sub-directories are searched for one.
 

@@ -23,6 +23,7 @@ from tfrec_towers.history_encoders import HistoryEncoderConfig, make_history_enc
 from tfrec_towers.progress import progress
 from tfrec_towers.tower_config import TowerConfig
 
+
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
 class Tower(tf.keras.Model):
     """Encodes one side (query or candidate) into an embedding ``[batch, output_dim]``.
@@ -62,17 +63,18 @@ class Tower(tf.keras.Model):
         self._features = [feature_from_dict(f) if isinstance(f, Mapping) else f for f in features]
         self.history_feature: Optional[SequenceFeature] = None
         if self.history.is_sequential:
-            self.history_feature = next((f for f in self._features if f.name == self.history.feature), None)
-            if not isinstance(self.history_feature, SequenceFeature) or not self.history_feature.is_matrix:
+            history_feature = next((f for f in self._features if f.name == self.history.feature), None)
+            if not isinstance(history_feature, SequenceFeature) or not history_feature.is_matrix:
                 raise ValueError(
                     f"`history.encoder`={self.history.encoder!r} needs an id-matrix sequence feature named "
                     f"{self.history.feature!r}; the tower's features are {[f.name for f in self._features]}. "
                     "Name it with `model.history.feature`, or pool the history with `model.history.encoder=pooling`."
                 )
+            self.history_feature = history_feature
             tables = dict(tables) if tables is not None else build_embedding_tables(self._features)
             side = [f for f in self._features if f is not self.history_feature]
-            self.encoder = FeatureEncoder(side, tables, name="features") if side else None
-            self.history_table = tables[self.history_feature.table]
+            self.encoder: Optional[FeatureEncoder] = FeatureEncoder(side, tables, name="features") if side else None
+            self.history_table = tables[history_feature.table]
             self.history_encoder = make_history_encoder(self.history)
         else:
             self.encoder = FeatureEncoder(self._features, tables, name="features")
@@ -91,8 +93,9 @@ class Tower(tf.keras.Model):
     def features(self) -> Sequence[Feature]:
         return self._features
 
-    def _encode_history(self, inputs: Mapping[str, tf.Tensor], training: bool, return_sequences: bool) -> tf.Tensor:
-        feature = self.history_feature
+    def _encode_history(
+        self, feature: SequenceFeature, inputs: Mapping[str, tf.Tensor], training: bool, return_sequences: bool
+    ) -> tf.Tensor:
         ids = inputs[feature.name]
         if not return_sequences:
             ids = ids[:, -self.history.max_length :]
@@ -111,11 +114,10 @@ class Tower(tf.keras.Model):
         return x
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        parts = [] if self.encoder is None else [self.encoder(inputs)]
         if self.history_feature is None:
-            return self._head(self.encoder(inputs), training)
-        parts = [self._encode_history(inputs, training, return_sequences=False)]
-        if self.encoder is not None:
-            parts.insert(0, self.encoder(inputs))
+            return self._head(parts[0], training)
+        parts.append(self._encode_history(self.history_feature, inputs, training, return_sequences=False))
         return self._head(tf.concat(parts, axis=-1), training)
 
     def sequence_embeddings(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -133,7 +135,7 @@ class Tower(tf.keras.Model):
                 f"{self.name} pools its history inside the feature encoder (`history.encoder`='pooling'): "
                 "every-position training needs a sequence encoder (mean, attention, gru or transformer)."
             )
-        sequence = self._encode_history(inputs, training, return_sequences=True)
+        sequence = self._encode_history(self.history_feature, inputs, training, return_sequences=True)
         if self.encoder is not None:
             side = self.encoder(inputs)[:, tf.newaxis, :]
             side = tf.tile(side, tf.stack([1, tf.shape(sequence)[1], 1]))

@@ -312,7 +312,7 @@ def tune_index(
         build_seconds = time.perf_counter() - start
         for config in sweep:
             search = tf.function(
-                lambda q, c=config: index.search(q, c.num_leaves_to_search, c.num_reordering_candidates),
+                lambda q, c=config, index=index: index.search(q, c.num_leaves_to_search, c.num_reordering_candidates),
                 input_signature=[spec],
             )
             recall, qps = _measure(search, queries, batch_size, exact_ids, min_seconds)

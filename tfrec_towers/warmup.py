@@ -68,7 +68,7 @@ def read_warmup_requests(path: Union[str, Path]) -> List[predict_pb2.PredictRequ
     Raises:
       ValueError: if a record is not a ``predict_log``.
     """
-    requests = []
+    requests: List[predict_pb2.PredictRequest] = []
     for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
         log = prediction_log_pb2.PredictionLog.FromString(record)
         if log.WhichOneof("log_type") != "predict_log":

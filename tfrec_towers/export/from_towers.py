@@ -80,7 +80,7 @@ def export_retrieval_model(
       query_input_spec: ``{feature: tf.TensorSpec([None, ...], dtype)}`` of the query signatures.
       candidate_input_spec: ``{feature: tf.TensorSpec}`` of ``candidate_embedding``.
       candidates: the catalogue's raw candidate features, one row per unique id, numpy columns
-        (:func:`tfrec_towers.candidate_table.read_candidate_table` reads them from a DataFrame,
+        (:func:`tfrec_pipelines.candidate_table.read_candidate_table` reads them from a DataFrame,
         Parquet, CSV or TFRecord file).
       candidate_id: the column of ``candidates`` whose values ``serving_default`` returns; its dtype
         must be the candidate input spec's (int64 or string).

@@ -5,7 +5,13 @@ from tfrec_towers.losses.frequency import CandidateProbability, CountsFrequencyT
 from tfrec_towers.losses.logq import LogQCorrection
 from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
 from tfrec_towers.losses.mixed_negatives import MixedNegativeSampler
-from tfrec_towers.losses.modes import BinaryCrossEntropyLoss, BPRLoss, HingeLoss, SampledSoftmaxLoss, SymmetricSoftmaxLoss
+from tfrec_towers.losses.modes import (
+    BinaryCrossEntropyLoss,
+    BPRLoss,
+    HingeLoss,
+    SampledSoftmaxLoss,
+    SymmetricSoftmaxLoss,
+)
 from tfrec_towers.losses.negatives import NegativeSet, concat_negative_sets
 from tfrec_towers.losses.task import RetrievalLoss
 from tfrec_towers.losses.temperature import Temperature

@@ -13,12 +13,11 @@ import tensorflow_recommenders as tfrs
 from tfrec_towers.config import LossConfig
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature
 from tfrec_towers.losses.frequency import CountsFrequencyTable, StreamingFrequencyEstimator
-from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
+from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank, IdDtype
 from tfrec_towers.losses.mixed_negatives import MixedNegativeSampler
 from tfrec_towers.losses.modes import make_mode_loss
-from tfrec_towers.losses.task import RetrievalLoss
+from tfrec_towers.losses.task import RetrievalLoss, in_batch_softmax_task
 from tfrec_towers.losses.temperature import Temperature
-from tfrec_towers.model import in_batch_softmax_task
 
 
 def is_plain_in_batch(loss: LossConfig) -> bool:
@@ -50,7 +49,7 @@ def build_retrieval_task(
     loss: LossConfig,
     temperature: float,
     embedding_dim: int,
-    id_dtype: str,
+    id_dtype: IdDtype,
     training_ids: Optional[np.ndarray] = None,
     corpus_size: int = 0,
 ) -> Union[RetrievalLoss, tfrs.tasks.Retrieval]:

@@ -11,7 +11,7 @@ draws the rows: the model encodes them with the candidate tower and builds a
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -59,6 +59,13 @@ def _schema(columns: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, Any]]:
         name: {"dtype": "string" if values.dtype == object else values.dtype.name, "shape": list(values.shape)}
         for name, values in columns.items()
     }
+
+
+def _corpus_initializer(values: Optional[np.ndarray]) -> Callable[[Any, Any], tf.Tensor]:
+    """The initializer of a corpus column: ``values``, or zeros ("" for strings) for a checkpoint to fill."""
+    if values is None:
+        return lambda shape, dtype: tf.zeros(shape, dtype)
+    return lambda shape, dtype: tf.constant(values, dtype=dtype)
 
 
 def _checked_schema(columns: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
@@ -148,12 +155,16 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.num_negatives = check_int("num_negatives", num_negatives, 1)
-        if corpus is None and columns is None:
+        data: Optional[Dict[str, np.ndarray]] = None
+        if corpus is not None:
+            data = _corpus_arrays(corpus, candidate_id)
+            schema = _schema(data)
+            if columns is not None and _checked_schema(columns) != schema:
+                raise ValueError(f"`columns` must describe `corpus` {schema}. Received: {dict(columns)}")
+        elif columns is not None:
+            schema = _checked_schema(columns)
+        else:
             raise ValueError("`corpus` or `columns` (its schema, for a sampler a checkpoint fills) is required.")
-        data = None if corpus is None else _corpus_arrays(corpus, candidate_id)
-        schema = _schema(data) if data is not None else _checked_schema(columns)
-        if data is not None and columns is not None and _checked_schema(columns) != schema:
-            raise ValueError(f"`columns` must describe `corpus` {schema}. Received: {dict(columns)}")
         lengths = {name: column["shape"][0] for name, column in schema.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"Corpus columns have different lengths: {lengths}")
@@ -173,10 +184,7 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
                 name=f"corpus_{name}",
                 shape=column["shape"],
                 dtype=tf.as_dtype(column["dtype"]),
-                initializer=(
-                    (lambda shape, dtype: tf.zeros(shape, dtype)) if data is None  # "" for strings
-                    else lambda shape, dtype, values=data[name]: tf.constant(values, dtype=dtype)
-                ),
+                initializer=_corpus_initializer(None if data is None else data[name]),
                 trainable=False,
             )
             for name, column in schema.items()

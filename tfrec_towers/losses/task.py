@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 
 from tfrec_towers.losses import cross_replica
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature, item_anchored_similarities
@@ -184,8 +185,8 @@ class RetrievalLoss(tf.keras.layers.Layer):
         mask = _negative_mask(candidate_ids, pooled.negatives)
         loss = self.mode(positive_logits, negative_logits, mask, sample_weight)
         if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
-            loss = self._with_item_anchored_term(loss, query_embeddings, candidate_embeddings, candidate_ids,
-                                                 batch.ids, sample_weight)
+            loss = self._with_item_anchored_term(self.adaptive, loss, query_embeddings, candidate_embeddings,
+                                                 candidate_ids, batch.ids, sample_weight)
         if self.memory_bank is not None and training:
             self.memory_bank.enqueue(batch.embeddings, batch.ids, batch_log_p)
         if replicas > 1:
@@ -206,9 +207,10 @@ class RetrievalLoss(tf.keras.layers.Layer):
             )
         return replicas
 
-    def _log_probability(self, ids: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
+    @staticmethod
+    def _log_probability(probability: CandidateProbability, ids: tf.Tensor, batch_size: tf.Tensor) -> tf.Tensor:
         """``log p_y``, ``[N]``: the per-example sampling probability of each id (the provider's units)."""
-        return self.candidate_probability.log_example_probability(ids, batch_size)
+        return probability.log_example_probability(ids, batch_size)
 
     def _batch_log_probabilities(
         self, batch: _GlobalBatch, candidate_ids: tf.Tensor, replicas: int
@@ -220,8 +222,8 @@ class RetrievalLoss(tf.keras.layers.Layer):
         """
         if self.candidate_probability is None:
             return tf.zeros([batch.size], tf.float32), tf.zeros([tf.shape(candidate_ids)[0]], tf.float32)
-        batch_log_p = self._log_probability(batch.ids, batch.size)
-        positive_log_p = batch_log_p if replicas == 1 else self._log_probability(candidate_ids, batch.size)
+        batch_log_p = self._log_probability(self.candidate_probability, batch.ids, batch.size)
+        positive_log_p = batch_log_p if replicas == 1 else self._log_probability(self.candidate_probability, candidate_ids, batch.size)
         return batch_log_p, positive_log_p
 
     def _pool_negatives(
@@ -236,7 +238,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
         if extra_negatives is not None:
             extra_negatives = NegativeSet(*(cross_replica.all_gather(t) for t in extra_negatives))
             if self.candidate_probability is not None:
-                extra_negatives = extra_negatives._replace(log_q=self._log_probability(extra_negatives.ids, batch.size))
+                extra_negatives = extra_negatives._replace(log_q=self._log_probability(self.candidate_probability, extra_negatives.ids, batch.size))
             sources.append(extra_negatives)
         trainable_rows = tf.add_n([tf.shape(source.ids)[0] for source in sources])
         bank_slots = tf.constant(0, tf.int64)
@@ -293,6 +295,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
 
     def _with_item_anchored_term(
         self,
+        adaptive: AdaptiveMarginTemperature,
         loss: tf.Tensor,
         query_embeddings: tf.Tensor,
         candidate_embeddings: tf.Tensor,
@@ -305,7 +308,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
         ``L_item`` anchors on the candidate ``v_i`` with positive ``q_i`` and the global batch's
         queries ``q_j`` as negatives, those whose candidate is ``v_i``'s id masked out.
         """
-        weight = self.adaptive.item_anchored_weight
+        weight = adaptive.item_anchored_weight
         item = item_anchored_similarities(
             query_embeddings,
             candidate_embeddings,
@@ -315,7 +318,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
         item_mask = tf.logical_and(
             item.negative_mask, tf.not_equal(candidate_ids[:, tf.newaxis], all_candidate_ids[tf.newaxis, :])
         )
-        item_positive, item_negative = self.adaptive(
+        item_positive, item_negative = adaptive(
             item.positive_similarity, item.negative_similarity, item.positive_negative_similarity
         )
         return (1.0 - weight) * loss + weight * self.mode(item_positive, item_negative, item_mask, sample_weight)
@@ -369,3 +372,18 @@ def _share_of_global_mean(
         else tf.reduce_sum(tf.cast(sample_weight, tf.float32))
     )
     return loss * local_weight / cross_replica.global_sum(local_weight)
+
+
+def in_batch_softmax_task(temperature: Optional[float] = 0.05) -> tfrs.tasks.Retrieval:
+    """TFRS in-batch sampled softmax with accidental-hit removal, averaged over the batch.
+
+    loss = −(1/B) Σ_i log softmax_j(⟨q_i, v_j⟩ / τ)_i, logits of other rows with the positive's
+    id masked (an item twice in a batch is not its own negative).
+    """
+    return tfrs.tasks.Retrieval(
+        loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+        temperature=temperature,
+        remove_accidental_hits=True,
+        metrics=None,
+        batch_metrics=None,
+    )

@@ -3,10 +3,10 @@
 :func:`read_candidate_table` turns the candidate tower's input spec into reader column types
 (``int64 [None]`` → ``"int64"``, ``float32 [None]`` → ``"float32"``, ``string [None]`` → ``"string"``,
 ``int64 [None, None]`` → ``"int64_list"``) and reads exactly those columns with
-:mod:`pipelines.readers`, which validates every value and names the file, column and row of a bad one.
+:mod:`tfrec_pipelines.readers`, which validates every value and names the file, column and row of a bad one.
 The result is the ``candidates`` argument of :func:`tfrec_towers.export.export_retrieval_model`.
 
-``pipelines.readers`` imports only ``pipelines.data`` (and ``pipelines/__init__`` only this package's
+``tfrec_pipelines.readers`` imports only ``tfrec_pipelines.data`` (and ``pipelines/__init__`` only this package's
 ``__init__``), so importing it here creates no import cycle.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipelines.readers import FILE_FORMATS as FORMATS
-from pipelines.readers import SUFFIX_FORMATS, from_dataframe, read_csv, read_parquet, read_tfrecord
+from tfrec_pipelines.readers import FILE_FORMATS as FORMATS
+from tfrec_pipelines.readers import SUFFIX_FORMATS, from_dataframe, read_csv, read_parquet, read_tfrecord
 
 _READERS = {"parquet": read_parquet, "csv": read_csv, "tfrecord": read_tfrecord}
 
@@ -92,7 +92,7 @@ def read_candidate_table(
 
     Raises:
       FileNotFoundError: if ``source`` does not exist.
-      pipelines.data.DataError: if the table is empty, lacks a column or holds a value of the wrong
+      tfrec_pipelines.data.DataError: if the table is empty, lacks a column or holds a value of the wrong
         type (the message names the file, column and row).
       ValueError: on an unknown ``file_format`` or a spec no column type represents.
     """
