@@ -36,7 +36,11 @@ ROWS = {
     "in-batch softmax": [],
     "+ logQ (counts)": ["loss.logq=counts"],
     "+ logQ (streaming)": ["loss.logq=streaming"],
-    "+ logQ (counts) + memory bank": ["loss.logq=counts", "loss.memory_bank_size=2048", "loss.memory_bank_warmup_steps=200"],
+    "+ logQ (counts) + memory bank": [
+        "loss.logq=counts",
+        "loss.memory_bank_size=2048",
+        "loss.memory_bank_warmup_steps=200",
+    ],
     "+ logQ (counts) + mixed negatives": ["loss.logq=counts", "loss.mixed_negatives=512"],
     "+ logQ (counts) + adaptive margin/τ": ["loss.logq=counts", "loss.adaptive.enabled=true"],
 }
@@ -57,7 +61,9 @@ def run_row(name, config, data, spec_factory, seed, epochs=None):
     tf.keras.utils.set_random_seed(seed)
     if name == PLAIN:
         model = plain_tfrs_model(data.train, data.candidate_id)
-        training = TrainingConfig(epochs=training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad", seed=seed)
+        training = TrainingConfig(
+            epochs=training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad", seed=seed
+        )
         columns = {k: data.train[k] for k in ("user_id", "history", data.candidate_id)}
     else:
         spec = adapt(spec_factory(config.features), data.train, data.candidates)
@@ -65,10 +71,19 @@ def run_row(name, config, data, spec_factory, seed, epochs=None):
         columns = {f.name: data.train[f.name] for f in spec.all_features}
     _, seconds, rate = fit_model(model, columns, training, verbose=0)
     metrics = evaluate_model(model, data)
-    print(f"[{data.name}] {name} seed={seed}: HR@50={metrics['HR@50']:.4f} NDCG@10={metrics['NDCG@10']:.4f} "
-          f"{rate:,.0f} ex/s", flush=True)
-    return {"name": name, "seed": seed, "loss": config_to_dict(config)["loss"], "metrics": metrics,
-            "train_seconds": seconds, "examples_per_second": rate}
+    print(
+        f"[{data.name}] {name} seed={seed}: HR@50={metrics['HR@50']:.4f} NDCG@10={metrics['NDCG@10']:.4f} "
+        f"{rate:,.0f} ex/s",
+        flush=True,
+    )
+    return {
+        "name": name,
+        "seed": seed,
+        "loss": config_to_dict(config)["loss"],
+        "metrics": metrics,
+        "train_seconds": seconds,
+        "examples_per_second": rate,
+    }
 
 
 def main() -> None:
@@ -76,7 +91,9 @@ def main() -> None:
     parser.add_argument("--data-dir", help="a MovieLens directory (needed for the movielens data set)")
     parser.add_argument("--datasets", nargs="+", default=["movielens", "synthetic"], choices=["movielens", "synthetic"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--throughput-epochs", type=int, default=2, help="0 skips the throughput table (see loss_throughput.py)")
+    parser.add_argument(
+        "--throughput-epochs", type=int, default=2, help="0 skips the throughput table (see loss_throughput.py)"
+    )
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     if "movielens" in args.datasets and not args.data_dir:
@@ -85,7 +102,10 @@ def main() -> None:
     default = ExperimentConfig()
     results, tables = {}, []
     for dataset in args.datasets:
-        base = apply_overrides(default, [f"data.dataset={dataset}"] + ([f"data.data_dir={args.data_dir}"] if dataset == "movielens" else []))
+        base = apply_overrides(
+            default,
+            [f"data.dataset={dataset}"] + ([f"data.data_dir={args.data_dir}"] if dataset == "movielens" else []),
+        )
         prepared = prepare_data(base)
         data = prepared.data
         spec_factory = functools.partial(spec_for, prepared)
@@ -104,7 +124,9 @@ def main() -> None:
         tables.append(f"### {data.name}\n\n" + markdown_table(summary, baseline=PLAIN))
 
         if args.throughput_epochs > 0:
-            tables.append(throughput_table(base, data, spec_factory, args.seeds[0], args.throughput_epochs, results[dataset]))
+            tables.append(
+                throughput_table(base, data, spec_factory, args.seeds[0], args.throughput_epochs, results[dataset])
+            )
         write(args, default, results, tables)  # after every data set: a long run keeps what it measured
 
 
@@ -117,14 +139,22 @@ def throughput_table(base, data, spec_factory, seed, epochs, result) -> str:
     plain_rate = throughput[0]["examples_per_second"]
     result["throughput"] = throughput
     lines = ["| loss | examples/s | ratio to in-batch |", "|---|---|---|"]
-    lines += [f"| {r['name']} | {r['examples_per_second']:,.0f} | {r['examples_per_second'] / plain_rate:.2f} |" for r in throughput]
+    lines += [
+        f"| {r['name']} | {r['examples_per_second']:,.0f} | {r['examples_per_second'] / plain_rate:.2f} |"
+        for r in throughput
+    ]
     return f"Throughput on {data.name} ({epochs} epochs, seed {seed}):\n\n" + "\n".join(lines) + "\n"
 
 
 def write(args, default, results, tables) -> None:
     command = " ".join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
     text = f"`{command}`\n\n" + "\n".join(tables)
-    write_results(Path(args.output_dir), "ablation", {"command": command, "default_config": config_to_dict(default), "datasets": results}, text)
+    write_results(
+        Path(args.output_dir),
+        "ablation",
+        {"command": command, "default_config": config_to_dict(default), "datasets": results},
+        text,
+    )
     print(text, flush=True)
 
 

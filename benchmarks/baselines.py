@@ -28,7 +28,9 @@ class PlainQueryTower(tf.keras.Model):
     def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, dim: int, user_column: str = "user_id") -> None:
         super().__init__()
         self.user_column = user_column
-        self.user = tf.keras.Sequential([_lookup(user_ids), tf.keras.layers.Embedding(len(np.unique(user_ids)) + 1, dim)])
+        self.user = tf.keras.Sequential(
+            [_lookup(user_ids), tf.keras.layers.Embedding(len(np.unique(user_ids)) + 1, dim)]
+        )
         self.item_lookup = _lookup(item_ids)
         self.item_embedding = tf.keras.layers.Embedding(len(np.unique(item_ids)) + 1, dim)
 
@@ -47,7 +49,9 @@ class PlainCandidateTower(tf.keras.Model):
     def __init__(self, item_ids: np.ndarray, dim: int, id_column: str) -> None:
         super().__init__()
         self.id_column = id_column
-        self.embed = tf.keras.Sequential([_lookup(item_ids), tf.keras.layers.Embedding(len(np.unique(item_ids)) + 1, 2 * dim)])
+        self.embed = tf.keras.Sequential(
+            [_lookup(item_ids), tf.keras.layers.Embedding(len(np.unique(item_ids)) + 1, 2 * dim)]
+        )
 
     def call(self, features, training=False):
         return self.embed(features[self.id_column])
@@ -68,7 +72,9 @@ def plain_tfrs_model(train: dict, candidate_id: str, dim: int = 32, user_column:
     """The recipe on training examples with ``user_column``, ``history`` and ``candidate_id`` (ids of any type)."""
     item_ids = np.concatenate([train[candidate_id], train["history"].reshape(-1)])
     item_ids = item_ids[item_ids != ("" if item_ids.dtype.kind == "O" else 0)]
-    model = PlainTFRSModel(PlainQueryTower(train[user_column], item_ids, dim, user_column),
-                           PlainCandidateTower(item_ids, dim, candidate_id))
+    model = PlainTFRSModel(
+        PlainQueryTower(train[user_column], item_ids, dim, user_column),
+        PlainCandidateTower(item_ids, dim, candidate_id),
+    )
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
     return model

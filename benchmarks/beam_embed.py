@@ -71,8 +71,9 @@ def candidate_tower() -> tf.keras.Model:
 
 def query_tower() -> tf.keras.Model:
     user_id = tf.keras.Input(shape=(), dtype=tf.int64, name="user_id")
-    return tf.keras.Model({"user_id": user_id}, tf.keras.layers.Embedding(1000, DIM)(
-        tf.keras.layers.Hashing(1000)(user_id)))
+    return tf.keras.Model(
+        {"user_id": user_id}, tf.keras.layers.Embedding(1000, DIM)(tf.keras.layers.Hashing(1000)(user_id))
+    )
 
 
 def synthetic_candidates(num_rows: int, seed: int) -> pd.DataFrame:
@@ -86,11 +87,15 @@ def make_export(work: Path) -> Path:
     tf.keras.utils.set_random_seed(0)
     catalogue = synthetic_candidates(2000, seed=1)
     return export_retrieval_model(
-        query_tower(), candidate_tower(),
+        query_tower(),
+        candidate_tower(),
         {"user_id": tf.TensorSpec([None], tf.int64)},
         {"movie_id": tf.TensorSpec([None], tf.int64), "genres": tf.TensorSpec([None], tf.string)},
         {"movie_id": catalogue["movie_id"].to_numpy(), "genres": catalogue["genres"].to_numpy(object)},
-        "movie_id", work / "export", "movies", IndexConfig(k=10),
+        "movie_id",
+        work / "export",
+        "movies",
+        IndexConfig(k=10),
     )
 
 
@@ -118,8 +123,13 @@ def run_beam(model_dir: Path, parquet: Path, output: Path, batch_size: int, opti
     result = run_embed_job(config, options)
     seconds = time.perf_counter() - start
     written = sum(pq.ParquetFile(p).metadata.num_rows for p in manifest_files(str(output), [".parquet"]))
-    return {"seconds": seconds, "rows_written": written, "counters": result.counters,
-            "rows_per_second": result.counters["rows_embedded"] / seconds, "loadavg_1min": os.getloadavg()[0]}
+    return {
+        "seconds": seconds,
+        "rows_written": written,
+        "counters": result.counters,
+        "rows_per_second": result.counters["rows_embedded"] / seconds,
+        "loadavg_1min": os.getloadavg()[0],
+    }
 
 
 def main(argv=None) -> None:
@@ -128,27 +138,38 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each method; the median is reported")
     parser.add_argument("--direct-num-workers", type=int, default=2)
-    parser.add_argument("--direct-running-mode", default="multi_threading",
-                        choices=["in_memory", "multi_threading", "multi_processing"])
+    parser.add_argument(
+        "--direct-running-mode", default="multi_threading", choices=["in_memory", "multi_threading", "multi_processing"]
+    )
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="beam_embed_"))
-    options = PipelineOptions([f"--direct_num_workers={args.direct_num_workers}",
-                               f"--direct_running_mode={args.direct_running_mode}"])
+    options = PipelineOptions(
+        [f"--direct_num_workers={args.direct_num_workers}", f"--direct_running_mode={args.direct_running_mode}"]
+    )
     direct_runs, beam_runs, startup_runs = [], [], []
     try:
         model_dir = make_export(work)
         parquet = work / "candidates.parquet"
-        pq.write_table(pa.Table.from_pandas(synthetic_candidates(args.rows, seed=2), preserve_index=False),
-                       parquet, row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(
+            pa.Table.from_pandas(synthetic_candidates(args.rows, seed=2), preserve_index=False),
+            parquet,
+            row_group_size=ROW_GROUP_ROWS,
+        )
         load_before = os.getloadavg()
         one_row = work / "one_row.parquet"
         pq.write_table(pa.Table.from_pandas(synthetic_candidates(1, seed=3), preserve_index=False), one_row)
         for repeat in range(args.repeats):  # alternated, so all see the same share of the machine
             seconds, rows = embed_directly(model_dir, parquet, work / f"direct{repeat}.parquet", args.batch_size)
-            direct_runs.append({"seconds": seconds, "rows": rows, "rows_per_second": rows / seconds,
-                                "loadavg_1min": os.getloadavg()[0]})
+            direct_runs.append(
+                {
+                    "seconds": seconds,
+                    "rows": rows,
+                    "rows_per_second": rows / seconds,
+                    "loadavg_1min": os.getloadavg()[0],
+                }
+            )
             beam_runs.append(run_beam(model_dir, parquet, work / f"beam{repeat}", args.batch_size, options))
             startup_runs.append(run_beam(model_dir, one_row, work / f"startup{repeat}", args.batch_size, options))
         load_after = os.getloadavg()
@@ -159,16 +180,24 @@ def main(argv=None) -> None:
     beam_rate = float(np.median([r["rows_per_second"] for r in beam_runs]))
     startup = float(np.median([r["seconds"] for r in startup_runs]))
     payload = {
-        "rows": args.rows, "batch_size": args.batch_size, "embedding_dim": DIM, "repeats": args.repeats,
-        "direct_num_workers": args.direct_num_workers, "direct_running_mode": args.direct_running_mode,
+        "rows": args.rows,
+        "batch_size": args.batch_size,
+        "embedding_dim": DIM,
+        "repeats": args.repeats,
+        "direct_num_workers": args.direct_num_workers,
+        "direct_running_mode": args.direct_running_mode,
         "direct": {"median_rows_per_second": direct_rate, "runs": direct_runs},
         "beam": {"median_rows_per_second": beam_rate, "runs": beam_runs},
         "beam_one_row": {"median_seconds": startup, "runs": startup_runs},
         "ratio_beam_to_direct": beam_rate / direct_rate,
-        "loadavg_before": list(load_before), "loadavg_after": list(load_after), "cpu_count": os.cpu_count(),
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(load_after),
+        "cpu_count": os.cpu_count(),
     }
-    seconds = {name: float(np.median([r["seconds"] for r in runs])) for name, runs in
-               (("direct", direct_runs), ("beam", beam_runs))}
+    seconds = {
+        name: float(np.median([r["seconds"] for r in runs]))
+        for name, runs in (("direct", direct_runs), ("beam", beam_runs))
+    }
     table = (
         "| method | rows | seconds (median) | rows/s (median) | vs direct |\n|---|---|---|---|---|\n"
         f"| signature called directly, 1 process | {args.rows:,} | {seconds['direct']:.2f} | "

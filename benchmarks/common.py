@@ -48,8 +48,13 @@ def source_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"], cwd=root,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
@@ -58,9 +63,16 @@ def source_commit() -> str:
 def write_results(output_dir: Path, stem: str, payload: dict, table: str) -> None:
     """Writes ``stem.json`` (the payload plus commit, machine, load and date) and ``stem.md`` (the table)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    payload = {**payload, "commit": source_commit(),
-               "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                           "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    payload = {
+        **payload,
+        "commit": source_commit(),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     (output_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (output_dir / f"{stem}.md").write_text(table)

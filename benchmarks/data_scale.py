@@ -95,13 +95,17 @@ def generate_tables(directory: Path, rows: int, shards: int, seed: int) -> Dict[
     bounds = np.linspace(0, rows, shards + 1).astype(np.int64)
     for shard, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         size = int(end - begin)
-        table = pa.table({
-            "user_id": pc.take(user_names, pa.array(users[begin:end])),
-            "item_id": pc.take(item_names, pa.array(items[begin:end])),
-            "timestamp": pa.array(START_TIMESTAMP + rng.integers(0, YEAR_SECONDS, size=size), pa.int64()),
-            "event": pc.take(pa.array(EVENTS, pa.string()), pa.array(rng.choice(len(EVENTS), size=size, p=EVENT_SHARES))),
-            "quantity": pa.array(rng.geometric(0.6, size=size), pa.int64()),
-        })
+        table = pa.table(
+            {
+                "user_id": pc.take(user_names, pa.array(users[begin:end])),
+                "item_id": pc.take(item_names, pa.array(items[begin:end])),
+                "timestamp": pa.array(START_TIMESTAMP + rng.integers(0, YEAR_SECONDS, size=size), pa.int64()),
+                "event": pc.take(
+                    pa.array(EVENTS, pa.string()), pa.array(rng.choice(len(EVENTS), size=size, p=EVENT_SHARES))
+                ),
+                "quantity": pa.array(rng.geometric(0.6, size=size), pa.int64()),
+            }
+        )
         pq.write_table(table, directory / "interactions" / f"part-{shard:05d}.parquet")
         del table
 
@@ -109,18 +113,34 @@ def generate_tables(directory: Path, rows: int, shards: int, seed: int) -> Dict[
     tag_counts = rng.integers(1, 5, size=num_items)
     tags = tag_names[rng.choice(NUM_TAGS, size=int(tag_counts.sum()), p=zipf_shares(NUM_TAGS))]
     offsets = np.r_[0, np.cumsum(tag_counts)].astype(np.int32)
-    pq.write_table(pa.table({
-        "item_id": item_names,
-        "tags": pa.ListArray.from_arrays(pa.array(offsets), pa.array(tags, pa.string())),
-        "price": pa.array(np.round(rng.lognormal(3.0, 1.0, size=num_items), 2), pa.float64()),
-    }), directory / "items.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": item_names,
+                "tags": pa.ListArray.from_arrays(pa.array(offsets), pa.array(tags, pa.string())),
+                "price": pa.array(np.round(rng.lognormal(3.0, 1.0, size=num_items), 2), pa.float64()),
+            }
+        ),
+        directory / "items.parquet",
+    )
     countries = np.array([f"C{k:02d}" for k in range(NUM_COUNTRIES)], dtype=object)
-    pq.write_table(pa.table({
-        "user_id": user_names,
-        "country": pa.array(countries[rng.choice(NUM_COUNTRIES, size=num_users, p=zipf_shares(NUM_COUNTRIES))], pa.string()),
-    }), directory / "users.parquet")
-    return {"interactions": rows, "users": num_users, "items": num_items,
-            "interacted_items": int(len(np.unique(items)))}
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": user_names,
+                "country": pa.array(
+                    countries[rng.choice(NUM_COUNTRIES, size=num_users, p=zipf_shares(NUM_COUNTRIES))], pa.string()
+                ),
+            }
+        ),
+        directory / "users.parquet",
+    )
+    return {
+        "interactions": rows,
+        "users": num_users,
+        "items": num_items,
+        "interacted_items": int(len(np.unique(items))),
+    }
 
 
 def _resident_peak_mib(reset: bool) -> Optional[float]:
@@ -190,13 +210,16 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
     from tfrec_pipelines.train import training_columns
     from tfrec_towers.config import ExperimentConfig, apply_overrides
 
-    config = apply_overrides(ExperimentConfig(), [
-        "data.dataset=interactions",
-        f"data.interactions.path={json.dumps(str(directory / 'interactions'))}",
-        "data.interactions.weight_column=quantity",
-        f"data.items.path={json.dumps(str(directory / 'items.parquet'))}",
-        f"data.users.path={json.dumps(str(directory / 'users.parquet'))}",
-    ])
+    config = apply_overrides(
+        ExperimentConfig(),
+        [
+            "data.dataset=interactions",
+            f"data.interactions.path={json.dumps(str(directory / 'interactions'))}",
+            "data.interactions.weight_column=quantity",
+            f"data.items.path={json.dumps(str(directory / 'items.parquet'))}",
+            f"data.users.path={json.dumps(str(directory / 'users.parquet'))}",
+        ],
+    )
     read_tables, split = sources.SOURCES["interactions"], sources.interaction_data
 
     def timed_read(*args, **kwargs):
@@ -235,10 +258,13 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
         "peak_rss_mib": max(s["peak_rss_mib"] or usage.ru_maxrss / 1024 for s in clock.stages.values()),
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "summary": {k: int(v) for k, v in prepared.data.summary.items()},
-        "features": {side: [f"{d.name} ({d.kind})" for d in getattr(prepared.declarations, side)]
-                     for side in ("query", "candidate")},
-        "vocabulary_sizes": {f.name: len(f.vocabulary) for f in spec.all_features
-                             if getattr(f, "vocabulary", None) is not None},
+        "features": {
+            side: [f"{d.name} ({d.kind})" for d in getattr(prepared.declarations, side)]
+            for side in ("query", "candidate")
+        },
+        "vocabulary_sizes": {
+            f.name: len(f.vocabulary) for f in spec.all_features if getattr(f, "vocabulary", None) is not None
+        },
         "first_batch": {name: tensor.shape.as_list() for name, tensor in first_batch.items()},
     }
 
@@ -249,16 +275,22 @@ def _worker(argv: List[str], result: Path, timeout: float) -> dict:
     started = time.perf_counter()
     progress = _progress_file(result)
     try:
-        process = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--result", str(result)],
-                                 timeout=timeout)
+        process = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--result", str(result)], timeout=timeout
+        )
         returncode = process.returncode
     except subprocess.TimeoutExpired:
         returncode, reason = None, f"ran past {timeout / 60:g} minutes (killed)"
     if returncode == 0:
         return {"status": "ok", **json.loads(result.read_text())}
     if returncode is not None:
-        reason = (f"killed by signal {-returncode} (SIGKILL: most likely the out-of-memory killer)" if returncode == -9
-                  else f"killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}")
+        reason = (
+            f"killed by signal {-returncode} (SIGKILL: most likely the out-of-memory killer)"
+            if returncode == -9
+            else f"killed by signal {-returncode}"
+            if returncode < 0
+            else f"exited with code {returncode}"
+        )
     partial = json.loads(progress.read_text()) if progress.is_file() else {}
     return {"status": "failed", "reason": reason, "seconds": time.perf_counter() - started, **partial}
 
@@ -274,31 +306,53 @@ def run_size(rows: int, shards: int, seed: int, timeout: float) -> dict:
         directory.mkdir()
         print(f"[{rows:,}] generating tables in {directory}", flush=True)
         started = time.perf_counter()
-        generated = _worker(["--generate", str(directory), "--rows", str(rows), "--shards", str(shards),
-                             "--seed", str(seed)], Path(scratch) / "generated.json", timeout)
+        generated = _worker(
+            ["--generate", str(directory), "--rows", str(rows), "--shards", str(shards), "--seed", str(seed)],
+            Path(scratch) / "generated.json",
+            timeout,
+        )
         if generated.pop("status") != "ok":
             raise RuntimeError(f"generating {rows} interactions failed: {generated['reason']}")
         on_disk = sum(p.stat().st_size for p in directory.rglob("*.parquet")) / MIB
-        print(f"[{rows:,}] generated {generated} ({on_disk:.0f} MiB) in {time.perf_counter() - started:.0f} s; "
-              "preparing", flush=True)
+        print(
+            f"[{rows:,}] generated {generated} ({on_disk:.0f} MiB) in {time.perf_counter() - started:.0f} s; preparing",
+            flush=True,
+        )
         load_before = os.getloadavg()
         measured = _worker(["--prepare", str(directory)], Path(scratch) / "prepared.json", timeout)
         load_after = os.getloadavg()
     total = sum(s["seconds"] for k, s in measured.get("stages", {}).items() if k in PREPARATION)
-    return {"rows": rows, "generated": generated, "parquet_mib": on_disk, "load_average_before": load_before,
-            "load_average_after": load_after, **({"prepare_seconds": total} if measured["status"] == "ok" else {}),
-            **measured}
+    return {
+        "rows": rows,
+        "generated": generated,
+        "parquet_mib": on_disk,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        **({"prepare_seconds": total} if measured["status"] == "ok" else {}),
+        **measured,
+    }
 
 
 def markdown(results: List[dict], command: str) -> str:
     """One row per size: counts, each stage's seconds (and peak GiB), the total and the peak."""
-    header = ["interactions", "users", "items", "train examples", *[f"{s} s (peak GiB)" for s in STAGES[1:]],
-              "prepare s", "peak RSS GiB", "load avg (1 min) before → after"]
+    header = [
+        "interactions",
+        "users",
+        "items",
+        "train examples",
+        *[f"{s} s (peak GiB)" for s in STAGES[1:]],
+        "prepare s",
+        "peak RSS GiB",
+        "load avg (1 min) before → after",
+    ]
     lines = [f"`{command}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         if result["status"] == "skipped":
-            lines.append("| " + " | ".join([f"{result['rows']:,}", f"skipped: {result['reason']}",
-                                             *(["—"] * (len(header) - 2))]) + " |")
+            lines.append(
+                "| "
+                + " | ".join([f"{result['rows']:,}", f"skipped: {result['reason']}", *(["—"] * (len(header) - 2))])
+                + " |"
+            )
             continue
         counts = [f"{result['rows']:,}", f"{result['generated']['users']:,}", f"{result['generated']['items']:,}"]
         load = f"{result['load_average_before'][0]:.2f} → {result['load_average_after'][0]:.2f}"
@@ -308,26 +362,44 @@ def markdown(results: List[dict], command: str) -> str:
             cells = [*counts, failure, *(["—"] * (len(header) - len(counts) - 2)), load]
         else:
             stages = result["stages"]
-            cells = [*counts, f"{result['summary']['train_examples']:,}",
-                     *[f"{stages[s]['seconds']:.1f} ({stages[s]['peak_rss_mib'] / 1024:.2f})" for s in STAGES[1:]],
-                     f"{result['prepare_seconds']:.1f}", f"{result['peak_rss_mib'] / 1024:.2f}", load]
+            cells = [
+                *counts,
+                f"{result['summary']['train_examples']:,}",
+                *[f"{stages[s]['seconds']:.1f} ({stages[s]['peak_rss_mib'] / 1024:.2f})" for s in STAGES[1:]],
+                f"{result['prepare_seconds']:.1f}",
+                f"{result['peak_rss_mib'] / 1024:.2f}",
+                load,
+            ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Stage times are wall seconds; a stage's peak is the process's resident high-water mark "
-              "during it. *prepare s* sums the stages from *read tables* to *adapt* (not the import of the package "
-              "and TensorFlow, nor the training input, which builds `fit_model`'s `tf.data` pipeline and takes its "
-              "first batch)."]
+    lines += [
+        "",
+        "Stage times are wall seconds; a stage's peak is the process's resident high-water mark "
+        "during it. *prepare s* sums the stages from *read tables* to *adapt* (not the import of the package "
+        "and TensorFlow, nor the training input, which builds `fit_model`'s `tf.data` pipeline and takes its "
+        "first batch).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000],
-                        help="interactions per size, run in this order")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[1_000_000, 5_000_000, 20_000_000],
+        help="interactions per size, run in this order",
+    )
     parser.add_argument("--shards", type=int, default=4, help="Parquet shards of the interaction log")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout-minutes", type=float, default=40.0, help="a size running longer is recorded as failed")
-    parser.add_argument("--keep-going", action="store_true",
-                        help="run the larger sizes after a size failed (default: record them as skipped)")
+    parser.add_argument(
+        "--timeout-minutes", type=float, default=40.0, help="a size running longer is recorded as failed"
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run the larger sizes after a size failed (default: record them as skipped)",
+    )
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", metavar="DIR", help=argparse.SUPPRESS)
@@ -354,8 +426,12 @@ def main() -> None:
         results.append(result)
         print(f"[{rows:,}] {json.dumps(result)}", flush=True)
         table = markdown(results, command)
-        write_results(Path(args.output_dir), "data_scale",
-                      {"command": command, "cpu_count": os.cpu_count(), "results": results}, table)
+        write_results(
+            Path(args.output_dir),
+            "data_scale",
+            {"command": command, "cpu_count": os.cpu_count(), "results": results},
+            table,
+        )
     print(table)
 
 

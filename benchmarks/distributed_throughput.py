@@ -54,8 +54,12 @@ def main() -> None:
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
-    dataset = ["data.dataset=movielens", f"data.data_dir={args.data_dir}"] if args.data_dir else ["data.dataset=synthetic"]
-    base = apply_overrides(ExperimentConfig(), dataset + [f"training.seed={args.seed}", f"training.epochs={args.epochs}"])
+    dataset = (
+        ["data.dataset=movielens", f"data.data_dir={args.data_dir}"] if args.data_dir else ["data.dataset=synthetic"]
+    )
+    base = apply_overrides(
+        ExperimentConfig(), dataset + [f"training.seed={args.seed}", f"training.epochs={args.epochs}"]
+    )
     prepared = prepare_data(base)
     data, spec = prepared.data, prepared.adapted_spec()
     columns = {f.name: data.train[f.name] for f in spec.all_features}
@@ -84,7 +88,12 @@ def main() -> None:
     summary = {}
     for loss_name in LOSSES:
         one, two = (float(np.median(rates[(loss_name, s)])) for s in STRATEGIES)
-        summary[loss_name] = {"1 replica": one, "2 replicas": two, "ratio": two / one, "per_repeat": {s: rates[(loss_name, s)] for s in STRATEGIES}}
+        summary[loss_name] = {
+            "1 replica": one,
+            "2 replicas": two,
+            "ratio": two / one,
+            "per_repeat": {s: rates[(loss_name, s)] for s in STRATEGIES},
+        }
         lines.append(f"| {loss_name} | {one:,.0f} | {two:,.0f} | {two / one:.2f} |")
     command = " ".join(["python", "benchmarks/distributed_throughput.py", *sys.argv[1:]])
     text = (
@@ -92,7 +101,12 @@ def main() -> None:
         f"{base.training.batch_size}, median of {args.repeats} × {args.epochs} epoch(s); 1-min load average "
         f"{min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} CPUs.\n\n" + "\n".join(lines) + "\n"
     )
-    write_results(Path(args.output_dir), "distributed_throughput", {"command": command, "summary": summary, "load_average": loads}, text)
+    write_results(
+        Path(args.output_dir),
+        "distributed_throughput",
+        {"command": command, "summary": summary, "load_average": loads},
+        text,
+    )
     print(text)
 
 

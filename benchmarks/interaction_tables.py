@@ -41,11 +41,15 @@ REPORTED = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "HR@50")
 
 
 def run_table(path: str, seeds, overrides) -> tuple[str, list]:
-    base = apply_overrides(ExperimentConfig(), ["data.dataset=interactions", f"data.interactions.path={path}", *overrides])
+    base = apply_overrides(
+        ExperimentConfig(), ["data.dataset=interactions", f"data.interactions.path={path}", *overrides]
+    )
     prepared = prepare_data(base)
     data, spec = prepared.data, prepared.adapted_spec()
     user = next(d.name for d in prepared.declarations.query if d.kind == "id")
-    plain_training = TrainingConfig(epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad")
+    plain_training = TrainingConfig(
+        epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad"
+    )
     rows = []
     for seed in seeds:
         config = dataclasses.replace(base, training=dataclasses.replace(base.training, seed=seed))
@@ -61,34 +65,52 @@ def run_table(path: str, seeds, overrides) -> tuple[str, list]:
                 columns = {f.name: data.train[f.name] for f in spec.all_features}
             _, seconds, rate = fit_model(model, columns, training, verbose=0)
             metrics = evaluate_model(model, data, ks=KS)
-            rows.append({"name": name, "seed": seed, "metrics": metrics, "train_seconds": seconds,
-                         "examples_per_second": rate})
-            print(f"[{data.name}] {name} seed={seed}: HR@10={metrics['HR@10']:.4f} NDCG@10={metrics['NDCG@10']:.4f} "
-                  f"({seconds:.0f} s)", flush=True)
+            rows.append(
+                {"name": name, "seed": seed, "metrics": metrics, "train_seconds": seconds, "examples_per_second": rate}
+            )
+            print(
+                f"[{data.name}] {name} seed={seed}: HR@10={metrics['HR@10']:.4f} NDCG@10={metrics['NDCG@10']:.4f} "
+                f"({seconds:.0f} s)",
+                flush=True,
+            )
     return data.name, rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interactions", nargs="+", required=True, help="interaction tables (user_id, item_id, timestamp)")
+    parser.add_argument(
+        "--interactions", nargs="+", required=True, help="interaction tables (user_id, item_id, timestamp)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", action="append", default=[], help="override a config key of the default, as in the CLI")
+    parser.add_argument(
+        "--set", action="append", default=[], help="override a config key of the default, as in the CLI"
+    )
     parser.add_argument("--processes", type=int, default=1, help="tables trained at once, one process each")
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
     command = " ".join(["python", "benchmarks/interaction_tables.py", *sys.argv[1:]])
     results, tables = {}, [f"`{command}`\n"]
-    with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        args.processes, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         runs = [pool.submit(run_table, path, args.seeds, args.set) for path in args.interactions]
     for path, run in zip(args.interactions, runs):
         name, rows = run.result()
         summary = summarise(rows, REPORTED)
         results[name] = {"path": path, "rows": rows, "summary": summary}
         tables.append(f"### {name}\n\n" + markdown_table(summary, baseline=PLAIN, reported=REPORTED))
-        write_results(Path(args.output_dir), "interaction_tables",
-                      {"command": command, "config": config_to_dict(ExperimentConfig()), "overrides": args.set,
-                       "results": results}, "\n".join(tables))
+        write_results(
+            Path(args.output_dir),
+            "interaction_tables",
+            {
+                "command": command,
+                "config": config_to_dict(ExperimentConfig()),
+                "overrides": args.set,
+                "results": results,
+            },
+            "\n".join(tables),
+        )
     print("\n".join(tables))
 
 

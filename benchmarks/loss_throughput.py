@@ -71,7 +71,12 @@ def measure(dataset: str, data_dir: str | None, repeats: int, seed: int) -> dict
             "ratio_to_in_batch": float(np.median(ratios)),
             "per_round_examples_per_second": rates,
         }
-    return {"name": data.name, "training_examples": len(data.train[data.candidate_id]), "rounds": rounds, "summary": summary}
+    return {
+        "name": data.name,
+        "training_examples": len(data.train[data.candidate_id]),
+        "rounds": rounds,
+        "summary": summary,
+    }
 
 
 def main() -> None:
@@ -93,10 +98,14 @@ def main() -> None:
         lines = ["| loss | examples/s (median) | ratio to in-batch (median) | per round |", "|---|---|---|---|"]
         for name, stats in result["summary"].items():
             rounds = ", ".join(f"{r:,.0f}" for r in stats["per_round_examples_per_second"])
-            lines.append(f"| {name} | {stats['examples_per_second']:,.0f} | {stats['ratio_to_in_batch']:.2f} | {rounds} |")
+            lines.append(
+                f"| {name} | {stats['examples_per_second']:,.0f} | {stats['ratio_to_in_batch']:.2f} | {rounds} |"
+            )
         tables.append(
             f"### {result['name']} ({result['training_examples']:,} training examples, {args.repeats} rounds; "
-            f"1-min load average {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} CPUs)\n\n" + "\n".join(lines) + "\n"
+            f"1-min load average {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} CPUs)\n\n"
+            + "\n".join(lines)
+            + "\n"
         )
 
     command = " ".join(["python", "benchmarks/loss_throughput.py", *sys.argv[1:]])

@@ -57,8 +57,12 @@ def train(mlp: bool, bank_size: int, warmup: int, steps: int, data, seed: int = 
     rng = np.random.default_rng(seed + 1)
     tf.keras.utils.set_random_seed(seed)
     tables = [tf.Variable(tf.random.normal([n, DIM], stddev=0.1 if not mlp else 1.0)) for n in (USERS, ITEMS)]
-    towers = [tf.keras.Sequential([tf.keras.layers.Dense(256, activation="relu"), tf.keras.layers.Dense(DIM)]) if mlp else None
-              for _ in range(2)]
+    towers = [
+        tf.keras.Sequential([tf.keras.layers.Dense(256, activation="relu"), tf.keras.layers.Dense(DIM)])
+        if mlp
+        else None
+        for _ in range(2)
+    ]
     for tower in towers:
         if tower is not None:
             tower.build([None, DIM])
@@ -88,7 +92,11 @@ def train(mlp: bool, bank_size: int, warmup: int, steps: int, data, seed: int = 
     q, v = encode(0, np.arange(USERS)).numpy(), encode(1, np.arange(ITEMS)).numpy()
     scores = q @ v.T
     ranks = (scores > scores[np.arange(USERS), favourite][:, None]).sum(1)
-    return {"loss": float(loss), "proxy_HR@50": float((ranks < 50).mean()), "mean_resultant_length": float(np.linalg.norm(v.mean(0)))}
+    return {
+        "loss": float(loss),
+        "proxy_HR@50": float((ranks < 50).mean()),
+        "mean_resultant_length": float(np.linalg.norm(v.mean(0))),
+    }
 
 
 def main() -> None:
@@ -102,9 +110,16 @@ def main() -> None:
         results[name] = train(mlp, bank_size, warmup, args.steps, data)
         print(name, results[name], flush=True)
     lines = ["| towers, negatives | final loss | proxy HR@50 | ‖mean v̂‖ (1 = collapse) |", "|---|---|---|---|"]
-    lines += [f"| {n} | {r['loss']:.3f} | {r['proxy_HR@50']:.3f} | {r['mean_resultant_length']:.3f} |" for n, r in results.items()]
+    lines += [
+        f"| {n} | {r['loss']:.3f} | {r['proxy_HR@50']:.3f} | {r['mean_resultant_length']:.3f} |"
+        for n, r in results.items()
+    ]
     command = " ".join(["python", "benchmarks/memory_bank_collapse.py", *sys.argv[1:]])
-    text = f"`{command}` ({args.steps} steps, batch {BATCH}, {ITEMS} items, load {os.getloadavg()[0]:.1f})\n\n" + "\n".join(lines) + "\n"
+    text = (
+        f"`{command}` ({args.steps} steps, batch {BATCH}, {ITEMS} items, load {os.getloadavg()[0]:.1f})\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     write_results(Path(args.output_dir), "memory_bank_collapse", {"command": command, "results": results}, text)
     print(text)
 

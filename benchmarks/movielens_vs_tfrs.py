@@ -42,7 +42,9 @@ def main() -> None:
     base = apply_overrides(base, ["data.dataset=movielens", f"data.data_dir={args.data_dir}", *args.set])
     prepared = prepare_data(base)
     data, spec = prepared.data, prepared.adapted_spec()
-    plain_training = TrainingConfig(epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad")
+    plain_training = TrainingConfig(
+        epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad"
+    )
 
     rows = []
     for seed in args.seeds:
@@ -59,15 +61,23 @@ def main() -> None:
                 columns = {f.name: data.train[f.name] for f in spec.all_features}
             _, seconds, rate = fit_model(model, columns, training, verbose=0)
             metrics = evaluate_model(model, data)
-            rows.append({"name": name, "seed": seed, "metrics": metrics, "train_seconds": seconds, "examples_per_second": rate})
-            print(f"{name} seed={seed}: HR@50={metrics['HR@50']:.4f} NDCG@10={metrics['NDCG@10']:.4f} ({seconds:.0f} s)", flush=True)
+            rows.append(
+                {"name": name, "seed": seed, "metrics": metrics, "train_seconds": seconds, "examples_per_second": rate}
+            )
+            print(
+                f"{name} seed={seed}: HR@50={metrics['HR@50']:.4f} NDCG@10={metrics['NDCG@10']:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
 
     summary = summarise(rows)
     table = markdown_table(summary, baseline=PLAIN)
     command = " ".join(["python", "benchmarks/movielens_vs_tfrs.py", *sys.argv[1:]])
-    write_results(Path(args.output_dir), "movielens_vs_tfrs",
-                  {"command": command, "dataset": data.name, "config": config_to_dict(base), "rows": rows, "summary": summary},
-                  f"`{command}` on {data.name}\n\n{table}")
+    write_results(
+        Path(args.output_dir),
+        "movielens_vs_tfrs",
+        {"command": command, "dataset": data.name, "config": config_to_dict(base), "rows": rows, "summary": summary},
+        f"`{command}` on {data.name}\n\n{table}",
+    )
     print(table)
 
 

@@ -42,8 +42,15 @@ LOSSES = ("in_batch_logq", "full_softmax")
 class MinimalSASRec(tf.keras.Model):
     """Item table + ``num_layers`` causal pre-norm blocks over ``[B, L]`` item indices (0 = padding)."""
 
-    def __init__(self, num_items: int, max_length: int, dim: int = 64, num_layers: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        max_length: int,
+        dim: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self.max_length, self.dim = max_length, dim
         self.items = tf.keras.layers.Embedding(num_items + 1, dim, name="items")
@@ -54,8 +61,14 @@ class MinimalSASRec(tf.keras.Model):
                 tf.keras.layers.LayerNormalization(epsilon=1e-8),
                 tf.keras.layers.MultiHeadAttention(num_heads, dim // num_heads, dropout=dropout),
                 tf.keras.layers.LayerNormalization(epsilon=1e-8),
-                tf.keras.Sequential([tf.keras.layers.Dense(dim, activation="relu"), tf.keras.layers.Dropout(dropout),
-                                     tf.keras.layers.Dense(dim), tf.keras.layers.Dropout(dropout)]),
+                tf.keras.Sequential(
+                    [
+                        tf.keras.layers.Dense(dim, activation="relu"),
+                        tf.keras.layers.Dropout(dropout),
+                        tf.keras.layers.Dense(dim),
+                        tf.keras.layers.Dropout(dropout),
+                    ]
+                ),
             )
             for _ in range(num_layers)
         ]
@@ -87,9 +100,18 @@ def _right_aligned(history: np.ndarray, length: int) -> np.ndarray:
     return np.pad(history, [(0, 0), (length - history.shape[1], 0)])
 
 
-def train_and_evaluate(data: RetrievalData, seed: int, loss: str = "in_batch_logq", epochs: int = 30,
-                       batch_size: int = 32, max_length: int = 50, dim: int = 64, learning_rate: float = 1e-3,
-                       temperature: float = 0.05, dropout: float = 0.2) -> Dict[str, object]:
+def train_and_evaluate(
+    data: RetrievalData,
+    seed: int,
+    loss: str = "in_batch_logq",
+    epochs: int = 30,
+    batch_size: int = 32,
+    max_length: int = 50,
+    dim: int = 64,
+    learning_rate: float = 1e-3,
+    temperature: float = 0.05,
+    dropout: float = 0.2,
+) -> Dict[str, object]:
     """Trains the minimal transformer on every position of ``data.train`` and evaluates it.
 
     Returns:
@@ -99,8 +121,9 @@ def train_and_evaluate(data: RetrievalData, seed: int, loss: str = "in_batch_log
         raise ValueError(f"`loss` must be one of {LOSSES}. Received: {loss!r}")
     tf.keras.utils.set_random_seed(seed)
     catalogue = np.sort(np.asarray(data.candidates[data.candidate_id]))
-    sequences = sequence_examples({"history": data.train["history"], "item": data.train[data.candidate_id]},
-                                  ["item"], "item", max_length)
+    sequences = sequence_examples(
+        {"history": data.train["history"], "item": data.train[data.candidate_id]}, ["item"], "item", max_length
+    )
     inputs = _indices(sequences["history"], catalogue)
     targets = _indices(sequences["item"], catalogue)
     counts = np.bincount(targets[targets > 0], minlength=len(catalogue) + 1).astype(np.float64) + 1.0
@@ -135,13 +158,14 @@ def train_and_evaluate(data: RetrievalData, seed: int, loss: str = "in_batch_log
     for _ in range(epochs):
         order = rng.permutation(len(inputs))
         for first in range(0, len(order), batch_size):
-            rows = order[first:first + batch_size]
+            rows = order[first : first + batch_size]
             step(tf.constant(inputs[rows]), tf.constant(targets[rows]))
     seconds = time.perf_counter() - start
 
     queries = _right_aligned(_indices(np.asarray(data.eval_queries["history"]), catalogue), max_length)
-    outputs = np.concatenate([model(tf.constant(queries[i:i + 512]))[:, -1].numpy()
-                              for i in range(0, len(queries), 512)])
+    outputs = np.concatenate(
+        [model(tf.constant(queries[i : i + 512]))[:, -1].numpy() for i in range(0, len(queries), 512)]
+    )
     items = model.items.embeddings.numpy()[1:]
     if loss == "in_batch_logq":
         outputs = outputs / np.linalg.norm(outputs, axis=1, keepdims=True)

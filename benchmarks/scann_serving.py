@@ -141,7 +141,11 @@ def serve_in_fresh_process(
     args = [path, queries_file, found_file, WORKER_PATH, kind, batch_size, num_requests, qps_queries]
     completed = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(SERVE_SCRIPT), *map(str, args)],
-        capture_output=True, text=True, env=env, cwd="/", timeout=3600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=3600,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"the fresh serving process failed:\n{completed.stderr[-3000:]}")
@@ -158,8 +162,10 @@ def build_raw_scann(candidates: np.ndarray, config: dict):
     searcher = (
         scann_ops_pybind.builder(candidates, config["k"], "dot_product")
         .tree(config["num_leaves"], config["num_leaves_to_search"], training_iterations=config["training_iterations"])
-        .score_ah(config["dimensions_per_block"],
-                  anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"])
+        .score_ah(
+            config["dimensions_per_block"],
+            anisotropic_quantization_threshold=config["anisotropic_quantization_threshold"],
+        )
         .reorder(min(len(candidates), config["reordering_multiplier"] * config["k"]))
         .build()
     )
@@ -169,7 +175,9 @@ def build_raw_scann(candidates: np.ndarray, config: dict):
 def measure_raw_scann(searcher, queries: np.ndarray, ids: np.ndarray, batch_size: int, num_requests: int) -> dict:
     """Recall ids, batched QPS and single-query latency of the pybind searcher, as the fresh process measures an export."""
     run = lambda batch: searcher.search_batched_parallel(batch, batch_size=batch_size)  # noqa: E731
-    batches = [(queries[i : i + batch_size], len(queries[i : i + batch_size])) for i in range(0, len(queries), batch_size)]
+    batches = [
+        (queries[i : i + batch_size], len(queries[i : i + batch_size])) for i in range(0, len(queries), batch_size)
+    ]
     found = ids[np.concatenate([run(batch)[0] for batch, _ in batches])]
     qps = measure_batched_qps(run, batches)
     latency = measure_latency_ms(lambda q: searcher.search(q), list(queries), num_requests)
@@ -209,9 +217,15 @@ def main() -> None:
     parser.add_argument("--num-queries", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-requests", type=int, default=500, help="timed single-query requests per round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds of raw and exported ScaNN")
-    parser.add_argument("--brute-force-queries", type=int, default=512, help="queries in brute force's throughput passes")
-    parser.add_argument("--brute-force-requests", type=int, default=100, help="brute force's timed single-query requests")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved measurement rounds of raw and exported ScaNN"
+    )
+    parser.add_argument(
+        "--brute-force-queries", type=int, default=512, help="queries in brute force's throughput passes"
+    )
+    parser.add_argument(
+        "--brute-force-requests", type=int, default=100, help="brute force's timed single-query requests"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -239,19 +253,30 @@ def main() -> None:
         load["during"] = []
         for number in range(args.rounds):
             rounds["raw"].append(measure_raw_scann(searcher, queries, ids, args.batch_size, args.num_requests))
-            rounds["exported"].append(serve_in_fresh_process(
-                exports["scann"][0], "scann", queries_file, args.batch_size, args.num_requests, len(queries)
-            ))
+            rounds["exported"].append(
+                serve_in_fresh_process(
+                    exports["scann"][0], "scann", queries_file, args.batch_size, args.num_requests, len(queries)
+                )
+            )
             load["during"].append(os.getloadavg())
-            print(f"round {number}: raw {rounds['raw'][-1]['batched_qps']:,.0f} queries/s, "
-                  f"exported {rounds['exported'][-1]['batched_qps']:,.0f} queries/s", flush=True)
+            print(
+                f"round {number}: raw {rounds['raw'][-1]['batched_qps']:,.0f} queries/s, "
+                f"exported {rounds['exported'][-1]['batched_qps']:,.0f} queries/s",
+                flush=True,
+            )
         rows["raw ScaNN (scann_ops_pybind)"] = dict(best_round(rounds["raw"]), build_seconds=raw_build_seconds)
         rows["exported ScaNN SavedModel (fresh process)"] = dict(
             best_round(rounds["exported"]), build_seconds=exports["scann"][1]
         )
         rows["brute-force SavedModel (fresh process)"] = dict(
-            serve_in_fresh_process(exports["brute-force"][0], "brute-force", queries_file, args.batch_size,
-                                   args.brute_force_requests, args.brute_force_queries),
+            serve_in_fresh_process(
+                exports["brute-force"][0],
+                "brute-force",
+                queries_file,
+                args.batch_size,
+                args.brute_force_requests,
+                args.brute_force_queries,
+            ),
             build_seconds=exports["brute-force"][1],
         )
     for measured_rounds in rounds.values():
@@ -274,9 +299,16 @@ def main() -> None:
         for name, target in TARGETS.items()
     }
     command = " ".join(["python", "benchmarks/scann_serving.py", *sys.argv[1:]])
-    table = f"`{command}`\n\n" + markdown(rows, load, args) + "\nTargets (exported ScaNN): " + ", ".join(
-        f"{name} {measured[name]:.3f} vs {target} {'met' if met[name] else 'MISSED'}" for name, target in TARGETS.items()
-    ) + "\n"
+    table = (
+        f"`{command}`\n\n"
+        + markdown(rows, load, args)
+        + "\nTargets (exported ScaNN): "
+        + ", ".join(
+            f"{name} {measured[name]:.3f} vs {target} {'met' if met[name] else 'MISSED'}"
+            for name, target in TARGETS.items()
+        )
+        + "\n"
+    )
     payload = {
         "command": command,
         "arguments": vars(args),

@@ -45,8 +45,10 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "movielens_transfo
 ENCODERS = {"mean": "mean", "attention pooling": "attention", "GRU": "gru", "transformer": "transformer"}
 REPORTED = ("HR@10", "HR@50", "NDCG@10", "NDCG@50")
 DEFAULT = "tfrec-towers default (attention pooling, per prefix)"
-REFERENCE_LOSSES = {"in_batch_logq": "minimal SASRec reference, in-batch + logQ",
-                    "full_softmax": "minimal SASRec reference, full softmax"}
+REFERENCE_LOSSES = {
+    "in_batch_logq": "minimal SASRec reference, in-batch + logQ",
+    "full_softmax": "minimal SASRec reference, full softmax",
+}
 
 
 def encoder_config(base: ExperimentConfig, encoder: str) -> ExperimentConfig:
@@ -88,8 +90,14 @@ class _TimeToQuality(tf.keras.callbacks.Callback):
         if self.trained >= self.next_eval:
             self.next_eval += self.eval_every
             metrics = evaluate_model(self.model, self.data)
-            self.curve.append({"train_seconds": self.trained, "steps": self.steps, "HR@50": metrics["HR@50"],
-                               "NDCG@10": metrics["NDCG@10"]})
+            self.curve.append(
+                {
+                    "train_seconds": self.trained,
+                    "steps": self.steps,
+                    "HR@50": metrics["HR@50"],
+                    "NDCG@10": metrics["NDCG@10"],
+                }
+            )
             print(f"  {self.trained:7.1f}s step {self.steps}: HR@50={metrics['HR@50']:.4f}", flush=True)
             if metrics["HR@50"] >= self.target or self.trained >= self.budget:
                 self.model.stop_training = True
@@ -106,17 +114,22 @@ def time_to_quality(config: ExperimentConfig, data, spec_factory, seed: int, arg
     targets = columns
     if config.training.example_format == "every_position":  # counted as fit_model will regroup them
         history = config.model.history
-        targets = sequence_examples(columns, [f.name for f in spec.candidate], spec.candidate_id, history.max_length,
-                                    history=history.feature)
+        targets = sequence_examples(
+            columns, [f.name for f in spec.candidate], spec.candidate_id, history.max_length, history=history.feature
+        )
     callback = _TimeToQuality(data, args.eval_every, args.target_hr50, args.time_budget)
     # The callback stops training at the target or the time budget; fit_model trains on the
     # batches and per-epoch order `train` uses.
     fit_model(model, columns, dataclasses.replace(config.training, epochs=10_000), verbose=0, callbacks=[callback])
     reached = next((point for point in callback.curve if point["HR@50"] >= args.target_hr50), None)
-    return {"example_format": config.training.example_format, "batch_size": config.training.batch_size,
-            "targets_per_epoch": num_targets(targets, spec.candidate_id), "curve": callback.curve,
-            "seconds_to_target": reached["train_seconds"] if reached else None,
-            "best_HR@50": max((p["HR@50"] for p in callback.curve), default=0.0)}
+    return {
+        "example_format": config.training.example_format,
+        "batch_size": config.training.batch_size,
+        "targets_per_epoch": num_targets(targets, spec.candidate_id),
+        "curve": callback.curve,
+        "seconds_to_target": reached["train_seconds"] if reached else None,
+        "best_HR@50": max((p["HR@50"] for p in callback.curve), default=0.0),
+    }
 
 
 def main() -> None:
@@ -129,8 +142,13 @@ def main() -> None:
     parser.add_argument("--eval-every", type=float, default=20.0, help="training seconds between evaluations")
     parser.add_argument("--time-budget", type=float, default=240.0, help="training seconds per example format")
     parser.add_argument("--per-prefix-batch-size", type=int, default=512)
-    parser.add_argument("--references", nargs="*", default=list(REFERENCE_LOSSES), choices=list(REFERENCE_LOSSES),
-                        help="minimal SASRec references to train (benchmarks/reference_transformer.py); none skips them")
+    parser.add_argument(
+        "--references",
+        nargs="*",
+        default=list(REFERENCE_LOSSES),
+        choices=list(REFERENCE_LOSSES),
+        help="minimal SASRec references to train (benchmarks/reference_transformer.py); none skips them",
+    )
     parser.add_argument("--reference-epochs", type=int, default=30)
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -147,35 +165,56 @@ def main() -> None:
         rows += [run_row(name, config, data, spec_factory, seed) for name, config in configs.items()]
         rows.append(run_row(DEFAULT, default, data, spec_factory, seed))
         for loss in args.references:
-            result = train_and_evaluate(data, seed, loss=loss, epochs=args.reference_epochs,
-                                        max_length=base.model.history.max_length)
+            result = train_and_evaluate(
+                data, seed, loss=loss, epochs=args.reference_epochs, max_length=base.model.history.max_length
+            )
             rows.append({"name": REFERENCE_LOSSES[loss], "seed": seed, **result})
-            print(f"{REFERENCE_LOSSES[loss]} seed={seed}: HR@50={result['metrics']['HR@50']:.4f} "
-                  f"NDCG@10={result['metrics']['NDCG@10']:.4f}", flush=True)
+            print(
+                f"{REFERENCE_LOSSES[loss]} seed={seed}: HR@50={result['metrics']['HR@50']:.4f} "
+                f"NDCG@10={result['metrics']['NDCG@10']:.4f}",
+                flush=True,
+            )
     summary = summarise(rows, REPORTED)
     table = results_table(summary, PLAIN)
 
     transformer = encoder_config(base, "transformer")
-    per_prefix = apply_overrides(transformer, ["training.example_format=per_prefix",
-                                               f"training.batch_size={args.per_prefix_batch_size}"])
+    per_prefix = apply_overrides(
+        transformer, ["training.example_format=per_prefix", f"training.batch_size={args.per_prefix_batch_size}"]
+    )
     speed = {}
     for name, config in (("every position", transformer), ("per prefix", per_prefix)):
         print(f"time to HR@50 ≥ {args.target_hr50}: transformer, {name}", flush=True)
         speed[name] = time_to_quality(config, data, spec_factory, args.seeds[0], args)
-    lines = ["| transformer trained on | batch | targets/epoch | training s to HR@50 ≥ "
-             f"{args.target_hr50} | best HR@50 within {args.time_budget:.0f} s |", "|---|---|---|---|---|"]
+    lines = [
+        "| transformer trained on | batch | targets/epoch | training s to HR@50 ≥ "
+        f"{args.target_hr50} | best HR@50 within {args.time_budget:.0f} s |",
+        "|---|---|---|---|---|",
+    ]
     for name, result in speed.items():
         reached = f"{result['seconds_to_target']:.0f}" if result["seconds_to_target"] is not None else "not reached"
-        lines.append(f"| {name} | {result['batch_size']} | {result['targets_per_epoch']:,} | {reached} | "
-                     f"{result['best_HR@50']:.4f} |")
+        lines.append(
+            f"| {name} | {result['batch_size']} | {result['targets_per_epoch']:,} | {reached} | "
+            f"{result['best_HR@50']:.4f} |"
+        )
 
     command = " ".join(["python", "benchmarks/sequential.py", *sys.argv[1:]])
-    text = (f"`{command}`\n\n### {data.name}: history encoders (every-position training) vs the plain TFRS recipe, "
-            "the per-prefix default and a minimal SASRec written apart from the library\n\n"
-            f"{table}\n### Time to quality, seed {args.seeds[0]}\n\n" + "\n".join(lines) + "\n")
-    write_results(Path(args.output_dir), "sequential",
-                  {"command": command, "config": config_to_dict(base), "rows": rows, "summary": summary,
-                   "time_to_quality": speed}, text)
+    text = (
+        f"`{command}`\n\n### {data.name}: history encoders (every-position training) vs the plain TFRS recipe, "
+        "the per-prefix default and a minimal SASRec written apart from the library\n\n"
+        f"{table}\n### Time to quality, seed {args.seeds[0]}\n\n" + "\n".join(lines) + "\n"
+    )
+    write_results(
+        Path(args.output_dir),
+        "sequential",
+        {
+            "command": command,
+            "config": config_to_dict(base),
+            "rows": rows,
+            "summary": summary,
+            "time_to_quality": speed,
+        },
+        text,
+    )
     print(text)
 
 

@@ -47,8 +47,9 @@ ROW_GROUP = 250_000
 MIB = 1024 * 1024
 
 
-def generate_shards(directory: Path, rows: int, rows_per_shard: int, users: int, items: int, history: int,
-                    seed: int) -> Dict[str, int]:
+def generate_shards(
+    directory: Path, rows: int, rows_per_shard: int, users: int, items: int, history: int, seed: int
+) -> Dict[str, int]:
     """Writes ``part-*.parquet`` under ``directory``, one row group of at most :data:`ROW_GROUP` rows at a time:
     ``⌈rows / rows_per_shard⌉`` shards of equal size, and at least ``MAX_INTERLEAVED_SHARDS`` (so that the
     stream reads as many shards at once at every size).
@@ -80,22 +81,41 @@ def generate_shards(directory: Path, rows: int, rows_per_shard: int, users: int,
                 within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
                 window = np.repeat(starts, lengths) + within  # the rows just before each row
                 history_items += len(window)
-                writer.write_table(pa.table({
-                    "user_id": pc.take(user_names, pa.array(rng.integers(0, users, size=count))),
-                    "item_id": pc.take(item_names, pa.array(item_rows)),
-                    "timestamp": pa.array(START_TIMESTAMP + rng.integers(0, YEAR_SECONDS, size=count), pa.int64()),
-                    "event": pc.take(pa.array(EVENTS, pa.string()),
-                                     pa.array(rng.choice(len(EVENTS), size=count, p=EVENT_SHARES))),
-                    "quantity": pa.array(rng.geometric(0.6, size=count), pa.int64()),
-                    "history": pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
-                                                        pc.take(item_names, pa.array(item_rows[window]))),
-                }, schema=_schema(pa)))
+                writer.write_table(
+                    pa.table(
+                        {
+                            "user_id": pc.take(user_names, pa.array(rng.integers(0, users, size=count))),
+                            "item_id": pc.take(item_names, pa.array(item_rows)),
+                            "timestamp": pa.array(
+                                START_TIMESTAMP + rng.integers(0, YEAR_SECONDS, size=count), pa.int64()
+                            ),
+                            "event": pc.take(
+                                pa.array(EVENTS, pa.string()),
+                                pa.array(rng.choice(len(EVENTS), size=count, p=EVENT_SHARES)),
+                            ),
+                            "quantity": pa.array(rng.geometric(0.6, size=count), pa.int64()),
+                            "history": pa.ListArray.from_arrays(
+                                pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
+                                pc.take(item_names, pa.array(item_rows[window])),
+                            ),
+                        },
+                        schema=_schema(pa),
+                    )
+                )
     return {"interactions": rows, "shards": shards, "history_items": history_items}
 
 
 def _schema(pa):
-    return pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64()),
-                      ("event", pa.string()), ("quantity", pa.int64()), ("history", pa.list_(pa.string()))])
+    return pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("timestamp", pa.int64()),
+            ("event", pa.string()),
+            ("quantity", pa.int64()),
+            ("history", pa.list_(pa.string())),
+        ]
+    )
 
 
 def stream_in_this_process(directory: Path, history: int, batch_size: int, progress: Path) -> dict:
@@ -120,8 +140,9 @@ def stream_in_this_process(directory: Path, history: int, batch_size: int, progr
     spec = adapted_spec(declarations, statistics)
     clock.begin("input pipeline")
     batches = examples = 0
-    for _features, weights in stream_examples(directory, columns=columns, weight_column="quantity",
-                                             max_history=history, batch_size=batch_size):
+    for _features, weights in stream_examples(
+        directory, columns=columns, weight_column="quantity", max_history=history, batch_size=batch_size
+    ):
         batches += 1
         examples += int(weights.shape[0])
     clock.begin(None)
@@ -140,8 +161,9 @@ def _worker(argv: List[str], result: Path, timeout: float) -> dict:
     started = time.perf_counter()
     progress = result.with_name(result.stem + ".progress.json")
     try:
-        returncode = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--result", str(result)],
-                                    timeout=timeout).returncode
+        returncode = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--result", str(result)], timeout=timeout
+        ).returncode
     except subprocess.TimeoutExpired:
         returncode, reason = None, f"ran past {timeout / 60:g} minutes (killed)"
     if returncode == 0:
@@ -159,20 +181,45 @@ def run_size(rows: int, args: argparse.Namespace) -> dict:
         directory = Path(scratch) / "interactions"
         directory.mkdir()
         print(f"[{rows:,}] generating shards in {directory}", flush=True)
-        generated = _worker(["--generate", str(directory), "--rows", str(rows), "--rows-per-shard",
-                             str(args.rows_per_shard), "--users", str(args.users), "--items", str(args.items),
-                             "--history", str(args.history), "--seed", str(args.seed)],
-                            Path(scratch) / "generated.json", timeout)
+        generated = _worker(
+            [
+                "--generate",
+                str(directory),
+                "--rows",
+                str(rows),
+                "--rows-per-shard",
+                str(args.rows_per_shard),
+                "--users",
+                str(args.users),
+                "--items",
+                str(args.items),
+                "--history",
+                str(args.history),
+                "--seed",
+                str(args.seed),
+            ],
+            Path(scratch) / "generated.json",
+            timeout,
+        )
         if generated.pop("status") != "ok":
             raise RuntimeError(f"generating {rows} interactions failed: {generated['reason']}")
         on_disk = sum(p.stat().st_size for p in directory.iterdir()) / MIB
         print(f"[{rows:,}] generated {generated} ({on_disk:.0f} MiB); streaming", flush=True)
         load_before = os.getloadavg()
-        measured = _worker(["--stream", str(directory), "--history", str(args.history), "--batch-size",
-                            str(args.batch_size)], Path(scratch) / "streamed.json", timeout)
+        measured = _worker(
+            ["--stream", str(directory), "--history", str(args.history), "--batch-size", str(args.batch_size)],
+            Path(scratch) / "streamed.json",
+            timeout,
+        )
         load_after = os.getloadavg()
-    return {"rows": rows, "generated": generated, "parquet_mib": on_disk, "load_average_before": load_before,
-            "load_average_after": load_after, **measured}
+    return {
+        "rows": rows,
+        "generated": generated,
+        "parquet_mib": on_disk,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        **measured,
+    }
 
 
 def _stage_cell(result: dict, stage: str, rate: bool) -> str:
@@ -183,8 +230,16 @@ def _stage_cell(result: dict, stage: str, rate: bool) -> str:
 
 def markdown(results: List[dict], command: str, args: argparse.Namespace) -> str:
     """One row per size: shards, each stage's seconds, rows/s and peak GiB, and the run's peak."""
-    header = ["interactions", "shards", "Parquet MiB", "statistics s (rows/s, peak GiB)", "spec s (peak GiB)",
-              "input pipeline s (rows/s, peak GiB)", "peak RSS GiB", "load avg (1 min) before → after"]
+    header = [
+        "interactions",
+        "shards",
+        "Parquet MiB",
+        "statistics s (rows/s, peak GiB)",
+        "spec s (peak GiB)",
+        "input pipeline s (rows/s, peak GiB)",
+        "peak RSS GiB",
+        "load avg (1 min) before → after",
+    ]
     lines = [f"`{command}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         load = f"{result['load_average_before'][0]:.2f} → {result['load_average_after'][0]:.2f}"
@@ -193,22 +248,37 @@ def markdown(results: List[dict], command: str, args: argparse.Namespace) -> str
             where = f" in {result['running_stage']}" if result.get("running_stage") else ""
             lines.append("| " + " | ".join([*head, f"failed{where}: {result['reason']}", "—", "—", "—", load]) + " |")
             continue
-        lines.append("| " + " | ".join([*head, _stage_cell(result, "statistics", True), _stage_cell(result, "spec", False),
-                                         _stage_cell(result, "input pipeline", True),
-                                         f"{result['peak_rss_mib'] / 1024:.2f}", load]) + " |")
-    lines += ["", f"String ids; {args.users:,} users and {args.items:,} items at every size (Zipf item popularity), "
-              f"{args.rows_per_shard:,} rows a shard and at least 8 shards (the stream reads 8 at once); "
-              f"histories of 0–{args.history} string ids (max_history {args.history}); batches of {args.batch_size} "
-              "with weights, shuffle buffer 50,000 rows. Stage times are wall seconds; a stage's peak is the "
-              "process's resident high-water mark during it (the import of the package and TensorFlow is not a stage "
-              "of the table)."]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    *head,
+                    _stage_cell(result, "statistics", True),
+                    _stage_cell(result, "spec", False),
+                    _stage_cell(result, "input pipeline", True),
+                    f"{result['peak_rss_mib'] / 1024:.2f}",
+                    load,
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"String ids; {args.users:,} users and {args.items:,} items at every size (Zipf item popularity), "
+        f"{args.rows_per_shard:,} rows a shard and at least 8 shards (the stream reads 8 at once); "
+        f"histories of 0–{args.history} string ids (max_history {args.history}); batches of {args.batch_size} "
+        "with weights, shuffle buffer 50,000 rows. Stage times are wall seconds; a stage's peak is the "
+        "process's resident high-water mark during it (the import of the package and TensorFlow is not a stage "
+        "of the table).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 20_000_000, 50_000_000],
-                        help="interactions per size")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[1_000_000, 20_000_000, 50_000_000], help="interactions per size"
+    )
     parser.add_argument("--rows-per-shard", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=50_000)
@@ -223,14 +293,16 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.generate:
-        counts = generate_shards(Path(args.generate), args.rows[0], args.rows_per_shard, args.users, args.items,
-                                 args.history, args.seed)
+        counts = generate_shards(
+            Path(args.generate), args.rows[0], args.rows_per_shard, args.users, args.items, args.history, args.seed
+        )
         Path(args.result).write_text(json.dumps(counts))
         return
     if args.stream:
         result = Path(args.result)
-        measured = stream_in_this_process(Path(args.stream), args.history, args.batch_size,
-                                          result.with_name(result.stem + ".progress.json"))
+        measured = stream_in_this_process(
+            Path(args.stream), args.history, args.batch_size, result.with_name(result.stem + ".progress.json")
+        )
         result.write_text(json.dumps(measured))
         return
 
@@ -241,8 +313,12 @@ def main() -> None:
         results.append(result)
         print(f"[{rows:,}] {json.dumps(result)}", flush=True)
         table = markdown(results, command, args)
-        write_results(Path(args.output_dir), "streaming_scale",
-                      {"command": command, "cpu_count": os.cpu_count(), "results": results}, table)
+        write_results(
+            Path(args.output_dir),
+            "streaming_scale",
+            {"command": command, "cpu_count": os.cpu_count(), "results": results},
+            table,
+        )
     print(table)
 
 

@@ -13,12 +13,13 @@ The result is the ``candidates`` argument of :func:`tfrec_towers.export.export_r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfrec_pipelines.data import ColumnType
 from tfrec_pipelines.readers import FILE_FORMATS as FORMATS
 from tfrec_pipelines.readers import SUFFIX_FORMATS, from_dataframe, read_csv, read_parquet, read_tfrecord
 
@@ -28,7 +29,7 @@ CandidateSource = Union[pd.DataFrame, str, Path]
 """A candidate feature table: a DataFrame, or the path of a Parquet, CSV or TFRecord file."""
 
 
-def column_types(candidate_input_spec: Mapping[str, tf.TensorSpec]) -> Dict[str, str]:
+def column_types(candidate_input_spec: Mapping[str, tf.TensorSpec]) -> Dict[str, ColumnType]:
     """The reader column type of each candidate feature.
 
     Args:
@@ -40,11 +41,12 @@ def column_types(candidate_input_spec: Mapping[str, tf.TensorSpec]) -> Dict[str,
     Raises:
       ValueError: for a spec no reader column type represents (e.g. ``float32 [None, 3]``).
     """
-    types = {}
+    scalar_types: Dict[Any, ColumnType] = {tf.int64: "int64", tf.float32: "float32", tf.string: "string"}
+    types: Dict[str, ColumnType] = {}
     for name, spec in candidate_input_spec.items():
         rank = spec.shape.rank
         if rank == 1 and spec.dtype in (tf.int64, tf.float32, tf.string):
-            types[name] = {tf.int64: "int64", tf.float32: "float32", tf.string: "string"}[spec.dtype]
+            types[name] = scalar_types[spec.dtype]
         elif rank == 2 and spec.dtype == tf.int64 and spec.shape[1] is None:
             types[name] = "int64_list"
         else:

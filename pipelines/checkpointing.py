@@ -190,7 +190,9 @@ def partial_run(output: str | Path, config: ExperimentConfig, keep: Sequence[str
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"Another process is writing the run {output} (into {work}); choose another --output.") from None
+            raise RunError(
+                f"Another process is writing the run {output} (into {work}); choose another --output."
+            ) from None
         _prepare(work, config, keep)
         try:
             yield work
@@ -199,8 +201,11 @@ def partial_run(output: str | Path, config: ExperimentConfig, keep: Sequence[str
             if kept is None:
                 shutil.rmtree(work, ignore_errors=True)
             else:
-                logger.warning("The unfinished run is kept in %s (checkpoint at step %d): rerun the same command to resume.",
-                               work, kept[1])
+                logger.warning(
+                    "The unfinished run is kept in %s (checkpoint at step %d): rerun the same command to resume.",
+                    work,
+                    kept[1],
+                )
             raise
     finally:
         os.close(lock)
@@ -218,7 +223,9 @@ def _prepare(work: Path, config: ExperimentConfig, keep: Sequence[str]) -> None:
         try:
             saved = json.loads((work / CONFIG_FILE).read_text())
         except (OSError, json.JSONDecodeError) as error:
-            raise RunError(f"{work} holds checkpoints but no readable {CONFIG_FILE} ({error}): delete it to start over.") from None
+            raise RunError(
+                f"{work} holds checkpoints but no readable {CONFIG_FILE} ({error}): delete it to start over."
+            ) from None
         differences = config_differences(saved, current)
         if differences:
             raise RunError(
@@ -340,11 +347,17 @@ class ResumableTraining(tf.keras.callbacks.Callback):
             # Values of objects not built yet (optimizer slots) are restored when they are created.
             self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
-            raise RunError(f"The checkpoint {path} does not fit this model ({error}); delete {directory} to start over.") from None
+            raise RunError(
+                f"The checkpoint {path} does not fit this model ({error}); delete {directory} to start over."
+            ) from None
         total = self.epochs * self.per_epoch
-        logger.info("Resuming from %s of %s: %d of %d steps left.",
-                    DataPosition.of(self.progress.step, self.per_epoch).describe(self.epochs, self.per_epoch),
-                    path, total - self.progress.step, total)
+        logger.info(
+            "Resuming from %s of %s: %d of %d steps left.",
+            DataPosition.of(self.progress.step, self.per_epoch).describe(self.epochs, self.per_epoch),
+            path,
+            total - self.progress.step,
+            total,
+        )
 
     def last_checkpoint(self) -> str:
         """The newest checkpoint as words for a message: its path and step, or that there is none."""
@@ -397,8 +410,19 @@ class ResumableTraining(tf.keras.callbacks.Callback):
             if best == finished - 1:
                 self._keep_best(best)
             if stop:
-                logger.info("Early stopping after epoch %d: %s has not improved since epoch %d.",
-                            finished, self.early_stopping.metric, best + 1)
+                if best is None:  # no epoch gave a value to compare
+                    logger.info(
+                        "Early stopping after epoch %d: %s is not a number in any epoch.",
+                        finished,
+                        self.early_stopping.metric,
+                    )
+                else:
+                    logger.info(
+                        "Early stopping after epoch %d: %s has not improved since epoch %d.",
+                        finished,
+                        self.early_stopping.metric,
+                        best + 1,
+                    )
                 self.model.stop_training = True
         self._save()
 
@@ -458,7 +482,9 @@ class ResumableTraining(tf.keras.callbacks.Callback):
             if self.stop_requested:
                 signal.default_int_handler(signum, frame)
             self.stop_requested = True
-            logger.warning("Interrupt: finishing the current batch and writing a checkpoint (Ctrl-C again stops at once).")
+            logger.warning(
+                "Interrupt: finishing the current batch and writing a checkpoint (Ctrl-C again stops at once)."
+            )
 
         signal.signal(signal.SIGINT, request_stop)
         try:
@@ -513,7 +539,13 @@ def fit_resumably(
     every_seconds = 0.0 if training.distribute == "multi_worker" else training.checkpoint_every_seconds
     with model.distribute_strategy.scope():
         resumable = ResumableTraining(
-            model, checkpoints, per_epoch, training.epochs, training.checkpoint_every_steps, every_seconds, restore_from,
+            model,
+            checkpoints,
+            per_epoch,
+            training.epochs,
+            training.checkpoint_every_steps,
+            every_seconds,
+            restore_from,
             early_stopping,
         )
     start = DataPosition.of(resumable.start, per_epoch)
@@ -529,17 +561,26 @@ def fit_resumably(
         create_tower_variables(model)
     with resumable.catching_sigint():
         for first_step, first_epoch, end_epoch, steps in segments:
-            dataset = training_batches(features, training.batch_size, seed=training.seed, epochs=end_epoch,
-                                       start_step=first_step)
-            model.fit(dataset, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=verbose,
-                      callbacks=[*epoch_callbacks, resumable, *callbacks])
+            dataset = training_batches(
+                features, training.batch_size, seed=training.seed, epochs=end_epoch, start_step=first_step
+            )
+            model.fit(
+                dataset,
+                epochs=end_epoch,
+                initial_epoch=first_epoch,
+                steps_per_epoch=steps,
+                verbose=verbose,
+                callbacks=[*epoch_callbacks, resumable, *callbacks],
+            )
             if model.stop_training:
                 break
     if resumable.divergence is not None:
         raise RunError(resumable.divergence)
-    if resumable.stop_requested:  # also when Ctrl-C came after the last batch: its epoch-end checkpoint is the latest
+    # Ctrl-C is caught only with checkpoints; also when it came after the last batch: its epoch-end checkpoint is the latest
+    if resumable.stop_requested and checkpoints is not None:
+        written = latest_checkpoint(checkpoints)
         raise TrainingInterrupted(
-            f"Interrupted at step {resumable.step}; checkpoint written to {latest_checkpoint(checkpoints)[0]}; "
+            f"Interrupted at step {resumable.step}; checkpoint written to {written[0] if written else checkpoints}; "
             "rerun the same command to resume."
         )
     resumable.restore_best()
@@ -561,8 +602,13 @@ def training_batches(
     """
     if not isinstance(features, TrainingExamples):
         return epoch_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step)
-    indexes = epoch_batches({str(i): index for i, index in enumerate(features.indexes)}, batch_size, seed=seed,
-                            epochs=epochs, start_step=start_step)
+    indexes = epoch_batches(
+        {str(i): index for i, index in enumerate(features.indexes)},
+        batch_size,
+        seed=seed,
+        epochs=epochs,
+        start_step=start_step,
+    )
     tables = {}
     for name, column in features.columns.items():
         if isinstance(column, HistoryWindows):
@@ -684,8 +730,11 @@ def restore_towers(model: tf.keras.Model, path: str | Path) -> None:
     unexpected = [where for where in saved if where not in live]
     if unexpected:
         problems.append(f"it holds {_some(unexpected)}, which this model does not have")
-    reshaped = [f"{where} (saved {saved[where]}, here {shape})" for where, shape in live.items()
-                if where in saved and saved[where] != shape]
+    reshaped = [
+        f"{where} (saved {saved[where]}, here {shape})"
+        for where, shape in live.items()
+        if where in saved and saved[where] != shape
+    ]
     if reshaped:
         problems.append(f"it holds other shapes for {_some(reshaped)}")
     if problems:

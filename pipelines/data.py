@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Literal, Mapping, Optional, Protocol, Sequence, Tuple, Union, overload
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,10 @@ def num_rows(features: Mapping[str, np.ndarray]) -> int:
     return next(iter(lengths.values()), 0)
 
 
+@overload
+def take_rows(features: Dict[str, np.ndarray], index: np.ndarray) -> FeatureDict: ...
+@overload
+def take_rows(features: Mapping[str, np.ndarray], index: np.ndarray) -> Mapping[str, np.ndarray]: ...
 def take_rows(features: Mapping[str, np.ndarray], index: np.ndarray) -> Mapping[str, np.ndarray]:
     """Rows ``index`` of every column (of :class:`TrainingExamples`: the same kind of table, still unbuilt)."""
     if isinstance(features, TrainingExamples):
@@ -102,11 +106,11 @@ class CodedIds:
     def dtype(self) -> np.dtype:
         return self.values.dtype
 
-    def take(self, rows: np.ndarray) -> "CodedIds":
+    def take(self, rows: Union[np.ndarray, slice]) -> "CodedIds":
         """The rows ``rows`` (positions, or a boolean mask)."""
         return CodedIds(self.codes[rows], self.values)
 
-    def decode(self, rows: Union[np.ndarray, slice] = slice(None)) -> np.ndarray:
+    def decode(self, rows: Union[np.ndarray, Sequence[int], slice] = slice(None)) -> np.ndarray:
         """The ids of the rows ``rows`` (default all)."""
         return self.values[self.codes[rows]]
 
@@ -249,8 +253,10 @@ class TrainingExamples(Mapping[str, np.ndarray]):
         if isinstance(features, TrainingExamples):
             return features
         num_rows(features)
-        return cls([np.asarray(values) for values in features.values()],
-                   {name: Lookup(position) for position, name in enumerate(features)})
+        return cls(
+            [np.asarray(values) for values in features.values()],
+            {name: Lookup(position) for position, name in enumerate(features)},
+        )
 
     def __getitem__(self, name: str) -> np.ndarray:
         column = self.columns[name]
@@ -286,9 +292,10 @@ class TrainingExamples(Mapping[str, np.ndarray]):
             )
         used = sorted({self.columns[name].index for name in names})
         position = {old: new for new, old in enumerate(used)}
-        return TrainingExamples([self.indexes[i] for i in used],
-                                {name: dataclasses.replace(self.columns[name], index=position[self.columns[name].index])
-                                 for name in names})
+        return TrainingExamples(
+            [self.indexes[i] for i in used],
+            {name: dataclasses.replace(self.columns[name], index=position[self.columns[name].index]) for name in names},
+        )
 
     def history_windows(self, name: str) -> Optional[Tuple[HistoryWindows, np.ndarray]]:
         """``(windows, ends)`` when column ``name`` is a history stored as windows, else None."""
@@ -411,19 +418,28 @@ class RetrievalData:
         if self.validation is None:
             raise ValueError(f"{self.name}: the data has no validation interactions (`data.validation` is 'none').")
         held = self.validation
-        return dataclasses.replace(self, eval_queries=held.queries, eval_targets=held.targets,
-                                   seen_indptr=held.seen_indptr, seen_ids=held.seen_ids, validation=None)
+        return dataclasses.replace(
+            self,
+            eval_queries=held.queries,
+            eval_targets=held.targets,
+            seen_indptr=held.seen_indptr,
+            seen_ids=held.seen_ids,
+            validation=None,
+        )
 
     def without_seen(self) -> "RetrievalData":
         """The same data with empty seen lists: evaluation then ranks the target among every candidate."""
 
         def unfiltered(queries: EvaluationSet) -> EvaluationSet:
-            return dataclasses.replace(queries, seen_indptr=np.zeros(len(queries.targets) + 1, np.int64),
-                                       seen_ids=self.seen_ids[:0])
+            return dataclasses.replace(
+                queries, seen_indptr=np.zeros(len(queries.targets) + 1, np.int64), seen_ids=self.seen_ids[:0]
+            )
 
         test = unfiltered(EvaluationSet(self.eval_queries, self.eval_targets, self.seen_indptr, self.seen_ids))
         return dataclasses.replace(
-            self, seen_indptr=test.seen_indptr, seen_ids=test.seen_ids,
+            self,
+            seen_indptr=test.seen_indptr,
+            seen_ids=test.seen_ids,
             validation=None if self.validation is None else unfiltered(self.validation),
         )
 
@@ -453,8 +469,9 @@ class HoldOut(Protocol):
     history (and seen items) of the user's interactions before the user's first held-out one.
     """
 
-    unevaluated_key: Optional[str]
-    """The ``summary`` key counting held-out interactions without history (not evaluated), or None."""
+    @property
+    def unevaluated_key(self) -> Optional[str]:
+        """The ``summary`` key counting held-out interactions without history (not evaluated), or None."""
 
     def held(self, timeline: Timeline, known: np.ndarray) -> np.ndarray:
         """``bool [n]``: the rows of ``known`` (``bool [n]``, the rows still training) to hold out."""
@@ -489,8 +506,10 @@ class LastInteraction:
 
     def nothing_evaluated(self, name: str, timeline: Timeline) -> str:
         if self.purpose != "test":
-            return (f"{name}: no user has two or more training interactions, so none can give its last one to "
-                    f"{self.purpose} (`data.validation` 'last').")
+            return (
+                f"{name}: no user has two or more training interactions, so none can give its last one to "
+                f"{self.purpose} (`data.validation` 'last')."
+            )
         return (
             f"{name}: no user has two or more interactions, so there is nothing to train on "
             f"(the last interaction of each of the {timeline.num_users} users is held out)."
@@ -580,9 +599,10 @@ def split_interactions(
     if len(item_ids) == 0:
         raise DataError(f"{name}: there are no interactions to split.")
     integer_ids = item_ids.dtype.kind in "iu"
-    lowest = item_ids.values[item_ids.used()].min() if integer_ids else None
-    if integer_ids and lowest <= 0:
-        raise DataError(f"{name}: item ids must be positive (0 pads histories). Found {lowest}.")
+    if integer_ids:
+        lowest = item_ids.values[item_ids.used()].min()
+        if lowest <= 0:
+            raise DataError(f"{name}: item ids must be positive (0 pads histories). Found {lowest}.")
     shared = (set(users) | {history}) & set(candidates)
     if shared:
         raise DataError(f"{name}: columns {sorted(shared)} are both query and candidate features.")
@@ -603,7 +623,16 @@ def split_interactions(
         logger.warning(
             "%s: dropped exact duplicate interactions (the same %s, %s and timestamp as an earlier row; the first "
             "occurrence is kept): %d of %d, e.g. %s %r, %s %r, timestamp %r.",
-            name, user_id, candidate_id, int(repeats.sum()), len(repeats), user_id, user, candidate_id, item, timestamp,
+            name,
+            user_id,
+            candidate_id,
+            int(repeats.sum()),
+            len(repeats),
+            user_id,
+            user,
+            candidate_id,
+            item,
+            timestamp,
         )
         order = order[~repeats]
     user_rows, item_rows = all_user_rows[order], item_rows[order]
@@ -666,14 +695,21 @@ def split_interactions(
     interactions = {
         column: np.asarray(values)[order[train_rows]] for column, values in (interaction_columns or {}).items()
     }
-    indexes = [slot[train_rows], user_rows[train_rows].astype(np.int32), item_rows[train_rows].astype(np.int32),
-               *interactions.values()]
-    train = TrainingExamples(indexes, {
-        **{column: Lookup(1, values) for column, values in users.items()},
-        history: histories,
-        **{column: Lookup(2, values) for column, values in candidates.items()},
-        **{column: Lookup(3 + position) for position, column in enumerate(interactions)},
-    })
+    indexes = [
+        slot[train_rows],
+        user_rows[train_rows].astype(np.int32),
+        item_rows[train_rows].astype(np.int32),
+        *interactions.values(),
+    ]
+    train = TrainingExamples(
+        indexes,
+        {
+            **{column: Lookup(1, values) for column, values in users.items()},
+            history: histories,
+            **{column: Lookup(2, values) for column, values in candidates.items()},
+            **{column: Lookup(3 + position) for position, column in enumerate(interactions)},
+        },
+    )
     summary = {
         "interactions": n,
         "duplicate_interactions": int(repeats.sum()),
@@ -714,7 +750,7 @@ def leave_last_out(**arguments: Any) -> RetrievalData:
 
     Returns, Raises: see :func:`split_interactions`.
     """
-    return split_interactions(**arguments, test=LastInteraction())  # type: ignore[arg-type]
+    return split_interactions(**arguments, test=LastInteraction())
 
 
 def _chronological_order(
@@ -756,7 +792,7 @@ def _repeats_previous(order: np.ndarray, columns: tuple[np.ndarray, ...]) -> np.
 def _sorted_by_key(table: Mapping[str, np.ndarray], key: str, what: str) -> FeatureDict:
     """``table`` sorted by its ``key`` column, which must be unique (a repeat names both rows)."""
     order = np.argsort(table[key], kind="stable")
-    sorted_table = take_rows(table, order)
+    sorted_table = take_rows(dict(table), order)
     ids = sorted_table[key]
     repeated = np.flatnonzero(ids[1:] == ids[:-1])
     if len(repeated):

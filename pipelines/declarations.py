@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Literal, Mapping, Optional, Sequence, Tuple, TypedDict
 
 import numpy as np
 import pandas as pd
 
-from tfrec_pipelines.data import DataError, RetrievalData
+from tfrec_pipelines.data import DataError, RetrievalData, TrainingExamples
 from tfrec_towers.data_config import FeatureDeclaration
 from tfrec_towers.features import (
     BucketizedFeature,
@@ -46,6 +46,7 @@ from tfrec_towers.features import (
     FeatureSpec,
     HashedFeature,
     NumericFeature,
+    Pooling,
     SequenceFeature,
 )
 
@@ -100,11 +101,7 @@ def infer_column(name: str, values: np.ndarray, separator: str = "|") -> Feature
 
 def _numeric(name: str, values: np.ndarray) -> FeatureDeclaration:
     finite = values[np.isfinite(values)]
-    heavy = (
-        len(finite) > 0
-        and finite.min() >= 0
-        and np.percentile(finite, 99) > 10 * max(np.median(finite), 1e-12)
-    )
+    heavy = len(finite) > 0 and finite.min() >= 0 and np.percentile(finite, 99) > 10 * max(np.median(finite), 1e-12)
     return FeatureDeclaration(name=name, kind="numeric", log1p=bool(heavy))
 
 
@@ -126,15 +123,21 @@ def infer_declarations(
         logger.info(
             "%s: %s of %s users have at least %d training examples and an embedding of their own; the others share "
             "the out-of-vocabulary one (declare `{name: %s, kind: id, min_count: 1}` to give every user one).",
-            user_column, f"{int(np.sum(counts >= USER_ID_MIN_COUNT)):,}", f"{len(counts):,}", USER_ID_MIN_COUNT,
+            user_column,
+            f"{int(np.sum(counts >= USER_ID_MIN_COUNT)):,}",
+            f"{len(counts):,}",
+            USER_ID_MIN_COUNT,
             user_column,
         )
     return declarations
 
 
 def _describe(declaration: FeatureDeclaration) -> str:
-    extra = {"hashed": f", {declaration.num_bins} bins", "numeric": ", log1p" if declaration.log1p else "",
-             "id": f", min_count {declaration.min_count}" if declaration.min_count > 1 else ""}
+    extra = {
+        "hashed": f", {declaration.num_bins} bins",
+        "numeric": ", log1p" if declaration.log1p else "",
+        "id": f", min_count {declaration.min_count}" if declaration.min_count > 1 else "",
+    }
     return f"{declaration.name} ({declaration.kind}{extra.get(declaration.kind, '')})"
 
 
@@ -144,7 +147,7 @@ def feature_spec(
     *,
     embedding_dim: int,
     num_oov_buckets: int,
-    history_pooling: str,
+    history_pooling: Pooling,
     share_item_embeddings: bool,
 ) -> FeatureSpec:
     """The (not yet adapted) feature specification of the declarations on ``data``.
@@ -169,40 +172,61 @@ def feature_spec(
     def build(declaration: FeatureDeclaration, side: str) -> Feature:
         dim = declaration.embedding_dim or embedding_dim
         oov = declaration.num_oov_buckets or num_oov_buckets
-        vocabulary = dict(num_oov_buckets=oov, min_count=declaration.min_count,
-                          max_vocabulary_size=declaration.max_vocabulary_size)
+        vocabulary = _VocabularyArguments(
+            num_oov_buckets=oov, min_count=declaration.min_count, max_vocabulary_size=declaration.max_vocabulary_size
+        )
         if declaration.kind == "history":
             if side != "query":
                 raise DataError(f"Feature {declaration.name!r}: `kind: history` belongs to the query tower.")
+            if item_dtype == "float32":
+                raise DataError(
+                    f"Feature {declaration.name!r}: `kind: history` reads item ids, but the item column "
+                    f"{item_id!r} holds floats; item ids are integers or text."
+                )
             return SequenceFeature(
-                declaration.name, dtype=item_dtype, embedding_dim=dim, pooling=history_pooling,  # type: ignore[arg-type]
+                declaration.name,
+                dtype=item_dtype,
+                embedding_dim=dim,
+                pooling=history_pooling,
                 separator=None if item_dtype == "string" else "|",  # a [B, L] matrix either way
-                embedding_table=item_name if share_item_embeddings else None, **vocabulary,
+                embedding_table=item_name if share_item_embeddings else None,
+                **vocabulary,
             )
         values = _column(data, declaration, side)
         dtype = _dtype_of(values)
         if declaration.kind == "numeric":
             if dtype == "string":
                 raise DataError(f"Feature {declaration.name!r}: column {declaration.source!r} holds text, not numbers.")
-            return NumericFeature(declaration.name, dtype=dtype, log1p=declaration.log1p)  # type: ignore[arg-type]
+            return NumericFeature(declaration.name, dtype=dtype, log1p=declaration.log1p)
         if declaration.kind == "bucketized":
             if dtype == "string":
                 raise DataError(f"Feature {declaration.name!r}: column {declaration.source!r} holds text, not numbers.")
-            return BucketizedFeature(declaration.name, dtype=dtype, num_buckets=declaration.num_buckets,  # type: ignore[arg-type]
-                                     embedding_dim=dim, boundaries=declaration.boundaries)
+            return BucketizedFeature(
+                declaration.name,
+                dtype=dtype,
+                num_buckets=declaration.num_buckets,
+                embedding_dim=dim,
+                boundaries=declaration.boundaries,
+            )
         if dtype == "float32":
             raise DataError(
                 f"Feature {declaration.name!r}: `kind: {declaration.kind}` needs integers or text, but column "
                 f"{declaration.source!r} holds floats; declare it `kind: numeric`."
             )
         if declaration.kind == "hashed":
-            return HashedFeature(declaration.name, num_bins=declaration.num_bins, dtype=dtype, embedding_dim=dim)  # type: ignore[arg-type]
+            return HashedFeature(declaration.name, num_bins=declaration.num_bins, dtype=dtype, embedding_dim=dim)
         if declaration.kind == "multi_valued":
             if dtype != "string":
                 raise DataError(f"Feature {declaration.name!r}: `kind: multi_valued` needs a text column.")
-            return SequenceFeature(declaration.name, dtype="string", embedding_dim=dim, pooling="mean",
-                                   separator=declaration.separator, **vocabulary)
-        return CategoricalFeature(declaration.name, dtype=dtype, embedding_dim=dim, **vocabulary)  # type: ignore[arg-type]
+            return SequenceFeature(
+                declaration.name,
+                dtype="string",
+                embedding_dim=dim,
+                pooling="mean",
+                separator=declaration.separator,
+                **vocabulary,
+            )
+        return CategoricalFeature(declaration.name, dtype=dtype, embedding_dim=dim, **vocabulary)
 
     return FeatureSpec(
         query=tuple(build(d, "query") for d in declarations.query),
@@ -222,7 +246,15 @@ def _column(data: RetrievalData, declaration: FeatureDeclaration, side: str) -> 
     return np.asarray(table[declaration.source])
 
 
-def _dtype_of(values: np.ndarray) -> str:
+class _VocabularyArguments(TypedDict):
+    """The vocabulary fields every looked-up feature (id, categorical, multi-valued, history) takes."""
+
+    num_oov_buckets: int
+    min_count: int
+    max_vocabulary_size: Optional[int]
+
+
+def _dtype_of(values: np.ndarray) -> Literal["int64", "float32", "string"]:
     kind = np.asarray(values).dtype.kind
     return "int64" if kind in "iub" else "float32" if kind == "f" else "string"
 
@@ -236,13 +268,13 @@ def rename_columns(data: RetrievalData, declarations: Declarations) -> Retrieval
     if not any(renames.values()):
         return data
 
-    def renamed(table: Dict[str, np.ndarray], mapping: Mapping[str, str]) -> Dict[str, np.ndarray]:
+    def renamed(table: Mapping[str, np.ndarray], mapping: Mapping[str, str]) -> Dict[str, np.ndarray]:
         return {**table, **{name: table[source] for name, source in mapping.items() if source in table}}
 
     both = {**renames["query"], **renames["candidate"]}
     return dataclasses.replace(
         data,
-        train=renamed(data.train, both),
+        train=TrainingExamples.of(renamed(data.train, both)),
         eval_queries=renamed(data.eval_queries, renames["query"]),
         candidates=renamed(data.candidates, renames["candidate"]),
         candidate_id=next((d.name for d in declarations.candidate if d.kind == "id"), data.candidate_id),
@@ -250,7 +282,8 @@ def rename_columns(data: RetrievalData, declarations: Declarations) -> Retrieval
 
 
 def declarations_from_config(
-    query: Optional[Sequence[FeatureDeclaration]], candidate: Optional[Sequence[FeatureDeclaration]],
+    query: Optional[Sequence[FeatureDeclaration]],
+    candidate: Optional[Sequence[FeatureDeclaration]],
     inferred: Declarations,
 ) -> Declarations:
     """The configured declarations of each tower, or the inferred ones where a tower has none."""

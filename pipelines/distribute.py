@@ -49,7 +49,9 @@ def make_strategy(name: str, devices: Optional[Sequence[str]] = None) -> tf.dist
     try:
         tf_config = json.loads(raw) if raw else None
     except json.JSONDecodeError as error:
-        raise ConfigError(f"`training.distribute`='multi_worker': TF_CONFIG is not valid JSON ({error}): {raw!r}") from error
+        raise ConfigError(
+            f"`training.distribute`='multi_worker': TF_CONFIG is not valid JSON ({error}): {raw!r}"
+        ) from error
     if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
         raise ConfigError(
             "`training.distribute`='multi_worker' needs the TF_CONFIG environment variable, e.g. "

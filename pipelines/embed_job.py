@@ -35,7 +35,7 @@ import json
 import logging
 import sys
 import uuid
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import tensorflow as tf
@@ -56,7 +56,7 @@ from tfrec_pipelines import embed_output, embed_sources
 from tfrec_pipelines.candidate_table import column_types as reader_column_types
 from tfrec_pipelines.embed_output import EMBEDDING_DTYPES, OUTPUT_FORMATS, EmbeddedChunk, OutputSpec
 from tfrec_pipelines.embed_sources import DEAD_LETTER, FORMATS, METRICS_NAMESPACE, RowChunk
-from tfrec_towers.features import SequenceFeature, feature_from_dict
+from tfrec_towers.features import IdDtype, SequenceFeature, feature_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,10 @@ class EmbedJobConfig:
         if isinstance(self.inputs, str) or not self.inputs:
             raise ValueError(f"`inputs` must be a non-empty sequence of files or globs. Received: {self.inputs!r}")
         if not self.output_formats or any(f not in OUTPUT_FORMATS for f in self.output_formats):
-            raise ValueError(f"`output_formats` must be a non-empty subset of {list(OUTPUT_FORMATS)}. "
-                             f"Received: {self.output_formats!r}")
+            raise ValueError(
+                f"`output_formats` must be a non-empty subset of {list(OUTPUT_FORMATS)}. "
+                f"Received: {self.output_formats!r}"
+            )
         for field in ("batch_size", "read_chunk_rows"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -139,7 +141,7 @@ class SignatureInfo:
     input_specs: Dict[str, tf.TensorSpec]
     embedding_dim: int
     id_column: str
-    id_dtype: str
+    id_dtype: IdDtype
     needs_scann: bool
     separators: Dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -180,9 +182,14 @@ def _separators(metadata: Mapping[str, Any], signature: str, specs: Mapping[str,
     side = "candidate" if signature == "candidate_embedding" else "query"
     features = [feature_from_dict(values) for values in metadata.get("feature_spec", {}).get(side, [])]
     return {
-        f.name: f.separator for f in features
-        if isinstance(f, SequenceFeature) and f.dtype == "string" and f.name in specs
-        and specs[f.name].dtype == tf.string and specs[f.name].shape.rank == 1
+        f.name: f.separator
+        for f in features
+        if isinstance(f, SequenceFeature)
+        and f.dtype == "string"
+        and f.separator is not None
+        and f.name in specs
+        and specs[f.name].dtype == tf.string
+        and specs[f.name].shape.rank == 1
     }
 
 
@@ -201,8 +208,10 @@ def describe_signature(config: EmbedJobConfig) -> SignatureInfo:
     needs_scann = metadata.get("index", {}).get("kind") == "scann"
     spec_key = "candidate_input_spec" if config.signature == "candidate_embedding" else "query_input_spec"
     if spec_key in metadata and "embedding_dim" in metadata:  # no need to load a large export here
-        specs = {name: tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"]), name=name)
-                 for name, s in metadata[spec_key].items()}
+        specs = {
+            name: tf.TensorSpec(s["shape"], tf.as_dtype(s["dtype"]), name=name)
+            for name, s in metadata[spec_key].items()
+        }
         embedding_dim = int(metadata["embedding_dim"])
     else:
         _, function = _load_signature(config.model_dir, config.signature, needs_scann)
@@ -220,11 +229,12 @@ def describe_signature(config: EmbedJobConfig) -> SignatureInfo:
     if id_column in specs:
         if specs[id_column].dtype not in (tf.int64, tf.string) or specs[id_column].shape.rank != 1:
             raise ValueError(f"The id column {id_column!r} must be an int64 or string input of shape [None].")
-        id_dtype = "int64" if specs[id_column].dtype == tf.int64 else "string"
+        id_dtype: IdDtype = "int64" if specs[id_column].dtype == tf.int64 else "string"
     else:
-        id_dtype = config.id_dtype
-    return SignatureInfo(specs, embedding_dim, id_column, id_dtype, needs_scann,
-                         _separators(metadata, config.signature, specs))
+        id_dtype = cast(IdDtype, config.id_dtype)  # EmbedConfig checks it is one of embed_output.ID_DTYPES
+    return SignatureInfo(
+        specs, embedding_dim, id_column, id_dtype, needs_scann, _separators(metadata, config.signature, specs)
+    )
 
 
 def _concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -312,14 +322,16 @@ def build_pipeline(
     units = (
         pipeline
         | "Files" >> beam.Create(list(files))
-        | "ListReadUnits" >> beam.ParDo(embed_sources.ListReadUnits(config.input_format, column_types)).with_outputs(
+        | "ListReadUnits"
+        >> beam.ParDo(embed_sources.ListReadUnits(config.input_format, column_types)).with_outputs(
             DEAD_LETTER, main="units"
         )
     )
     rows = (
         units.units
         | "Distribute" >> beam.Reshuffle()
-        | "ReadRows" >> beam.ParDo(
+        | "ReadRows"
+        >> beam.ParDo(
             embed_sources.ReadRowChunks(
                 column_types, info.id_column, tuple(info.input_specs), chunk_rows, info.separators
             )
@@ -327,10 +339,10 @@ def build_pipeline(
     )
     embedded = (
         rows.chunks
-        | "Batch" >> beam.BatchElements(
-            min_batch_size=config.batch_size, max_batch_size=config.batch_size, element_size_fn=len
-        )
-        | "Embed" >> beam.ParDo(
+        | "Batch"
+        >> beam.BatchElements(min_batch_size=config.batch_size, max_batch_size=config.batch_size, element_size_fn=len)
+        | "Embed"
+        >> beam.ParDo(
             EmbedBatches(config.model_dir, config.signature, info.needs_scann, config.embedding_dtype)
         ).with_outputs(DEAD_LETTER, main="embeddings")
     )
@@ -359,9 +371,8 @@ def build_pipeline(
         (units[DEAD_LETTER], rows[DEAD_LETTER], embedded[DEAD_LETTER])
         | "DeadLetters" >> beam.Flatten()
         | "DeadLetterJson" >> beam.Map(embed_sources.dead_letter_json)
-        | "WriteDeadLetters" >> beam.io.WriteToText(
-            FileSystems.join(tmp, f"dead_letter-{run}"), file_name_suffix=".jsonl"
-        )
+        | "WriteDeadLetters"
+        >> beam.io.WriteToText(FileSystems.join(tmp, f"dead_letter-{run}"), file_name_suffix=".jsonl")
     )
 
 
@@ -407,8 +418,13 @@ def run_embed_job(config: EmbedJobConfig, pipeline_options: Optional[PipelineOpt
         result = pipeline.run()
         result.wait_until_finish()
         counters = _counters(result)
-        record = {"model_dir": config.model_dir, "signature": config.signature, "inputs": list(config.inputs),
-                  "output_formats": list(config.output_formats), "counters": counters}
+        record = {
+            "model_dir": config.model_dir,
+            "signature": config.signature,
+            "inputs": list(config.inputs),
+            "output_formats": list(config.output_formats),
+            "counters": counters,
+        }
         names = embed_output.finalize(config.output, tmp, run, spec, record)
     except BaseException:
         if FileSystems.exists(tmp):
@@ -436,10 +452,19 @@ def _parser(prog: str = "python -m tfrec_pipelines.embed_job") -> argparse.Argum
     parser.add_argument("--signature", choices=SIGNATURES, default="candidate_embedding")
     parser.add_argument("--input-format", choices=FORMATS, help="default: from each file's suffix")
     parser.add_argument("--id-column", help="column written beside each embedding (default: the export's candidate id)")
-    parser.add_argument("--id-dtype", choices=embed_output.ID_DTYPES, default="int64",
-                        help="dtype of an id column that is not a signature input")
-    parser.add_argument("--format", dest="output_formats", choices=OUTPUT_FORMATS, action="append",
-                        help="output format (repeatable; default parquet)")
+    parser.add_argument(
+        "--id-dtype",
+        choices=embed_output.ID_DTYPES,
+        default="int64",
+        help="dtype of an id column that is not a signature input",
+    )
+    parser.add_argument(
+        "--format",
+        dest="output_formats",
+        choices=OUTPUT_FORMATS,
+        action="append",
+        help="output format (repeatable; default parquet)",
+    )
     parser.add_argument("--batch-size", type=int, default=EmbedJobConfig.batch_size, help="rows per signature call")
     parser.add_argument("--embedding-dtype", choices=EMBEDDING_DTYPES, default="float32")
     return parser
@@ -466,8 +491,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m tfrec_pipe
         embedding_dtype=args.embedding_dtype,
     )
     result = run_embed_job(config, PipelineOptions(beam_args))
-    print(json.dumps({"output": result.output, "run": result.run, "counters": result.counters,
-                      "files": list(result.files)}, indent=2))
+    print(
+        json.dumps(
+            {"output": result.output, "run": result.run, "counters": result.counters, "files": list(result.files)},
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -137,8 +137,13 @@ class EmbeddingParquetSink(FileBasedSink):
     """Parquet shards of :func:`arrow_schema` tables (one row group per table), temp files renamed by Beam."""
 
     def __init__(self, file_path_prefix: str, schema: pa.Schema) -> None:
-        super().__init__(file_path_prefix, coder=None, file_name_suffix=".parquet",
-                         mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED)
+        super().__init__(
+            file_path_prefix,
+            coder=None,
+            file_name_suffix=".parquet",
+            mime_type="application/x-parquet",
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        )
         self._schema = schema
 
     def open(self, temp_path: str) -> _ParquetShard:
@@ -244,8 +249,8 @@ def finalize(output: str, tmp: str, run: str, spec: OutputSpec, run_record: Mapp
     return names
 
 
-def manifest_files(output: str, suffixes: Sequence[str]) -> List[str]:
-    """Paths of the files the manifest of ``output`` lists whose names end with one of ``suffixes``.
+def finished_manifest(output: str) -> Dict[str, Any]:
+    """The parsed ``_manifest.json`` of an output directory a run has finished writing.
 
     Raises:
       FileNotFoundError: if ``output`` has no manifest (no finished run).
@@ -253,5 +258,15 @@ def manifest_files(output: str, suffixes: Sequence[str]) -> List[str]:
     manifest = read_manifest(output)
     if manifest is None:
         raise FileNotFoundError(f"{output} has no {MANIFEST}: no embedding job has finished writing there.")
+    return manifest
+
+
+def manifest_files(output: str, suffixes: Sequence[str]) -> List[str]:
+    """Paths of the files the manifest of ``output`` lists whose names end with one of ``suffixes``.
+
+    Raises:
+      FileNotFoundError: if ``output`` has no manifest (no finished run).
+    """
+    manifest = finished_manifest(output)
     names = [name for run in manifest["runs"] for name in run["files"] if name.endswith(tuple(suffixes))]
     return [FileSystems.join(output, name) for name in names]

@@ -156,8 +156,15 @@ def dead_letter_json(entry: Mapping[str, Any]) -> str:
 
 
 def _kind(value: Any) -> str:
-    for kinds, word in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
-                        (bytes, "bytes"), ((list, tuple), "a list"), (dict, "a struct")):
+    for kinds, word in (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (bytes, "bytes"),
+        ((list, tuple), "a list"),
+        (dict, "a struct"),
+    ):
         if isinstance(value, kinds):
             return word
     return f"a {type(value).__name__}"
@@ -202,9 +209,9 @@ def _string_value(value: Any, separator: Optional[str]) -> Tuple[Optional[str], 
     texts = []
     for position, item in enumerate(value):
         text, problem = _string_value(item, None) if item is not None else (None, "is missing (null)")
-        if problem is None and (text == "" or separator in text):
+        if text is not None and problem is None and (text == "" or separator in text):
             problem = "is empty" if text == "" else f"holds the separator {separator!r}"
-        if problem is not None:
+        if text is None or problem is not None:
             return None, f"{list(value)!r} cannot be joined with {separator!r}: element {position} {problem}"
         texts.append(text)
     return separator.join(texts), None
@@ -216,7 +223,7 @@ def _int64_list_value(value: Any) -> Tuple[Optional[List[int]], Optional[str]]:
     items = []
     for position, item in enumerate(value):
         number, problem = _int64_value(item) if item is not None else (None, "is missing (null)")
-        if problem is not None:
+        if number is None or problem is not None:
             return None, f"{list(value)!r}: element {position} {problem}"
         items.append(number)
     return items, None
@@ -433,8 +440,10 @@ class ReadRowChunks(beam.DoFn):
             if isinstance(e, DataError):
                 reason = str(e)
             elif unit.row_group is not None:
-                reason = (f"{unit.path}: row group {unit.row_group} (from row {unit.first_row}) cannot be read: "
-                          f"{_error_text(e)}")
+                reason = (
+                    f"{unit.path}: row group {unit.row_group} (from row {unit.first_row}) cannot be read: "
+                    f"{_error_text(e)}"
+                )
             else:
                 reason = _unreadable(unit.path, unit.file_format, e)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(unit.path, reason))
@@ -482,8 +491,9 @@ class ReadRowChunks(beam.DoFn):
                     records.append(fields)
                     rows.append(reader.line_num)
                 else:
-                    reason = (f"{path}: line {reader.line_num}: the line has {len(fields)} fields, "
-                              f"the header {len(header)}")
+                    reason = (
+                        f"{path}: line {reader.line_num}: the line has {len(fields)} fields, the header {len(header)}"
+                    )
                     rejected.append(dead_letter(path, reason, reader.line_num, fields))
         frame = pd.DataFrame(records, columns=header, dtype=object)[list(self._column_types)]
         return frame, np.asarray(rows, np.int64), rejected
@@ -579,8 +589,10 @@ class ReadRowChunks(beam.DoFn):
         good = np.ones(len(rows), bool)
         for position in sorted(problems):
             good[position] = False
-            value = {name: values[position].as_py() if isinstance(values, pa.Array) else values[position]
-                     for name, values in data.items()}
+            value = {
+                name: values[position].as_py() if isinstance(values, pa.Array) else values[position]
+                for name, values in data.items()
+            }
             yield self._reject(unit, "; ".join(problems[position]), int(rows[position]), value)
         if good.any():
             yield self._chunk(unit, {name: _take(column, good) for name, column in columns.items()}, rows[good])
@@ -611,12 +623,15 @@ class ReadRowChunks(beam.DoFn):
         """
         first_row = int(rows[0]) if len(rows) else 0
         with np.errstate(over="ignore"):  # a value beyond the float32 range becomes inf, rejected below
-            columns = convert_columns(frame, self._column_types, source=unit.path, row_unit="line",
-                                      first_row=first_row, max_length=None)
+            columns = convert_columns(
+                frame, self._column_types, source=unit.path, row_unit="line", first_row=first_row, max_length=None
+            )
         for name in (name for name, column_type in self._column_types.items() if column_type == "float32"):
             finite = np.isfinite(columns[name])
             if not finite.all():
                 position = int(np.argmin(finite))
-                raise DataError(f"{unit.path}: column '{name}' (float32), line {rows[position]}: "
-                                f"{frame[name].iloc[position]!r} is not a finite float32 number")
+                raise DataError(
+                    f"{unit.path}: column '{name}' (float32), line {rows[position]}: "
+                    f"{frame[name].iloc[position]!r} is not a finite float32 number"
+                )
         return columns

@@ -62,7 +62,7 @@ def read_embeddings(output: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]
       FileNotFoundError: no manifest, or no embedding shards listed in it.
     """
     parquet = embed_output.manifest_files(output, [".parquet"])
-    spec = embed_output.read_manifest(output)["spec"]
+    spec = embed_output.finished_manifest(output)["spec"]
     npy = embed_output.manifest_files(output, [".npy"])
     tfrecord = embed_output.manifest_files(output, [".tfrecord"])
     id_column, dim = spec["id_column"], spec["embedding_dim"]
@@ -73,7 +73,7 @@ def read_embeddings(output: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]
         embeddings = np.concatenate(values).reshape(-1, dim)
     elif npy:
         names = [Path(p).name for p in npy]
-        shards = sorted(n[len("ids-"):] for n in names if n.startswith("ids-"))
+        shards = sorted(n[len("ids-") :] for n in names if n.startswith("ids-"))
         directory = str(Path(npy[0]).parent)
         ids = np.concatenate([np.load(f"{directory}/ids-{s}") for s in shards])
         embeddings = np.concatenate([np.load(f"{directory}/embeddings-{s}") for s in shards])
@@ -187,13 +187,26 @@ def build_index_export(
         candidate_embeddings = embeddings[rows]
     else:
         candidate_embeddings = candidate_model(candidates).numpy()
-        warnings.append("the verification sample's candidate rows come from the source export, not from the "
-                        "embedded corpus: pass `candidate_features` to check the corpus embeddings and scores.")
+        warnings.append(
+            "the verification sample's candidate rows come from the source export, not from the "
+            "embedded corpus: pass `candidate_features` to check the corpus embeddings and scores."
+        )
     verification = export.verification_sample(queries, query_embeddings, candidates, candidate_embeddings, retrieved)
     return export.write_retrieval_export(
-        model_dir, version, model_name, query_model, candidate_model, retrieval_index, query_spec, candidate_spec,
-        metadata["candidate_id"], verification, (queries, candidates), warnings=warnings,
-        metadata={"embeddings_from": embeddings_dir, "towers_from": str(source)}, next_free=next_free,
+        model_dir,
+        version,
+        model_name,
+        query_model,
+        candidate_model,
+        retrieval_index,
+        query_spec,
+        candidate_spec,
+        metadata["candidate_id"],
+        verification,
+        (queries, candidates),
+        warnings=warnings,
+        metadata={"embeddings_from": embeddings_dir, "towers_from": str(source)},
+        next_free=next_free,
     )
 
 
@@ -210,20 +223,26 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m tfrec_pipe
     parser.add_argument("--towers", required=True, help="export version directory whose towers made the embeddings")
     parser.add_argument("--export-base", required=True)
     parser.add_argument("--model-name", required=True)
-    parser.add_argument("--index", choices=INDEX_KINDS,
-                        help="default: brute force up to 5,000 candidates, else ScaNN, with the source export's k")
+    parser.add_argument(
+        "--index",
+        choices=INDEX_KINDS,
+        help="default: brute force up to 5,000 candidates, else ScaNN, with the source export's k",
+    )
     parser.add_argument("--k", type=int, help="candidates per query, with --index (default: the source export's k)")
     parser.add_argument("--version", type=int)
-    parser.add_argument("--candidate-features", action="append",
-                        help="Parquet file or glob the embeddings came from (repeatable), for a checkable "
-                        "verification sample")
+    parser.add_argument(
+        "--candidate-features",
+        action="append",
+        help="Parquet file or glob the embeddings came from (repeatable), for a checkable verification sample",
+    )
     args = parser.parse_args(argv)
     if args.k is not None and args.index is None:
         parser.error("--k needs --index")
     source_k = _read_json(Path(args.towers) / "assets.extra" / export.METADATA_FILENAME)["k"]
     index = IndexConfig(kind=args.index, k=source_k if args.k is None else args.k) if args.index else None
-    path = build_index_export(args.embeddings, args.towers, args.export_base, args.model_name, index, args.version,
-                              args.candidate_features)
+    path = build_index_export(
+        args.embeddings, args.towers, args.export_base, args.model_name, index, args.version, args.candidate_features
+    )
     print(path)
     return 0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -104,7 +104,9 @@ def read_interaction_tables(
                 f"{interactions.path}: the interactions table has no column {timestamp!r} "
                 f"(`data.interactions.timestamp_column`); its columns are {list(log.columns)}."
             )
-        logger.info("%s has no %r column: each user's interactions are taken in file order.", interactions.path, timestamp)
+        logger.info(
+            "%s has no %r column: each user's interactions are taken in file order.", interactions.path, timestamp
+        )
         timestamp = None
     if interactions.filter is not None:
         log = _filtered(log, interactions.filter, interactions.path)
@@ -122,7 +124,7 @@ def read_interaction_tables(
         if interactions.filter is not None:
             test_log = _filtered(test_log, interactions.filter, test.path)
         sources["test"] = test.path
-    attribute_tables = {}
+    attribute_tables: Dict[str, Optional[pd.DataFrame]] = {}
     for role, table, key in (("users", users, interactions.user_column), ("items", items, interactions.item_column)):
         if table.path is None:
             attribute_tables[role] = None
@@ -170,8 +172,13 @@ def _filtered(log: pd.DataFrame, row_filter: RowFilter, source: str) -> pd.DataF
             f"interactions table; its columns are {list(log.columns)}."
         )
     keep = log[row_filter.column].astype(str).isin(row_filter.values)
-    logger.info("Filter %s in %s: kept %d of %d interactions.", row_filter.column, list(row_filter.values),
-                int(keep.sum()), len(log))
+    logger.info(
+        "Filter %s in %s: kept %d of %d interactions.",
+        row_filter.column,
+        list(row_filter.values),
+        int(keep.sum()),
+        len(log),
+    )
     if not keep.any():
         seen = log[row_filter.column].astype(str).value_counts().index[:10].tolist()
         raise DataError(
@@ -225,34 +232,37 @@ def interaction_data(
         if tables.test is None:
             raise DataError(f"{tables.name}: `data.split.kind` 'given' needs a test table (`data.test.path`).")
         logs.append((tables.test, tables.source("test")))
-    user_ids, item_ids, timestamps, phases = [], [], [], []
+    user_parts: List[CodedIds] = []
+    item_parts: List[CodedIds] = []
+    timestamp_parts: List[np.ndarray] = []
+    phase_parts: List[np.ndarray] = []
     for phase, (log, where) in enumerate(logs):
-        user_ids.append(_id_column(log[user], user, where))
-        item_ids.append(_id_column(log[item], item, where))
-        if item_ids[-1].dtype.kind in "iu" and (item_ids[-1].values <= 0).any():
-            row = _first_row(item_ids[-1], item_ids[-1].values <= 0)
+        user_parts.append(_id_column(log[user], user, where))
+        item_parts.append(_id_column(log[item], item, where))
+        if item_parts[-1].dtype.kind in "iu" and (item_parts[-1].values <= 0).any():
+            row = _first_row(item_parts[-1], item_parts[-1].values <= 0)
             raise DataError(
                 f"{where}: column {item!r}, row {row}: integer item ids must be positive (0 pads histories); "
-                f"found {item_ids[-1].decode([row])[0]}. Read the ids as strings (e.g. quote them in CSV) if 0 is a "
+                f"found {item_parts[-1].decode([row])[0]}. Read the ids as strings (e.g. quote them in CSV) if 0 is a "
                 "real id."
             )
-        timestamps.append(
+        timestamp_parts.append(
             _timestamps(log[tables.timestamp_column], tables.timestamp_column, where)
             if tables.timestamp_column is not None
             else np.arange(len(log), dtype=np.int64)
         )
-        phases.append(np.full(len(log), phase, np.int64))
-    for role, ids in (("user", user_ids), ("item", item_ids)):
-        if len(ids) > 1 and (ids[0].dtype.kind in "iu") != (ids[1].dtype.kind in "iu"):
-            kinds = ["integers" if a.dtype.kind in "iu" else "strings" for a in ids]
+        phase_parts.append(np.full(len(log), phase, np.int64))
+    for role, parts in (("user", user_parts), ("item", item_parts)):
+        if len(parts) > 1 and (parts[0].dtype.kind in "iu") != (parts[1].dtype.kind in "iu"):
+            kinds = ["integers" if a.dtype.kind in "iu" else "strings" for a in parts]
             raise DataError(
                 f"{tables.source('test')}: the test table's {role} ids are {kinds[1]} but the interactions' {kinds[0]}; "
                 "the ids must be of one type in every table."
             )
-    user_ids, item_ids = CodedIds.concatenate(user_ids), CodedIds.concatenate(item_ids)
-    timestamps, phases = np.concatenate(timestamps), np.concatenate(phases)
+    user_ids, item_ids = CodedIds.concatenate(user_parts), CodedIds.concatenate(item_parts)
+    timestamps, phases = np.concatenate(timestamp_parts), np.concatenate(phase_parts)
     summary: Dict[str, int] = {"interactions_read": len(tables.interactions)}
-    if split.kind == "given":
+    if split.kind == "given" and tables.test is not None:  # given: a test table (checked above)
         summary["test_interactions_read"] = len(tables.test)
     weights = None
     if tables.weight_column is not None:
@@ -299,7 +309,9 @@ def interaction_data(
         column_types=column_types,
         max_history=max_history,
         history=HISTORY,
-        interaction_columns={tables.weight_column: weights[kept]} if weights is not None else None,
+        interaction_columns=(
+            None if weights is None or tables.weight_column is None else {tables.weight_column: weights[kept]}
+        ),
         test=test,
         validation=validation_rule(validation, validation_fraction),
         phases=phases[kept],
@@ -339,7 +351,9 @@ def _id_column(values: pd.Series, column: str, source: str) -> CodedIds:
         )
     empty = ids.values == ""
     if empty.any():
-        raise DataError(f"{source}: column {column!r}, row {_first_row(ids, empty)}: the id is empty (\"\" pads histories).")
+        raise DataError(
+            f'{source}: column {column!r}, row {_first_row(ids, empty)}: the id is empty ("" pads histories).'
+        )
     return ids
 
 
@@ -405,7 +419,7 @@ def _attribute_table(
     order = np.argsort(ids, kind="stable")
     repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1])
     if len(repeated):
-        first, second = sorted(order[repeated[0]: repeated[0] + 2])
+        first, second = sorted(order[repeated[0] : repeated[0] + 2])
         raise DataError(
             f"{source}: the {role} table has {key} {ids[first]!r} twice (rows {first} and {second}); "
             "an attribute table holds one row per id."

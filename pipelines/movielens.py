@@ -120,8 +120,11 @@ def movielens_tables(data_dir: str | Path) -> InteractionTables:
     movies = layout.read_movies(data_dir)
     users = layout.read_users(data_dir) if layout.read_users else _users_without_features(ratings["user_id"])
     logger.info("%s: %s layout", data_dir, layout.name)
-    files = {"interactions": layout.files[0], "users": layout.files[1] if layout.read_users else "the ratings",
-             "items": next(f for f in layout.files if "item" in f or "movie" in f)}
+    files = {
+        "interactions": layout.files[0],
+        "users": layout.files[1] if layout.read_users else "the ratings",
+        "items": next(f for f in layout.files if "item" in f or "movie" in f),
+    }
     return InteractionTables(
         name=data_dir.resolve().name,
         interactions=pd.DataFrame(ratings),
@@ -173,25 +176,45 @@ def _find_layout(data_dir: Path) -> _Layout:
 def _users_without_features(user_ids: np.ndarray) -> FeatureDict:
     ids = np.unique(user_ids)
     blank = np.full(len(ids), "", dtype=object)
-    return {"user_id": ids, "gender": blank, "age": np.zeros(len(ids), np.int64), "occupation": blank.copy(),
-            "zip_code": blank.copy()}
+    return {
+        "user_id": ids,
+        "gender": blank,
+        "age": np.zeros(len(ids), np.int64),
+        "occupation": blank.copy(),
+        "zip_code": blank.copy(),
+    }
 
 
 def _read_100k_ratings(data_dir: Path) -> FeatureDict:
-    return read_delimited(data_dir / "u.data", _RATING_COLUMNS, sep="\t",
-                          names=["user_id", "movie_id", "rating", "timestamp"], quoting=csv.QUOTE_NONE)
+    return read_delimited(
+        data_dir / "u.data",
+        _RATING_COLUMNS,
+        sep="\t",
+        names=["user_id", "movie_id", "rating", "timestamp"],
+        quoting=csv.QUOTE_NONE,
+    )
 
 
 def _read_100k_users(data_dir: Path) -> FeatureDict:
-    return read_delimited(data_dir / "u.user", USER_COLUMNS, sep="|",
-                          names=["user_id", "age", "gender", "occupation", "zip_code"], quoting=csv.QUOTE_NONE,
-                          unique=["user_id"])
+    return read_delimited(
+        data_dir / "u.user",
+        USER_COLUMNS,
+        sep="|",
+        names=["user_id", "age", "gender", "occupation", "zip_code"],
+        quoting=csv.QUOTE_NONE,
+        unique=["user_id"],
+    )
 
 
 def _read_100k_movies(data_dir: Path) -> FeatureDict:
     """``u.item`` ends with one 0/1 flag per genre of ``u.genre``; ``genres`` joins the flagged names."""
-    genre_table = read_delimited(data_dir / "u.genre", {"genre": "string", "index": "int64"}, sep="|",
-                                 names=["genre", "index"], quoting=csv.QUOTE_NONE)
+    genre_table = read_delimited(
+        data_dir / "u.genre",
+        {"genre": "string", "index": "int64"},
+        sep="|",
+        names=["genre", "index"],
+        quoting=csv.QUOTE_NONE,
+    )
     genres = genre_table["genre"][np.argsort(genre_table["index"], kind="stable")]
     flag_columns = [f"genre_flag_{i}" for i in range(len(genres))]
     items = read_delimited(
@@ -209,19 +232,36 @@ def _read_100k_movies(data_dir: Path) -> FeatureDict:
 
 
 def _read_dat_ratings(data_dir: Path) -> FeatureDict:
-    return read_delimited(data_dir / "ratings.dat", _RATING_COLUMNS, sep="::",
-                          names=["user_id", "movie_id", "rating", "timestamp"], quoting=csv.QUOTE_NONE)
+    return read_delimited(
+        data_dir / "ratings.dat",
+        _RATING_COLUMNS,
+        sep="::",
+        names=["user_id", "movie_id", "rating", "timestamp"],
+        quoting=csv.QUOTE_NONE,
+    )
 
 
 def _read_dat_users(data_dir: Path) -> FeatureDict:
-    return read_delimited(data_dir / "users.dat", USER_COLUMNS, sep="::",
-                          names=["user_id", "gender", "age", "occupation", "zip_code"], quoting=csv.QUOTE_NONE,
-                          unique=["user_id"])
+    return read_delimited(
+        data_dir / "users.dat",
+        USER_COLUMNS,
+        sep="::",
+        names=["user_id", "gender", "age", "occupation", "zip_code"],
+        quoting=csv.QUOTE_NONE,
+        unique=["user_id"],
+    )
 
 
 def _read_dat_movies(data_dir: Path) -> FeatureDict:
-    return read_delimited(data_dir / "movies.dat", MOVIE_COLUMNS, sep="::", names=["movie_id", "title", "genres"],
-                          encoding="latin-1", quoting=csv.QUOTE_NONE, unique=["movie_id"])
+    return read_delimited(
+        data_dir / "movies.dat",
+        MOVIE_COLUMNS,
+        sep="::",
+        names=["movie_id", "title", "genres"],
+        encoding="latin-1",
+        quoting=csv.QUOTE_NONE,
+        unique=["movie_id"],
+    )
 
 
 def _read_csv_ratings(data_dir: Path) -> FeatureDict:
@@ -235,10 +275,10 @@ def _read_csv_movies(data_dir: Path) -> FeatureDict:
 
 
 _LAYOUTS = (
-    _Layout("ml-100k", ("u.data", "u.user", "u.item", "u.genre"), _read_100k_ratings, _read_100k_movies,
-            _read_100k_users),
-    _Layout("ml-1m", ("ratings.dat", "users.dat", "movies.dat"), _read_dat_ratings, _read_dat_movies,
-            _read_dat_users),
+    _Layout(
+        "ml-100k", ("u.data", "u.user", "u.item", "u.genre"), _read_100k_ratings, _read_100k_movies, _read_100k_users
+    ),
+    _Layout("ml-1m", ("ratings.dat", "users.dat", "movies.dat"), _read_dat_ratings, _read_dat_movies, _read_dat_users),
     _Layout("ml-10m", ("ratings.dat", "movies.dat"), _read_dat_ratings, _read_dat_movies, None),
     _Layout("ml-20m", ("ratings.csv", "movies.csv"), _read_csv_ratings, _read_csv_movies, None),
 )

@@ -38,8 +38,14 @@ LIST_SEPARATOR = "|"
 
 FILE_FORMATS = ("parquet", "csv", "tfrecord")
 """The file formats of the readers: :func:`read_parquet`, :func:`read_csv`, :func:`read_tfrecord`."""
-SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tfrecord": "tfrecord",
-                  ".tfrecords": "tfrecord", ".tfrec": "tfrecord"}
+SUFFIX_FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tfrecord": "tfrecord",
+    ".tfrecords": "tfrecord",
+    ".tfrec": "tfrecord",
+}
 """File suffix (lower case) → its format in :data:`FILE_FORMATS`, for a file named without an explicit format."""
 
 _COLUMN_TYPES = ("int64", "float32", "string", "int64_list")
@@ -192,8 +198,9 @@ def read_delimited(
     if len(frame) == 0:
         raise DataError(f"{path} has no data rows; expected columns {expected}.")
     first_line = 1 if names is not None else 2
-    features = convert_columns(frame, column_types, source=str(path), row_unit="line", first_row=first_line,
-                               max_length=max_length)
+    features = convert_columns(
+        frame, column_types, source=str(path), row_unit="line", first_row=first_line, max_length=max_length
+    )
     for name in unique:
         _check_unique(features[name], _Column(str(path), name, column_types[name], "line", first_line))
     return features
@@ -242,8 +249,9 @@ def read_parquet(
         raise _unreadable_parquet_error(path, dataset, list(column_types), e) from None
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows; expected columns {expected}.")
-    return convert_columns(table.to_pandas(), column_types, source=str(path), row_unit="row", first_row=0,
-                    max_length=max_length)
+    return convert_columns(
+        table.to_pandas(), column_types, source=str(path), row_unit="row", first_row=0, max_length=max_length
+    )
 
 
 def read_tfrecord(
@@ -400,7 +408,8 @@ def convert_columns(
 
 def _to_int64(series: pd.Series, column: _Column) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series) or not (
-        pd.api.types.is_numeric_dtype(series) or pd.api.types.is_string_dtype(series)
+        pd.api.types.is_numeric_dtype(series)
+        or pd.api.types.is_string_dtype(series)
         or pd.api.types.is_object_dtype(series)
     ):
         raise column.error(None, f"a column of dtype {series.dtype} cannot be read as int64")
@@ -561,8 +570,9 @@ def _check_column_types(column_types: Mapping[str, ColumnType]) -> None:
 
 
 def _check_max_length(max_length: Optional[int]) -> None:
-    if max_length is not None and (not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool)
-                                   or max_length < 1):
+    if max_length is not None and (
+        not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 1
+    ):
         raise ValueError(f"`max_length` must be a positive int or None. Received: {max_length!r}")
 
 
@@ -581,4 +591,3 @@ def _check_field_count(path: Path, fields: int, names: list, column_types: Mappi
 
 def _describe(column_types: Mapping[str, ColumnType]) -> str:
     return ", ".join(f"{name} ({column_type})" for name, column_type in column_types.items())
-

@@ -59,8 +59,11 @@ class PreparedData:
         The training examples are counted without building their ``[N, L]`` histories or a text
         per example (:meth:`~tfrec_pipelines.data.TrainingExamples.counted`): the same vocabularies.
         """
-        separators = {f.name: f.separator for f in self.spec.all_features
-                      if isinstance(f, SequenceFeature) and not f.is_matrix}
+        separators = {
+            f.name: f.separator
+            for f in self.spec.all_features
+            if isinstance(f, SequenceFeature) and f.separator is not None and not f.is_matrix
+        }
         return adapt(self.spec, self.data.train.counted(separators), self.data.candidates)
 
     def write_declarations(self, path: str | Path) -> None:
@@ -70,12 +73,18 @@ class PreparedData:
 
 def _synthetic(config: ExperimentConfig) -> InteractionTables:
     data = config.data
-    return synthetic_tables(num_items=data.num_items, num_users=data.num_users,
-                            interactions_per_user=data.interactions_per_user, seed=config.training.seed)
+    return synthetic_tables(
+        num_items=data.num_items,
+        num_users=data.num_users,
+        interactions_per_user=data.interactions_per_user,
+        seed=config.training.seed,
+    )
 
 
 def _movielens(config: ExperimentConfig) -> InteractionTables:
-    return movielens_tables(config.data.data_dir)
+    data_dir = config.data.data_dir
+    assert data_dir is not None  # DataConfig requires `data.data_dir` for the movielens dataset
+    return movielens_tables(data_dir)
 
 
 def _interactions(config: ExperimentConfig) -> InteractionTables:
@@ -117,8 +126,12 @@ def prepare_data(config: ExperimentConfig, tables: Optional[InteractionTables] =
         tables = SOURCES[config.data.dataset](config)
         preset = preset_declarations(config.data.dataset)
     data = interaction_data(
-        tables, max_history=config.data.max_history, unknown_items=config.data.unknown_items, split=config.data.split,
-        validation=config.data.validation, validation_fraction=config.data.validation_fraction,
+        tables,
+        max_history=config.data.max_history,
+        unknown_items=config.data.unknown_items,
+        split=config.data.split,
+        validation=config.data.validation,
+        validation_fraction=config.data.validation_fraction,
     )
     if not config.evaluation.filter_seen:
         data = data.without_seen()
@@ -132,8 +145,7 @@ def prepare_data(config: ExperimentConfig, tables: Optional[InteractionTables] =
             [c for c in (tables.items.columns if tables.items is not None else ()) if c != tables.item_column],
         )
     declarations = declarations_from_config(features.query, features.candidate, fallback or Declarations((), ()))
-    prepared = PreparedData(data, declarations, None, tables.weight_column)  # type: ignore[arg-type]
-    prepared.spec = spec_for(prepared, features)
+    prepared = PreparedData(data, declarations, _feature_spec(declarations, data, features), tables.weight_column)
     prepared.data = rename_columns(data, declarations)
     if data.validation is not None:  # its queries under the features' names too
         renamed = rename_columns(data.validation_data(), declarations)
@@ -144,12 +156,15 @@ def prepare_data(config: ExperimentConfig, tables: Optional[InteractionTables] =
 def spec_for(prepared: PreparedData, features: FeaturesConfig) -> FeatureSpec:
     """The (not yet adapted) spec of the prepared declarations with the embedding options of
     ``features`` (width, OOV buckets, history pooling, shared item table)."""
+    return _feature_spec(prepared.declarations, prepared.data, features)
+
+
+def _feature_spec(declarations: Declarations, data: RetrievalData, features: FeaturesConfig) -> FeatureSpec:
     return feature_spec(
-        prepared.declarations,
-        prepared.data,
+        declarations,
+        data,
         embedding_dim=features.embedding_dim,
         num_oov_buckets=features.num_oov_buckets,
         history_pooling=features.history_pooling,
         share_item_embeddings=features.share_item_embeddings,
     )
-

@@ -68,8 +68,10 @@ class TestTable:
         return known & (timeline.phases == 1)
 
     def nothing_evaluated(self, name: str, timeline: Timeline) -> str:
-        return (f"{name}: no user of the test table {self.source} (`data.test.path`) has a training interaction, "
-                "so none of its interactions can be evaluated.")
+        return (
+            f"{name}: no user of the test table {self.source} (`data.test.path`) has a training interaction, "
+            "so none of its interactions can be evaluated."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +90,10 @@ class TimeSlice:
         return first + math.ceil((1.0 - self.fraction) * (last - first))
 
     def nothing_evaluated(self, name: str, timeline: Timeline) -> str:
-        return (f"{name}: no training interaction in the last {self.fraction:g} of the training time range "
-                "(`data.validation` 'time', `data.validation_fraction`) has a user with one before it.")
+        return (
+            f"{name}: no training interaction in the last {self.fraction:g} of the training time range "
+            "(`data.validation` 'time', `data.validation_fraction`) has a user with one before it."
+        )
 
 
 VALIDATION_LAST = LastInteraction(min_known=2, purpose="validate on")
@@ -104,8 +108,9 @@ def validation_rule(validation: str, fraction: float) -> Optional[HoldOut]:
     return None
 
 
-def time_cut(split: SplitConfig, values: Optional[pd.Series], column: Optional[str], source: str,
-             timestamps: np.ndarray) -> TimeCut:
+def time_cut(
+    split: SplitConfig, values: Optional[pd.Series], column: Optional[str], source: str, timestamps: np.ndarray
+) -> TimeCut:
     """The cut of a ``time`` split in the ``int64`` timestamps the interactions are split by.
 
     Args:
@@ -129,11 +134,20 @@ def time_cut(split: SplitConfig, values: Optional[pd.Series], column: Optional[s
     if split.cut_fraction is not None:
         if pd.api.types.is_float_dtype(values):
             raw = values.to_numpy(np.float64)
-            return _numeric_cut(raw.min() + split.cut_fraction * (raw.max() - raw.min()), raw, f"{split.cut_fraction:g} of the time range", "data.split.cut_fraction")
+            return _numeric_cut(
+                raw.min() + split.cut_fraction * (raw.max() - raw.min()),
+                raw,
+                f"{split.cut_fraction:g} of the time range",
+                "data.split.cut_fraction",
+            )
         first, last = int(timestamps.min()), int(timestamps.max())
-        return TimeCut(first + math.ceil(split.cut_fraction * (last - first)), f"{split.cut_fraction:g} of the time range",
-                       "data.split.cut_fraction")
+        return TimeCut(
+            first + math.ceil(split.cut_fraction * (last - first)),
+            f"{split.cut_fraction:g} of the time range",
+            "data.split.cut_fraction",
+        )
     cut = split.cut
+    assert cut is not None  # SplitConfig holds exactly one of `cut` and `cut_fraction` for `kind: time`
     if dates:
         if not isinstance(cut, str):
             raise DataError(

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from tfrec_pipelines.data import DataError, RetrievalData
+from tfrec_pipelines.data import DataError, RetrievalData, TrainingExamples
 from tfrec_pipelines.declarations import Declarations, feature_spec
 from tfrec_pipelines.tables import table_files, table_format
 from tfrec_towers.config import FeaturesConfig
@@ -208,15 +208,24 @@ def stream_examples(
     if shuffle:
         files = files.shuffle(len(plan.files), seed=seed, reshuffle_each_iteration=True)
     read = functools.partial(_shard_chunks, plan=plan)
-    chunks = (files.interleave(read, cycle_length=min(len(plan.files), MAX_INTERLEAVED_SHARDS),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-              if shuffle else files.flat_map(read))
-    examples = chunks.map(lambda raw: _examples(_chunk(raw, plan), plan), num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
+    chunks = (
+        files.interleave(
+            read,
+            cycle_length=min(len(plan.files), MAX_INTERLEAVED_SHARDS),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if shuffle
+        else files.flat_map(read)
+    )
+    examples = chunks.map(
+        lambda raw: _examples(_chunk(raw, plan), plan), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     if shuffle:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         examples = tf.data.Dataset.zip(examples.rebatch(shuffle_buffer), seeds).map(
-            _permuted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            _permuted, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     return (examples.repeat() if repeat else examples).rebatch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -281,8 +290,9 @@ def stream_statistics(
         rows=rows,
         rows_read=rows_read,
         value_counts={name: tally.result() for name, tally in tallies.items()},
-        moments={name: Moments(count, mean, m2 / count if count else math.nan)
-                 for name, (count, mean, m2) in moments.items()},
+        moments={
+            name: Moments(count, mean, m2 / count if count else math.nan) for name, (count, mean, m2) in moments.items()
+        },
         dtypes=dtypes,
         declarations={d.name: d for d in plan.features},
     )
@@ -334,18 +344,35 @@ def adapted_spec(
                 f"Feature {history.name!r}: the history holds {dtypes[history.name]} ids but the item id "
                 f"{ids[0].name!r} is {dtypes[ids[0].name]}; they must be of one type."
             )
-    empty = {"int64": np.zeros(0, np.int64), "float32": np.zeros(0, np.float32), "string": np.zeros(0, object)}
-    schema = {side: {d.source: empty[dtypes[d.name]] for d in getattr(declarations, side)}
-              for side in ("query", "candidate")}
+    empty: Dict[str, np.ndarray] = {
+        "int64": np.zeros(0, np.int64),
+        "float32": np.zeros(0, np.float32),
+        "string": np.zeros(0, object),
+    }
+    schema = {
+        side: {d.source: empty[dtypes[d.name]] for d in getattr(declarations, side)} for side in ("query", "candidate")
+    }
     columns_only = RetrievalData(
-        name="stream", train={}, eval_queries=schema["query"], eval_targets=np.zeros(0),
-        seen_indptr=np.zeros(1, np.int64), seen_ids=np.zeros(0), candidates=schema["candidate"],
+        name="stream",
+        train=TrainingExamples.of({}),
+        eval_queries=schema["query"],
+        eval_targets=np.zeros(0),
+        seen_indptr=np.zeros(1, np.int64),
+        seen_ids=np.zeros(0),
+        candidates=schema["candidate"],
         query_features=tuple(schema["query"]),
-        candidate_features=tuple(schema["candidate"]), candidate_id=ids[0].source if ids else "", column_types={},
+        candidate_features=tuple(schema["candidate"]),
+        candidate_id=ids[0].source if ids else "",
+        column_types={},
     )
-    spec = feature_spec(declarations, columns_only, embedding_dim=features.embedding_dim,
-                        num_oov_buckets=features.num_oov_buckets, history_pooling=features.history_pooling,
-                        share_item_embeddings=features.share_item_embeddings)
+    spec = feature_spec(
+        declarations,
+        columns_only,
+        embedding_dim=features.embedding_dim,
+        num_oov_buckets=features.num_oov_buckets,
+        history_pooling=features.history_pooling,
+        share_item_embeddings=features.share_item_embeddings,
+    )
     owners: Dict[str, Any] = {}
     pooled: Dict[str, List[ValueCounts]] = {}
     for feature in spec.all_features:
@@ -366,8 +393,11 @@ def adapted_spec(
             return dataclasses.replace(feature, mean=moments.mean, variance=moments.variance)
         return feature
 
-    return FeatureSpec(query=tuple(adapted(f) for f in spec.query), candidate=tuple(adapted(f) for f in spec.candidate),
-                       candidate_id=spec.candidate_id)
+    return FeatureSpec(
+        query=tuple(adapted(f) for f in spec.query),
+        candidate=tuple(adapted(f) for f in spec.candidate),
+        candidate_id=spec.candidate_id,
+    )
 
 
 def _role(declaration: FeatureDeclaration) -> tuple:
@@ -384,7 +414,6 @@ def _vocabulary(parts: Sequence[ValueCounts], min_count: int, max_size: Optional
     counts = summed.to_numpy(np.int64)
     order = np.lexsort((unique, -counts))
     return tuple(unique[order][counts[order] >= min_count][:max_size].tolist())
-
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -421,8 +450,11 @@ def _plan(
         if column is not None:
             roles.setdefault(column, []).append(role)
     listed = {c for c, kinds in roles.items() if {"history", "multi_valued"} & set(kinds)}
-    schema_of = (functools.partial(_parquet_schema, columns=list(roles)) if kind == "parquet"
-                 else functools.partial(_tfrecord_schema, listed=listed))
+    schema_of = (
+        functools.partial(_parquet_schema, columns=list(roles))
+        if kind == "parquet"
+        else functools.partial(_tfrecord_schema, listed=listed)
+    )
     schemas = [(file, schema) for file in files if (schema := schema_of(file)) is not None]
     if not schemas:
         raise DataError(f"The interactions table {path} has no rows.")
@@ -445,12 +477,13 @@ def _plan(
                 raise DataError(
                     f"{first_file}: column {column!r} is {first[column]}, but a {role} column holds {wanted}."
                 )
-    return _Plan(tuple(files), kind, {c: first[c] for c in roles}, declarations, row_filter, weight_column,
-                 int(max_history))
+    streamed = {c: stream_type for c in roles if (stream_type := first[c]) is not None}  # all: checked above
+    return _Plan(tuple(files), kind, streamed, declarations, row_filter, weight_column, int(max_history))
 
 
 def _arrow_column(arrow_type: Any) -> Optional[_Column]:
     """The stream type of a Parquet column's arrow type, or None when it has none."""
+
     def element(t: Any) -> Optional[str]:
         if pa.types.is_integer(t) or pa.types.is_boolean(t):
             return "int64"
@@ -469,13 +502,14 @@ def _arrow_column(arrow_type: Any) -> Optional[_Column]:
     return None if dtype is None else _Column(dtype, False)
 
 
-def _parquet_schema(file: Path, columns: Sequence[str]) -> Dict[str, _Column]:
-    """The stream types of a Parquet shard's columns (from its footer)."""
+def _parquet_schema(file: Path, columns: Sequence[str]) -> Dict[str, Optional[_Column]]:
+    """The stream types of a Parquet shard's columns (from its footer); None for a column not streamed that
+    no stream type holds."""
     try:
         schema = pq.read_schema(file)
     except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
         raise DataError(f"{file} is not a readable Parquet file: {e}") from None
-    types = {}
+    types: Dict[str, Optional[_Column]] = {}
     for name in schema.names:
         column = _arrow_column(schema.field(name).type)
         if column is None and name in columns:
@@ -487,7 +521,7 @@ def _parquet_schema(file: Path, columns: Sequence[str]) -> Dict[str, _Column]:
     return types
 
 
-def _tfrecord_schema(file: Path, listed: set) -> Optional[Dict[str, _Column]]:
+def _tfrecord_schema(file: Path, listed: set) -> Optional[Mapping[str, Optional[_Column]]]:
     """The features of the shard's first record (lists: the ``listed`` ones), or None for an empty shard."""
     try:
         records = list(tf.data.TFRecordDataset(str(file)).take(1).as_numpy_iterator())
@@ -500,9 +534,11 @@ def _tfrecord_schema(file: Path, listed: set) -> Optional[Dict[str, _Column]]:
     except DecodeError as e:
         raise DataError(f"{file} does not hold tf.train.Example records: {e}") from None
     dtypes = {"int64_list": "int64", "float_list": "float32", "bytes_list": "string"}
-    return {name: _Column(dtypes[kind], name in listed)
-            for name, feature in example.features.feature.items()
-            if (kind := feature.WhichOneof("kind")) is not None}
+    return {
+        name: _Column(dtypes[kind], name in listed)
+        for name, feature in example.features.feature.items()
+        if (kind := feature.WhichOneof("kind")) is not None
+    }
 
 
 def _check_footer_nulls(plan: _Plan) -> None:
@@ -525,10 +561,14 @@ def _check_footer_nulls(plan: _Plan) -> None:
 
 
 def _null_message(file: Path, column: str, row: int, plan: _Plan) -> str:
-    what = ("an id" if column in {d.source for d in plan.features if d.kind == "id"} else
-            "a weight" if column == plan.weight_column else "an integer")
+    what = (
+        "an id"
+        if column in {d.source for d in plan.features if d.kind == "id"}
+        else "a weight"
+        if column == plan.weight_column
+        else "an integer"
+    )
     return f"{file}: column {column!r}, row {row} is null; {what} column needs a value in every row."
-
 
 
 def _shard_chunks(file: tf.Tensor, plan: _Plan) -> tf.data.Dataset:
@@ -537,7 +577,8 @@ def _shard_chunks(file: tf.Tensor, plan: _Plan) -> tf.data.Dataset:
         return tf.data.TFRecordDataset(file).batch(CHUNK_ROWS)
     return tf.data.Dataset.from_generator(
         lambda name: (wire for _, wire in _parquet_chunks(Path(name.decode()), plan)),
-        args=(file,), output_signature=_wire_signature(plan),
+        args=(file,),
+        output_signature=_wire_signature(plan),
     )
 
 
@@ -563,8 +604,11 @@ def _wire_signature(plan: _Plan) -> Dict[str, Dict[str, tf.TensorSpec]]:
     """A Parquet chunk as it leaves Python: strings as one buffer plus offsets, lists as values plus lengths."""
     signature = {}
     for name, column in plan.columns.items():
-        values = ({"data": tf.TensorSpec([], tf.string), "offsets": tf.TensorSpec([None], tf.int64)}
-                  if column.dtype == "string" else {"values": tf.TensorSpec([None], tf.as_dtype(column.dtype))})
+        values = (
+            {"data": tf.TensorSpec([], tf.string), "offsets": tf.TensorSpec([None], tf.int64)}
+            if column.dtype == "string"
+            else {"values": tf.TensorSpec([None], tf.as_dtype(column.dtype))}
+        )
         signature[name] = {**values, "lengths": tf.TensorSpec([None], tf.int64)} if column.is_list else values
     return signature
 
@@ -584,8 +628,10 @@ def _parquet_chunks(file: Path, plan: _Plan) -> Iterator[Tuple[int, Dict[str, Di
                     if values.null_count:
                         nulls = values.is_null().to_numpy(zero_copy_only=False)
                         parent = pc.list_parent_indices(array).to_numpy()[nulls]
-                        raise DataError(f"{file}: column {name!r}, row {start + int(parent[0])} holds a null item; "
-                                        "a list column holds values only.")
+                        raise DataError(
+                            f"{file}: column {name!r}, row {start + int(parent[0])} holds a null item; "
+                            "a list column holds values only."
+                        )
                     lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
                     wire[name] = {**_wire_values(values, column), "lengths": lengths}
                     continue
@@ -620,8 +666,12 @@ def _wire_values(array: Any, column: _Column) -> Dict[str, Any]:
 def _chunk(raw: Any, plan: _Plan) -> Dict[str, Union[tf.Tensor, tf.RaggedTensor]]:
     """A raw chunk as its columns: ``[n]`` tensors, lists as ``[n, None]`` ragged tensors."""
     if plan.format == "tfrecord":
-        spec = {name: tf.io.RaggedFeature(tf.as_dtype(c.dtype), row_splits_dtype=tf.int64) if c.is_list
-                else tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for name, c in plan.columns.items()}
+        spec = {
+            name: tf.io.RaggedFeature(tf.as_dtype(c.dtype), row_splits_dtype=tf.int64)
+            if c.is_list
+            else tf.io.FixedLenFeature([], tf.as_dtype(c.dtype))
+            for name, c in plan.columns.items()
+        }
         return tf.io.parse_example(raw, spec)
     columns = {}
     for name, column in plan.columns.items():
@@ -637,15 +687,18 @@ def _chunk(raw: Any, plan: _Plan) -> Dict[str, Union[tf.Tensor, tf.RaggedTensor]
     return columns
 
 
-
 def _examples(chunk: Mapping[str, Any], plan: _Plan) -> Any:
     """The chunk's rows that pass the filter, as ``{feature name: [n] or [n, L]}`` (and weights ``[n]``)."""
     if plan.row_filter is not None:
         column = chunk[plan.row_filter.column]
         text = column if column.dtype == tf.string else tf.strings.as_string(column)
         keep = tf.reduce_any(tf.equal(text[:, None], tf.constant(plan.row_filter.values)[None, :]), axis=1)
-        chunk = {name: tf.ragged.boolean_mask(values, keep) if isinstance(values, tf.RaggedTensor)
-                 else tf.boolean_mask(values, keep) for name, values in chunk.items()}
+        chunk = {
+            name: tf.ragged.boolean_mask(values, keep)
+            if isinstance(values, tf.RaggedTensor)
+            else tf.boolean_mask(values, keep)
+            for name, values in chunk.items()
+        }
     features = {}
     for declaration in plan.features:
         values = chunk[declaration.source]
@@ -660,7 +713,8 @@ def _examples(chunk: Mapping[str, Any], plan: _Plan) -> Any:
         return features
     weights = tf.cast(chunk[plan.weight_column], tf.float32)
     valid = tf.debugging.assert_equal(
-        tf.reduce_all(tf.math.is_finite(weights) & (weights >= 0.0)), True,
+        tf.reduce_all(tf.math.is_finite(weights) & (weights >= 0.0)),
+        True,
         message=f"weight column {plan.weight_column}: a weight must be a finite number ≥ 0",
     )
     with tf.control_dependencies([valid]):
@@ -672,7 +726,6 @@ def _left_padded(lists: tf.RaggedTensor, width: int, padding: Any) -> tf.Tensor:
     limits, starts = lists.row_limits(), lists.row_starts()
     newest_first = tf.ragged.range(limits - 1, tf.maximum(limits - width, starts) - 1, -1)
     return tf.reverse(tf.gather(lists.values, newest_first).to_tensor(padding, shape=[None, width]), axis=[1])
-
 
 
 def _chunk_summary(raw: Any, plan: _Plan) -> Dict[str, Any]:
@@ -753,8 +806,9 @@ class _Tally:
         return ValueCounts(values[order], counts[order].astype(np.int64))
 
 
-def _record_error(error: tf.errors.InvalidArgumentError, file: Path, start: int, records: tf.Tensor,
-                  plan: _Plan) -> DataError:
+def _record_error(
+    error: tf.errors.InvalidArgumentError, file: Path, start: int, records: tf.Tensor, plan: _Plan
+) -> DataError:
     """The :class:`DataError` of a chunk of TFRecord records that does not parse: its first bad record."""
     expected = ", ".join(f"{name}: {column}" for name, column in plan.columns.items())
     for offset, record in enumerate(records.numpy()):
@@ -762,5 +816,6 @@ def _record_error(error: tf.errors.InvalidArgumentError, file: Path, start: int,
             _chunk(tf.constant([record]), plan)
         except tf.errors.InvalidArgumentError as e:
             return DataError(f"{file}: record {start + offset}: {e.message.splitlines()[0]} (expected {expected}).")
-    return DataError(f"{file}: records {start}–{start + len(records) - 1}: {error.message.splitlines()[0]} "
-                     f"(expected {expected}).")
+    return DataError(
+        f"{file}: records {start}–{start + len(records) - 1}: {error.message.splitlines()[0]} (expected {expected})."
+    )

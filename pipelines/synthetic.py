@@ -90,8 +90,12 @@ def synthetic_tables(
     Raises:
       ValueError: an argument out of range (the message names it).
     """
-    for name, value in (("num_items", num_items), ("num_users", num_users),
-                        ("embedding_dim", embedding_dim), ("interactions_per_user", interactions_per_user)):
+    for name, value in (
+        ("num_items", num_items),
+        ("num_users", num_users),
+        ("embedding_dim", embedding_dim),
+        ("interactions_per_user", interactions_per_user),
+    ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive int. Received: {value!r}")
     if not 2 <= interactions_per_user <= num_items:
@@ -134,30 +138,40 @@ def synthetic_tables(
     category_names = np.array([f"category_{k:02d}" for k in range(NUM_CATEGORIES)], dtype=object)
     return InteractionTables(
         name=f"synthetic-{num_items}",
-        interactions=pd.DataFrame({
-            "user_id": np.repeat(np.arange(1, num_users + 1, dtype=np.int64), interactions_per_user),
-            "item_id": consumed.ravel() + 1,
-            "timestamp": np.tile(np.arange(interactions_per_user, dtype=np.int64), num_users),
-        }),
-        users=pd.DataFrame({
-            "user_id": np.arange(1, num_users + 1, dtype=np.int64),
-            "age": age.astype(np.int64),
-            "country": pd.Series(np.array(COUNTRIES, dtype=object)[country], dtype=object),
-        }),
-        items=pd.DataFrame({
-            "item_id": np.arange(1, num_items + 1, dtype=np.int64),
-            "category": pd.Series(category_names[category], dtype=object),
-        }),
-        sources={"interactions": "the synthetic interactions", "users": "the synthetic users",
-                 "items": "the synthetic items"},
+        interactions=pd.DataFrame(
+            {
+                "user_id": np.repeat(np.arange(1, num_users + 1, dtype=np.int64), interactions_per_user),
+                "item_id": consumed.ravel() + 1,
+                "timestamp": np.tile(np.arange(interactions_per_user, dtype=np.int64), num_users),
+            }
+        ),
+        users=pd.DataFrame(
+            {
+                "user_id": np.arange(1, num_users + 1, dtype=np.int64),
+                "age": age.astype(np.int64),
+                "country": pd.Series(np.array(COUNTRIES, dtype=object)[country], dtype=object),
+            }
+        ),
+        items=pd.DataFrame(
+            {
+                "item_id": np.arange(1, num_items + 1, dtype=np.int64),
+                "category": pd.Series(category_names[category], dtype=object),
+            }
+        ),
+        sources={
+            "interactions": "the synthetic interactions",
+            "users": "the synthetic users",
+            "items": "the synthetic items",
+        },
     )
 
 
 class _Sampler:
     """Draws each user's sequence of distinct items (see the module docstring)."""
 
-    def __init__(self, item_vectors: np.ndarray, log_weight: np.ndarray, proposal_cdf: np.ndarray,
-                 rng: np.random.Generator):
+    def __init__(
+        self, item_vectors: np.ndarray, log_weight: np.ndarray, proposal_cdf: np.ndarray, rng: np.random.Generator
+    ):
         self._item_vectors = item_vectors
         self._log_weight = log_weight
         self._proposal_cdf = proposal_cdf
@@ -200,8 +214,10 @@ class _Sampler:
         proposals = np.minimum(np.searchsorted(self._proposal_cdf, draws, side="right"), len(self._proposal_cdf) - 1)
         grouped = np.zeros((num_groups * _GROUP_SIZE, dim), tastes.dtype)
         grouped[:num_users] = tastes
-        logits = np.matmul(grouped.reshape(num_groups, _GROUP_SIZE, dim),
-                           self._item_vectors[proposals].transpose(0, 2, 1)) / _TEMPERATURE
+        logits = (
+            np.matmul(grouped.reshape(num_groups, _GROUP_SIZE, dim), self._item_vectors[proposals].transpose(0, 2, 1))
+            / _TEMPERATURE
+        )
         logits = (logits + self._log_weight[proposals][:, None, :]).reshape(-1, _NUM_PROPOSALS)[:num_users]
         exponential = self._rng.standard_exponential(logits.shape, dtype=np.float32)
         logits -= np.log(np.maximum(exponential, np.finfo(np.float32).tiny))  # + Gumbel(0, 1) noise

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import glob as globbing
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence
+from typing import Dict, List, Literal, Optional, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -79,8 +79,8 @@ def table_format(files: Sequence[Path], declared: Optional[str] = None, what: st
     if declared is not None:
         if declared not in ("csv", "parquet", "tfrecord"):
             raise DataError(f"The {what} format must be csv, parquet or tfrecord. Received: {declared!r}")
-        return declared  # type: ignore[return-value]
-    formats = {}
+        return cast(TableFormat, declared)
+    formats: Dict[TableFormat, Path] = {}
     for file in files:
         suffix = file.suffix.lower()
         if suffix not in SUFFIXES:
@@ -189,8 +189,11 @@ def _read_csv(file: Path, columns: Optional[Sequence[str]]) -> pd.DataFrame:
             if "conversion error" not in str(e):
                 raise
         head = pa_csv.read_csv(file, parse_options=parse, read_options=pa_csv.ReadOptions(block_size=1 << 16))
-        text = pa_csv.read_csv(file, parse_options=parse, convert_options=pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in head.column_names}))
+        text = pa_csv.read_csv(
+            file,
+            parse_options=parse,
+            convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in head.column_names}),
+        )
     except pa.ArrowInvalid as e:
         message = str(e).replace("CSV parse error: ", "")
         if "utf8" in message.lower() or "utf-8" in message.lower():
@@ -279,7 +282,7 @@ def _read_tfrecord(file: Path, columns: Optional[Sequence[str]]) -> pd.DataFrame
             cells = [None if c is None else [v.decode("utf-8") for v in c] for c in cells]
         if all(c is not None and len(c) == 1 for c in cells):
             dtype = {"int64_list": np.int64, "float_list": np.float32, "bytes_list": object}[kind]
-            frame[name] = pd.Series([c[0] for c in cells], dtype=dtype)
+            frame[name] = pd.Series([c[0] for c in cells if c is not None], dtype=dtype)
         else:
             frame[name] = pd.Series(cells, dtype=object)
     return pd.DataFrame(frame)

@@ -58,7 +58,7 @@ from tfrec_towers.config import (
 from tfrec_towers.evaluation import DEFAULT_KS
 from tfrec_towers.export import NUM_SAMPLE_QUERIES, export_retrieval_model
 from tfrec_towers.features import FeatureSpec, input_signature
-from tfrec_towers.index import IndexConfig
+from tfrec_towers.index import IndexConfig, index_kind
 from tfrec_towers.model import TwoTowerModel
 from tfrec_towers.projector import write_projector_embeddings
 from tfrec_towers.towers import compute_embeddings
@@ -198,22 +198,34 @@ def fit_model(
         reading = model.query_tower.history
         weight = getattr(model, "sample_weight_feature", None)
         features = sequence_examples(
-            features, [f.name for f in model.candidate_tower.features] + ([weight] if weight in features else []),
-            model.candidate_id, reading.max_length, history=reading.feature,
+            features,
+            [f.name for f in model.candidate_tower.features] + ([weight] if weight in features else []),
+            model.candidate_id,
+            reading.max_length,
+            history=reading.feature,
         )
         positions = training.batch_size * reading.max_length
         if positions > MAX_EVERY_POSITION_PAIRS:
             logger.warning(
                 "training.batch_size=%d sequences of up to %d items is up to %d (query, item) pairs per batch, "
                 "an in-batch logit matrix of up to %d x %d: every-position training usually takes 32-128 sequences.",
-                training.batch_size, reading.max_length, positions, positions, positions,
+                training.batch_size,
+                reading.max_length,
+                positions,
+                positions,
+                positions,
             )
     start = time.perf_counter()
-    history, steps = fit_resumably(model, features, training, checkpoints, verbose, callbacks, restore_from,
-                                   epoch_callbacks, early_stopping)
+    history, steps = fit_resumably(
+        model, features, training, checkpoints, verbose, callbacks, restore_from, epoch_callbacks, early_stopping
+    )
     seconds = time.perf_counter() - start
     candidate_id = getattr(model, "candidate_id", None)
-    per_epoch = num_targets(features, candidate_id) if candidate_id in features else num_rows(features)
+    per_epoch = (
+        num_targets(features, candidate_id)
+        if candidate_id is not None and candidate_id in features
+        else num_rows(features)
+    )
     examples = per_epoch * steps / steps_per_epoch(num_rows(features), training.batch_size)
     return history, seconds, examples / max(seconds, 1e-9)
 
@@ -270,7 +282,7 @@ def export_model(
         also :func:`~tfrec_towers.export.export_retrieval_model`.
     """
     if not isinstance(index, IndexConfig):
-        index = IndexConfig(kind=config.export.index if index is None else index, k=config.export.k)
+        index = IndexConfig(kind=index_kind(config.export.index if index is None else index), k=config.export.k)
     index_config = dataclasses.replace(index, k=index.k if k is None else k, **(index_settings or {}))
     query_names = [f.name for f in spec.query]
     excluding = config.export.exclude_history if exclude_history is None else exclude_history
@@ -345,15 +357,23 @@ def _relocate(result: RunResult, old: Path, new: Path) -> RunResult:
 
 
 def _train_into(
-    config: ExperimentConfig, run_dir: Path, verbose: int, strategy: tf.distribute.Strategy,
+    config: ExperimentConfig,
+    run_dir: Path,
+    verbose: int,
+    strategy: tf.distribute.Strategy,
     restore_from: Optional[Path] = None,
 ) -> RunResult:
     tf.keras.utils.set_random_seed(config.training.seed)
     save_config(config, run_dir / CONFIG_FILE)
     prepared = prepare_data(config)
     data = prepared.data
-    logger.info("Data %s: %d training examples, %d eval queries, %d candidates", data.name,
-                len(data.train[data.candidate_id]), len(data.eval_targets), len(data.candidates[data.candidate_id]))
+    logger.info(
+        "Data %s: %d training examples, %d eval queries, %d candidates",
+        data.name,
+        len(data.train[data.candidate_id]),
+        len(data.eval_targets),
+        len(data.candidates[data.candidate_id]),
+    )
     prepared.write_declarations(run_dir / FEATURES_FILE)
     spec = prepared.adapted_spec()
     (run_dir / SPEC_FILE).write_text(spec.to_json())
@@ -377,7 +397,11 @@ def _train_into(
 
 
 def _finish_run(
-    model: TwoTowerModel, spec: FeatureSpec, data: RetrievalData, config: ExperimentConfig, run_dir: Path,
+    model: TwoTowerModel,
+    spec: FeatureSpec,
+    data: RetrievalData,
+    config: ExperimentConfig,
+    run_dir: Path,
     history: Dict[str, list],
 ) -> Tuple[Dict[str, float], Path, Optional[dict]]:
     """Writes the trained run's history, weights, projector embeddings, metrics, export and verification.
@@ -431,7 +455,9 @@ def evaluate_run(run_dir: str | Path, data_dir: Optional[str] = None) -> Dict[st
     split and filtered as the run's ``data.split`` and ``evaluation.filter_seen`` say."""
     config, _, model = load_run(run_dir)
     if data_dir is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset="movielens", data_dir=data_dir))
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, dataset="movielens", data_dir=data_dir)
+        )
     return evaluate_model(model, load_data(config))
 
 
@@ -452,8 +478,16 @@ def export_run(
     config, spec, model = load_run(run_dir)
     base = Path(run_dir) / EXPORT_DIR if export_base is None else Path(export_base)
     return export_model(
-        model, spec, load_data(config), base, config, index=index, k=k, candidates=candidates,
-        index_settings=index_settings, exclude_history=exclude_history,
+        model,
+        spec,
+        load_data(config),
+        base,
+        config,
+        index=index,
+        k=k,
+        candidates=candidates,
+        index_settings=index_settings,
+        exclude_history=exclude_history,
     )
 
 

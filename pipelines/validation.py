@@ -113,8 +113,10 @@ class EarlyStopping:
         if not any(history.values()):
             return None, False
         if self.metric not in history:
-            raise KeyError(f"Early stopping watches {self.metric!r}, which the training history lacks "
-                           f"(it holds {sorted(history)}).")
+            raise KeyError(
+                f"Early stopping watches {self.metric!r}, which the training history lacks "
+                f"(it holds {sorted(history)})."
+            )
         best, best_value, waited = None, float("-inf"), 0
         for epoch, value in enumerate(history[self.metric]):
             if value - self.min_delta > best_value:

@@ -412,7 +412,9 @@ def rest_url(server: str, model_name: str, version: Optional[int] = None) -> str
     return f"{_model_url(server, model_name, version)}:predict"
 
 
-def send_grpc(request: predict_pb2.PredictRequest, target: str = f"localhost:{GRPC_PORT}", timeout: float = 5.0) -> Dict[str, np.ndarray]:
+def send_grpc(
+    request: predict_pb2.PredictRequest, target: str = f"localhost:{GRPC_PORT}", timeout: float = 5.0
+) -> Dict[str, np.ndarray]:
     """Sends a ``PredictRequest`` to ``PredictionService/Predict``; returns the outputs as numpy arrays.
 
     Raises:

@@ -39,8 +39,14 @@ TINY = (*TINY_DATA, *TINY_TOWERS, "training.epochs=1", "training.batch_size=128"
 """The tiny run: TINY_DATA on TINY_TOWERS, one epoch of batches of 128, k = 10."""
 
 
-TINY_OWN_TABLES = (*TINY_TOWERS, "training.epochs=1", "training.batch_size=64", "loss.mixed_negatives=16",
-                   "model.history.max_length=5", "data.max_history=5")
+TINY_OWN_TABLES = (
+    *TINY_TOWERS,
+    "training.epochs=1",
+    "training.batch_size=64",
+    "loss.mixed_negatives=16",
+    "model.history.max_length=5",
+    "data.max_history=5",
+)
 """The tiny run on a user's own tables (a catalogue of about 40 items, histories of 5)."""
 
 
@@ -204,8 +210,13 @@ def run_fresh_process(script, *args, timeout=120):
 # Movie 50 is never rated.
 RATINGS = [(1, 30, 100), (1, 10, 100), (1, 20, 50), (1, 40, 200), (2, 10, 5), (2, 99, 6), (2, 20, 7), (3, 30, 1)]
 MOVIELENS_GENRES = {10: "Action|Comedy", 20: "unknown", 30: "Drama", 40: "Action|Drama", 50: "Comedy"}
-TITLES = {10: "Café (1995)", 20: 'The "Thing" (1982)', 30: "Star Wars: Episode IV (1977)",
-          40: "American President, The (1995)", 50: "Babe (1995)"}
+TITLES = {
+    10: "Café (1995)",
+    20: 'The "Thing" (1982)',
+    30: "Star Wars: Episode IV (1977)",
+    40: "American President, The (1995)",
+    50: "Babe (1995)",
+}
 
 # Hand-derived with max_history=2. User 1 in (timestamp, movie) order: 20, 10, 30 | 40.
 # User 2 after dropping movie 99: 10 | 20. User 3 has no training example and no eval query.

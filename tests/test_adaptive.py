@@ -106,22 +106,16 @@ def test_no_gradient_flows_through_margin_and_temperature():
     got_gradient = tape.gradient(got, v)
 
     v_np = v.numpy()
-    margins, temperatures = (
-        tf.constant(x, tf.float32) for x in _np_margins_temperatures(v_np @ v_np.T)
-    )
+    margins, temperatures = (tf.constant(x, tf.float32) for x in _np_margins_temperatures(v_np @ v_np.T))
     with tf.GradientTape() as tape:
         s = tf.matmul(q, v, transpose_b=True)
         s_pos = tf.linalg.diag_part(s)
         d = (s - s_pos[:, None] + margins) / temperatures
-        reference = tf.reduce_mean(
-            tf.math.log1p(tf.reduce_sum(tf.where(mask, tf.exp(d), 0.0), axis=1))
-        )
+        reference = tf.reduce_mean(tf.math.log1p(tf.reduce_sum(tf.where(mask, tf.exp(d), 0.0), axis=1)))
     reference_gradient = tape.gradient(reference, v)
 
     np.testing.assert_allclose(got.numpy(), reference.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(
-        got_gradient.numpy(), reference_gradient.numpy(), rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(got_gradient.numpy(), reference_gradient.numpy(), rtol=1e-4, atol=1e-5)
     assert np.abs(got_gradient.numpy()).max() > 1e-3
 
 
@@ -133,9 +127,7 @@ def test_item_anchored_similarities():
         np.testing.assert_allclose(result.positive_similarity[i], v[i] @ q[i], rtol=1e-6)
         for j in range(3):
             np.testing.assert_allclose(result.negative_similarity[i, j], v[i] @ q[j], rtol=1e-6)
-            np.testing.assert_allclose(
-                result.positive_negative_similarity[i, j], q[i] @ q[j], rtol=1e-6
-            )
+            np.testing.assert_allclose(result.positive_negative_similarity[i, j], q[i] @ q[j], rtol=1e-6)
             assert result.negative_mask[i, j] == (i != j)
 
 
@@ -157,8 +149,12 @@ def test_validation_messages(kwargs, message):
 
 def test_config_round_trip():
     layer = AdaptiveMarginTemperature(
-        strength=0.3, base_margin=0.02, base_temperature=0.05, item_anchored_weight=0.1,
-        min_temperature=0.002, name="adaptive",
+        strength=0.3,
+        base_margin=0.02,
+        base_temperature=0.05,
+        item_anchored_weight=0.1,
+        min_temperature=0.002,
+        name="adaptive",
     )
     restored = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
     assert isinstance(restored, AdaptiveMarginTemperature)

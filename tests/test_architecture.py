@@ -16,11 +16,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"tfrec_towers": ROOT / "tfrec_towers", "tfrec_pipelines": ROOT / "pipelines"}
 FLOORS = ("core", "data", "jobs", "faces")
-DATA = {"candidate_table", "data", "dataset", "declarations", "interactions", "movielens", "readers", "sequences",
-        "sources", "splits", "streaming", "synthetic", "tables"}
-JOBS = {"__init__", "checkpointing", "distribute", "embed_job", "embed_output", "embed_sources",
-        "index_from_embeddings", "train", "validation"}
+DATA = {
+    "candidate_table",
+    "data",
+    "dataset",
+    "declarations",
+    "interactions",
+    "movielens",
+    "readers",
+    "sequences",
+    "sources",
+    "splits",
+    "streaming",
+    "synthetic",
+    "tables",
+}
+JOBS = {
+    "__init__",
+    "checkpointing",
+    "distribute",
+    "embed_job",
+    "embed_output",
+    "embed_sources",
+    "index_from_embeddings",
+    "train",
+    "validation",
+}
 FACES = {"cli", "config_template", "report", "report_data", "report_html"}
+
 
 def floor(module: str) -> str:
     """The floor of a dotted module name of this project."""
@@ -34,6 +57,7 @@ def floor(module: str) -> str:
         return "jobs"
     raise AssertionError(f"{module} has no floor: add it to DATA or JOBS in this test and to docs/architecture.md")
 
+
 def modules():
     """``(dotted name, path)`` of every module of the two packages."""
     for package, directory in PACKAGES.items():
@@ -42,6 +66,7 @@ def modules():
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             yield ".".join((package, *parts)), path
+
 
 def project_imports(module: str, path: Path):
     """Every module of this project that ``path`` imports, with the line."""
@@ -63,15 +88,19 @@ def project_imports(module: str, path: Path):
             elif name.split(".")[0] in PACKAGES:
                 yield name, node.lineno
 
+
 def test_no_import_runs_back_up_the_floors():
     upward = []
     for module, path in modules():
         own = FLOORS.index(floor(module))
         for target, line in project_imports(module, path):
-            assert not target.startswith("pipelines"), f"{path}:{line} imports {target}: the package installs as tfrec_pipelines"
+            assert not target.startswith("pipelines"), (
+                f"{path}:{line} imports {target}: the package installs as tfrec_pipelines"
+            )
             if FLOORS.index(floor(target)) > own:
                 upward.append(f"{path.relative_to(ROOT)}:{line} ({floor(module)}) imports {target} ({floor(target)})")
     assert not upward, "imports that run back up:\n" + "\n".join(upward)
+
 
 def test_the_loss_layers_do_not_import_the_model():
     """Inside the core, the losses sit below the model that uses them."""
@@ -79,6 +108,7 @@ def test_the_loss_layers_do_not_import_the_model():
         if module.startswith("tfrec_towers.losses"):
             targets = {target for target, _ in project_imports(module, path)}
             assert not {t for t in targets if t.startswith(("tfrec_towers.model", "tfrec_towers.build"))}, module
+
 
 def test_every_module_has_a_floor_and_every_package_is_installed():
     """A new module gets a floor here (and in docs/architecture.md); a new subpackage is listed in setup.cfg."""

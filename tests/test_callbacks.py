@@ -13,7 +13,10 @@ import tfrec_towers as tt
 #   q0 = [1, 0]: scores 10 → 1, 20 → 0, 30 → 0.5; target 20
 #   q1 = [0, 1]: scores 10 → 0, 20 → 1, 30 → 0.5; target 30
 #   q2 = [1, 1]: scores 10 → 1, 20 → 1, 30 → 1;   target 10 (ties count against the target)
-CANDIDATES = {"item_id": np.array([10, 20, 30], np.int64), "v": np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32)}
+CANDIDATES = {
+    "item_id": np.array([10, 20, 30], np.int64),
+    "v": np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32),
+}
 QUERIES = {"q": np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)}
 TARGETS = np.array([20, 30, 10], np.int64)
 # Unfiltered ranks: q0 2 (10 and 30 beat 20), q1 1 (20 beats 30), q2 2 (20 and 30 tie with 10).
@@ -80,8 +83,9 @@ def test_fit_history_and_early_stopping_read_the_metrics():
     model.compile(optimizer="sgd")
     metrics = tt.RetrievalMetrics(QUERIES, TARGETS, CANDIDATES, ks=(1, 2), seen_indptr=SEEN_INDPTR, seen_ids=SEEN_IDS)
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_HR@2", mode="max", patience=0)
-    history = model.fit(tf.data.Dataset.from_tensor_slices(np.zeros(4)).batch(2), epochs=5,
-                        callbacks=[metrics, stop], verbose=0).history
+    history = model.fit(
+        tf.data.Dataset.from_tensor_slices(np.zeros(4)).batch(2), epochs=5, callbacks=[metrics, stop], verbose=0
+    ).history
     # the metric never improves after epoch 0, so EarlyStopping (which needs it in logs) stops after epoch 1
     assert history["val_HR@2"] == pytest.approx([FILTERED["HR@2"]] * 2)
     assert history["val_NDCG@2"] == pytest.approx([FILTERED["NDCG@2"]] * 2)

@@ -14,7 +14,9 @@ from tfrec_pipelines.data import DataError
 from tfrec_pipelines.readers import write_tfrecord
 from tfrec_towers.index import IndexConfig
 
-SPEC_WITH_LIST = dict(CANDIDATE_SPEC, tags=tf.TensorSpec([None, None], tf.int64), year=tf.TensorSpec([None], tf.float32))
+SPEC_WITH_LIST = dict(
+    CANDIDATE_SPEC, tags=tf.TensorSpec([None, None], tf.int64), year=tf.TensorSpec([None], tf.float32)
+)
 
 
 def frame():
@@ -73,14 +75,23 @@ def test_export_from_a_parquet_candidate_table(tmp_path):
 
 
 def test_column_types_from_the_spec():
-    assert column_types(SPEC_WITH_LIST) == {"movie_id": "int64", "genres": "string", "tags": "int64_list", "year": "float32"}
+    assert column_types(SPEC_WITH_LIST) == {
+        "movie_id": "int64",
+        "genres": "string",
+        "tags": "int64_list",
+        "year": "float32",
+    }
     with pytest.raises(ValueError, match=r"Candidate feature 'vector' has spec float32\(None, 3\)"):
         column_types({"vector": tf.TensorSpec([None, 3], tf.float32)})
 
 
 def test_format_from_suffix(tmp_path):
     assert [table_format(f"a{s}") for s in (".parquet", ".PQ", ".csv", ".tfrecord", ".tfrec")] == [
-        "parquet", "parquet", "csv", "tfrecord", "tfrecord",
+        "parquet",
+        "parquet",
+        "csv",
+        "tfrecord",
+        "tfrecord",
     ]
     assert table_format(tmp_path) == "parquet"
     with pytest.raises(ValueError, match=r"suffix '.xlsx'"):

@@ -15,10 +15,16 @@ def _split():
     items = np.array([f"i{k}" for k in rng.integers(0, 8, 30)], object)
     catalogue = np.array([f"i{k}" for k in range(8)], object)
     return leave_last_out(
-        name="tiny", user_ids=users, item_ids=items, timestamps=rng.permutation(30),
+        name="tiny",
+        user_ids=users,
+        item_ids=items,
+        timestamps=rng.permutation(30),
         users={"user_id": np.array([f"u{k}" for k in range(6)], object), "age": np.arange(20, 26)},
         candidates={"item_id": catalogue, "tags": np.array([f"t{k % 3}|t{k % 2}" for k in range(8)], object)},
-        user_id="user_id", candidate_id="item_id", column_types={}, max_history=3,
+        user_id="user_id",
+        candidate_id="item_id",
+        column_types={},
+        max_history=3,
         interaction_columns={"weight": np.linspace(0.5, 2.0, 30).astype(np.float32)},
     )
 
@@ -58,3 +64,25 @@ def test_batches_look_columns_up_without_building_them(monkeypatch):
     order = np.random.default_rng([0, 0]).permutation(len(expected["weight"]))
     for name, values in expected.items():
         np.testing.assert_array_equal(_as_numpy(batches[0][name]), values[order], err_msg=name)
+
+
+def test_early_stopping_on_a_metric_that_is_never_a_number_stops_without_a_best_epoch(caplog):
+    import tensorflow as tf
+
+    from tfrec_pipelines.checkpointing import ResumableTraining
+    from tfrec_pipelines.validation import EarlyStopping
+
+    model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    callback = ResumableTraining(
+        model, None, per_epoch=1, epochs=3, early_stopping=EarlyStopping("val_HR@10", patience=1)
+    )
+    callback.set_model(model)
+    weights = [w.copy() for w in model.get_weights()]
+    with caplog.at_level("INFO", logger="tfrec_pipelines.checkpointing"):
+        callback.on_epoch_end(0, {"val_HR@10": float("nan")})
+    assert model.stop_training is True
+    assert "Early stopping after epoch 1: val_HR@10 is not a number in any epoch." in caplog.text
+    callback.restore_best()  # no best epoch: the weights stay
+    for kept, now in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, now)

@@ -21,7 +21,9 @@ def _write_ml100k(directory, users=40, items=60, seed=0):
     genres = ["unknown", "Action", "Comedy", "Drama"]
     (directory / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(genres)) + "\n")
     (directory / "u.user").write_text(
-        "".join(f"{u}|{20 + u % 30}|{'MF'[u % 2]}|{['student', 'writer'][u % 2]}|{10000 + u}\n" for u in range(1, users + 1))
+        "".join(
+            f"{u}|{20 + u % 30}|{'MF'[u % 2]}|{['student', 'writer'][u % 2]}|{10000 + u}\n" for u in range(1, users + 1)
+        )
     )
     item_lines = []
     for i in range(1, items + 1):
@@ -38,7 +40,8 @@ def _write_ml100k(directory, users=40, items=60, seed=0):
 
 
 @pytest.mark.parametrize(
-    "command", ["init", "train", "evaluate", "export", "tune-index", "verify", "report", "compare", "embed", "index-embeddings"]
+    "command",
+    ["init", "train", "evaluate", "export", "tune-index", "verify", "report", "compare", "embed", "index-embeddings"],
 )
 def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -49,8 +52,18 @@ def test_every_command_has_help_with_an_example(command, capsys):
 
 
 def test_batch_jobs_pass_their_arguments_through_and_exit_2_on_bad_input(tmp_path, capsys):
-    code = main(["--quiet", "embed", "--model", str(tmp_path / "missing"), "--input", str(tmp_path / "x.parquet"),
-                 "--output", str(tmp_path / "out")])
+    code = main(
+        [
+            "--quiet",
+            "embed",
+            "--model",
+            str(tmp_path / "missing"),
+            "--input",
+            str(tmp_path / "x.parquet"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == EXIT_USAGE
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
@@ -59,8 +72,22 @@ def test_batch_jobs_pass_their_arguments_through_and_exit_2_on_bad_input(tmp_pat
 def test_movielens_train_then_evaluate_export_verify(tmp_path, capsys):
     data_dir = _write_ml100k(tmp_path / "ml-100k")
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "movielens", "--data-dir", str(data_dir), "--output", str(out), "--epochs", "1",
-                 "--seed", "3", *SMALL])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "movielens",
+            "--data-dir",
+            str(data_dir),
+            "--output",
+            str(out),
+            "--epochs",
+            "1",
+            "--seed",
+            "3",
+            *SMALL,
+        ]
+    )
     assert code == EXIT_OK
     assert json.loads((out / "verification.json").read_text())["ok"] is True  # train verifies its export
     metrics = json.loads((out / "metrics.json").read_text())
@@ -74,14 +101,20 @@ def test_movielens_train_then_evaluate_export_verify(tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text()) == pytest.approx(metrics, abs=1e-9)
     assert main(["export", "--run", str(out), "--output", str(tmp_path / "models"), "--k", "5"]) == EXIT_OK
     assert (tmp_path / "models" / "tfrec_towers" / "1" / "saved_model.pb").exists()
-    assert main(["verify", str(tmp_path / "models" / "tfrec_towers" / "1"), "--report", str(tmp_path / "r.json")]) == EXIT_OK
+    assert (
+        main(["verify", str(tmp_path / "models" / "tfrec_towers" / "1"), "--report", str(tmp_path / "r.json")])
+        == EXIT_OK
+    )
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is True
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["train", "--output", str(tmp_path / "a"), "--set", "training.epoch=2"]) == EXIT_USAGE
     assert "Did you mean `epochs`" in capsys.readouterr().err
-    assert main(["train", "--dataset", "movielens", "--data-dir", str(tmp_path), "--output", str(tmp_path / "b")]) == EXIT_USAGE
+    assert (
+        main(["train", "--dataset", "movielens", "--data-dir", str(tmp_path), "--output", str(tmp_path / "b")])
+        == EXIT_USAGE
+    )
     assert "u.data" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text("model:\n  temperature: -1\n")
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--output", str(tmp_path / "c")]) == EXIT_USAGE
@@ -110,17 +143,39 @@ def test_export_scann_from_a_candidate_table_returns_its_ids(tiny_run, tmp_path,
     catalogue = load_data(config).candidates
     table = pd.DataFrame({name: values[::3] for name, values in catalogue.items()})
     table.to_csv(tmp_path / "table.csv", index=False)
-    code = main([
-        "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"), "--index", "scann",
-        "--candidates", str(tmp_path / "table.csv"), "--num-leaves", "8", "--leaves-to-search", "4",
-        "--reordering-multiplier", "3", "--k", "5", "--no-verify",
-    ])
+    code = main(
+        [
+            "export",
+            "--run",
+            str(tiny_run),
+            "--output",
+            str(tmp_path / "models"),
+            "--index",
+            "scann",
+            "--candidates",
+            str(tmp_path / "table.csv"),
+            "--num-leaves",
+            "8",
+            "--leaves-to-search",
+            "4",
+            "--reordering-multiplier",
+            "3",
+            "--k",
+            "5",
+            "--no-verify",
+        ]
+    )
     assert code == EXIT_OK, capsys.readouterr().err
     version = tmp_path / "models" / "tfrec_towers" / "1"
     meta = _metadata(version)
     assert meta["corpus_size"] == 100 and meta["k"] == 5
-    assert {key: meta["index"][key] for key in ("kind", "num_leaves", "num_leaves_to_search", "reordering_multiplier")} == {
-        "kind": "scann", "num_leaves": 8, "num_leaves_to_search": 4, "reordering_multiplier": 3,
+    assert {
+        key: meta["index"][key] for key in ("kind", "num_leaves", "num_leaves_to_search", "reordering_multiplier")
+    } == {
+        "kind": "scann",
+        "num_leaves": 8,
+        "num_leaves_to_search": 4,
+        "reordering_multiplier": 3,
     }
     sample = json.loads((version / "assets.extra" / "verification_sample.json").read_text())
     returned = set(np.ravel(sample["top_k"]["candidate_ids"]).tolist()) - {-1}
@@ -129,8 +184,23 @@ def test_export_scann_from_a_candidate_table_returns_its_ids(tiny_run, tmp_path,
 
 def test_tune_index_then_export_with_its_choice(tiny_run, tmp_path, capsys):
     output = tmp_path / "tuning"
-    code = main(["tune-index", "--run", str(tiny_run), "--k", "5", "--target-recall", "0.9",
-                 "--num-leaves", "17", "--num-queries", "64", "--output", str(output)])
+    code = main(
+        [
+            "tune-index",
+            "--run",
+            str(tiny_run),
+            "--k",
+            "5",
+            "--target-recall",
+            "0.9",
+            "--num-leaves",
+            "17",
+            "--num-queries",
+            "64",
+            "--output",
+            str(output),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == EXIT_OK
     report = json.loads((output / "tuning.json").read_text())
@@ -138,8 +208,22 @@ def test_tune_index_then_export_with_its_choice(tiny_run, tmp_path, capsys):
     assert report["target_met"] and report["chosen"]["recall"] >= 0.9 and report["num_queries"] == 64
     assert "| * |" in printed and f"--index-config {output / 'tuning.json'}" in printed
     chosen = report["chosen"]["config"]
-    assert main(["--quiet", "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"),
-                 "--index-config", str(output / "tuning.json"), "--no-verify"]) == EXIT_OK
+    assert (
+        main(
+            [
+                "--quiet",
+                "export",
+                "--run",
+                str(tiny_run),
+                "--output",
+                str(tmp_path / "models"),
+                "--index-config",
+                str(output / "tuning.json"),
+                "--no-verify",
+            ]
+        )
+        == EXIT_OK
+    )
     assert _metadata(tmp_path / "models" / "tfrec_towers" / "1")["index"] == chosen
 
 
@@ -174,7 +258,9 @@ def test_export_bad_input_exits_2_and_writes_nothing(tiny_run, tmp_path, capsys)
     assert "is a file" in capsys.readouterr().err
     assert main([*base, "--k", "1000"]) == EXIT_OK
     meta = _metadata(models / "tfrec_towers" / "1")
-    assert meta["k"] == 300 and meta["warnings"] == ["k=1000 exceeds the corpus size (300 candidates); clamped to k=300."]
+    assert meta["k"] == 300 and meta["warnings"] == [
+        "k=1000 exceeds the corpus size (300 candidates); clamped to k=300."
+    ]
 
 
 @pytest.mark.slow
@@ -231,12 +317,30 @@ def test_export_exclude_history_flag_leaves_the_requests_history_out(tiny_run, t
     history (the plain export's top 5 for it) are absent from the new version's k results."""
     import tensorflow as tf
 
-    assert main(["--quiet", "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"), "--no-verify"]) == EXIT_OK
-    assert main(["--quiet", "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"), "--no-verify",
-                 "--exclude-history"]) == EXIT_OK, capsys.readouterr().err
+    assert (
+        main(["--quiet", "export", "--run", str(tiny_run), "--output", str(tmp_path / "models"), "--no-verify"])
+        == EXIT_OK
+    )
+    assert (
+        main(
+            [
+                "--quiet",
+                "export",
+                "--run",
+                str(tiny_run),
+                "--output",
+                str(tmp_path / "models"),
+                "--no-verify",
+                "--exclude-history",
+            ]
+        )
+        == EXIT_OK
+    ), capsys.readouterr().err
     plain_dir, excluding_dir = (tmp_path / "models" / "tfrec_towers" / version for version in ("1", "2"))
     assert _metadata(plain_dir)["exclude_history"] is None and _metadata(excluding_dir)["exclude_history"] == "history"
-    plain, excluding = (tf.saved_model.load(str(path)).signatures["serving_default"] for path in (plain_dir, excluding_dir))
+    plain, excluding = (
+        tf.saved_model.load(str(path)).signatures["serving_default"] for path in (plain_dir, excluding_dir)
+    )
     sample = json.loads((plain_dir / "assets.extra" / "verification_sample.json").read_text())
     inputs = plain.structured_input_signature[1]
     request = {name: tf.constant(values[:1], inputs[name].dtype) for name, values in sample["queries"].items()}

@@ -110,22 +110,42 @@ def _sections(cls, prefix=""):
 COMPANIONS = {
     "data.dataset": {"data.dataset": "movielens", "data.data_dir": "ml-100k"},
     "data.interactions.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet"},
-    "data.users.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet",
-                        "data.users.path": "users.csv"},
-    "data.items.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet",
-                        "data.items.path": "items.csv"},
+    "data.users.path": {
+        "data.dataset": "interactions",
+        "data.interactions.path": "log.parquet",
+        "data.users.path": "users.csv",
+    },
+    "data.items.path": {
+        "data.dataset": "interactions",
+        "data.interactions.path": "log.parquet",
+        "data.items.path": "items.csv",
+    },
     "data.interactions.filter": {"data.interactions.filter": RowFilter("event", ("purchase", "add_to_cart"))},
     "data.split.kind": {"data.split.kind": "time", "data.split.cut_fraction": 0.9},
     "data.split.cut": {"data.split.kind": "time", "data.split.cut": "2024-03-01"},
     "data.split.cut_fraction": {"data.split.kind": "time", "data.split.cut_fraction": 0.8},
-    "data.test.path": {"data.dataset": "interactions", "data.interactions.path": "log.parquet",
-                       "data.split.kind": "given", "data.test.path": "test.parquet"},
-    "training.early_stopping": {"data.validation": "last",
-                                "training.early_stopping": EarlyStoppingConfig(metric="NDCG@50", patience=3)},
-    "features.query": {"features.query": (FeatureDeclaration(name="user_id", kind="id"),
-                                          FeatureDeclaration(name="history", kind="history"))},
-    "features.candidate": {"features.candidate": (FeatureDeclaration(name="item_id", kind="id"),
-                                                  FeatureDeclaration(name="tags", kind="multi_valued"))},
+    "data.test.path": {
+        "data.dataset": "interactions",
+        "data.interactions.path": "log.parquet",
+        "data.split.kind": "given",
+        "data.test.path": "test.parquet",
+    },
+    "training.early_stopping": {
+        "data.validation": "last",
+        "training.early_stopping": EarlyStoppingConfig(metric="NDCG@50", patience=3),
+    },
+    "features.query": {
+        "features.query": (
+            FeatureDeclaration(name="user_id", kind="id"),
+            FeatureDeclaration(name="history", kind="history"),
+        )
+    },
+    "features.candidate": {
+        "features.candidate": (
+            FeatureDeclaration(name="item_id", kind="id"),
+            FeatureDeclaration(name="tags", kind="multi_valued"),
+        )
+    },
     "loss.margin": {"loss.mode": "hinge", "loss.margin": 0.2},
     "loss.hardest_negative_only": {"loss.mode": "bpr", "loss.hardest_negative_only": True},
     "training.tensorboard_embeddings": {"training.tensorboard": True, "training.tensorboard_embeddings": True},
@@ -207,8 +227,15 @@ def test_the_leaf_list_holds_every_field_of_every_section():
     keys = [key for key, _, _ in LEAVES]
     assert len(keys) == len(set(keys))
     assert set(keys) == set(flat(json.loads(json.dumps(dataclasses.asdict(ExperimentConfig())))))
-    for key in ("loss.frequency.hash_buckets", "loss.adaptive.base_temperature", "model.query_tower.dropout",
-                "model.history.max_length", "training.checkpoint_every_seconds", "export.verify", "loss.margin"):
+    for key in (
+        "loss.frequency.hash_buckets",
+        "loss.adaptive.base_temperature",
+        "model.query_tower.dropout",
+        "model.history.max_length",
+        "training.checkpoint_every_seconds",
+        "export.verify",
+        "loss.margin",
+    ):
         assert key in keys
     assert set(COMPANIONS) <= set(keys)
 
@@ -228,9 +255,7 @@ def test_class_defaults_are_the_product_defaults():
 
 
 @pytest.mark.parametrize("key, annotation, default", LEAVES, ids=[key for key, _, _ in LEAVES])
-def test_one_field_set_in_a_file_by_set_or_in_the_template_changes_only_that_field(
-    key, annotation, default, tmp_path
-):
+def test_one_field_set_in_a_file_by_set_or_in_the_template_changes_only_that_field(key, annotation, default, tmp_path):
     changes = _changes(key, annotation, default)
     expected = _replace(ExperimentConfig(), changes)
     assert expected != ExperimentConfig()
@@ -305,8 +330,10 @@ BAD_VALUES = [
     (["model.query_tower.output_dim=0"], r"`model\.query_tower`: `output_dim` must be a positive int"),
     (["model.query_tower.activation=relu6x"], r"`model\.query_tower`: `activation` must be a Keras activation name"),
     (["model.query_tower.normalization=group"], r"`model\.query_tower\.normalization` must be one of"),
-    (["model.query_tower.output_dim=32"],
-     r"`model\.query_tower\.output_dim` \(32\) and `model\.candidate_tower\.output_dim` \(64\) must be equal"),
+    (
+        ["model.query_tower.output_dim=32"],
+        r"`model\.query_tower\.output_dim` \(32\) and `model\.candidate_tower\.output_dim` \(64\) must be equal",
+    ),
     (["model.history.num_heads=0"], r"`model\.history`: `num_heads` must be a positive int"),
     (["model.history.num_layers=0"], r"`model\.history`: `num_layers` must be a positive int"),
     (["model.history.max_length=0"], r"`model\.history`: `max_length` must be a positive int"),
@@ -366,8 +393,9 @@ def test_the_bounds_are_those_of_the_layers():
     ]
     for overrides in at_bounds:
         config = apply_overrides(ExperimentConfig(), overrides)
-        build_retrieval_task(config.loss, config.model.temperature, 8, "int64",
-                             training_ids=np.array([1, 2, 3]), corpus_size=3)
+        build_retrieval_task(
+            config.loss, config.model.temperature, 8, "int64", training_ids=np.array([1, 2, 3]), corpus_size=3
+        )
     for past_bound in ("model.temperature=100.001", "loss.adaptive.base_temperature=0.000999"):
         with pytest.raises(ConfigError):
             apply_overrides(ExperimentConfig(), [past_bound])
@@ -377,8 +405,14 @@ def test_the_bounds_are_those_of_the_layers():
     adaptive = dataclasses.replace(default.loss.adaptive, enabled=True)
     object.__setattr__(adaptive, "base_temperature", 0.000999)  # past the configuration's own check
     with pytest.raises(ValueError, match="min_temperature"):
-        build_retrieval_task(dataclasses.replace(default.loss, adaptive=adaptive), 0.05, 8, "int64",
-                             training_ids=np.array([1, 2, 3]), corpus_size=3)
+        build_retrieval_task(
+            dataclasses.replace(default.loss, adaptive=adaptive),
+            0.05,
+            8,
+            "int64",
+            training_ids=np.array([1, 2, 3]),
+            corpus_size=3,
+        )
 
 
 # --- Reading files and overrides --------------------------------------------------------------------
@@ -392,7 +426,9 @@ def test_scientific_notation_without_a_dot_is_a_number():
 
 
 def test_an_override_that_is_not_yaml_names_the_override():
-    with pytest.raises(ConfigError, match=r"Override 'model.query_tower.hidden_units=\[1,': the value '\[1,' is not valid YAML"):
+    with pytest.raises(
+        ConfigError, match=r"Override 'model.query_tower.hidden_units=\[1,': the value '\[1,' is not valid YAML"
+    ):
         apply_overrides(ExperimentConfig(), ["model.query_tower.hidden_units=[1,"])
     with pytest.raises(ConfigError, match="`model.query_tower.hidden_units` is a value, not a section"):
         apply_overrides(ExperimentConfig(), ["model.query_tower.hidden_units.0=3"])
@@ -407,12 +443,17 @@ def test_a_directory_a_non_utf8_file_and_a_non_mapping_are_named(tmp_path):
         load_config(latin)
     listed = tmp_path / "list.yaml"
     listed.write_text("- training\n- model\n")
-    with pytest.raises(ConfigError, match=r"list\.yaml must hold a mapping of sections \(data, features, model, loss, "
-                                          r"training, export, evaluation\) at the top level\. Received: a list"):
+    with pytest.raises(
+        ConfigError,
+        match=r"list\.yaml must hold a mapping of sections \(data, features, model, loss, "
+        r"training, export, evaluation\) at the top level\. Received: a list",
+    ):
         load_config(listed)
     broken = tmp_path / "broken.yaml"
     broken.write_text("training:\n  epochs: [1,\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml is not valid YAML \(line 3, column 1: expected the node content"):
+    with pytest.raises(
+        ConfigError, match=r"broken\.yaml is not valid YAML \(line 3, column 1: expected the node content"
+    ):
         load_config(broken)
     trailing = tmp_path / "trailing.json"
     trailing.write_text('{"training": {"epochs": 2,}}')

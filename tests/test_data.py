@@ -27,9 +27,15 @@ INTERACTIONS = [(2, 8, 2), (1, 6, 2), (1, 5, 3), (2, 7, 1), (1, 6, 2), (1, 5, 1)
 def split(interactions=INTERACTIONS, users=(1, 2), items=(5, 6, 7, 8)):
     user_ids, item_ids, timestamps = (np.array(column, np.int64) for column in zip(*interactions))
     return leave_last_out(
-        name="tiny", user_ids=user_ids, item_ids=item_ids, timestamps=timestamps,
-        users={"user_id": np.array(users, np.int64)}, candidates={"item_id": np.array(items, np.int64)},
-        user_id="user_id", candidate_id="item_id", column_types={"user_id": "int64", "item_id": "int64"},
+        name="tiny",
+        user_ids=user_ids,
+        item_ids=item_ids,
+        timestamps=timestamps,
+        users={"user_id": np.array(users, np.int64)},
+        candidates={"item_id": np.array(items, np.int64)},
+        user_id="user_id",
+        candidate_id="item_id",
+        column_types={"user_id": "int64", "item_id": "int64"},
         max_history=2,
     )
 
@@ -45,13 +51,20 @@ def test_exact_duplicates_are_dropped_and_the_same_item_later_is_kept(caplog):
     assert data.eval_targets.tolist() == [5, 8]
     assert data.eval_queries["history"].tolist() == [[5, 6], [0, 7]]
     assert [data.seen(u).tolist() for u in range(2)] == [[5, 6], [7]]
-    assert data.summary == {"interactions": 5, "duplicate_interactions": 3, "users": 2,
-                            "users_with_one_interaction": 0, "train_examples": 3, "eval_queries": 2,
-                            "candidates": 4}
+    assert data.summary == {
+        "interactions": 5,
+        "duplicate_interactions": 3,
+        "users": 2,
+        "users_with_one_interaction": 0,
+        "train_examples": 3,
+        "eval_queries": 2,
+        "candidates": 4,
+    }
     [record] = [r for r in caplog.records if r.levelname == "WARNING"]
     assert record.getMessage() == (
         "tiny: dropped exact duplicate interactions (the same user_id, item_id and timestamp as an earlier row; "
-        "the first occurrence is kept): 3 of 8, e.g. user_id 1, item_id 6, timestamp 2.")
+        "the first occurrence is kept): 3 of 8, e.g. user_id 1, item_id 6, timestamp 2."
+    )
 
 
 def test_no_duplicates_no_warning(caplog):
@@ -62,10 +75,13 @@ def test_no_duplicates_no_warning(caplog):
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
-@pytest.mark.parametrize("users, items, message", [
-    ((2, 1, 2), (5, 6, 7, 8), "tiny: the user table has user_id 2 in rows 0 and 2 (counting from 0)"),
-    ((1, 2), (8, 5, 6, 7, 6), "tiny: the candidate table has item_id 6 in rows 2 and 4 (counting from 0)"),
-])
+@pytest.mark.parametrize(
+    "users, items, message",
+    [
+        ((2, 1, 2), (5, 6, 7, 8), "tiny: the user table has user_id 2 in rows 0 and 2 (counting from 0)"),
+        ((1, 2), (8, 5, 6, 7, 6), "tiny: the candidate table has item_id 6 in rows 2 and 4 (counting from 0)"),
+    ],
+)
 def test_repeated_key_names_both_rows(users, items, message):
     with pytest.raises(DataError, match=re.escape(message)):
         split(users=users, items=items)
@@ -97,10 +113,16 @@ def _random_log(seed=0, num_users=40, num_items=12, per_user=9):
 def test_training_examples_build_the_columns_of_a_loop_over_each_user():
     users, items, times, catalogue, genres = _random_log()
     data = split_interactions(
-        name="random", user_ids=np.array(users, object), item_ids=np.array(items, object), timestamps=np.array(times),
+        name="random",
+        user_ids=np.array(users, object),
+        item_ids=np.array(items, object),
+        timestamps=np.array(times),
         users={"user_id": np.array(sorted(set(users)), object)},
         candidates={"item_id": np.array(catalogue, object), "genres": np.array([genres[c] for c in catalogue], object)},
-        user_id="user_id", candidate_id="item_id", column_types={}, max_history=3,
+        user_id="user_id",
+        candidate_id="item_id",
+        column_types={},
+        max_history=3,
     )
     expected = _reference_split(users, items, times, 3)
     assert isinstance(data.train, TrainingExamples) and num_rows(data.train) == len(expected)
@@ -140,9 +162,16 @@ def test_coded_ids_split_like_the_ids_themselves():
     assert coded.decode().tolist() == item_ids.tolist() and coded.codes.dtype == np.int32
     assert coded.take(np.array([1, 0])).decode().tolist() == [6, 8]
     data = leave_last_out(
-        name="tiny", user_ids=CodedIds.of(user_ids), item_ids=coded, timestamps=timestamps,
-        users={"user_id": np.array((1, 2), np.int64)}, candidates={"item_id": np.array((5, 6, 7, 8), np.int64)},
-        user_id="user_id", candidate_id="item_id", column_types={}, max_history=2,
+        name="tiny",
+        user_ids=CodedIds.of(user_ids),
+        item_ids=coded,
+        timestamps=timestamps,
+        users={"user_id": np.array((1, 2), np.int64)},
+        candidates={"item_id": np.array((5, 6, 7, 8), np.int64)},
+        user_id="user_id",
+        candidate_id="item_id",
+        column_types={},
+        max_history=2,
     )
     assert data.train["history"].tolist() == [[0, 0], [0, 5], [0, 0]]  # as in the hand-derived test above
     assert data.eval_targets.tolist() == [5, 8] and data.eval_targets.dtype == np.int64
@@ -155,9 +184,16 @@ def test_the_split_holds_a_fraction_of_one_history_matrix():
     tracemalloc.start()
     try:
         data = leave_last_out(
-            name="log", user_ids=users, item_ids=items, timestamps=rng.integers(0, 10**9, rows),
-            users={"user_id": np.arange(1, 2_001)}, candidates={"item_id": np.arange(1, 501)},
-            user_id="user_id", candidate_id="item_id", column_types={}, max_history=width,
+            name="log",
+            user_ids=users,
+            item_ids=items,
+            timestamps=rng.integers(0, 10**9, rows),
+            users={"user_id": np.arange(1, 2_001)},
+            candidates={"item_id": np.arange(1, 501)},
+            user_id="user_id",
+            candidate_id="item_id",
+            column_types={},
+            max_history=width,
         )
         held, peak = tracemalloc.get_traced_memory()
     finally:

@@ -46,8 +46,11 @@ def test_prepare_worker_reports_every_stage_and_the_split_counts(tmp_path):
     log = pd.concat([pq.read_table(p).to_pandas() for p in sorted((tmp_path / "interactions").iterdir())])
     per_user = log["user_id"].value_counts()
     result = tmp_path / "result.json"
-    subprocess.run([sys.executable, str(SCRIPT), "--prepare", str(tmp_path), "--result", str(result)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--prepare", str(tmp_path), "--result", str(result)],
+        check=True,
+        capture_output=True,
+    )
     measured = json.loads(result.read_text())
     assert list(measured["stages"]) == list(STAGES)
     assert all(s["seconds"] >= 0 and s["peak_rss_mib"] > 0 for s in measured["stages"].values())
@@ -57,5 +60,12 @@ def test_prepare_worker_reports_every_stage_and_the_split_counts(tmp_path):
     trained_enough = int((per_user - 1 >= USER_ID_MIN_COUNT).sum())  # users with that many training examples
     assert measured["vocabulary_sizes"]["user_id"] == trained_enough and measured["vocabulary_sizes"]["item_id"] == 20
     assert STAGES[-1] == "training input"  # fit_model's input pipeline, its first batch of the default 512 taken
-    assert measured["first_batch"] == {"user_id": [512], "history": [512, 50], "country": [512], "item_id": [512],
-                                       "tags": [512], "price": [512], "quantity": [512]}
+    assert measured["first_batch"] == {
+        "user_id": [512],
+        "history": [512, 50],
+        "country": [512],
+        "item_id": [512],
+        "tags": [512],
+        "price": [512],
+        "quantity": [512],
+    }

@@ -22,13 +22,21 @@ def test_mirrored_on_one_cpu_is_one_replica():
 
 
 def test_unknown_strategy_names_the_field():
-    with pytest.raises(ValueError, match=r"`training.distribute` must be one of \['none', 'mirrored', 'multi_worker'\]"):
+    with pytest.raises(
+        ValueError, match=r"`training.distribute` must be one of \['none', 'mirrored', 'multi_worker'\]"
+    ):
         make_strategy("tpu")
     assert STRATEGIES == ("none", "mirrored", "multi_worker")
 
 
-@pytest.mark.parametrize("tf_config, message", [(None, "needs the TF_CONFIG"), ("{not json", "TF_CONFIG is not valid JSON"),
-                                                ('{"cluster": {}}', "needs the TF_CONFIG")])
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        (None, "needs the TF_CONFIG"),
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"cluster": {}}', "needs the TF_CONFIG"),
+    ],
+)
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config, message):
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -62,12 +70,17 @@ def test_train_under_a_mirrored_strategy_writes_a_complete_run(tmp_path):
     from tfrec_pipelines.train import train
 
     config = tiny_config(
-        "data.num_items=200", "data.num_users=80", "data.interactions_per_user=10", "data.max_history=6",
-        "training.batch_size=64", "export.verify=false", "loss.memory_bank_size=128", "training.distribute=mirrored",
+        "data.num_items=200",
+        "data.num_users=80",
+        "data.interactions_per_user=10",
+        "data.max_history=6",
+        "training.batch_size=64",
+        "export.verify=false",
+        "loss.memory_bank_size=128",
+        "training.distribute=mirrored",
     )
     result = train(config, tmp_path / "run", verbose=0)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) == {"HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50", "NDCG@100"}
     assert result.export_path is not None and (result.export_path / "saved_model.pb").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["distribute"] == "mirrored"
-

@@ -59,9 +59,13 @@ def write_inputs(directory: Path):
     genres[5] = ""  # an empty string is a value: no genres
     a, b, c = ids[:2000], ids[2000:3000], ids[3000:]
     # a.parquet: 2000 good rows, one row without an id.
-    frame = pd.DataFrame({"movie_id": pd.array(list(a[:1000]) + [None] + list(a[1000:]), dtype="Int64"),
-                          "genres": list(genres[:1000]) + ["Drama"] + list(genres[1000:2000]),
-                          "title": "unused"})
+    frame = pd.DataFrame(
+        {
+            "movie_id": pd.array(list(a[:1000]) + [None] + list(a[1000:]), dtype="Int64"),
+            "genres": list(genres[:1000]) + ["Drama"] + list(genres[1000:2000]),
+            "title": "unused",
+        }
+    )
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), directory / "a.parquet", row_group_size=700)
     # b.csv: 1000 good lines, an id that is not an integer (line 502), a line with one field too many.
     lines = ["movie_id,genres"] + [f"{i},{g}" for i, g in zip(b, genres[2000:3000])]
@@ -104,8 +108,14 @@ def job(toy_export, tmp_path_factory):
     signature = tf.saved_model.load(str(model_dir)).signatures["candidate_embedding"]
     embeddings = signature(movie_id=tf.constant(reference["movie_id"]), genres=tf.constant(reference["genres"]))
     expected = dict(zip(reference["movie_id"].tolist(), embeddings["embedding"].numpy()))  # {id: embedding}
-    return {"config": config, "result": result, "reference": reference, "model_dir": model_dir, "base": base,
-            "expected": expected}
+    return {
+        "config": config,
+        "result": result,
+        "reference": reference,
+        "model_dir": model_dir,
+        "base": base,
+        "expected": expected,
+    }
 
 
 def _parquet_output(output, id_column="movie_id"):
@@ -141,8 +151,11 @@ def test_tfrecord_and_npy_outputs_hold_the_same_rows(job):
 
 
 def _dead_letters(output):
-    return [json.loads(line) for path in embed_output.manifest_files(output, [".jsonl"])
-            for line in Path(path).read_text().splitlines()]
+    return [
+        json.loads(line)
+        for path in embed_output.manifest_files(output, [".jsonl"])
+        for line in Path(path).read_text().splitlines()
+    ]
 
 
 @pytest.mark.slow
@@ -177,8 +190,12 @@ def test_counters(job):
     assert counters == {"rows_read": NUM_GOOD + 6, "rows_embedded": NUM_GOOD, "rows_rejected": 6, "files_rejected": 1}
     manifest = embed_output.read_manifest(job["config"].output)
     assert manifest["runs"][0]["counters"] == counters
-    assert manifest["spec"] == {"embedding_dim": 8, "embedding_dtype": "float32", "id_column": "movie_id",
-                                "id_dtype": "int64"}
+    assert manifest["spec"] == {
+        "embedding_dim": 8,
+        "embedding_dtype": "float32",
+        "id_column": "movie_id",
+        "id_dtype": "int64",
+    }
 
 
 @pytest.mark.slow
@@ -191,8 +208,9 @@ def test_output_holds_only_published_files(job):
 
 def test_missing_id_column_is_a_clear_error_before_the_job_starts(toy_export, tmp_path):
     pq.write_table(pa.table({"movie_id": [10], "genres": ["Drama"]}), tmp_path / "a.parquet")
-    config = EmbedJobConfig(str(toy_export[0]), (str(tmp_path / "a.parquet"),), str(tmp_path / "o"),
-                            id_column="item_id")
+    config = EmbedJobConfig(
+        str(toy_export[0]), (str(tmp_path / "a.parquet"),), str(tmp_path / "o"), id_column="item_id"
+    )
     with pytest.raises(DataError, match=r"a.parquet has no column 'item_id' \(expected int64\); its columns are"):
         run_embed_job(config)
     assert not (tmp_path / "o").exists()
@@ -203,8 +221,9 @@ def test_missing_id_column_is_a_clear_error_before_the_job_starts(toy_export, tm
 
 @pytest.mark.slow
 def test_resumed_output_with_another_embedding_dtype_is_refused(job):
-    config = EmbedJobConfig(str(job["model_dir"]), job["config"].inputs, job["config"].output,
-                            embedding_dtype="float16")
+    config = EmbedJobConfig(
+        str(job["model_dir"]), job["config"].inputs, job["config"].output, embedding_dtype="float16"
+    )
     with pytest.raises(ValueError, match=r"embedding_dtype: the output has 'float32', this run writes 'float16'"):
         run_embed_job(config)
     spec = embed_output.OutputSpec(16, "float32", "movie_id", "int64")
@@ -275,13 +294,19 @@ def test_build_index_export_with_the_corpus_rows_passes_the_fresh_process_verifi
     reference = job["reference"]
     corpus = pa.table({"movie_id": reference["movie_id"], "genres": reference["genres"].astype(str)})
     pq.write_table(corpus, tmp_path / "corpus.parquet")
-    path = build_index_export(job["config"].output, job["model_dir"], tmp_path / "exports", "movies",
-                              candidate_features=[str(tmp_path / "corpus.parquet")])
+    path = build_index_export(
+        job["config"].output,
+        job["model_dir"],
+        tmp_path / "exports",
+        "movies",
+        candidate_features=[str(tmp_path / "corpus.parquet")],
+    )
     sample = json.loads((path / "assets.extra" / "verification_sample.json").read_text())
     expected = job["expected"]
     recorded = np.array(sample["candidate_embeddings"])
-    np.testing.assert_allclose(recorded, np.stack([expected[i] for i in sample["candidates"]["movie_id"]]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        recorded, np.stack([expected[i] for i in sample["candidates"]["movie_id"]]), rtol=1e-5, atol=1e-6
+    )
     report = verify_export(path)
     assert report["ok"], [c for c in report["checks"] if not c["ok"]]
 
@@ -289,10 +314,22 @@ def test_build_index_export_with_the_corpus_rows_passes_the_fresh_process_verifi
 @pytest.mark.slow
 def test_cli_passes_beam_options_through_and_prints_the_counters(toy_export, tmp_path, capsys):
     (tmp_path / "few.csv").write_text("movie_id,genres\n10,Drama\n20,Action|Comedy\n30,\n")
-    code = embed_job.main([
-        "--model", str(toy_export[0]), "--input", str(tmp_path / "few.csv"), "--output", str(tmp_path / "out"),
-        "--format", "npy", "--direct_running_mode", "in_memory", "--direct_num_workers", "1",
-    ])
+    code = embed_job.main(
+        [
+            "--model",
+            str(toy_export[0]),
+            "--input",
+            str(tmp_path / "few.csv"),
+            "--output",
+            str(tmp_path / "out"),
+            "--format",
+            "npy",
+            "--direct_running_mode",
+            "in_memory",
+            "--direct_num_workers",
+            "1",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["counters"] == {"rows_read": 3, "rows_embedded": 3, "rows_rejected": 0, "files_rejected": 0}
@@ -313,8 +350,10 @@ class _DoublingSignature:
 def test_non_finite_embeddings_go_to_the_dead_letter():
     embed = embed_job.EmbedBatches("unused", "candidate_embedding", False, "float16")
     embed._loaded = _DoublingSignature()
-    chunks = [RowChunk(np.array([7, 8]), {"x": np.array([1.0, np.nan], np.float32)}, "a.parquet", np.array([4, 5])),
-              RowChunk(np.array([9]), {"x": np.array([3.0], np.float32)}, "b.parquet", np.array([0]))]
+    chunks = [
+        RowChunk(np.array([7, 8]), {"x": np.array([1.0, np.nan], np.float32)}, "a.parquet", np.array([4, 5])),
+        RowChunk(np.array([9]), {"x": np.array([3.0], np.float32)}, "b.parquet", np.array([0])),
+    ]
     outputs = list(embed.process(chunks))
     dead = [o.value for o in outputs if isinstance(o, TaggedOutput)]
     (embedded,) = [o for o in outputs if isinstance(o, embed_output.EmbeddedChunk)]
@@ -332,21 +371,32 @@ def test_query_embeddings_with_history_lists_of_any_length(toy_export, tmp_path)
     n = 300
     lengths = rng.integers(0, 6, n)
     histories = [list(rng.choice(np.arange(1, 41) * 10, size=length)) for length in lengths]
-    frame = pd.DataFrame({
-        "user_id": np.arange(n, dtype=np.int64), "gender": rng.choice(["F", "M"], n),
-        "age": rng.choice(np.array([18, 25, 35], np.int64), n),
-        "occupation": rng.choice(["12", "technician"], n), "zip_code": rng.choice(["55414", "94110"], n),
-        "history": histories,
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": np.arange(n, dtype=np.int64),
+            "gender": rng.choice(["F", "M"], n),
+            "age": rng.choice(np.array([18, 25, 35], np.int64), n),
+            "occupation": rng.choice(["12", "technician"], n),
+            "zip_code": rng.choice(["55414", "94110"], n),
+            "history": histories,
+        }
+    )
     frame.to_parquet(tmp_path / "queries.parquet", row_group_size=100)
-    config = EmbedJobConfig(str(toy_export[0]), (str(tmp_path / "queries.parquet"),), str(tmp_path / "out"),
-                            signature="query_embedding", id_column="user_id", batch_size=128, read_chunk_rows=50)
+    config = EmbedJobConfig(
+        str(toy_export[0]),
+        (str(tmp_path / "queries.parquet"),),
+        str(tmp_path / "out"),
+        signature="query_embedding",
+        id_column="user_id",
+        batch_size=128,
+        read_chunk_rows=50,
+    )
     result = run_embed_job(config)
     assert result.counters["rows_embedded"] == n
     ids, embeddings = _parquet_output(config.output, id_column="user_id")
     padded = np.zeros((n, lengths.max()), np.int64)
     for row, history in enumerate(histories):
-        padded[row, padded.shape[1] - len(history):] = history
+        padded[row, padded.shape[1] - len(history) :] = history
     signature = tf.saved_model.load(str(toy_export[0])).signatures["query_embedding"]
     scalars = ("user_id", "gender", "age", "occupation", "zip_code")
     features = {name: tf.constant(frame[name].to_numpy()) for name in scalars}
@@ -364,15 +414,22 @@ def _embeddings(model_dir, movie_ids, genres):
 def _write_typed_inputs(directory: Path):
     """Parquet files of ill-typed values and unreadable files (first, middle and last in name order)."""
     (directory / "a_damaged.parquet").write_bytes(b"PAR1 not a Parquet file")
-    pq.write_table(pa.table({"movie_id": pa.array([10, None, 30, 40], pa.int64()),
-                             "genres": ["Action", "Comedy", None, "Drama|Horror"]}), directory / "b_nulls.parquet")
-    pq.write_table(pa.table({"movie_id": [50, 60], "genres": [["Comedy", "Action"], ["Drama"]]}),
-                   directory / "c_lists.parquet")
+    pq.write_table(
+        pa.table(
+            {"movie_id": pa.array([10, None, 30, 40], pa.int64()), "genres": ["Action", "Comedy", None, "Drama|Horror"]}
+        ),
+        directory / "b_nulls.parquet",
+    )
+    pq.write_table(
+        pa.table({"movie_id": [50, 60], "genres": [["Comedy", "Action"], ["Drama"]]}), directory / "c_lists.parquet"
+    )
     pq.write_table(pa.table({"movie_id": [70], "genres": [5]}), directory / "d_int_genres.parquet")
     (directory / "e_damaged.parquet").write_bytes(b"PAR1" + bytes(range(200)) + b"PAR1")
     pq.write_table(pa.table({"movie_id": ["80"], "genres": ["Action"]}), directory / "f_string_ids.parquet")
-    pq.write_table(pa.table({"movie_id": [90.0, 100.5, 1e19, 110.0], "genres": ["Comedy", "Drama", "Horror", ""]}),
-                   directory / "g_float_ids.parquet")
+    pq.write_table(
+        pa.table({"movie_id": [90.0, 100.5, 1e19, 110.0], "genres": ["Comedy", "Drama", "Horror", ""]}),
+        directory / "g_float_ids.parquet",
+    )
     (directory / "h_not_utf8.csv").write_bytes(b"movie_id,genres\n120,Dr\xffama\n")
     (directory / "z_damaged.tfrecord").write_bytes(b"\x00" * 40)
 
@@ -389,23 +446,26 @@ def typed_job(job):
 @pytest.mark.slow
 def test_ill_typed_values_send_their_rows_to_the_dead_letter_naming_file_row_and_column(typed_job):
     inputs = typed_job["inputs"]
-    reasons = {(Path(e["source"]).name, e["row"]): e["reason"] for e in _dead_letters(typed_job["config"].output)
-               if e["row"] is not None}
+    reasons = {
+        (Path(e["source"]).name, e["row"]): e["reason"]
+        for e in _dead_letters(typed_job["config"].output)
+        if e["row"] is not None
+    }
     assert reasons == {
         ("b_nulls.parquet", 1): f"{inputs}/b_nulls.parquet: column 'movie_id' (int64), row 1: missing value (null)",
         ("b_nulls.parquet", 2): f"{inputs}/b_nulls.parquet: column 'genres' (string), row 2: missing value (null)",
         ("c_lists.parquet", 0): f"{inputs}/c_lists.parquet: column 'genres' (string), row 0: ['Comedy', 'Action'] "
-                                "is a list, expected a string (the export declares no separator to join it with)",
+        "is a list, expected a string (the export declares no separator to join it with)",
         ("c_lists.parquet", 1): f"{inputs}/c_lists.parquet: column 'genres' (string), row 1: ['Drama'] "
-                                "is a list, expected a string (the export declares no separator to join it with)",
+        "is a list, expected a string (the export declares no separator to join it with)",
         ("d_int_genres.parquet", 0): f"{inputs}/d_int_genres.parquet: column 'genres' (string), row 0: "
-                                     "5 is an integer, expected a string",
+        "5 is an integer, expected a string",
         ("f_string_ids.parquet", 0): f"{inputs}/f_string_ids.parquet: column 'movie_id' (int64), row 0: "
-                                     "'80' is a string, expected an integer",
+        "'80' is a string, expected an integer",
         ("g_float_ids.parquet", 1): f"{inputs}/g_float_ids.parquet: column 'movie_id' (int64), row 1: "
-                                    "100.5 is not an integer",
+        "100.5 is not an integer",
         ("g_float_ids.parquet", 2): f"{inputs}/g_float_ids.parquet: column 'movie_id' (int64), row 2: "
-                                    "1e+19 is outside the int64 range",
+        "1e+19 is outside the int64 range",
     }
     values = {(Path(e["source"]).name, e["row"]): e["value"] for e in _dead_letters(typed_job["config"].output)}
     assert values[("c_lists.parquet", 0)] == {"movie_id": 50, "genres": ["Comedy", "Action"]}
@@ -422,15 +482,18 @@ def test_good_rows_are_written_with_their_exact_values_and_types(typed_job, job)
     expected = _embeddings(job["model_dir"], [10, 40, 90, 110], ["Action", "Drama|Horror", "Comedy", ""])
     embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(embeddings, np.stack([expected[i] for i in ids]), rtol=1e-5, atol=1e-6)
-    assert typed_job["result"].counters == {"rows_read": 12, "rows_embedded": 4, "rows_rejected": 8,
-                                            "files_rejected": 4}
+    assert typed_job["result"].counters == {
+        "rows_read": 12,
+        "rows_embedded": 4,
+        "rows_rejected": 8,
+        "files_rejected": 4,
+    }
 
 
 @pytest.mark.slow
 def test_unreadable_files_anywhere_in_the_inputs_are_dead_letters_naming_them(typed_job):
     inputs = typed_job["inputs"]
-    files = {Path(e["source"]).name: e["reason"] for e in _dead_letters(typed_job["config"].output)
-             if e["row"] is None}
+    files = {Path(e["source"]).name: e["reason"] for e in _dead_letters(typed_job["config"].output) if e["row"] is None}
     assert sorted(files) == ["a_damaged.parquet", "e_damaged.parquet", "h_not_utf8.csv", "z_damaged.tfrecord"]
     assert files["a_damaged.parquet"].startswith(f"{inputs}/a_damaged.parquet is not a readable Parquet file: ")
     assert files["e_damaged.parquet"].startswith(f"{inputs}/e_damaged.parquet is not a readable Parquet file: ")
@@ -441,8 +504,9 @@ def test_unreadable_files_anywhere_in_the_inputs_are_dead_letters_naming_them(ty
 def test_the_first_readable_file_is_checked_for_columns_before_the_job_starts(toy_export, tmp_path):
     (tmp_path / "a.parquet").write_bytes(b"PAR1 damaged")
     pq.write_table(pa.table({"movie_id": [10], "genres": ["Drama"]}), tmp_path / "b.parquet")
-    config = EmbedJobConfig(str(toy_export[0]), (str(tmp_path / "*.parquet"),), str(tmp_path / "o"),
-                            id_column="item_id")
+    config = EmbedJobConfig(
+        str(toy_export[0]), (str(tmp_path / "*.parquet"),), str(tmp_path / "o"), id_column="item_id"
+    )
     with pytest.raises(DataError, match=r"b.parquet has no column 'item_id' \(expected int64\)"):
         run_embed_job(config)
     assert not (tmp_path / "o").exists()
@@ -457,14 +521,17 @@ def test_no_readable_input_file_is_an_error_naming_every_file(toy_export, tmp_pa
     with pytest.raises(DataError, match=r"^None of the 4 input files can be read: ") as error:
         run_embed_job(config)
     message = str(error.value)
-    for reason in (f"{tmp_path}/a.parquet is not a readable Parquet file: ",
-                   f"{tmp_path}/b.csv is not a readable CSV file: 'utf-8' codec can't decode byte 0xff",
-                   f"{tmp_path}/c.csv is empty: a CSV input needs a header line",
-                   f"{tmp_path}/d.tfrecord is not a readable TFRecord file: "):
+    for reason in (
+        f"{tmp_path}/a.parquet is not a readable Parquet file: ",
+        f"{tmp_path}/b.csv is not a readable CSV file: 'utf-8' codec can't decode byte 0xff",
+        f"{tmp_path}/c.csv is empty: a CSV input needs a header line",
+        f"{tmp_path}/d.tfrecord is not a readable TFRecord file: ",
+    ):
         assert reason in message
     assert not (tmp_path / "o").exists()
-    code = tfrec_cli.main(["embed", "--model", str(toy_export[0]), "--input", str(tmp_path / "*"),
-                           "--output", str(tmp_path / "o")])
+    code = tfrec_cli.main(
+        ["embed", "--model", str(toy_export[0]), "--input", str(tmp_path / "*"), "--output", str(tmp_path / "o")]
+    )
     assert code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: None of the 4 input files can be read: ") and "Traceback" not in stderr
@@ -477,14 +544,22 @@ def test_string_lists_are_joined_with_the_separator_the_export_declares(toy_expo
     shutil.copytree(toy_export[0], model_dir)
     metadata_path = model_dir / "assets.extra" / "tfrec_towers_metadata.json"
     metadata = json.loads(metadata_path.read_text())
-    spec = FeatureSpec(query=(CategoricalFeature("user_id"),),
-                       candidate=(CategoricalFeature("movie_id"), SequenceFeature("genres", dtype="string")),
-                       candidate_id="movie_id")
+    spec = FeatureSpec(
+        query=(CategoricalFeature("user_id"),),
+        candidate=(CategoricalFeature("movie_id"), SequenceFeature("genres", dtype="string")),
+        candidate_id="movie_id",
+    )
     metadata["feature_spec"] = json.loads(spec.to_json())  # as a training run's export records it
     metadata_path.write_text(json.dumps(metadata))
-    pq.write_table(pa.table({"movie_id": [10, 20, 30, 40, 50, 60],
-                             "genres": [["Comedy", "Action"], ["Drama"], [], ["Action|Comedy"], ["", "Drama"],
-                                        ["Drama", None]]}), tmp_path / "lists.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "movie_id": [10, 20, 30, 40, 50, 60],
+                "genres": [["Comedy", "Action"], ["Drama"], [], ["Action|Comedy"], ["", "Drama"], ["Drama", None]],
+            }
+        ),
+        tmp_path / "lists.parquet",
+    )
     with tf.io.TFRecordWriter(str(tmp_path / "lists.tfrecord")) as writer:
         genres = tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"Horror", b"Drama"]))
         writer.write(_example(movie_id=_int(70), genres=genres))
@@ -493,8 +568,9 @@ def test_string_lists_are_joined_with_the_separator_the_export_declares(toy_expo
     result = run_embed_job(config)
     assert result.counters == {"rows_read": 8, "rows_embedded": 5, "rows_rejected": 3, "files_rejected": 0}
     ids, embeddings = _parquet_output(config.output)
-    expected = _embeddings(toy_export[0], [10, 20, 30, 70, 80],
-                           ["Comedy|Action", "Drama", "", "Horror|Drama", "Action|Horror"])
+    expected = _embeddings(
+        toy_export[0], [10, 20, 30, 70, 80], ["Comedy|Action", "Drama", "", "Horror|Drama", "Action|Horror"]
+    )
     assert sorted(ids.tolist()) == sorted(expected)
     np.testing.assert_allclose(embeddings, np.stack([expected[i] for i in ids.tolist()]), rtol=1e-5, atol=1e-6)
     reasons = {e["row"]: e["reason"] for e in _dead_letters(config.output)}

@@ -26,26 +26,57 @@ def _read(path, fmt, column_type, separators=None):
 
 
 PARQUET_CASES = [
-    ("int64", pa.array([1, 2**63 - 1, 2**63], pa.uint64()), np.array([1, 2**63 - 1], np.int64),
-     {2: "9223372036854775808 is outside the int64 range"}),
-    ("int64", pa.array([3.0, -(2.0**63), float("nan"), float("inf")]), np.array([3, -(2**63)], np.int64),
-     {2: "nan is not an integer", 3: "inf is not an integer"}),
-    ("int64", pa.array([True, False]), None,
-     {0: "True is a boolean, expected an integer", 1: "False is a boolean, expected an integer"}),
-    ("float32", pa.array([0.1, float("nan"), 1e39, -float("inf")]), np.array([0.1], np.float32),
-     {1: "nan is not a finite float32 number", 2: "1e+39 is not a finite float32 number",
-      3: "-inf is not a finite float32 number"}),
-    ("float32", pa.array([2**24, 2**24 + 1, -3]), np.array([2.0**24, -3.0], np.float32),
-     {1: "16777217 is an integer beyond 2**24, not exactly a float32"}),
+    (
+        "int64",
+        pa.array([1, 2**63 - 1, 2**63], pa.uint64()),
+        np.array([1, 2**63 - 1], np.int64),
+        {2: "9223372036854775808 is outside the int64 range"},
+    ),
+    (
+        "int64",
+        pa.array([3.0, -(2.0**63), float("nan"), float("inf")]),
+        np.array([3, -(2**63)], np.int64),
+        {2: "nan is not an integer", 3: "inf is not an integer"},
+    ),
+    (
+        "int64",
+        pa.array([True, False]),
+        None,
+        {0: "True is a boolean, expected an integer", 1: "False is a boolean, expected an integer"},
+    ),
+    (
+        "float32",
+        pa.array([0.1, float("nan"), 1e39, -float("inf")]),
+        np.array([0.1], np.float32),
+        {
+            1: "nan is not a finite float32 number",
+            2: "1e+39 is not a finite float32 number",
+            3: "-inf is not a finite float32 number",
+        },
+    ),
+    (
+        "float32",
+        pa.array([2**24, 2**24 + 1, -3]),
+        np.array([2.0**24, -3.0], np.float32),
+        {1: "16777217 is an integer beyond 2**24, not exactly a float32"},
+    ),
     ("float32", pa.array(["1.5"]), None, {0: "'1.5' is a string, expected a number"}),
     ("string", pa.array([b"caf\xc3\xa9", b"\xff"]), np.array(["café"], object), {1: "b'\\xff' is not UTF-8 text"}),
     ("string", pa.array(["a", "b", "a"]).dictionary_encode(), np.array(["a", "b", "a"], object), {}),
     ("string", pa.array([1.5]), None, {0: "1.5 is a float, expected a string"}),
     ("int64_list", pa.array([[1, 2], [], [3]]), np.array([[1, 2], [0, 0], [0, 3]], np.int64), {}),
-    ("int64_list", pa.array([[1, None], None, [4]]), np.array([[4]], np.int64),
-     {0: "[1, None]: element 1 is missing (null)", 1: "missing value (null)"}),
-    ("int64_list", pa.array([[1.0, 2.0], [2.5]]), np.array([[1, 2]], np.int64),
-     {1: "[2.5]: element 0 2.5 is not an integer"}),
+    (
+        "int64_list",
+        pa.array([[1, None], None, [4]]),
+        np.array([[4]], np.int64),
+        {0: "[1, None]: element 1 is missing (null)", 1: "missing value (null)"},
+    ),
+    (
+        "int64_list",
+        pa.array([[1.0, 2.0], [2.5]]),
+        np.array([[1, 2]], np.int64),
+        {1: "[2.5]: element 0 2.5 is not an integer"},
+    ),
     ("int64_list", pa.array(["3|17"]), None, {0: "'3|17' is a string, expected a list of integers"}),
 ]
 
@@ -55,8 +86,9 @@ def test_parquet_values_pass_only_when_the_input_holds_them_exactly(tmp_path, co
     path = tmp_path / "v.parquet"
     pq.write_table(pa.table({"id": np.arange(len(values), dtype=np.int64), "v": values}), path)
     got, reasons = _read(path, "parquet", column_type)
-    assert reasons == {row: f"{path}: column 'v' ({column_type}), row {row}: {problem}"
-                       for row, problem in problems.items()}
+    assert reasons == {
+        row: f"{path}: column 'v' ({column_type}), row {row}: {problem}" for row, problem in problems.items()
+    }
     if kept is None:
         assert got is None
     else:
@@ -70,26 +102,32 @@ def test_csv_floats_must_be_finite_float32_values(tmp_path):
     kept, reasons = _read(path, "csv", "float32")
     np.testing.assert_array_equal(kept, np.array([1.5, -2.0], np.float32))
     prefix = f"{path}: column 'v' (float32), line"
-    assert reasons == {3: f"{prefix} 3: '1e40' is not a finite float32 number",
-                       4: f"{prefix} 4: 'inf' is not a finite float32 number",
-                       5: f"{prefix} 5: '' is not a number"}
+    assert reasons == {
+        3: f"{prefix} 3: '1e40' is not a finite float32 number",
+        4: f"{prefix} 4: 'inf' is not a finite float32 number",
+        5: f"{prefix} 5: '' is not a number",
+    }
 
 
 def test_tfrecord_values_follow_the_same_rules(tmp_path):
     path = tmp_path / "v.tfrecord"
     with tf.io.TFRecordWriter(str(path)) as writer:
         for identifier, values in ((1, [b"Drama"]), (2, [b"Horror", b"Action"]), (3, [b"\xff"]), (4, [])):
-            feature = {"id": tf.train.Feature(int64_list=tf.train.Int64List(value=[identifier])),
-                       "v": tf.train.Feature(bytes_list=tf.train.BytesList(value=values))}
+            feature = {
+                "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[identifier])),
+                "v": tf.train.Feature(bytes_list=tf.train.BytesList(value=values)),
+            }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     kept, reasons = _read(path, "tfrecord", "string", {"v": "|"})
     np.testing.assert_array_equal(kept, np.array(["Drama", "Horror|Action", ""], object))
     assert reasons == {2: f"{path}: feature 'v' (string), record 2: b'\\xff' is not UTF-8 text"}
     kept, reasons = _read(path, "tfrecord", "string")
     np.testing.assert_array_equal(kept, np.array(["Drama"], object))
-    assert reasons == {1: f"{path}: record 1: feature 'v' holds 2 values, expected one string",
-                       2: f"{path}: feature 'v' (string), record 2: b'\\xff' is not UTF-8 text",
-                       3: f"{path}: record 3: feature 'v' holds 0 values, expected one string"}
+    assert reasons == {
+        1: f"{path}: record 1: feature 'v' holds 2 values, expected one string",
+        2: f"{path}: feature 'v' (string), record 2: b'\\xff' is not UTF-8 text",
+        3: f"{path}: record 3: feature 'v' holds 0 values, expected one string",
+    }
 
 
 def test_a_row_with_several_bad_columns_names_each(tmp_path):
@@ -99,7 +137,7 @@ def test_a_row_with_several_bad_columns_names_each(tmp_path):
     assert kept is None
     assert reasons == {
         0: f"{path}: column 'id' (int64), row 0: missing value (null); "
-           f"{path}: column 'v' (string), row 0: 7 is an integer, expected a string",
+        f"{path}: column 'v' (string), row 0: 7 is an integer, expected a string",
         1: f"{path}: column 'v' (string), row 1: 8 is an integer, expected a string",
     }
 

@@ -128,7 +128,9 @@ def test_savedmodel_round_trip_in_a_fresh_process(tmp_path):
         "out = m.f(tf.constant([5, 123], tf.int64), tf.constant(['A|B', 'Z']))\n"
         "print(json.dumps(out.numpy().tolist()))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "m")], capture_output=True, text=True, check=True
+    )
     np.testing.assert_allclose(np.array(json.loads(result.stdout.strip().splitlines()[-1])), expected, rtol=1e-6)
 
 
@@ -137,11 +139,13 @@ def _keras_rows(vocabulary, key_dtype, num_oov_buckets, values):
     if not len(vocabulary):
         return tf.keras.layers.Hashing(num_oov_buckets)(values).numpy()
     if key_dtype == "int64":
-        lookup = tf.keras.layers.IntegerLookup(vocabulary=np.asarray(vocabulary, np.int64),
-                                               num_oov_indices=num_oov_buckets, mask_token=None)
+        lookup = tf.keras.layers.IntegerLookup(
+            vocabulary=np.asarray(vocabulary, np.int64), num_oov_indices=num_oov_buckets, mask_token=None
+        )
     else:
-        lookup = tf.keras.layers.StringLookup(vocabulary=np.asarray(vocabulary, object),
-                                              num_oov_indices=num_oov_buckets, mask_token=None)
+        lookup = tf.keras.layers.StringLookup(
+            vocabulary=np.asarray(vocabulary, object), num_oov_indices=num_oov_buckets, mask_token=None
+        )
     return lookup(values).numpy()
 
 
@@ -158,7 +162,9 @@ def _keras_rows(vocabulary, key_dtype, num_oov_buckets, values):
 def test_rows_are_those_of_keras_lookups(key_dtype, vocabulary, probe, num_oov_buckets):
     table = EmbeddingTable(vocabulary, key_dtype, 2, num_oov_buckets)
     values = tf.constant(probe, tf.int64 if key_dtype == "int64" else tf.string)
-    np.testing.assert_array_equal(table.lookup(values).numpy(), _keras_rows(vocabulary, key_dtype, num_oov_buckets, values))
+    np.testing.assert_array_equal(
+        table.lookup(values).numpy(), _keras_rows(vocabulary, key_dtype, num_oov_buckets, values)
+    )
     if vocabulary:  # row = num_oov + index in the vocabulary, by hand
         known = [num_oov_buckets + list(vocabulary).index(v) for v in probe[0]]
         np.testing.assert_array_equal(table.lookup(values).numpy()[0], known)
@@ -166,7 +172,11 @@ def test_rows_are_those_of_keras_lookups(key_dtype, vocabulary, probe, num_oov_b
 
 @pytest.mark.parametrize(
     "key_dtype, vocabulary, probe",
-    [("int64", [30, 10, 20], [10, 20, 30, 7]), ("string", ["b", "a", "c"], ["a", "c", "b", "zz"]), ("string", [], ["a"])],
+    [
+        ("int64", [30, 10, 20], [10, 20, 30, 7]),
+        ("string", ["b", "a", "c"], ["a", "c", "b", "zz"]),
+        ("string", [], ["a"]),
+    ],
 )
 def test_embedding_table_config_holds_sizes_and_a_checkpoint_restores_the_vocabulary(
     key_dtype, vocabulary, probe, tmp_path
@@ -174,7 +184,10 @@ def test_embedding_table_config_holds_sizes_and_a_checkpoint_restores_the_vocabu
     table = EmbeddingTable(vocabulary, key_dtype, 4, num_oov_buckets=2, name="items")
     config = json.loads(json.dumps(table.get_config()))
     assert {k: config[k] for k in ("key_dtype", "embedding_dim", "num_oov_buckets", "vocabulary_size")} == {
-        "key_dtype": key_dtype, "embedding_dim": 4, "num_oov_buckets": 2, "vocabulary_size": len(vocabulary),
+        "key_dtype": key_dtype,
+        "embedding_dim": 4,
+        "num_oov_buckets": 2,
+        "vocabulary_size": len(vocabulary),
     }
     assert "vocabulary" not in config
     values = tf.constant(probe, tf.int64 if key_dtype == "int64" else tf.string)
@@ -191,7 +204,9 @@ def test_embedding_table_config_holds_sizes_and_a_checkpoint_restores_the_vocabu
 
 
 def test_feature_encoder_config_has_sizes_not_values():
-    encoder = FeatureEncoder([CategoricalFeature("u", vocabulary=(5, 6, 7)), SequenceFeature("h", dtype="string", vocabulary=("x",))])
+    encoder = FeatureEncoder(
+        [CategoricalFeature("u", vocabulary=(5, 6, 7)), SequenceFeature("h", dtype="string", vocabulary=("x",))]
+    )
     features = encoder.get_config()["features"]
     assert [(f["name"], f["vocabulary"], f["vocabulary_size"]) for f in features] == [("u", None, 3), ("h", None, 1)]
     rebuilt = FeatureEncoder.from_config(encoder.get_config())
@@ -209,8 +224,15 @@ def test_embedding_table_validation_names_the_argument():
 
 def test_a_config_that_held_the_vocabulary_still_loads_it():
     # the form earlier versions wrote: the values themselves, no `vocabulary_size`
-    config = {"name": "items", "trainable": True, "dtype": "float32", "vocabulary": [30, 10],
-              "key_dtype": "int64", "embedding_dim": 2, "num_oov_buckets": 1}
+    config = {
+        "name": "items",
+        "trainable": True,
+        "dtype": "float32",
+        "vocabulary": [30, 10],
+        "key_dtype": "int64",
+        "embedding_dim": 2,
+        "num_oov_buckets": 1,
+    }
     table = EmbeddingTable.from_config(config)
     assert table.vocabulary_size == 2 and table.get_vocabulary().tolist() == [30, 10]
     np.testing.assert_array_equal(table.lookup(tf.constant([10, 30, 5], tf.int64)).numpy(), [2, 1, 0])

@@ -211,8 +211,17 @@ def test_saved_model_cli_run_uses_the_session_loader(toy_export, tmp_path):
     }
     exprs = ";".join(f"{name}={values.tolist()!r}" for name, values in user.items())
     saved_model_cli(
-        "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
-        "--input_exprs", exprs, "--outdir", tmp_path,
+        "run",
+        "--dir",
+        path,
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_default",
+        "--input_exprs",
+        exprs,
+        "--outdir",
+        tmp_path,
     )
     scores = query_tower(user).numpy() @ candidate_tower(catalogue()).numpy().T
     top = np.argsort(-scores, axis=1)[:, :K]
@@ -270,7 +279,9 @@ def test_model_directory_or_version_that_is_a_file(tmp_path):
             r"'movie_id' has dtype <U21, but .* declares it int64: convert the ids \(`ids.astype\(np.int64\)`\)",
         ),
         (
-            dict(candidates=catalogue(), candidate_spec=dict(CANDIDATE_SPEC, movie_id=tf.TensorSpec([None], tf.string))),
+            dict(
+                candidates=catalogue(), candidate_spec=dict(CANDIDATE_SPEC, movie_id=tf.TensorSpec([None], tf.string))
+            ),
             r"'movie_id' has dtype int64, but .* declares it string: convert the ids \(`ids.astype\(str\)`\)",
         ),
         (
@@ -450,8 +461,17 @@ def test_exclude_history_returns_k_results_outside_the_history(tmp_path, kind, s
     query_spec = {"user_id": tf.TensorSpec([None], tf.int64), "history": tf.TensorSpec([None, None], id_dtype)}
     candidate_spec = dict(CANDIDATE_SPEC, movie_id=tf.TensorSpec([None], id_dtype))
     path = export.export_retrieval_model(
-        query_tower, candidate_tower, query_spec, candidate_spec, cat, "movie_id", tmp_path, "movies",
-        IndexConfig(kind=kind, k=K), warmup_queries=dict(users, history=history), exclude_history="history",
+        query_tower,
+        candidate_tower,
+        query_spec,
+        candidate_spec,
+        cat,
+        "movie_id",
+        tmp_path,
+        "movies",
+        IndexConfig(kind=kind, k=K),
+        warmup_queries=dict(users, history=history),
+        exclude_history="history",
     )
 
     served = tf.saved_model.load(str(path)).signatures["serving_default"](
@@ -483,8 +503,16 @@ def test_exclude_history_export_passes_the_fresh_process_verification(tmp_path):
     top_ids = MOVIE_IDS[np.argsort(-(query_tower(users).numpy() @ candidate_tower(cat).numpy().T), axis=1)]
     query_spec = {"user_id": tf.TensorSpec([None], tf.int64), "history": tf.TensorSpec([None, None], tf.int64)}
     path = export.export_retrieval_model(
-        query_tower, candidate_tower, query_spec, CANDIDATE_SPEC, cat, "movie_id", tmp_path, "movies",
-        IndexConfig(k=K), warmup_queries=dict(users, history=_histories_holding_the_top_items(top_ids, 0, 999999)),
+        query_tower,
+        candidate_tower,
+        query_spec,
+        CANDIDATE_SPEC,
+        cat,
+        "movie_id",
+        tmp_path,
+        "movies",
+        IndexConfig(k=K),
+        warmup_queries=dict(users, history=_histories_holding_the_top_items(top_ids, 0, 999999)),
         exclude_history="history",
     )
     report = verify_export(path)
@@ -496,7 +524,11 @@ def test_exclude_history_export_passes_the_fresh_process_verification(tmp_path):
     "name, history_spec, error",
     [
         ("watched", tf.TensorSpec([None, None], tf.int64), r"Received: 'watched' \(no such query feature\)"),
-        ("history", tf.TensorSpec([None, None], tf.string), r"candidate ids \(int64 \[None, None\], .* \(string \[None, None\]\)"),
+        (
+            "history",
+            tf.TensorSpec([None, None], tf.string),
+            r"candidate ids \(int64 \[None, None\], .* \(string \[None, None\]\)",
+        ),
         ("history", tf.TensorSpec([None], tf.int64), r"Received: 'history' \(int64 \[None\]\)"),
     ],
 )
@@ -504,7 +536,15 @@ def test_exclude_history_of_a_feature_that_is_no_id_matrix_is_refused(tmp_path, 
     query_spec = {"user_id": tf.TensorSpec([None], tf.int64), "history": history_spec}
     with pytest.raises(ValueError, match=error):
         export.export_retrieval_model(
-            UserOnlyQueryTower(), make_candidate_tower(), query_spec, CANDIDATE_SPEC, catalogue(), "movie_id",
-            tmp_path, "movies", IndexConfig(k=K), exclude_history=name,
+            UserOnlyQueryTower(),
+            make_candidate_tower(),
+            query_spec,
+            CANDIDATE_SPEC,
+            catalogue(),
+            "movie_id",
+            tmp_path,
+            "movies",
+            IndexConfig(k=K),
+            exclude_history=name,
         )
     assert not (tmp_path / "movies").exists()

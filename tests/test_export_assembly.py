@@ -20,17 +20,29 @@ def test_the_version_holds_the_contract_metadata_and_serves_the_index(tmp_path):
     index = build_index(IndexConfig(k=3), embeddings, corpus["movie_id"])
     rows = queries()
     path = write_retrieval_export(
-        tmp_path / "movies", 4, "movies", query_tower, candidate_tower, index,
-        named_specs("query", QUERY_SPEC), named_specs("candidate", CANDIDATE_SPEC), "movie_id",
-        {"note": "sample"}, (rows, corpus), warnings=["a warning"], metadata={"source": "test"},
+        tmp_path / "movies",
+        4,
+        "movies",
+        query_tower,
+        candidate_tower,
+        index,
+        named_specs("query", QUERY_SPEC),
+        named_specs("candidate", CANDIDATE_SPEC),
+        "movie_id",
+        {"note": "sample"},
+        (rows, corpus),
+        warnings=["a warning"],
+        metadata={"source": "test"},
     )
     assert path == tmp_path / "movies" / "4"
     meta = json.loads((path / "assets.extra" / METADATA_FILENAME).read_text())
     assert sorted(meta) == sorted(METADATA_KEYS + ("source",))
     assert (meta["version"], meta["k"], meta["embedding_dim"], meta["corpus_size"]) == (4, 3, embeddings.shape[1], 40)
     assert (meta["candidate_id_dtype"], meta["exclude_history"], meta["warnings"]) == ("int64", None, ["a warning"])
-    assert meta["candidate_input_spec"] == {"movie_id": {"dtype": "int64", "shape": [None]},
-                                            "genres": {"dtype": "string", "shape": [None]}}
+    assert meta["candidate_input_spec"] == {
+        "movie_id": {"dtype": "int64", "shape": [None]},
+        "genres": {"dtype": "string", "shape": [None]},
+    }
     assert (path / "assets.extra" / warmup.WARMUP_FILENAME).is_file()
 
     served = tf.saved_model.load(str(path)).signatures["serving_default"](

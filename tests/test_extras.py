@@ -20,8 +20,7 @@ def _without(module: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
     """Runs ``code`` in a fresh interpreter in which ``module`` cannot be imported."""
     script = f"import sys\nsys.modules[{module!r}] = None\n" + textwrap.dedent(code)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def _requirements(text: str) -> list:
@@ -41,7 +40,9 @@ def test_setup_cfg_extras_install_the_distributions_the_messages_name():
 
 @pytest.mark.slow
 def test_each_optional_feature_names_its_extra_when_the_dependency_is_missing(tmp_path):
-    beam = _without("apache_beam", """
+    beam = _without(
+        "apache_beam",
+        """
         import importlib, json
         from tfrec_towers.extras import MissingExtraError
         found = {}
@@ -52,13 +53,17 @@ def test_each_optional_feature_names_its_extra_when_the_dependency_is_missing(tm
             except MissingExtraError as e:
                 found[name] = str(e)
         print(json.dumps(found))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert beam.returncode == 0, beam.stderr
     messages = json.loads(beam.stdout.strip().splitlines()[-1])
     assert len(messages) == 4
     assert all("apache-beam" in m and "pip install 'tfrec-towers[beam]'" in m for m in messages.values()), messages
 
-    report = _without("matplotlib", """
+    report = _without(
+        "matplotlib",
+        """
         from tfrec_towers.extras import MissingExtraError
         from tfrec_towers.tuning import save_tuning_report
         try:
@@ -69,7 +74,9 @@ def test_each_optional_feature_names_its_extra_when_the_dependency_is_missing(tm
             save_tuning_report(None, "tuning")
         except MissingExtraError as e:
             print(e)
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert report.returncode == 0, report.stderr
     lines = report.stdout.strip().splitlines()
     assert [line.split(" needs ")[0] for line in lines] == ["The run report", "The tuning report's recall/QPS plot"]
@@ -79,18 +86,26 @@ def test_each_optional_feature_names_its_extra_when_the_dependency_is_missing(tm
 
 @pytest.mark.slow
 def test_the_cli_prints_an_error_line_and_exits_2_without_the_extra(tmp_path):
-    embed = _without("apache_beam", """
+    embed = _without(
+        "apache_beam",
+        """
         from tfrec_towers.cli import main
         sys.exit(main(["embed", "--model", "m", "--input", "in.parquet", "--output", "out"]))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert embed.returncode == 2, embed.stderr
     assert embed.stderr.startswith("error: The batch embedding job needs apache-beam")
     assert "pip install 'tfrec-towers[beam]'" in embed.stderr and "Traceback" not in embed.stderr
 
-    report = _without("matplotlib", """
+    report = _without(
+        "matplotlib",
+        """
         from tfrec_towers.cli import main
         sys.exit(main(["report", "--run", "run"]))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert report.returncode == 2, report.stderr
     assert report.stderr.strip().splitlines()[-1].startswith("error: The run report needs matplotlib")
     assert "pip install 'tfrec-towers[report]'" in report.stderr and "Traceback" not in report.stderr

@@ -104,8 +104,9 @@ def test_without_vocabulary_keeps_the_size_and_round_trips_through_json():
     assert by_name["age"] == next(f for f in spec.query if f.name == "age")
     for feature in by_name.values():
         assert feature_from_dict(json.loads(json.dumps(feature_to_dict(feature)))) == feature
-    relearnt = adapt(FeatureSpec(query=(by_name["user_id"],), candidate=(by_name["movie_id"],), candidate_id="movie_id"),
-                     *_tables())
+    relearnt = adapt(
+        FeatureSpec(query=(by_name["user_id"],), candidate=(by_name["movie_id"],), candidate_id="movie_id"), *_tables()
+    )
     assert [(f.vocabulary, f.vocabulary_size) for f in relearnt.all_features] == [((5, 7), None), ((1, 2, 3), None)]
 
 

@@ -24,9 +24,7 @@ def hash_buckets(ids, num_hashes, buckets):
     keys = tf.constant(ids)
     if keys.dtype != tf.string:
         keys = tf.strings.as_string(keys)
-    return np.stack(
-        [tf.strings.to_hash_bucket_strong(keys, buckets, key=[i, 0]).numpy() for i in range(num_hashes)]
-    )
+    return np.stack([tf.strings.to_hash_bucket_strong(keys, buckets, key=[i, 0]).numpy() for i in range(num_hashes)])
 
 
 class ReferenceEstimator:
@@ -151,9 +149,7 @@ def test_saved_model_round_trip(tmp_path):
         estimator.update(tf.constant(batch, tf.int64))
     module = tf.Module()
     module.estimator = estimator
-    module.log_probability = tf.function(
-        estimator.log_probability, input_signature=[tf.TensorSpec([None], tf.int64)]
-    )
+    module.log_probability = tf.function(estimator.log_probability, input_signature=[tf.TensorSpec([None], tf.int64)])
     tf.saved_model.save(module, str(tmp_path / "model"))
     loaded = tf.saved_model.load(str(tmp_path / "model"))
     probe = tf.constant([1, 2, 3, 4], tf.int64)
@@ -283,7 +279,8 @@ def test_counts_table_config_holds_no_ids_and_a_checkpoint_restores_them(
     table = CountsFrequencyTable(ids, counts, default_probability=default_probability, name="counts")
     config = json.loads(json.dumps(table.get_config()))
     assert {k: config[k] for k in ("key_dtype", "default_probability")} == {
-        "key_dtype": table.key_dtype, "default_probability": default_probability,
+        "key_dtype": table.key_dtype,
+        "default_probability": default_probability,
     }
     assert "ids" not in config and "counts" not in config
     rebuilt = CountsFrequencyTable.from_config(config)
@@ -301,8 +298,14 @@ def test_counts_table_config_holds_no_ids_and_a_checkpoint_restores_them(
 
 def test_a_config_that_held_the_counts_still_loads_them():
     # the form earlier versions wrote: ids and counts, no `key_dtype`
-    config = {"name": "counts", "trainable": True, "dtype": "float32", "ids": ["a", "b"], "counts": [1, 3],
-              "default_probability": None}
+    config = {
+        "name": "counts",
+        "trainable": True,
+        "dtype": "float32",
+        "ids": ["a", "b"],
+        "counts": [1, 3],
+        "default_probability": None,
+    }
     table = CountsFrequencyTable.from_config(config)
     np.testing.assert_allclose(table.probability(tf.constant(["b", "a", "new"])).numpy(), [0.75, 0.25, 0.125])
 

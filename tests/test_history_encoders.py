@@ -20,7 +20,9 @@ ENCODERS = ["mean", "attention", "gru", "transformer"]
 
 
 def _encoder(kind):
-    return make_history_encoder(HistoryEncoderConfig(encoder=kind, num_layers=2, num_heads=2, dropout=0.1, max_length=8))
+    return make_history_encoder(
+        HistoryEncoderConfig(encoder=kind, num_layers=2, num_heads=2, dropout=0.1, max_length=8)
+    )
 
 
 def _batch(seed, batch=3, length=6, dim=4, padding=(2, 0, 5)):
@@ -87,7 +89,9 @@ def test_attention_encoder_matches_numpy():
         valid = np.flatnonzero(mask[b])
         for newest_rank, pos in enumerate(valid):
             items = valid[: newest_rank + 1]
-            logits = (x[b, items] @ kernel @ query) / np.sqrt(4) + recency[np.minimum(newest_rank - np.arange(len(items)), 2)]
+            logits = (x[b, items] @ kernel @ query) / np.sqrt(4) + recency[
+                np.minimum(newest_rank - np.arange(len(items)), 2)
+            ]
             weights = np.exp(logits - logits.max())
             expected = (weights / weights.sum()) @ x[b, items]
             np.testing.assert_allclose(got[b, pos], expected, rtol=1e-4, atol=1e-5)
@@ -141,8 +145,11 @@ def test_encoder_config_validation_names_the_argument():
 def _tower(kind, side=True):
     history = SequenceFeature("history", vocabulary=tuple(range(1, 13)), embedding_dim=8)
     features = [CategoricalFeature("user_id", vocabulary=(1, 2, 3), embedding_dim=4)] if side else []
-    return Tower(features + [history], TowerConfig(hidden_units=(16,), output_dim=8),
-                 history=HistoryEncoderConfig(encoder=kind, num_layers=1, num_heads=2, dropout=0.0, max_length=6))
+    return Tower(
+        features + [history],
+        TowerConfig(hidden_units=(16,), output_dim=8),
+        history=HistoryEncoderConfig(encoder=kind, num_layers=1, num_heads=2, dropout=0.0, max_length=6),
+    )
 
 
 @pytest.mark.parametrize("kind", ENCODERS)
@@ -157,7 +164,7 @@ def test_tower_sequence_embeddings_equal_the_per_prefix_queries(kind):
             if history[b, pos] == 0:
                 continue
             prefix = np.zeros((1, 9), np.int64)  # a longer padding than training used
-            prefix[0, 9 - (pos + 1):] = history[b, : pos + 1]
+            prefix[0, 9 - (pos + 1) :] = history[b, : pos + 1]
             query = tower({"history": tf.constant(prefix), "user_id": tf.constant(users[b : b + 1])}).numpy()[0]
             np.testing.assert_allclose(sequences[b, pos], query, atol=1e-5)
 
@@ -180,5 +187,8 @@ def test_pooling_tower_refuses_every_position_and_unknown_history_is_named():
     with pytest.raises(ValueError, match="every-position training needs a sequence encoder"):
         pooled.sequence_embeddings({"history": tf.constant([[1, 2]], tf.int64)})
     with pytest.raises(ValueError, match="needs an id-matrix sequence feature named 'events'"):
-        Tower([SequenceFeature("history", vocabulary=(1, 2), embedding_dim=4)], TowerConfig(output_dim=4),
-              history=HistoryEncoderConfig(encoder="gru", feature="events"))
+        Tower(
+            [SequenceFeature("history", vocabulary=(1, 2), embedding_dim=4)],
+            TowerConfig(output_dim=4),
+            history=HistoryEncoderConfig(encoder="gru", feature="events"),
+        )

@@ -207,3 +207,18 @@ def test_scann_below_its_minimum_corpus_is_exact_search():
     expected_scores, expected_ids = numpy_top_k(queries, embeddings, ids, 6)
     np.testing.assert_array_equal(found, expected_ids)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+
+
+def test_a_scann_index_of_an_unresolved_config_names_the_resolve_step():
+    from tfrec_towers.index import ScannIndex
+
+    embeddings, _, ids = random_corpus(3)
+    with pytest.raises(
+        ValueError,
+        match=r"`num_leaves` and `num_leaves_to_search` are unset: build the ScaNN index "
+        r"from `IndexConfig.resolve\(num_candidates\)`\.",
+    ):
+        ScannIndex(embeddings, ids, IndexConfig(kind="scann", k=5))
+    config = IndexConfig(kind="scann", k=5).resolve(len(ids))
+    # N = 300, k = 5: round(√300) = 17 leaves; max(⌈17/10⌉, ⌈4 · 50 · 17 / 300⌉) = 12 searched
+    assert config.resolved_leaves == (17, 12)

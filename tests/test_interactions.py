@@ -51,18 +51,32 @@ def test_file_order_without_a_timestamp_column(tmp_path):
 
 
 def test_attribute_tables_filter_and_catalogue(tmp_path):
-    pq.write_table(pa.table({
-        "user": ["u1", "u1", "u1", "u2", "u2"], "sku": ["a", "b", "x", "b", "c"],
-        "ts": ["2024-01-01", "2024-01-02", "2024-01-02T05:00", "2024-02-01", "2024-02-03"],
-        "event": ["buy", "buy", "view", "cart", "buy"],
-    }), tmp_path / "log.parquet")
-    pq.write_table(pa.table({"sku": ["a", "b", "c", "d"], "tags": [["x", "y"], ["y"], [], None],
-                             "price": [1.0, 2.5, None, 4.0]}), tmp_path / "items.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "user": ["u1", "u1", "u1", "u2", "u2"],
+                "sku": ["a", "b", "x", "b", "c"],
+                "ts": ["2024-01-01", "2024-01-02", "2024-01-02T05:00", "2024-02-01", "2024-02-03"],
+                "event": ["buy", "buy", "view", "cart", "buy"],
+            }
+        ),
+        tmp_path / "log.parquet",
+    )
+    pq.write_table(
+        pa.table({"sku": ["a", "b", "c", "d"], "tags": [["x", "y"], ["y"], [], None], "price": [1.0, 2.5, None, 4.0]}),
+        tmp_path / "items.parquet",
+    )
     pd.DataFrame({"user": ["u1", "u2"], "country": ["DE", None]}).to_csv(tmp_path / "users.csv", index=False)
     tables = read_interaction_tables(
-        InteractionsConfig(path=str(tmp_path / "log.parquet"), user_column="user", item_column="sku",
-                           timestamp_column="ts", filter=RowFilter("event", ("buy", "cart"))),
-        users=TableConfig(path=str(tmp_path / "users.csv")), items=TableConfig(path=str(tmp_path / "items.parquet")),
+        InteractionsConfig(
+            path=str(tmp_path / "log.parquet"),
+            user_column="user",
+            item_column="sku",
+            timestamp_column="ts",
+            filter=RowFilter("event", ("buy", "cart")),
+        ),
+        users=TableConfig(path=str(tmp_path / "users.csv")),
+        items=TableConfig(path=str(tmp_path / "items.parquet")),
     )
     data = interaction_data(tables, max_history=2)
     assert data.candidates["sku"].tolist() == ["a", "b", "c", "d"]  # the whole items table
@@ -86,11 +100,23 @@ def test_unknown_items_dropped_or_refused():
     "log, items, pattern",
     [
         (_log(["u", None], ["a", "b"], [1, 2]), None, r"column 'user_id', row 1: the id is null"),
-        (_log(["u", "u"], ["a", 3], [1, 2]), None, r"column 'item_id', row 1: ids must all be integers or all be strings"),
+        (
+            _log(["u", "u"], ["a", 3], [1, 2]),
+            None,
+            r"column 'item_id', row 1: ids must all be integers or all be strings",
+        ),
         (_log(["u", "u"], [1, 0], [1, 2]), None, r"row 1: integer item ids must be positive"),
         (_log(["u", "u"], ["a", "b"], ["2024-01-01", "soon"]), None, r"column 'timestamp', row 1: 'soon' is neither"),
-        (_log(["u", "u"], ["a", "b"], [1, 2]), pd.DataFrame({"item_id": ["a", "b", "a"]}), r"'a' twice \(rows 0 and 2\)"),
-        (_log(["u", "u"], ["a", "b"], [1, 2]), pd.DataFrame({"item_id": [1, 2]}), r"holds integers but the interactions' strings"),
+        (
+            _log(["u", "u"], ["a", "b"], [1, 2]),
+            pd.DataFrame({"item_id": ["a", "b", "a"]}),
+            r"'a' twice \(rows 0 and 2\)",
+        ),
+        (
+            _log(["u", "u"], ["a", "b"], [1, 2]),
+            pd.DataFrame({"item_id": [1, 2]}),
+            r"holds integers but the interactions' strings",
+        ),
     ],
 )
 def test_bad_tables_are_named(log, items, pattern):
@@ -105,7 +131,9 @@ def test_configured_columns_must_exist(tmp_path):
         read_interaction_tables(InteractionsConfig(path=str(path), item_column="sku"))
     with pytest.raises(DataError, match=r"no column 'time' \(`data.interactions.timestamp_column`\)"):
         read_interaction_tables(InteractionsConfig(path=str(path), timestamp_column="time"))
-    with pytest.raises(DataError, match=r"no interaction has 'event' in \['view'\]; its most frequent values are \['buy'\]"):
+    with pytest.raises(
+        DataError, match=r"no interaction has 'event' in \['view'\]; its most frequent values are \['buy'\]"
+    ):
         read_interaction_tables(InteractionsConfig(path=str(path), filter=RowFilter("event", ("view",))))
 
 
@@ -113,8 +141,9 @@ def test_string_ids_of_a_long_log_are_made_once_each_not_once_a_row(tmp_path):
     # 60 users with 5 interactions each over 3 items, read from Parquet as pandas does (Arrow-backed text).
     users = [f"u{k}" for k in range(60) for _ in range(5)]
     items = [f"i{(k * 7 + j) % 3}" for k in range(60) for j in range(5)]
-    pq.write_table(pa.table({"user_id": users, "item_id": items, "timestamp": list(range(len(users)))}),
-                   tmp_path / "log.parquet")
+    pq.write_table(
+        pa.table({"user_id": users, "item_id": items, "timestamp": list(range(len(users)))}), tmp_path / "log.parquet"
+    )
     tables = read_interaction_tables(InteractionsConfig(path=str(tmp_path / "log.parquet")))
     data = interaction_data(tables, max_history=2)
     assert len(data.eval_targets) == 60 and set(data.eval_targets) <= {"i0", "i1", "i2"}

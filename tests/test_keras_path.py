@@ -84,8 +84,9 @@ def test_own_tf_data_pipeline_to_a_served_string_id_export(tmp_path):
         tt.FeatureSpec(
             query=(
                 tt.CategoricalFeature("user_id", dtype="string", embedding_dim=8),
-                tt.SequenceFeature("history", dtype="string", separator=None, embedding_dim=8,
-                                   embedding_table="item_id"),
+                tt.SequenceFeature(
+                    "history", dtype="string", separator=None, embedding_dim=8, embedding_table="item_id"
+                ),
             ),
             candidate=(tt.CategoricalFeature("item_id", dtype="string", embedding_dim=8),),
             candidate_id="item_id",
@@ -100,7 +101,8 @@ def test_own_tf_data_pipeline_to_a_served_string_id_export(tmp_path):
     )
     model = tt.build_model(spec, config, training_ids=train["item_id"], corpus=catalogue)
     assert (model.task.num_mixed_negatives, type(model.task.candidate_probability).__name__) == (
-        512, "CountsFrequencyTable"
+        512,
+        "CountsFrequencyTable",
     )  # the default loss: logQ from the training counts + mixed negatives
 
     dataset = tf.data.Dataset.from_tensor_slices((train, weights)).shuffle(256, seed=0).batch(32)
@@ -163,14 +165,18 @@ def test_build_model_names_the_data_its_loss_reads():
     spec = tt.FeatureSpec(
         query=(
             tt.CategoricalFeature("user_id", dtype="string", vocabulary=("a",)),
-            tt.SequenceFeature("history", dtype="string", separator=None, embedding_table="item_id",
-                               vocabulary=tuple(ITEMS)),
+            tt.SequenceFeature(
+                "history", dtype="string", separator=None, embedding_table="item_id", vocabulary=tuple(ITEMS)
+            ),
         ),
         candidate=(tt.CategoricalFeature("item_id", dtype="string", vocabulary=tuple(ITEMS)),),
         candidate_id="item_id",
     )
-    with pytest.raises(tt.ConfigError, match=r"pass `training_ids` \(the candidate id of every training example\) "
-                                              r"and `corpus` \(the candidate catalogue's feature columns\)"):
+    with pytest.raises(
+        tt.ConfigError,
+        match=r"pass `training_ids` \(the candidate id of every training example\) "
+        r"and `corpus` \(the candidate catalogue's feature columns\)",
+    ):
         tt.build_model(spec)
     with pytest.raises(tt.ConfigError, match=r"\(`loss.mixed_negatives`=512 draws .*\): pass `corpus`"):
         tt.build_model(spec, training_ids=ITEMS)

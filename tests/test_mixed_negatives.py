@@ -66,9 +66,7 @@ def test_generator_draws_advance_and_repeat_for_the_same_layer_seed():
 @pytest.mark.parametrize("seeded", [False, True])
 def test_draws_are_uniform_over_rows(seeded):
     sampler = MixedNegativeSampler(CORPUS, 2000, "movie_id", seed=1)
-    draws = np.concatenate(
-        [sampler.sample(seed=s if seeded else None)[1].numpy() for s in range(10)]
-    )
+    draws = np.concatenate([sampler.sample(seed=s if seeded else None)[1].numpy() for s in range(10)])
     observed = np.array([np.sum(draws == i) for i in CORPUS["movie_id"]])
     expected = len(draws) / 7
     chi_square = np.sum((observed - expected) ** 2 / expected)
@@ -103,8 +101,15 @@ def test_config_holds_the_corpus_schema_and_a_checkpoint_restores_the_rows(tmp_p
 
 def test_a_config_that_held_the_corpus_still_loads_it():
     # the form earlier versions wrote: the columns as lists, no `columns` schema
-    config = {"name": "mns", "trainable": True, "dtype": "float32", "num_negatives": 5, "candidate_id": "movie_id",
-              "seed": 2, "corpus": {name: values.tolist() for name, values in CORPUS.items()}}
+    config = {
+        "name": "mns",
+        "trainable": True,
+        "dtype": "float32",
+        "num_negatives": 5,
+        "candidate_id": "movie_id",
+        "seed": 2,
+        "corpus": {name: values.tolist() for name, values in CORPUS.items()},
+    }
     sampler = MixedNegativeSampler.from_config(config)
     assert sampler.get_config()["columns"]["tags"] == {"dtype": "int64", "shape": [7, 3]}
     features, ids, _ = sampler.sample(seed=3)
@@ -181,7 +186,11 @@ def test_saved_model_round_trip(tmp_path):
             {"columns": {"movie_id": {"dtype": "int64", "shape": [4]}}},
             "`columns` must describe `corpus` {'movie_id': {'dtype': 'int64', 'shape': [3]}}",
         ),
-        (None, {"columns": {"id": {"dtype": "int64", "shape": [3]}}}, "`candidate_id` must name a corpus column ['id']"),
+        (
+            None,
+            {"columns": {"id": {"dtype": "int64", "shape": [3]}}},
+            "`candidate_id` must name a corpus column ['id']",
+        ),
     ],
 )
 def test_constructor_validation(corpus, kwargs, message):

@@ -26,8 +26,14 @@ def _data(seed=0, rows=256):
 
 def _spec(data):
     spec = FeatureSpec(
-        query=(CategoricalFeature("user_id", embedding_dim=8), SequenceFeature("history", embedding_dim=8, embedding_table="item_id")),
-        candidate=(CategoricalFeature("item_id", embedding_dim=8), CategoricalFeature("category", dtype="string", embedding_dim=4)),
+        query=(
+            CategoricalFeature("user_id", embedding_dim=8),
+            SequenceFeature("history", embedding_dim=8, embedding_table="item_id"),
+        ),
+        candidate=(
+            CategoricalFeature("item_id", embedding_dim=8),
+            CategoricalFeature("category", dtype="string", embedding_dim=4),
+        ),
         candidate_id="item_id",
     )
     return adapt(spec, data)

@@ -92,9 +92,7 @@ def test_value_against_numpy(mode, options, seed):
     positive, negative, mask = _batch(seed)
     loss = modes.make_mode_loss(mode, **options)
     got = loss(tf.constant(positive), tf.constant(negative), tf.constant(mask))
-    np.testing.assert_allclose(
-        got.numpy(), _np_loss(mode, options, positive, negative, mask), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(got.numpy(), _np_loss(mode, options, positive, negative, mask), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode, options", CASES)
@@ -140,9 +138,7 @@ def test_non_finite_masked_negatives_are_ignored(mode, options):
     with tf.GradientTape() as tape:
         loss = modes.make_mode_loss(mode, **options)(positive, garbage, mask)
     gradient = tape.gradient(loss, garbage).numpy()
-    np.testing.assert_allclose(
-        loss.numpy(), _np_loss(mode, options, positive, negative, mask), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(loss.numpy(), _np_loss(mode, options, positive, negative, mask), rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(gradient))
     np.testing.assert_array_equal(gradient[~mask], 0.0)
 
@@ -200,9 +196,7 @@ def test_config_round_trip(mode, options):
     assert restored.get_config() == loss.get_config()
     assert type(loss).from_config(loss.get_config()).get_config() == loss.get_config()
     positive, negative, mask = _batch(7)
-    np.testing.assert_allclose(
-        restored(positive, negative, mask).numpy(), loss(positive, negative, mask).numpy()
-    )
+    np.testing.assert_allclose(restored(positive, negative, mask).numpy(), loss(positive, negative, mask).numpy())
 
 
 def test_saved_model_round_trip(tmp_path):
@@ -226,9 +220,5 @@ def test_saved_model_round_trip(tmp_path):
     weights = np.array([1.0, 0.5, 2.0, 1.0], np.float32)
     tf.saved_model.save(Losses(), str(tmp_path / "losses"))
     loaded = tf.saved_model.load(str(tmp_path / "losses"))
-    expected = [
-        _np_loss(mode, options, positive, negative, mask, weights) for mode, options in CASES
-    ]
-    np.testing.assert_allclose(
-        loaded(positive, negative, mask, weights).numpy(), expected, rtol=1e-5, atol=1e-6
-    )
+    expected = [_np_loss(mode, options, positive, negative, mask, weights) for mode, options in CASES]
+    np.testing.assert_allclose(loaded(positive, negative, mask, weights).numpy(), expected, rtol=1e-5, atol=1e-6)

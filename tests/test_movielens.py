@@ -22,8 +22,12 @@ from tfrec_pipelines.data import DataError
 from tfrec_pipelines.movielens import load_movielens
 
 EXPECTED_USERS = {
-    "ml-100k": {"gender": ["M", "F"], "age": [24, 53], "occupation": ["technician", "other"],
-                "zip_code": ["85711", "94043"]},
+    "ml-100k": {
+        "gender": ["M", "F"],
+        "age": [24, 53],
+        "occupation": ["technician", "other"],
+        "zip_code": ["85711", "94043"],
+    },
     "ml-1m": {"gender": ["F", "M"], "age": [1, 56], "occupation": ["10", "16"], "zip_code": ["48067", "70072"]},
     "ml-20m": {"gender": ["", ""], "age": [0, 0], "occupation": ["", ""], "zip_code": ["", ""]},
 }
@@ -60,9 +64,16 @@ def test_schema_is_the_same_in_every_layout(tmp_path, layout):
     assert data.query_features == ("user_id", "gender", "age", "occupation", "zip_code", "history")
     assert data.candidate_features == ("movie_id", "genres")
     assert data.candidate_id == "movie_id"
-    assert data.column_types == {"user_id": "int64", "gender": "string", "age": "int64", "occupation": "string",
-                                 "zip_code": "string", "history": "int64_list", "movie_id": "int64",
-                                 "genres": "string"}
+    assert data.column_types == {
+        "user_id": "int64",
+        "gender": "string",
+        "age": "int64",
+        "occupation": "string",
+        "zip_code": "string",
+        "history": "int64_list",
+        "movie_id": "int64",
+        "genres": "string",
+    }
     for table in (data.train, data.eval_queries, data.candidates):
         for column, values in table.items():
             expected = {"string": object, "int64": np.int64, "int64_list": np.int64}[data.column_types[column]]
@@ -79,8 +90,20 @@ def test_unknown_layout_lists_the_files_looked_for(tmp_path):
         load_movielens(tmp_path)
     message = str(error.value)
     assert str(tmp_path) in message
-    for name in ("ml-100k", "u.data", "u.user", "u.item", "u.genre", "ml-1m", "ratings.dat", "users.dat",
-                 "movies.dat", "ml-20m", "ratings.csv", "movies.csv"):
+    for name in (
+        "ml-100k",
+        "u.data",
+        "u.user",
+        "u.item",
+        "u.genre",
+        "ml-1m",
+        "ratings.dat",
+        "users.dat",
+        "movies.dat",
+        "ml-20m",
+        "ratings.csv",
+        "movies.csv",
+    ):
         assert name in message
 
 
@@ -106,11 +129,14 @@ def test_missing_column_in_headerless_file(tmp_path):
         load_movielens(directory)
 
 
-@pytest.mark.parametrize("layout, file, line, bad", [
-    ("ml-100k", "u.data", "1\t10\t4\t5\n2\t20\t3\t6\n3\tx\t4\t7\n", "line 3"),
-    ("ml-1m", "ratings.dat", "1::10::4::5\n2::20::3::oops\n", "line 2"),
-    ("ml-20m", "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4,5\n2,2.5,3,6\n", "line 3"),
-])
+@pytest.mark.parametrize(
+    "layout, file, line, bad",
+    [
+        ("ml-100k", "u.data", "1\t10\t4\t5\n2\t20\t3\t6\n3\tx\t4\t7\n", "line 3"),
+        ("ml-1m", "ratings.dat", "1::10::4::5\n2::20::3::oops\n", "line 2"),
+        ("ml-20m", "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4,5\n2,2.5,3,6\n", "line 3"),
+    ],
+)
 def test_non_numeric_value_names_file_column_and_line(tmp_path, layout, file, line, bad):
     directory = WRITERS[layout](tmp_path / layout)
     (directory / file).write_text(line)
@@ -170,8 +196,11 @@ def test_ratings_of_unknown_users_are_dropped_and_counted(tmp_path):
 
 
 # A repeat of user 1's last rating (movie 40 at t=200) with another score, in each layout's format.
-DUPLICATE_RATING = {"ml-100k": ("u.data", "1\t40\t2\t200\n"), "ml-1m": ("ratings.dat", "1::40::2::200\n"),
-                    "ml-20m": ("ratings.csv", "1,40,2.0,200\n")}
+DUPLICATE_RATING = {
+    "ml-100k": ("u.data", "1\t40\t2\t200\n"),
+    "ml-1m": ("ratings.dat", "1::40::2::200\n"),
+    "ml-20m": ("ratings.csv", "1,40,2.0,200\n"),
+}
 
 
 @pytest.mark.parametrize("layout", sorted(WRITERS))
@@ -233,11 +262,14 @@ def test_data_dir_that_is_a_file_is_named_first(tmp_path):
     assert str(error.value).startswith(f"{tmp_path / 'ratings.csv'} is not a directory")
 
 
-@pytest.mark.parametrize("layout, file, text, line", [
-    ("ml-100k", "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|Zürich\n", 3),
-    ("ml-1m", "users.dat", "1::F::1::10::48067\n2::M::56::16::Zürich\n3::M::25::15::55117\n", 2),
-    ("ml-20m", "movies.csv", "movieId,title,genres\n10,Heat (1995),Action\n20,Café (1995),Comedy\n", 3),
-])
+@pytest.mark.parametrize(
+    "layout, file, text, line",
+    [
+        ("ml-100k", "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|Zürich\n", 3),
+        ("ml-1m", "users.dat", "1::F::1::10::48067\n2::M::56::16::Zürich\n3::M::25::15::55117\n", 2),
+        ("ml-20m", "movies.csv", "movieId,title,genres\n10,Heat (1995),Action\n20,Café (1995),Comedy\n", 3),
+    ],
+)
 def test_latin_1_text_in_a_utf_8_file_names_file_and_line(tmp_path, layout, file, text, line):
     directory = WRITERS[layout](tmp_path / layout)
     (directory / file).write_bytes(text.encode("latin-1"))
@@ -246,17 +278,44 @@ def test_latin_1_text_in_a_utf_8_file_names_file_and_line(tmp_path, layout, file
     assert str(error.value).startswith(f"{directory / file}: line {line} is not valid utf-8 text")
 
 
-@pytest.mark.parametrize("layout, file, text, column, line, earlier", [
-    ("ml-100k", "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|T8H1N\n2|30|M|x|1\n",
-     "user_id", 4, 2),
-    ("ml-100k", "u.item", "10|A|01-Jan-1995||u|0|1|1|0\n20|B|01-Jan-1995||u|1|0|0|0\n10|C|01-Jan-1995||u|0|0|0|1\n",
-     "movie_id", 3, 1),
-    ("ml-1m", "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n3::F::1::1::1\n",
-     "user_id", 4, 3),
-    ("ml-1m", "movies.dat", "10::A::Action\n20::B::Drama\n30::C::Drama\n40::D::Drama\n20::E::Comedy\n",
-     "movie_id", 5, 2),
-    ("ml-20m", "movies.csv", "movieId,title,genres\n10,A,Action\n20,B,Drama\n10,C,Comedy\n", "movieId", 4, 2),
-])
+@pytest.mark.parametrize(
+    "layout, file, text, column, line, earlier",
+    [
+        (
+            "ml-100k",
+            "u.user",
+            "1|24|M|technician|85711\n2|53|F|other|94043\n3|23|M|writer|T8H1N\n2|30|M|x|1\n",
+            "user_id",
+            4,
+            2,
+        ),
+        (
+            "ml-100k",
+            "u.item",
+            "10|A|01-Jan-1995||u|0|1|1|0\n20|B|01-Jan-1995||u|1|0|0|0\n10|C|01-Jan-1995||u|0|0|0|1\n",
+            "movie_id",
+            3,
+            1,
+        ),
+        (
+            "ml-1m",
+            "users.dat",
+            "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n3::F::1::1::1\n",
+            "user_id",
+            4,
+            3,
+        ),
+        (
+            "ml-1m",
+            "movies.dat",
+            "10::A::Action\n20::B::Drama\n30::C::Drama\n40::D::Drama\n20::E::Comedy\n",
+            "movie_id",
+            5,
+            2,
+        ),
+        ("ml-20m", "movies.csv", "movieId,title,genres\n10,A,Action\n20,B,Drama\n10,C,Comedy\n", "movieId", 4, 2),
+    ],
+)
 def test_repeated_id_names_the_file_and_both_lines(tmp_path, layout, file, text, column, line, earlier):
     directory = WRITERS[layout](tmp_path / layout)
     (directory / file).write_text(text)
@@ -273,4 +332,5 @@ def test_id_too_large_for_int64_names_file_column_and_line(tmp_path):
     with pytest.raises(DataError) as error:
         load_movielens(directory)
     assert str(error.value).startswith(
-        f"{directory / 'u.data'}: column 'user_id' (int64), line 2: '99999999999999999999' does not fit in int64")
+        f"{directory / 'u.data'}: column 'user_id' (int64), line 2: '99999999999999999999' does not fit in int64"
+    )

@@ -24,18 +24,31 @@ def _shop(tmp_path):
     rows = []
     for user in users:
         for t in range(8):
-            rows.append((user, items[rng.integers(40)], f"2024-03-{1 + t:02d}T10:00:00",
-                         ["view", "purchase", "add_to_cart"][rng.integers(3)], float(rng.integers(1, 4))))
+            rows.append(
+                (
+                    user,
+                    items[rng.integers(40)],
+                    f"2024-03-{1 + t:02d}T10:00:00",
+                    ["view", "purchase", "add_to_cart"][rng.integers(3)],
+                    float(rng.integers(1, 4)),
+                )
+            )
     log = pd.DataFrame(rows, columns=["customer", "product", "time", "event", "quantity"])
     log.iloc[: len(log) // 2].to_parquet(tmp_path / "log-0.parquet")
-    log.iloc[len(log) // 2:].to_parquet(tmp_path / "log-1.parquet")
-    pq.write_table(pa.table({
-        "product": items,
-        "tags": [[f"tag{(i + k) % 7}" for k in range(1 + i % 3)] for i in range(40)],
-        "price": [float(1 + 3 * i) for i in range(40)],
-    }), tmp_path / "items.parquet")
+    log.iloc[len(log) // 2 :].to_parquet(tmp_path / "log-1.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "product": items,
+                "tags": [[f"tag{(i + k) % 7}" for k in range(1 + i % 3)] for i in range(40)],
+                "price": [float(1 + 3 * i) for i in range(40)],
+            }
+        ),
+        tmp_path / "items.parquet",
+    )
     pd.DataFrame({"customer": users, "country": [["DE", "FR", "JP"][u % 3] for u in range(60)]}).to_csv(
-        tmp_path / "users.csv", index=False)
+        tmp_path / "users.csv", index=False
+    )
     return log
 
 
@@ -43,21 +56,40 @@ def _shop(tmp_path):
 def test_own_parquet_tables_train_evaluate_export_and_verify_from_the_cli(tmp_path, capsys):
     log = _shop(tmp_path)
     run = tmp_path / "run"
-    own = ["--interactions", str(tmp_path / "log-*.parquet"), "--items", str(tmp_path / "items.parquet"),
-           "--users", str(tmp_path / "users.csv"),
-           "--set", "data.interactions.user_column=customer", "--set", "data.interactions.item_column=product",
-           "--set", "data.interactions.timestamp_column=time", "--set", "data.interactions.weight_column=quantity",
-           "--set", "data.interactions.filter={column: event, values: [purchase, add_to_cart]}"]
+    own = [
+        "--interactions",
+        str(tmp_path / "log-*.parquet"),
+        "--items",
+        str(tmp_path / "items.parquet"),
+        "--users",
+        str(tmp_path / "users.csv"),
+        "--set",
+        "data.interactions.user_column=customer",
+        "--set",
+        "data.interactions.item_column=product",
+        "--set",
+        "data.interactions.timestamp_column=time",
+        "--set",
+        "data.interactions.weight_column=quantity",
+        "--set",
+        "data.interactions.filter={column: event, values: [purchase, add_to_cart]}",
+    ]
     assert main(["train", "--output", str(run), *own, *SMALL]) == 0
     capsys.readouterr()
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50", "NDCG@100"}
     assert metrics["HR@50"] == 1.0  # 40 items, all within the top 50
     declared = json.loads((run / "features.json").read_text())
-    assert [(f["name"], f["kind"]) for f in declared["query"]] == [("customer", "id"), ("history", "history"),
-                                                                   ("country", "categorical")]
-    assert [(f["name"], f["kind"]) for f in declared["candidate"]] == [("product", "id"), ("tags", "multi_valued"),
-                                                                       ("price", "numeric")]
+    assert [(f["name"], f["kind"]) for f in declared["query"]] == [
+        ("customer", "id"),
+        ("history", "history"),
+        ("country", "categorical"),
+    ]
+    assert [(f["name"], f["kind"]) for f in declared["candidate"]] == [
+        ("product", "id"),
+        ("tags", "multi_valued"),
+        ("price", "numeric"),
+    ]
     kept = log[log.event.isin(["purchase", "add_to_cart"])]
     assert json.loads((run / "verification.json").read_text())["ok"]
 
@@ -99,20 +131,27 @@ def test_training_examples_carry_the_weight_and_only_the_filtered_events(tmp_pat
     from tfrec_towers.config import ExperimentConfig, apply_overrides
 
     log = _shop(tmp_path)
-    config = apply_overrides(ExperimentConfig(), [
-        "data.dataset=interactions", f"data.interactions.path={tmp_path / 'log-*.parquet'}",
-        "data.interactions.user_column=customer", "data.interactions.item_column=product",
-        "data.interactions.timestamp_column=time", "data.interactions.weight_column=quantity",
-        "data.interactions.filter={column: event, values: [purchase]}",
-    ])
+    config = apply_overrides(
+        ExperimentConfig(),
+        [
+            "data.dataset=interactions",
+            f"data.interactions.path={tmp_path / 'log-*.parquet'}",
+            "data.interactions.user_column=customer",
+            "data.interactions.item_column=product",
+            "data.interactions.timestamp_column=time",
+            "data.interactions.weight_column=quantity",
+            "data.interactions.filter={column: event, values: [purchase]}",
+        ],
+    )
     prepared = prepare_data(config)
     kept = log[log.event == "purchase"].sort_values(["customer", "time", "product"], kind="stable")
     last = kept.groupby("customer").tail(1).index
     train = kept.drop(index=last)
     train = train[train.customer.isin(kept.customer.value_counts()[lambda c: c >= 2].index)]
     assert prepared.weight_column == "quantity"
-    assert sorted(zip(prepared.data.train["customer"], prepared.data.train["product"], prepared.data.train["quantity"])) \
-        == sorted(zip(train.customer, train["product"], train.quantity.astype(np.float32)))
+    assert sorted(
+        zip(prepared.data.train["customer"], prepared.data.train["product"], prepared.data.train["quantity"])
+    ) == sorted(zip(train.customer, train["product"], train.quantity.astype(np.float32)))
 
 
 @pytest.mark.parametrize("ids", [["a", "b", "c"], [7, 8, 9]])
@@ -129,13 +168,19 @@ def test_the_sample_weight_scales_each_example_of_the_loss(ids):
     dtype = "string" if isinstance(ids[0], str) else "int64"
     values = np.array(ids, dtype=object if dtype == "string" else np.int64)
     features = {"user": values, "item": values[::-1].copy()}
-    spec = adapt(FeatureSpec(query=(CategoricalFeature("user", dtype=dtype, embedding_dim=4),),
-                             candidate=(CategoricalFeature("item", dtype=dtype, embedding_dim=4),), candidate_id="item"),
-                 features)
+    spec = adapt(
+        FeatureSpec(
+            query=(CategoricalFeature("user", dtype=dtype, embedding_dim=4),),
+            candidate=(CategoricalFeature("item", dtype=dtype, embedding_dim=4),),
+            candidate_id="item",
+        ),
+        features,
+    )
     tf.keras.utils.set_random_seed(0)
     no_history = HistoryEncoderConfig(encoder="pooling")
-    query, candidate = build_towers(spec, TowerConfig(hidden_units=(), output_dim=4),
-                                    TowerConfig(hidden_units=(), output_dim=4), no_history)
+    query, candidate = build_towers(
+        spec, TowerConfig(hidden_units=(), output_dim=4), TowerConfig(hidden_units=(), output_dim=4), no_history
+    )
     model = TwoTowerModel(query, candidate, "item", task=in_batch_softmax_task(0.5), sample_weight_feature="w")
     weights = np.array([2.0, 0.0, 1.0], np.float32)
     batch = {k: tf.constant(v) for k, v in features.items()}
@@ -164,24 +209,75 @@ def _bad_inputs(tmp_path):
     pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["a"]}), tmp_path / "shards" / "a.parquet")
     pq.write_table(pa.table({"user_id": ["u1"], "item_id": [3]}), tmp_path / "shards" / "b.parquet")
     cases.append(("mixed dtype across shards", ["--interactions", str(tmp_path / "shards")], "b.parquet"))
-    cases.append(("null id", ["--interactions", table("null", "user_id,item_id\nu1,a\n,b\n")], "row 1: the id is empty"))
-    cases.append(("duplicate item key", ["--interactions", str(good), "--items", table("items", "item_id,x\na,1\na,2\n")],
-                  "'a' twice"))
-    cases.append(("unknown item refused", ["--interactions", str(good), "--items", table("few", "item_id\na\nb\n"),
-                                           "--set", "data.unknown_items=error"], "missing from"))
-    cases.append(("empty after filter", ["--interactions", str(good), "--set",
-                                         "data.interactions.filter={column: event, values: [refund]}"], "refund"))
+    cases.append(
+        ("null id", ["--interactions", table("null", "user_id,item_id\nu1,a\n,b\n")], "row 1: the id is empty")
+    )
+    cases.append(
+        (
+            "duplicate item key",
+            ["--interactions", str(good), "--items", table("items", "item_id,x\na,1\na,2\n")],
+            "'a' twice",
+        )
+    )
+    cases.append(
+        (
+            "unknown item refused",
+            [
+                "--interactions",
+                str(good),
+                "--items",
+                table("few", "item_id\na\nb\n"),
+                "--set",
+                "data.unknown_items=error",
+            ],
+            "missing from",
+        )
+    )
+    cases.append(
+        (
+            "empty after filter",
+            ["--interactions", str(good), "--set", "data.interactions.filter={column: event, values: [refund]}"],
+            "refund",
+        )
+    )
     cases.append(("glob matching nothing", ["--interactions", str(tmp_path / "nothing-*.parquet")], "matches no file"))
-    cases.append(("unreadable file", ["--interactions", table("broken", b"PAR1 not really", ".parquet")], "broken.parquet"))
-    cases.append(("bad timestamp", ["--interactions", table("time", "user_id,item_id,timestamp\nu1,a,soon\nu1,b,later\n")],
-                  "neither a number nor a date"))
-    cases.append(("not UTF-8", ["--interactions", table("latin", "user_id,item_id\nu1,Caf\xe9\n".encode("latin-1"))],
-                  "UTF-8"))
-    cases.append(("negative weight", ["--interactions", table("w", "user_id,item_id,w\nu1,a,1\nu1,b,-2\n"),
-                                      "--set", "data.interactions.weight_column=w"], "≥ 0"))
-    cases.append(("declared column absent", ["--interactions", str(good), "--set",
-                                             "features.candidate=[{name: item_id, kind: id}, {name: price, kind: numeric}]"],
-                  "'price'"))
+    cases.append(
+        ("unreadable file", ["--interactions", table("broken", b"PAR1 not really", ".parquet")], "broken.parquet")
+    )
+    cases.append(
+        (
+            "bad timestamp",
+            ["--interactions", table("time", "user_id,item_id,timestamp\nu1,a,soon\nu1,b,later\n")],
+            "neither a number nor a date",
+        )
+    )
+    cases.append(
+        ("not UTF-8", ["--interactions", table("latin", "user_id,item_id\nu1,Caf\xe9\n".encode("latin-1"))], "UTF-8")
+    )
+    cases.append(
+        (
+            "negative weight",
+            [
+                "--interactions",
+                table("w", "user_id,item_id,w\nu1,a,1\nu1,b,-2\n"),
+                "--set",
+                "data.interactions.weight_column=w",
+            ],
+            "≥ 0",
+        )
+    )
+    cases.append(
+        (
+            "declared column absent",
+            [
+                "--interactions",
+                str(good),
+                "--set",
+                "features.candidate=[{name: item_id, kind: id}, {name: price, kind: numeric}]",
+            ],
+            "'price'",
+        )
+    )
     return cases
 
 

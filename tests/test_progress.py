@@ -33,7 +33,7 @@ def screen(stream):
     for line in stream.getvalue().split("\n"):
         shown = ""
         for part in line.split("\r"):
-            shown = part + shown[len(part):]
+            shown = part + shown[len(part) :]
         lines.append(shown.rstrip())
     return lines
 
@@ -174,7 +174,12 @@ def test_target_ranks_logs_the_number_of_queries(caplog, monkeypatch):
     rng = np.random.default_rng(0)
     queries, candidates = rng.normal(size=(7, 4)), rng.normal(size=(30, 4))
     ranks = target_ranks(
-        queries, candidates, np.arange(1, 31), np.arange(1, 8), np.zeros(8, np.int64), np.zeros(0, np.int64),
+        queries,
+        candidates,
+        np.arange(1, 31),
+        np.arange(1, 8),
+        np.zeros(8, np.int64),
+        np.zeros(0, np.int64),
         query_chunk=3,
     )
     scores = queries @ candidates.T

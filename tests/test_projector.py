@@ -83,9 +83,15 @@ def test_embeddings_need_tensorboard():
 @pytest.mark.slow
 def test_a_training_run_writes_its_candidates_for_the_projector(tmp_path):
     config = tiny_config(
-        "data.num_items=120", "data.num_users=40", "data.interactions_per_user=6", "data.max_history=4",
-        "training.batch_size=64", "export.k=5", "export.verify=false",
-        "training.tensorboard=true", "training.tensorboard_embeddings=true",
+        "data.num_items=120",
+        "data.num_users=40",
+        "data.interactions_per_user=6",
+        "data.max_history=4",
+        "training.batch_size=64",
+        "export.k=5",
+        "export.verify=false",
+        "training.tensorboard=true",
+        "training.tensorboard_embeddings=true",
     )
     run = tmp_path / "run"
     result = train(config, run, verbose=0)

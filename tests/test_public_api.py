@@ -21,8 +21,7 @@ NUM_USERS, NUM_GROUPS, ITEMS_PER_GROUP, INTERACTIONS_PER_USER = 300, 20, 10, 12
 def _fresh(code: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_USE_LEGACY_KERAS", None)  # the package must set it itself
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=900)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
 
 @pytest.mark.parametrize("package", [tt, tfrec_pipelines], ids=["tfrec_towers", "tfrec_pipelines"])
@@ -82,8 +81,11 @@ def _grouped_interactions(path: Path) -> None:
         group = user % NUM_GROUPS
         for timestamp in range(INTERACTIONS_PER_USER):
             own = rng.random() < 0.9
-            item = group * ITEMS_PER_GROUP + rng.integers(ITEMS_PER_GROUP) if own else rng.integers(
-                NUM_GROUPS * ITEMS_PER_GROUP)
+            item = (
+                group * ITEMS_PER_GROUP + rng.integers(ITEMS_PER_GROUP)
+                if own
+                else rng.integers(NUM_GROUPS * ITEMS_PER_GROUP)
+            )
             rows.append((f"u{user}", f"i{item}", timestamp))
     pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
 

@@ -13,7 +13,7 @@ README = README_PATH.read_text(encoding="utf-8")
 
 
 def _yaml_block_after(heading: str) -> dict:
-    section = README[README.index(heading):]
+    section = README[README.index(heading) :]
     return yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
 
 
@@ -23,7 +23,10 @@ def test_the_configuration_block_is_the_default_configuration():
 
 def test_the_your_data_example_is_a_valid_configuration():
     config = config_from_dict(_yaml_block_after("## Your data"))
-    assert config.data.dataset == "interactions" and config.data.interactions.filter.values == ("purchase", "add_to_cart")
+    assert config.data.dataset == "interactions" and config.data.interactions.filter.values == (
+        "purchase",
+        "add_to_cart",
+    )
     assert [d.kind for d in config.features.candidate] == ["id", "multi_valued", "numeric", "categorical"]
 
 

@@ -36,7 +36,12 @@ PLOTS = {"loss.png", "hit_rate_at_k.png", "ndcg_at_k.png", "popularity_recall.pn
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 TUNING = {
-    "k": 10, "target_recall": 0.9, "num_candidates": 300, "num_queries": 50, "batch_size": 50, "target_met": True,
+    "k": 10,
+    "target_recall": 0.9,
+    "num_candidates": 300,
+    "num_queries": 50,
+    "batch_size": 50,
+    "target_met": True,
     "chosen": {"config": {"kind": "scann"}, "recall": 0.93, "queries_per_second": 2000.0, "build_seconds": 0.1},
     "frontier": [
         {"config": {"kind": "scann"}, "recall": 0.93, "queries_per_second": 2000.0, "build_seconds": 0.1},
@@ -49,9 +54,16 @@ TUNING = {
     ],
 }
 VERIFICATION = {
-    "ok": True, "export_path": "x", "checks": [],
-    "metrics": {"k": 20, "recall_at_k": 0.987, "latency_ms": {"p50": 1.25, "p99": 3.5, "num_requests": 10},
-                "batched_qps": 4321.0, "qps_batch_size": 64},
+    "ok": True,
+    "export_path": "x",
+    "checks": [],
+    "metrics": {
+        "k": 20,
+        "recall_at_k": 0.987,
+        "latency_ms": {"p50": 1.25, "p99": 3.5, "num_requests": 10},
+        "batched_qps": 4321.0,
+        "qps_batch_size": 64,
+    },
 }
 
 
@@ -130,7 +142,10 @@ def test_popularity_buckets_hand_computed():
     targets = np.array([2, 2, 5, 9, 30, 30, 30])
     buckets = popularity_buckets(ranks, targets, item_counts)
     assert [(b.label, b.num_items, b.num_queries) for b in buckets] == [
-        ("1–2", 2, 2), ("3–6", 1, 1), ("7–14", 1, 1), ("15–30", 1, 3),
+        ("1–2", 2, 2),
+        ("3–6", 1, 1),
+        ("7–14", 1, 1),
+        ("15–30", 1, 3),
     ]
     assert [b.hit_rate[10] for b in buckets] == [0.5, 1.0, 0.0, pytest.approx(1 / 3)]
     assert [b.hit_rate[50] for b in buckets] == [1.0, 1.0, 0.0, 1.0]
@@ -199,7 +214,7 @@ def _check_report(path, expected_plots):
     for img in parser.images:
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix)
-        embedded = base64.b64decode(img["src"][len(prefix):])
+        embedded = base64.b64decode(img["src"][len(prefix) :])
         on_disk = (path.parent / img["data-file"]).read_bytes()
         assert embedded == on_disk and on_disk.startswith(PNG_MAGIC)
         pixels = matplotlib.image.imread(path.parent / img["data-file"])
@@ -216,8 +231,11 @@ def _metric_rows(parser, baseline=False):
     """``{run: {metric: value}}`` of the metrics table: the runs' rows, or the baseline rows."""
     header, *rows = parser.tables[0]
     columns = [*METRIC_KEYS, "top-10 coverage"] if baseline else METRIC_KEYS
-    return {row[0]: {key: float(row[header.index(key)]) for key in columns}
-            for row in rows if row[0].startswith(BASELINE) == baseline}
+    return {
+        row[0]: {key: float(row[header.index(key)]) for key in columns}
+        for row in rows
+        if row[0].startswith(BASELINE) == baseline
+    }
 
 
 def test_one_run_report_holds_every_plot(runs, tmp_path):
@@ -335,8 +353,9 @@ def test_unseen_top_k_matches_a_sorted_oracle_with_ties_and_chunks():
     targets = rng.choice(ids, size=11)
     seen = [rng.choice(ids, size=rng.integers(0, 16), replace=False) for _ in range(11)]
     indptr = np.r_[0, np.cumsum([len(s) for s in seen])]
-    top = unseen_top_k(queries, candidates, ids, targets, indptr, np.concatenate(seen), k=5,
-                       query_chunk=3, candidate_chunk=4)
+    top = unseen_top_k(
+        queries, candidates, ids, targets, indptr, np.concatenate(seen), k=5, query_chunk=3, candidate_chunk=4
+    )
     scores = queries @ candidates.T
     for u in range(11):
         allowed = [r for r in range(17) if ids[r] == targets[u] or ids[r] not in set(seen[u].tolist())]
@@ -353,18 +372,32 @@ def own_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("own_report")
     rng = np.random.default_rng(0)
     items = [f"sku-{i:03d}" for i in range(OWN_ITEMS)]
-    log = pd.DataFrame([(f"user-{u}", items[rng.integers(OWN_ITEMS)], t) for u in range(60) for t in range(8)],
-                       columns=["customer", "product", "time"])
+    log = pd.DataFrame(
+        [(f"user-{u}", items[rng.integers(OWN_ITEMS)], t) for u in range(60) for t in range(8)],
+        columns=["customer", "product", "time"],
+    )
     log.to_csv(root / "log.csv", index=False)
-    table = pd.DataFrame({"product": items, "tags": [[f"tag{(i + k) % 7}" for k in range(1 + i % 3)] for i in range(40)],
-                          "price": [1.5 + 3 * i for i in range(OWN_ITEMS)]})
+    table = pd.DataFrame(
+        {
+            "product": items,
+            "tags": [[f"tag{(i + k) % 7}" for k in range(1 + i % 3)] for i in range(40)],
+            "price": [1.5 + 3 * i for i in range(OWN_ITEMS)],
+        }
+    )
     pq.write_table(pa.Table.from_pandas(table), root / "items.parquet")
-    config = apply_overrides(ExperimentConfig(), [
-        "data.dataset=interactions", f"data.interactions.path={root / 'log.csv'}",
-        f"data.items.path={root / 'items.parquet'}", "data.interactions.user_column=customer",
-        "data.interactions.item_column=product", "data.interactions.timestamp_column=time",
-        *TINY_OWN_TABLES, "export.verify=false",
-    ])
+    config = apply_overrides(
+        ExperimentConfig(),
+        [
+            "data.dataset=interactions",
+            f"data.interactions.path={root / 'log.csv'}",
+            f"data.items.path={root / 'items.parquet'}",
+            "data.interactions.user_column=customer",
+            "data.interactions.item_column=product",
+            "data.interactions.timestamp_column=time",
+            *TINY_OWN_TABLES,
+            "export.verify=false",
+        ],
+    )
     run_dir = train(config, root / "run", verbose=0).run_dir
     return run_dir, log, table.set_index("product"), collect_run(run_dir)
 
@@ -393,8 +426,10 @@ def test_own_tables_report_shows_the_baseline_coverage_and_example_users(own_run
     # Coverage oracles: the model's top 10 from the full score matrix, the baseline's from the counts.
     config, _, model = load_run(run_dir)
     data = load_data(config)
-    scores = compute_embeddings(model.query_tower, data.eval_queries) @ compute_embeddings(
-        model.candidate_tower, data.candidates).T
+    scores = (
+        compute_embeddings(model.query_tower, data.eval_queries)
+        @ compute_embeddings(model.candidate_tower, data.candidates).T
+    )
     catalogue = list(data.candidates["product"])
     model_top, popular_top = set(), set()
     for u, user in enumerate(users):
@@ -409,10 +444,12 @@ def test_own_tables_report_shows_the_baseline_coverage_and_example_users(own_run
     header, *rows = parser.tables[0]
     run_row = next(r for r in rows if r[0] == run_dir.name)
     assert float(run_row[header.index("top-10 coverage")]) == pytest.approx(len(model_top) / OWN_ITEMS, abs=5e-5)
-    assert _metric_rows(parser, baseline=True) == {BASELINE: {
-        **{k: pytest.approx(v, abs=5e-5) for k, v in expected.items()},
-        "top-10 coverage": pytest.approx(len(popular_top) / OWN_ITEMS, abs=5e-5),
-    }}
+    assert _metric_rows(parser, baseline=True) == {
+        BASELINE: {
+            **{k: pytest.approx(v, abs=5e-5) for k, v in expected.items()},
+            "top-10 coverage": pytest.approx(len(popular_top) / OWN_ITEMS, abs=5e-5),
+        }
+    }
     text = path.read_text(encoding="utf-8")
     assert "The run has no validation split" in text
 

@@ -39,13 +39,25 @@ from tfrec_towers.config import ConfigError, ExperimentConfig, TrainingConfig, a
 # Small synthetic data with every piece of loss state a checkpoint must carry: the streaming
 # frequency estimator, the memory bank and the mixed-negative draw counter.
 SMALL = [
-    "data.num_items=200", "data.num_users=100", "data.interactions_per_user=10", "data.max_history=6", *TINY_TOWERS,
-    "training.epochs=3", "training.batch_size=64", "training.checkpoint_every_steps=4",
-    "loss.logq=streaming", "loss.frequency.hash_buckets=1024", "loss.memory_bank_size=64", "loss.mixed_negatives=8",
-    "export.k=10", "export.verify=false",
+    "data.num_items=200",
+    "data.num_users=100",
+    "data.interactions_per_user=10",
+    "data.max_history=6",
+    *TINY_TOWERS,
+    "training.epochs=3",
+    "training.batch_size=64",
+    "training.checkpoint_every_steps=4",
+    "loss.logq=streaming",
+    "loss.frequency.hash_buckets=1024",
+    "loss.memory_bank_size=64",
+    "loss.mixed_negatives=8",
+    "export.k=10",
+    "export.verify=false",
 ]
 CONFIG = apply_overrides(ExperimentConfig(), SMALL)
-RESUMED = re.compile(r"Resuming from step (\d+) \(epoch (\d+) of 3, after batch (\d+) of (\d+)\) of (\S+): (\d+) of (\d+) steps left")
+RESUMED = re.compile(
+    r"Resuming from step (\d+) \(epoch (\d+) of 3, after batch (\d+) of (\d+)\) of (\S+): (\d+) of (\d+) steps left"
+)
 
 
 def _steps_per_epoch():
@@ -91,10 +103,12 @@ def cli_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     per_epoch = _steps_per_epoch()
     reference, killed, interrupted = _start(root / "reference"), _start(root / "killed"), _start(root / "interrupted")
-    _signal_at_checkpoints([
-        (killed, root / "killed", lambda step: step % per_epoch, signal.SIGKILL),  # a mid-epoch checkpoint
-        (interrupted, root / "interrupted", lambda step: True, signal.SIGINT),
-    ])
+    _signal_at_checkpoints(
+        [
+            (killed, root / "killed", lambda step: step % per_epoch, signal.SIGKILL),  # a mid-epoch checkpoint
+            (interrupted, root / "interrupted", lambda step: True, signal.SIGINT),
+        ]
+    )
     killed.communicate()
     steps_at_kill = _checkpoint_steps(root / "killed")
     interrupted_out = interrupted.communicate()
@@ -108,7 +122,11 @@ def cli_runs(tmp_path_factory):
         "root": root,
         "per_epoch": per_epoch,
         "killed": {"code": killed.returncode, "steps": steps_at_kill, "rerun_stderr": outputs["killed"][1]},
-        "interrupted": {"code": interrupted.returncode, "stderr": interrupted_out[1], "rerun_stderr": outputs["interrupted"][1]},
+        "interrupted": {
+            "code": interrupted.returncode,
+            "stderr": interrupted_out[1],
+            "rerun_stderr": outputs["interrupted"][1],
+        },
     }
 
 
@@ -139,7 +157,10 @@ def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_uninterrupted_res
 def test_ctrl_c_writes_a_checkpoint_exits_130_and_the_rerun_finishes(cli_runs):
     root, interrupted = cli_runs["root"], cli_runs["interrupted"]
     assert interrupted["code"] == 130, (interrupted["code"], interrupted["stderr"][-3000:])
-    match = re.search(r"Interrupted at step (\d+); checkpoint written to (\S+); rerun the same command to resume", interrupted["stderr"])
+    match = re.search(
+        r"Interrupted at step (\d+); checkpoint written to (\S+); rerun the same command to resume",
+        interrupted["stderr"],
+    )
     assert match, interrupted["stderr"][-3000:]
     step = int(match.group(1))
     assert match.group(2) == str(partial_directory(root / "interrupted") / CHECKPOINTS_DIR / f"ckpt-{step}")
@@ -158,7 +179,7 @@ def test_epoch_order_depends_only_on_seed_and_epoch_and_resumes_at_any_step(seed
     expected = []  # the numpy reference: per epoch, the permutation of default_rng([seed, epoch]) in batches
     for epoch in range(epochs):
         order = np.random.default_rng([seed, epoch]).permutation(rows)
-        expected += [order[i:i + batch].tolist() for i in range(0, rows, batch)]
+        expected += [order[i : i + batch].tolist() for i in range(0, rows, batch)]
     assert len(expected) == 9
     for start in range(len(expected) + 1):
         batches = list(epoch_batches(features, batch, seed=seed, epochs=epochs, start_step=start))
@@ -258,7 +279,10 @@ def test_sigint_in_process_saves_stops_and_restores_the_previous_handler(small, 
 @pytest.mark.slow
 @pytest.mark.parametrize("learning_rate", ["1.0e+30", "1.0e+38"])
 def test_divergence_stops_with_the_last_good_checkpoint_which_is_finite(tmp_path, learning_rate):
-    config = apply_overrides(CONFIG, ["training.optimizer=sgd", f"training.learning_rate={learning_rate}", "training.checkpoint_every_steps=1"])
+    config = apply_overrides(
+        CONFIG,
+        ["training.optimizer=sgd", f"training.learning_rate={learning_rate}", "training.checkpoint_every_steps=1"],
+    )
     with pytest.raises(RunError, match=r"Training diverged at step \d+ \(epoch 1\)") as error:
         train(config, tmp_path / "run", verbose=0)
     message = str(error.value)
@@ -278,7 +302,9 @@ def test_divergence_stops_with_the_last_good_checkpoint_which_is_finite(tmp_path
 
 
 def _fake_checkpoint(work):
-    tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(work / CHECKPOINTS_DIR), 1).save(checkpoint_number=3)
+    tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(work / CHECKPOINTS_DIR), 1).save(
+        checkpoint_number=3
+    )
 
 
 def test_a_partial_run_of_another_configuration_is_refused_naming_the_keys(tmp_path):
@@ -290,10 +316,15 @@ def test_a_partial_run_of_another_configuration_is_refused_naming_the_keys(tmp_p
                 (work / name).mkdir()
                 (work / name / "file").write_text("written before the failure")
             raise RuntimeError("boom")
-    assert work == tmp_path / ".run.partial" and json.loads((work / "config.json").read_text())["training"]["epochs"] == 3
+    assert (
+        work == tmp_path / ".run.partial" and json.loads((work / "config.json").read_text())["training"]["epochs"] == 3
+    )
     other = apply_overrides(CONFIG, ["training.learning_rate=0.01", "loss.memory_bank_size=32"])
-    with pytest.raises(RunError, match=r"another configuration \(differing keys: loss.memory_bank_size, training.learning_rate\)"
-                       r".*delete that directory"):
+    with pytest.raises(
+        RunError,
+        match=r"another configuration \(differing keys: loss.memory_bank_size, training.learning_rate\)"
+        r".*delete that directory",
+    ):
         with partial_run(output, other):
             pass
     with partial_run(output, CONFIG, keep=["tensorboard"]) as again:  # the same configuration resumes it
@@ -335,8 +366,9 @@ def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_o
     make_model, columns = small
     directory = tmp_path / CHECKPOINTS_DIR
     with pytest.raises(RuntimeError, match="crash"):  # checkpoints at steps 4 and 8, then a crash
-        fit_model(make_model(), columns, CONFIG.training, 0, [_Crash(snapshot_at=0, crash_at=10)],
-                  checkpoints=directory)
+        fit_model(
+            make_model(), columns, CONFIG.training, 0, [_Crash(snapshot_at=0, crash_at=10)], checkpoints=directory
+        )
     listed = tf.train.get_checkpoint_state(str(directory)).all_model_checkpoint_paths
     assert [Path(path).name for path in listed] == ["ckpt-4", "ckpt-8"]
     _truncate(directory / "ckpt-8")  # as a full disk or a kill while it was written leaves it
@@ -361,8 +393,11 @@ def test_no_readable_checkpoint_is_a_run_error_naming_the_directory(tmp_path):
             raise RuntimeError("boom")
     _truncate(work / CHECKPOINTS_DIR / "ckpt-3")
     checkpoints = work / CHECKPOINTS_DIR
-    with pytest.raises(RunError, match=rf"None of the checkpoints in {checkpoints} can be read \("
-                       rf"{checkpoints / 'ckpt-3'}: .*\)\. Delete {checkpoints} to start the run over\."):
+    with pytest.raises(
+        RunError,
+        match=rf"None of the checkpoints in {checkpoints} can be read \("
+        rf"{checkpoints / 'ckpt-3'}: .*\)\. Delete {checkpoints} to start the run over\.",
+    ):
         with partial_run(output, CONFIG):
             pass
     assert (work / CHECKPOINTS_DIR / "ckpt-3.index").exists()  # nothing deleted: the user decides
@@ -385,10 +420,13 @@ def test_ctrl_c_while_exporting_after_training_keeps_the_run_and_the_rerun_only_
     caplog.set_level(logging.INFO, logger="tfrec_pipelines")
     output = tmp_path / "run"
     work = partial_directory(output)
-    with pytest.raises(TrainingInterrupted, match=re.escape(
-        f"Interrupted after training, while evaluating and exporting; the trained run is kept in {work}: "
-        "rerun the same command to evaluate and export it (training is not repeated)."
-    )):
+    with pytest.raises(
+        TrainingInterrupted,
+        match=re.escape(
+            f"Interrupted after training, while evaluating and exporting; the trained run is kept in {work}: "
+            "rerun the same command to evaluate and export it (training is not repeated)."
+        ),
+    ):
         train(CONFIG, output, verbose=0)
     assert "Training finished: evaluating and exporting the run." in caplog.text
     assert not output.exists() and (work / CHECKPOINTS_DIR).is_dir()

@@ -27,14 +27,35 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def _split():
     """User 1: 5 6 7 | 8; user 2: 3 9 4 2 | 7; user 3: 1 | 2 (no pair); user 4: 4 (not evaluated)."""
-    interactions = [(1, 5, 1), (1, 6, 2), (1, 7, 3), (1, 8, 4), (2, 3, 1), (2, 9, 2), (2, 4, 3), (2, 2, 4),
-                    (2, 7, 5), (3, 1, 1), (3, 2, 2), (4, 4, 1)]
+    interactions = [
+        (1, 5, 1),
+        (1, 6, 2),
+        (1, 7, 3),
+        (1, 8, 4),
+        (2, 3, 1),
+        (2, 9, 2),
+        (2, 4, 3),
+        (2, 2, 4),
+        (2, 7, 5),
+        (3, 1, 1),
+        (3, 2, 2),
+        (4, 4, 1),
+    ]
     users, items, times = (np.array(c, np.int64) for c in zip(*interactions))
     return leave_last_out(
-        name="tiny", user_ids=users, item_ids=items, timestamps=times,
+        name="tiny",
+        user_ids=users,
+        item_ids=items,
+        timestamps=times,
         users={"user_id": np.arange(1, 5, dtype=np.int64), "gender": np.array(["F", "M", "F", "M"], object)},
-        candidates={"movie_id": np.arange(1, 10, dtype=np.int64), "genres": np.array([f"g{i % 3}" for i in range(1, 10)], object)},
-        user_id="user_id", candidate_id="movie_id", column_types={}, max_history=3,
+        candidates={
+            "movie_id": np.arange(1, 10, dtype=np.int64),
+            "genres": np.array([f"g{i % 3}" for i in range(1, 10)], object),
+        },
+        user_id="user_id",
+        candidate_id="movie_id",
+        column_types={},
+        max_history=3,
     )
 
 
@@ -78,13 +99,18 @@ def test_sequence_examples_refuse_rows_out_of_time_order():
 def _model(task, data):
     spec = adapt(
         FeatureSpec(
-            query=(CategoricalFeature("user_id", embedding_dim=4),
-                   SequenceFeature("history", embedding_dim=8, embedding_table="movie_id")),
-            candidate=(CategoricalFeature("movie_id", embedding_dim=8),
-                       SequenceFeature("genres", dtype="string", embedding_dim=4)),
+            query=(
+                CategoricalFeature("user_id", embedding_dim=4),
+                SequenceFeature("history", embedding_dim=8, embedding_table="movie_id"),
+            ),
+            candidate=(
+                CategoricalFeature("movie_id", embedding_dim=8),
+                SequenceFeature("genres", dtype="string", embedding_dim=4),
+            ),
             candidate_id="movie_id",
         ),
-        data.train, data.candidates,
+        data.train,
+        data.candidates,
     )
     history = HistoryEncoderConfig(encoder="transformer", num_layers=1, num_heads=2, dropout=0.0, max_length=4)
     tower = TowerConfig(hidden_units=(8,), output_dim=8)
@@ -107,8 +133,13 @@ def test_every_position_loss_is_the_mean_of_the_per_prefix_losses(loss):
     tf.keras.utils.set_random_seed(0)
     data = _split()
     ids_seen = data.train["movie_id"]
-    task = build_retrieval_task(PLAIN_IN_BATCH if loss == "tfrs in-batch" else LossConfig(logq="counts", mixed_negatives=0), 0.2, 8, "int64",
-                                training_ids=ids_seen)
+    task = build_retrieval_task(
+        PLAIN_IN_BATCH if loss == "tfrs in-batch" else LossConfig(logq="counts", mixed_negatives=0),
+        0.2,
+        8,
+        "int64",
+        training_ids=ids_seen,
+    )
     model = _model(task, data)
     sequences = sequence_examples(data.train, ["movie_id", "genres"], "movie_id", max_length=4)
     batch = {k: tf.constant(v, tf.string if v.dtype == object else tf.int64) for k, v in sequences.items()}
@@ -117,11 +148,20 @@ def test_every_position_loss_is_the_mean_of_the_per_prefix_losses(loss):
     queries, candidates, ids = [], [], []
     for b, pos in zip(*np.nonzero(sequences["movie_id"])):  # one per-prefix call per position
         prefix = np.zeros((1, 5), np.int64)
-        prefix[0, 5 - (pos + 1):] = sequences["history"][b, : pos + 1]
-        queries.append(model.query_tower({"history": tf.constant(prefix),
-                                          "user_id": tf.constant(sequences["user_id"][b : b + 1])}).numpy()[0])
-        candidates.append(model.candidate_tower({"movie_id": tf.constant([sequences["movie_id"][b, pos]]),
-                                                 "genres": tf.constant([sequences["genres"][b, pos]])}).numpy()[0])
+        prefix[0, 5 - (pos + 1) :] = sequences["history"][b, : pos + 1]
+        queries.append(
+            model.query_tower(
+                {"history": tf.constant(prefix), "user_id": tf.constant(sequences["user_id"][b : b + 1])}
+            ).numpy()[0]
+        )
+        candidates.append(
+            model.candidate_tower(
+                {
+                    "movie_id": tf.constant([sequences["movie_id"][b, pos]]),
+                    "genres": tf.constant([sequences["genres"][b, pos]]),
+                }
+            ).numpy()[0]
+        )
         ids.append(sequences["movie_id"][b, pos])
     ids = np.array(ids)
     log_q = np.zeros(len(ids))
@@ -155,9 +195,13 @@ def test_configuration_fields_defaults_and_errors():
     config = apply_overrides(default, ["training.example_format=every_position", "model.history.encoder=pooling"])
     data = _split()
     spec = adapt(
-        FeatureSpec(query=(SequenceFeature("history", embedding_dim=4, embedding_table="movie_id"),),
-                    candidate=(CategoricalFeature("movie_id", embedding_dim=4),), candidate_id="movie_id"),
-        data.train, data.candidates,
+        FeatureSpec(
+            query=(SequenceFeature("history", embedding_dim=4, embedding_table="movie_id"),),
+            candidate=(CategoricalFeature("movie_id", embedding_dim=4),),
+            candidate_id="movie_id",
+        ),
+        data.train,
+        data.candidates,
     )
     with pytest.raises(ConfigError, match="needs a sequence `model.history.encoder`"):
         build_model(spec, config, data)

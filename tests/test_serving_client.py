@@ -133,7 +133,9 @@ class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceS
 def grpc_server(toy_export):
     path, query_tower, candidate_tower = toy_export
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(SavedModelPredictionService("movies", path), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        SavedModelPredictionService("movies", path), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield f"127.0.0.1:{port}", query_tower, candidate_tower
@@ -161,7 +163,10 @@ def test_fetch_signatures_grpc_from_the_server(grpc_server):
 
 def test_fetch_signatures_rest_from_the_metadata_endpoint(toy_export):
     signature_defs = json_format.MessageToDict(signature_def_map(toy_export[0]), preserving_proto_field_name=True)
-    body = {"model_spec": {"name": "movies", "signature_name": "", "version": "1"}, "metadata": {"signature_def": signature_defs}}
+    body = {
+        "model_spec": {"name": "movies", "signature_name": "", "version": "1"},
+        "metadata": {"signature_def": signature_defs},
+    }
     seen = []
 
     class Handler(JsonHandler):
@@ -190,7 +195,9 @@ def test_grpc_request_for_each_signature_parses_back(signature, features):
     for name, values in features.items():
         expected = np.array(values)
         if expected.dtype.kind == "U":
-            assert inputs[name].tolist() == [[v.encode() for v in row] if isinstance(row, list) else row.encode() for row in values]
+            assert inputs[name].tolist() == [
+                [v.encode() for v in row] if isinstance(row, list) else row.encode() for row in values
+            ]
             assert parsed.inputs[name].dtype == tf.string.as_datatype_enum
         else:
             np.testing.assert_array_equal(inputs[name], expected)
@@ -275,7 +282,10 @@ BAD_REQUESTS = {
         query_with(user_id=[2**63, 1]),
         ["Feature 'user_id'", INT64, "outside the int64 range", "9223372036854775808 (int) at [0]"],
     ),
-    "int-for-string": (query_with(occupation=[12, 5]), ["Feature 'occupation'", STRING, "int64 values, e.g. 12 (int) at [0]"]),
+    "int-for-string": (
+        query_with(occupation=[12, 5]),
+        ["Feature 'occupation'", STRING, "int64 values, e.g. 12 (int) at [0]"],
+    ),
     "none-for-string": (query_with(gender=["M", None]), ["Feature 'gender'", STRING, "None (NoneType) at [1]"]),
     "not-utf8": (query_with(zip_code=["\ud800", "x"]), ["Feature 'zip_code'", STRING, "cannot be encoded as UTF-8"]),
     "scalar-for-[B]": (
@@ -283,7 +293,10 @@ BAD_REQUESTS = {
         ["Feature 'user_id'", INT64, "received shape [] (rank 0)", "wrap its value in a list"],
     ),
     "[B]-for-[B,L]": (query_with(history=[1193, 661]), ["Feature 'history'", HISTORY, "received shape [2] (rank 1)"]),
-    "[B,1]-for-[B]": (query_with(gender=[["M"], ["F"]]), ["Feature 'gender'", STRING, "received shape [2, 1] (rank 2)"]),
+    "[B,1]-for-[B]": (
+        query_with(gender=[["M"], ["F"]]),
+        ["Feature 'gender'", STRING, "received shape [2, 1] (rank 2)"],
+    ),
     "ragged": (query_with(history=[[1, 2], [3]]), ["Feature 'history'", HISTORY, "rows of different lengths"]),
     "empty": (query_with(user_id=[]), ["Feature 'user_id'", INT64, "empty batch (shape [0])", "at least one row"]),
     "batch-sizes": (
@@ -307,11 +320,16 @@ def test_bad_requests_name_the_feature_and_its_input(features, expected):
 
 
 def test_bad_signature_float_and_unsupported_inputs():
-    with pytest.raises(client.RequestError, match=r"`signature_name` must be one of \['serving_default', 'query_embedding', "):
+    with pytest.raises(
+        client.RequestError, match=r"`signature_name` must be one of \['serving_default', 'query_embedding', "
+    ):
         client.predict_request("movies", "retrieve", QUERY, SIGNATURES)
     bad_vectors = [
         ([[0.5, "x"]], "float32 [B, 2] (rank 2); received a value that is not a number, 'x' (str) at [0, 1]"),
-        ([[1e39, 0.0]], "float32 [B, 2] (rank 2); received values beyond the float32 range, e.g. 1e+39 (float) at [0, 0]"),
+        (
+            [[1e39, 0.0]],
+            "float32 [B, 2] (rank 2); received values beyond the float32 range, e.g. 1e+39 (float) at [0, 0]",
+        ),
         ([[1.0, 2.0, 3.0]], "float32 [B, 2] (rank 2); received shape [1, 3] (rank 2)"),
     ]
     for values, expected in bad_vectors:
@@ -319,7 +337,9 @@ def test_bad_signature_float_and_unsupported_inputs():
             client.rest_body("query_embedding", {"query_vector": values}, VECTORS)
         assert str(error.value) == f"Feature 'query_vector' of signature 'query_embedding' must be {expected}."
     flags = {"query_embedding": {"flag": tf.TensorSpec([None], tf.bool)}}
-    with pytest.raises(client.RequestError, match="'flag' of signature 'query_embedding' is bool: this client sends integer"):
+    with pytest.raises(
+        client.RequestError, match="'flag' of signature 'query_embedding' is bool: this client sends integer"
+    ):
         client.predict_request("movies", "query_embedding", {"flag": [True]}, flags)
 
 

@@ -23,16 +23,21 @@ from tfrec_towers.features import CategoricalFeature, NumericFeature, SequenceFe
 @pytest.mark.parametrize("writer", [write_100k, write_1m])
 def test_movielens_through_the_generic_path_has_the_contract_schema_and_the_hand_split(tmp_path, writer):
     directory = writer(tmp_path / "ml")
-    config = apply_overrides(ExperimentConfig(), ["data.dataset=movielens", f"data.data_dir={directory}",
-                                                  "data.max_history=2"])
+    config = apply_overrides(
+        ExperimentConfig(), ["data.dataset=movielens", f"data.data_dir={directory}", "data.max_history=2"]
+    )
     prepared = prepare_data(config)
     spec = prepared.spec
     kinds = {f.name: (type(f), f.dtype) for f in spec.all_features}
     assert kinds == {
-        "user_id": (CategoricalFeature, "int64"), "gender": (CategoricalFeature, "string"),
-        "age": (CategoricalFeature, "int64"), "occupation": (CategoricalFeature, "string"),
-        "zip_code": (CategoricalFeature, "string"), "history": (SequenceFeature, "int64"),
-        "movie_id": (CategoricalFeature, "int64"), "genres": (SequenceFeature, "string"),
+        "user_id": (CategoricalFeature, "int64"),
+        "gender": (CategoricalFeature, "string"),
+        "age": (CategoricalFeature, "int64"),
+        "occupation": (CategoricalFeature, "string"),
+        "zip_code": (CategoricalFeature, "string"),
+        "history": (SequenceFeature, "int64"),
+        "movie_id": (CategoricalFeature, "int64"),
+        "genres": (SequenceFeature, "string"),
     }
     assert spec.candidate_id == "movie_id" and next(f for f in spec.candidate if f.name == "genres").separator == "|"
     assert next(f for f in spec.query if f.name == "history").embedding_table == "movie_id"
@@ -59,8 +64,13 @@ def test_the_shipped_preset_file_is_what_dataset_movielens_trains(tmp_path):
 def test_the_synthetic_preset_keeps_age_numeric():
     synthetic = prepare_data(ExperimentConfig())
     assert [(f.name, type(f)) for f in synthetic.spec.all_features] == [
-        ("user_id", CategoricalFeature), ("age", NumericFeature), ("country", CategoricalFeature),
-        ("history", SequenceFeature), ("item_id", CategoricalFeature), ("category", CategoricalFeature)]
+        ("user_id", CategoricalFeature),
+        ("age", NumericFeature),
+        ("country", CategoricalFeature),
+        ("history", SequenceFeature),
+        ("item_id", CategoricalFeature),
+        ("category", CategoricalFeature),
+    ]
     assert np.issubdtype(synthetic.data.train["age"].dtype, np.integer)
 
 
@@ -68,8 +78,13 @@ def test_adapted_spec_counts_the_training_histories_without_building_them(monkey
     # u1: d c d | b, u2: c d | a (history width 2): training items d c d c d, histories [-,-] [-,d] [d,c]
     # [-,-] [-,c]. The item table (shared with the history) counts d 3+2+1, c 2+2+1, a 1, b 1 (the
     # catalogue once each); tags: d "x|z" three times, c "" twice, plus the catalogue's x y y x z.
-    log = pd.DataFrame({"user_id": ["u1", "u2", "u1", "u2", "u1", "u2", "u1"],
-                        "item_id": ["d", "c", "c", "d", "d", "a", "b"], "timestamp": [1, 1, 2, 2, 3, 3, 4]})
+    log = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u1", "u2", "u1", "u2", "u1"],
+            "item_id": ["d", "c", "c", "d", "d", "a", "b"],
+            "timestamp": [1, 1, 2, 2, 3, 3, 4],
+        }
+    )
     items = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "tags": ["x|y", "y", "", "x|z"]})
     users = pd.DataFrame({"user_id": ["u1", "u2"], "country": ["FR", "DE"]})
     config = apply_overrides(ExperimentConfig(), ["data.max_history=2"])  # the tables are given: no source is read
@@ -77,6 +92,8 @@ def test_adapted_spec_counts_the_training_histories_without_building_them(monkey
     monkeypatch.setattr(HistoryWindows, "read", lambda *args: pytest.fail("the [N, L] history matrix was built"))
     vocabularies = {f.name: f.vocabulary for f in prepared.adapted_spec().all_features}
     assert {name: vocabularies[name] for name in ("history", "item_id", "tags", "country")} == {
-        "history": ("d", "c", "a", "b"), "item_id": ("d", "c", "a", "b"), "tags": ("x", "z", "y"),
+        "history": ("d", "c", "a", "b"),
+        "item_id": ("d", "c", "a", "b"),
+        "tags": ("x", "z", "y"),
         "country": ("FR", "DE"),
     }

@@ -14,11 +14,13 @@ from tfrec_towers.data_config import InteractionsConfig, SplitConfig, TableConfi
 from tfrec_towers.evaluation import target_ranks
 
 # u1: a@1 b@2 c@5 d@6; u2: b@3 a@7; u3: c@8 (nothing before any cut at 5).
-LOG = pd.DataFrame({
-    "user_id": ["u2", "u1", "u3", "u1", "u1", "u1", "u2"],
-    "item_id": ["a", "c", "c", "a", "d", "b", "b"],
-    "timestamp": [7, 5, 8, 1, 6, 2, 3],
-})
+LOG = pd.DataFrame(
+    {
+        "user_id": ["u2", "u1", "u3", "u1", "u1", "u1", "u2"],
+        "item_id": ["a", "c", "c", "a", "d", "b", "b"],
+        "timestamp": [7, 5, 8, 1, 6, 2, 3],
+    }
+)
 
 
 def _split(log=LOG, **options):
@@ -29,8 +31,10 @@ def _seen(data):
     return [data.seen(i).tolist() for i in range(len(data.eval_targets))]
 
 
-@pytest.mark.parametrize("split", [SplitConfig(kind="time", cut=5), SplitConfig(kind="time", cut=4.5),
-                                   SplitConfig(kind="time", cut_fraction=0.5)])  # 1 + ceil(0.5 * 7) = 5
+@pytest.mark.parametrize(
+    "split",
+    [SplitConfig(kind="time", cut=5), SplitConfig(kind="time", cut=4.5), SplitConfig(kind="time", cut_fraction=0.5)],
+)  # 1 + ceil(0.5 * 7) = 5
 def test_a_time_cut_trains_before_it_and_evaluates_every_later_interaction_with_the_history_before_it(split):
     data = _split(split=split)
     assert data.train["user_id"].tolist() == ["u1", "u1", "u2"]
@@ -54,7 +58,10 @@ def test_a_date_cut_on_a_date_column_and_float_timestamps():
 
 
 def test_a_cut_of_the_wrong_type_or_out_of_range_names_the_key():
-    with pytest.raises(DataError, match=r"`data.split.cut` '2024-03-01' is a date but column 'timestamp' holds numbers.*e\.g\. 1709251200"):
+    with pytest.raises(
+        DataError,
+        match=r"`data.split.cut` '2024-03-01' is a date but column 'timestamp' holds numbers.*e\.g\. 1709251200",
+    ):
         _split(split=SplitConfig(kind="time", cut="2024-03-01"))
     with pytest.raises(DataError, match=r"no interaction at or after the cut 100 \(`data.split.cut`\)"):
         _split(split=SplitConfig(kind="time", cut=100))
@@ -67,7 +74,9 @@ def test_a_cut_of_the_wrong_type_or_out_of_range_names_the_key():
     with pytest.raises(ConfigError, match=r"`data.split`: `cut` applies only to `kind: time`"):
         config_from_dict({"data": {"split": {"cut": 5}}})
     with pytest.raises(ConfigError, match=r"`data.split.kind` 'given' needs `data.test.path`"):
-        config_from_dict({"data": {"dataset": "interactions", "interactions": {"path": "a.csv"}, "split": {"kind": "given"}}})
+        config_from_dict(
+            {"data": {"dataset": "interactions", "interactions": {"path": "a.csv"}, "split": {"kind": "given"}}}
+        )
 
 
 def test_an_unquoted_yaml_date_is_kept_as_text(tmp_path):
@@ -104,8 +113,9 @@ def test_a_given_test_table_is_evaluated_with_the_whole_training_history(tmp_pat
 
 
 # u1: a@1 b@2 c@3 d@4; u2: a@1 b@2; u3: c@1.
-SEQUENCES = pd.DataFrame({"user_id": ["u1"] * 4 + ["u2"] * 2 + ["u3"], "item_id": list("abcdabc"),
-                          "timestamp": [1, 2, 3, 4, 1, 2, 1]})
+SEQUENCES = pd.DataFrame(
+    {"user_id": ["u1"] * 4 + ["u2"] * 2 + ["u3"], "item_id": list("abcdabc"), "timestamp": [1, 2, 3, 4, 1, 2, 1]}
+)
 
 
 def test_validation_last_holds_out_each_users_last_training_interaction():

@@ -26,16 +26,23 @@ def million_item_model():
     spec = FeatureSpec(
         query=(
             CategoricalFeature("user_id", dtype="string", embedding_dim=8, vocabulary=("u1", "u2", "u3")),
-            SequenceFeature("history", dtype="string", separator=None, embedding_dim=8, embedding_table="item_id",
-                            vocabulary=vocabulary),
+            SequenceFeature(
+                "history",
+                dtype="string",
+                separator=None,
+                embedding_dim=8,
+                embedding_table="item_id",
+                vocabulary=vocabulary,
+            ),
         ),
         candidate=(CategoricalFeature("item_id", dtype="string", embedding_dim=8, vocabulary=vocabulary),),
         candidate_id="item_id",
     )
     default = ExperimentConfig()
     towers = TowerConfig(hidden_units=(16,), output_dim=8)
-    config = dataclasses.replace(default, model=dataclasses.replace(default.model, query_tower=towers,
-                                                                    candidate_tower=towers))
+    config = dataclasses.replace(
+        default, model=dataclasses.replace(default.model, query_tower=towers, candidate_tower=towers)
+    )
     assert (config.loss.logq, config.loss.mixed_negatives, config.model.history.encoder) == ("counts", 512, "attention")
     training_ids = np.concatenate([items, items[:NUM_POPULAR]])
     model = build_model(spec, config, training_ids=training_ids, corpus={"item_id": items})
@@ -66,7 +73,9 @@ def _numbers(model, batch):
 
 
 def _without_build_records(config):
-    towers = {key: {k: v for k, v in config[key].items() if k != "build_config"} for key in ("query_tower", "candidate_tower")}
+    towers = {
+        key: {k: v for k, v in config[key].items() if k != "build_config"} for key in ("query_tower", "candidate_tower")
+    }
     return {**config, **towers}
 
 

@@ -24,10 +24,16 @@ from tfrec_towers.data_config import FeatureDeclaration, RowFilter
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, NumericFeature, SequenceFeature, adapt
 from tfrec_towers.towers import TowerConfig
 
-QUERY = (FeatureDeclaration("user_id", kind="id"), FeatureDeclaration("history", kind="history"),
-         FeatureDeclaration("age", kind="categorical"))
-CANDIDATE = (FeatureDeclaration("item_id", kind="id"), FeatureDeclaration("tags", kind="multi_valued"),
-             FeatureDeclaration("price", kind="numeric", log1p=True))
+QUERY = (
+    FeatureDeclaration("user_id", kind="id"),
+    FeatureDeclaration("history", kind="history"),
+    FeatureDeclaration("age", kind="categorical"),
+)
+CANDIDATE = (
+    FeatureDeclaration("item_id", kind="id"),
+    FeatureDeclaration("tags", kind="multi_valued"),
+    FeatureDeclaration("price", kind="numeric", log1p=True),
+)
 COLUMNS = QUERY + CANDIDATE
 EVENTS = ("view", "click", "purchase")
 
@@ -42,24 +48,29 @@ def _log(seed, rows, string_ids=True):
     """A seeded log: ids, a history list of 0–6 items, a tags list, a price, an age, an event, a weight."""
     rng = np.random.default_rng(seed)
     item = (lambda k: f"i{k}") if string_ids else (lambda k: int(k) + 1)
-    return pd.DataFrame({
-        "user_id": [f"u{k}" for k in rng.integers(0, 6, rows)],
-        "item_id": [item(k) for k in rng.integers(0, 9, rows)],
-        "history": [[item(k) for k in rng.integers(0, 9, rng.integers(0, 7))] for _ in range(rows)],
-        "tags": [[f"t{k}" for k in rng.integers(0, 4, rng.integers(0, 3))] for _ in range(rows)],
-        "price": rng.lognormal(1.0, 1.0, rows),
-        "age": rng.integers(18, 22, rows),
-        "event": rng.choice(EVENTS, rows),
-        "weight": rng.integers(1, 4, rows).astype(np.float64),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{k}" for k in rng.integers(0, 6, rows)],
+            "item_id": [item(k) for k in rng.integers(0, 9, rows)],
+            "history": [[item(k) for k in rng.integers(0, 9, rng.integers(0, 7))] for _ in range(rows)],
+            "tags": [[f"t{k}" for k in rng.integers(0, 4, rng.integers(0, 3))] for _ in range(rows)],
+            "price": rng.lognormal(1.0, 1.0, rows),
+            "age": rng.integers(18, 22, rows),
+            "event": rng.choice(EVENTS, rows),
+            "weight": rng.integers(1, 4, rows).astype(np.float64),
+        }
+    )
 
 
 def _write_parquet_shards(directory, frame, shards=3):
     directory.mkdir()
     bounds = np.linspace(0, len(frame), shards + 1).astype(int)
     for shard, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        pq.write_table(pa.Table.from_pandas(frame.iloc[begin:end], preserve_index=False),
-                       directory / f"part-{shard}.parquet", row_group_size=4)
+        pq.write_table(
+            pa.Table.from_pandas(frame.iloc[begin:end], preserve_index=False),
+            directory / f"part-{shard}.parquet",
+            row_group_size=4,
+        )
     return directory
 
 
@@ -76,8 +87,9 @@ def _feature(values, kind=None):
 def _write_tfrecord(path, frame):
     """One ``tf.train.Example`` per row; list cells as lists (an empty one of its column's type)."""
     cells = {name: [list(v) if isinstance(v, (list, np.ndarray)) else [v] for v in frame[name]] for name in frame}
-    kinds = {name: _feature(next(c for c in column if c)).WhichOneof("kind").split("_")[0]
-             for name, column in cells.items()}
+    kinds = {
+        name: _feature(next(c for c in column if c)).WhichOneof("kind").split("_")[0] for name, column in cells.items()
+    }
     with tf.io.TFRecordWriter(str(path)) as writer:
         for row in range(len(frame)):
             feature = {name: _feature(column[row], kinds[name]) for name, column in cells.items()}
@@ -90,7 +102,7 @@ def _padded(lists, width, padding):
     for row, values in enumerate(lists):
         tail = list(values)[-width:] if len(values) else []
         if tail:
-            out[row, width - len(tail):] = tail
+            out[row, width - len(tail) :] = tail
     return out
 
 
@@ -136,8 +148,9 @@ def _rows(columns):
 def test_parquet_shards_stream_exactly_the_table_rows_in_file_order(tmp_path):
     frame = _log(0, 23)
     directory = _write_parquet_shards(tmp_path / "log", frame)
-    streamed, weights = _materialised(stream_examples(directory, columns=COLUMNS, max_history=4, batch_size=6,
-                                                      shuffle_buffer=0))
+    streamed, weights = _materialised(
+        stream_examples(directory, columns=COLUMNS, max_history=4, batch_size=6, shuffle_buffer=0)
+    )
     expected = _reference(pd.concat([pd.read_parquet(f) for f in sorted(directory.iterdir())], ignore_index=True))
     assert weights is None and set(streamed) == set(expected)
     for name, values in expected.items():
@@ -150,8 +163,11 @@ def test_shuffled_stream_is_the_same_multiset_in_a_seeded_order(tmp_path):
     directory = _write_parquet_shards(tmp_path / "log", frame, shards=4)
 
     def stream(seed):
-        return _materialised(stream_examples(directory / "part-*.parquet", columns=COLUMNS, max_history=4,
-                                             batch_size=7, shuffle_buffer=16, seed=seed))[0]
+        return _materialised(
+            stream_examples(
+                directory / "part-*.parquet", columns=COLUMNS, max_history=4, batch_size=7, shuffle_buffer=16, seed=seed
+            )
+        )[0]
 
     first, again, other = stream(3), stream(3), stream(4)
     reference = _rows(_reference(frame))
@@ -162,8 +178,9 @@ def test_shuffled_stream_is_the_same_multiset_in_a_seeded_order(tmp_path):
 def test_each_pass_of_a_repeated_stream_is_the_table_in_another_order(tmp_path):
     frame = _log(10, 30)
     directory = _write_parquet_shards(tmp_path / "log", frame, shards=2)
-    stream = stream_examples(directory, columns=COLUMNS, max_history=4, batch_size=6, shuffle_buffer=12, seed=1,
-                             repeat=True)
+    stream = stream_examples(
+        directory, columns=COLUMNS, max_history=4, batch_size=6, shuffle_buffer=12, seed=1, repeat=True
+    )
     passes, _ = _materialised(stream.take(10))  # 60 rows: two passes
     rows = _rows(passes)
     assert len(rows) == 60 and rows[:30] != rows[30:]
@@ -178,13 +195,15 @@ def test_tfrecord_shards_stream_exactly_the_table_rows(tmp_path):
     _write_tfrecord(directory / "a.tfrecord", frame.iloc[:9])
     _write_tfrecord(directory / "b.tfrecord", frame.iloc[9:])
     expected = _reference(frame, padding=0)
-    in_order, _ = _materialised(stream_examples(directory, columns=COLUMNS, max_history=4, batch_size=4,
-                                                shuffle_buffer=0))
+    in_order, _ = _materialised(
+        stream_examples(directory, columns=COLUMNS, max_history=4, batch_size=4, shuffle_buffer=0)
+    )
     for name, values in expected.items():
         np.testing.assert_array_equal(in_order[name], values, err_msg=name)
     assert in_order["history"].dtype == np.int64 and in_order["item_id"].dtype == np.int64
-    shuffled, _ = _materialised(stream_examples(directory, columns=COLUMNS, max_history=4, batch_size=4,
-                                                shuffle_buffer=8, seed=0))
+    shuffled, _ = _materialised(
+        stream_examples(directory, columns=COLUMNS, max_history=4, batch_size=4, shuffle_buffer=8, seed=0)
+    )
     assert collections.Counter(_rows(shuffled)) == collections.Counter(_rows(expected))
 
 
@@ -192,8 +211,15 @@ def test_tfrecord_shards_stream_exactly_the_table_rows(tmp_path):
 def test_history_is_cut_to_the_last_items_and_left_padded_like_numpy(tmp_path, width):
     lists = [[], [5], [1, 2], [3, 4, 5, 6, 7, 8, 9, 10, 11], [7, 7, 7]]
     pq.write_table(pa.table({"item_id": [1, 2, 3, 4, 5], "history": lists}), tmp_path / "log.parquet")
-    streamed, _ = _materialised(stream_examples(tmp_path / "log.parquet", max_history=width, batch_size=2,
-                                                shuffle_buffer=0, columns=(FeatureDeclaration("history", kind="history"),)))
+    streamed, _ = _materialised(
+        stream_examples(
+            tmp_path / "log.parquet",
+            max_history=width,
+            batch_size=2,
+            shuffle_buffer=0,
+            columns=(FeatureDeclaration("history", kind="history"),),
+        )
+    )
     np.testing.assert_array_equal(streamed["history"], _padded(lists, width, 0))
 
 
@@ -205,17 +231,35 @@ def test_history_layout_is_the_in_memory_split_layout(tmp_path):
     items = np.array([f"i{k}" for k in rng.integers(0, 7, len(users))], dtype=object)
     timestamps = np.tile(np.arange(6), 4) * 10
     split = split_interactions(
-        name="log", user_ids=users, item_ids=items, timestamps=timestamps, users={"user_id": np.unique(users)},
-        candidates={"item_id": np.unique(items)}, user_id="user_id", candidate_id="item_id",
-        column_types={"user_id": "string", "item_id": "string"}, max_history=3, test=LastInteraction(),
+        name="log",
+        user_ids=users,
+        item_ids=items,
+        timestamps=timestamps,
+        users={"user_id": np.unique(users)},
+        candidates={"item_id": np.unique(items)},
+        user_id="user_id",
+        candidate_id="item_id",
+        column_types={"user_id": "string", "item_id": "string"},
+        max_history=3,
+        test=LastInteraction(),
     )
     training = [(u, t) for u, t in zip(users, timestamps) if t < 50]  # each user's last one is held out
     previous = [list(items[(users == u) & (timestamps < t)]) for u, t in training]
-    pq.write_table(pa.table({"user_id": [u for u, _ in training], "history": previous,
-                             "item_id": [items[(users == u) & (timestamps == t)][0] for u, t in training]}),
-                   tmp_path / "log.parquet")
-    streamed, _ = _materialised(stream_examples(tmp_path / "log.parquet", columns=QUERY[:2] + CANDIDATE[:1],
-                                                max_history=3, batch_size=8, shuffle_buffer=0))
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [u for u, _ in training],
+                "history": previous,
+                "item_id": [items[(users == u) & (timestamps == t)][0] for u, t in training],
+            }
+        ),
+        tmp_path / "log.parquet",
+    )
+    streamed, _ = _materialised(
+        stream_examples(
+            tmp_path / "log.parquet", columns=QUERY[:2] + CANDIDATE[:1], max_history=3, batch_size=8, shuffle_buffer=0
+        )
+    )
     in_memory = {name: split.train[name] for name in ("user_id", "history", "item_id")}
     assert streamed["history"].shape == in_memory["history"].shape == (20, 3)
     assert collections.Counter(_rows(streamed)) == collections.Counter(_rows(in_memory))
@@ -224,8 +268,9 @@ def test_history_layout_is_the_in_memory_split_layout(tmp_path):
 def test_a_pandas_categorical_column_streams_as_text(tmp_path):
     frame = pd.DataFrame({"user_id": pd.Categorical(["b", "a", "b", "c"]), "age": [1, 2, 3, 4]})
     frame.to_parquet(tmp_path / "log.parquet")
-    streamed, _ = _materialised(stream_examples(tmp_path / "log.parquet", columns=QUERY[:1], batch_size=3,
-                                                shuffle_buffer=0))
+    streamed, _ = _materialised(
+        stream_examples(tmp_path / "log.parquet", columns=QUERY[:1], batch_size=3, shuffle_buffer=0)
+    )
     assert streamed["user_id"].tolist() == ["b", "a", "b", "c"]
 
 
@@ -233,23 +278,34 @@ def test_filter_and_weights_keep_the_declared_rows(tmp_path):
     frame = _log(3, 30)
     directory = _write_parquet_shards(tmp_path / "log", frame)
     kept = frame[frame["event"].isin(["purchase", "click"])].reset_index(drop=True)
-    streamed, weights = _materialised(stream_examples(
-        directory, columns=COLUMNS, filter=RowFilter("event", ("purchase", "click")), weight_column="weight",
-        max_history=4, batch_size=4, shuffle_buffer=0,
-    ))
+    streamed, weights = _materialised(
+        stream_examples(
+            directory,
+            columns=COLUMNS,
+            filter=RowFilter("event", ("purchase", "click")),
+            weight_column="weight",
+            max_history=4,
+            batch_size=4,
+            shuffle_buffer=0,
+        )
+    )
     for name, values in _reference(kept).items():
         np.testing.assert_array_equal(streamed[name], values, err_msg=name)
     np.testing.assert_array_equal(weights, kept["weight"].to_numpy(np.float32))
-    by_age, _ = _materialised(stream_examples(directory, columns=COLUMNS[:1], filter=RowFilter("age", ("19", "21")),
-                                              batch_size=4, shuffle_buffer=0))
+    by_age, _ = _materialised(
+        stream_examples(
+            directory, columns=COLUMNS[:1], filter=RowFilter("age", ("19", "21")), batch_size=4, shuffle_buffer=0
+        )
+    )
     assert by_age["user_id"].tolist() == frame.loc[frame["age"].astype(str).isin(["19", "21"]), "user_id"].tolist()
 
 
 def test_statistics_are_pandas_value_counts_and_numpy_moments(tmp_path):
     frame = _log(4, 37)
     directory = _write_parquet_shards(tmp_path / "log", frame)
-    stats = stream_statistics(directory, columns=COLUMNS, filter=RowFilter("event", ("purchase", "view")),
-                              max_history=4)
+    stats = stream_statistics(
+        directory, columns=COLUMNS, filter=RowFilter("event", ("purchase", "view")), max_history=4
+    )
     kept = frame[frame["event"].isin(["purchase", "view"])]
     assert (stats.rows, stats.rows_read) == (len(kept), 37)
 
@@ -257,8 +313,10 @@ def test_statistics_are_pandas_value_counts_and_numpy_moments(tmp_path):
         return dict(collections.Counter(values))
 
     for name in ("user_id", "item_id", "age"):
-        assert dict(zip(stats.value_counts[name].values.tolist(), stats.value_counts[name].counts.tolist())) == \
-            kept[name].value_counts().to_dict()
+        assert (
+            dict(zip(stats.value_counts[name].values.tolist(), stats.value_counts[name].counts.tolist()))
+            == kept[name].value_counts().to_dict()
+        )
     history = [v for h in kept["history"] for v in list(h)[-4:]]
     tags = [v for t in kept["tags"] for v in t]
     for name, values in (("history", history), ("tags", tags)):
@@ -270,8 +328,14 @@ def test_statistics_are_pandas_value_counts_and_numpy_moments(tmp_path):
     assert moments.count == len(kept)
     assert moments.mean == pytest.approx(logged.mean(), rel=1e-12)
     assert moments.variance == pytest.approx(logged.var(), rel=1e-9)
-    assert stats.dtypes == {"user_id": "string", "history": "string", "age": "int64", "item_id": "string",
-                            "tags": "string", "price": "float32"}
+    assert stats.dtypes == {
+        "user_id": "string",
+        "history": "string",
+        "age": "int64",
+        "item_id": "string",
+        "tags": "string",
+        "price": "float32",
+    }
 
 
 def test_adapted_spec_is_the_in_memory_adapt_of_the_same_rows(tmp_path):
@@ -282,12 +346,16 @@ def test_adapted_spec_is_the_in_memory_adapt_of_the_same_rows(tmp_path):
     stats = stream_statistics(directory, columns=query + candidate, max_history=4)
     streamed = adapted_spec(Declarations(query, candidate), stats)
     by_hand = FeatureSpec(
-        query=(CategoricalFeature("user_id", dtype="string", embedding_dim=64),
-               SequenceFeature("history", dtype="string", separator=None, embedding_dim=64, embedding_table="item_id"),
-               CategoricalFeature("age", dtype="int64", embedding_dim=64, min_count=8)),
-        candidate=(CategoricalFeature("item_id", dtype="string", embedding_dim=64, max_vocabulary_size=6),
-                   SequenceFeature("tags", dtype="string", separator="|", embedding_dim=64),
-                   NumericFeature("price", dtype="float32", log1p=True)),
+        query=(
+            CategoricalFeature("user_id", dtype="string", embedding_dim=64),
+            SequenceFeature("history", dtype="string", separator=None, embedding_dim=64, embedding_table="item_id"),
+            CategoricalFeature("age", dtype="int64", embedding_dim=64, min_count=8),
+        ),
+        candidate=(
+            CategoricalFeature("item_id", dtype="string", embedding_dim=64, max_vocabulary_size=6),
+            SequenceFeature("tags", dtype="string", separator="|", embedding_dim=64),
+            NumericFeature("price", dtype="float32", log1p=True),
+        ),
         candidate_id="item_id",
     )
     in_memory = adapt(by_hand, _reference(frame))
@@ -295,7 +363,9 @@ def test_adapted_spec_is_the_in_memory_adapt_of_the_same_rows(tmp_path):
     for got, want in zip(streamed.all_features, in_memory.all_features):
         if isinstance(want, NumericFeature):
             assert (got.mean, got.variance) == pytest.approx((want.mean, want.variance), rel=1e-6)
-            assert dataclasses.replace(got, mean=None, variance=None) == dataclasses.replace(want, mean=None, variance=None)
+            assert dataclasses.replace(got, mean=None, variance=None) == dataclasses.replace(
+                want, mean=None, variance=None
+            )
         else:
             assert got == want, want.name
 
@@ -315,8 +385,15 @@ def test_a_model_with_streaming_logq_trains_one_epoch_on_the_stream(tmp_path):
         loss=dataclasses.replace(default.loss, logq="streaming", mixed_negatives=4),
     )
     model = build_model(spec, config, corpus={"item_id": stats.value_counts["item_id"].values})
-    dataset = stream_examples(directory, columns=query + candidate, weight_column="weight", max_history=4,
-                              batch_size=16, shuffle_buffer=32, seed=0)
+    dataset = stream_examples(
+        directory,
+        columns=query + candidate,
+        weight_column="weight",
+        max_history=4,
+        batch_size=16,
+        shuffle_buffer=32,
+        seed=0,
+    )
     model(next(iter(dataset))[0])  # builds the towers
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = model.fit(dataset, epochs=1, verbose=0).history
@@ -370,7 +447,9 @@ def test_a_null_id_names_the_row(tmp_path):
 
 def test_a_negative_weight_stops_the_stream_naming_the_column(tmp_path):
     path = _one_shard(tmp_path / "log.parquet", user_id=["u1", "u2"], weight=[1.0, -2.0])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"weight column weight: a weight must be a finite number ≥ 0"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"weight column weight: a weight must be a finite number ≥ 0"
+    ):
         list(stream_examples(path, columns=QUERY[:1], weight_column="weight", batch_size=2))
 
 
@@ -416,8 +495,9 @@ def test_a_later_tfrecord_record_without_a_feature_names_the_record(tmp_path):
 
 
 def test_statistics_refuse_what_a_stream_cannot_learn(tmp_path):
-    path = _one_shard(tmp_path / "log.parquet", user_id=["u1", "u2"], item_id=["a", "b"], price=[1.0, 2.0],
-                      event=["view", "view"])
+    path = _one_shard(
+        tmp_path / "log.parquet", user_id=["u1", "u2"], item_id=["a", "b"], price=[1.0, 2.0], event=["view", "view"]
+    )
     with pytest.raises(DataError, match=r"no row has 'event' in \['purchase'\]"):
         stream_statistics(path, columns=QUERY[:1], filter=RowFilter("event", ("purchase",)))
     bucketized = FeatureDeclaration("price", kind="bucketized")
@@ -428,8 +508,11 @@ def test_statistics_refuse_what_a_stream_cannot_learn(tmp_path):
         adapted_spec(Declarations(QUERY[:2], CANDIDATE[:1]), stats)
     numbered = _one_shard(tmp_path / "numbered.parquet", item_id=["a", "b"], history=[[1], [2, 3]])
     stats = stream_statistics(numbered, columns=QUERY[1:2] + CANDIDATE[:1])
-    with pytest.raises(DataError, match=r"Feature 'history': the history holds int64 ids but the item id 'item_id' is "
-                                        r"string"):
+    with pytest.raises(
+        DataError,
+        match=r"Feature 'history': the history holds int64 ids but the item id 'item_id' is "
+        r"string",
+    ):
         adapted_spec(Declarations(QUERY[1:2], CANDIDATE[:1]), stats)
     with pytest.raises(DataError, match=r"column 'item_id' is string, but a numeric column holds numbers"):
         stream_statistics(numbered, columns=(FeatureDeclaration("item_id", kind="numeric"),))

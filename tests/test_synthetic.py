@@ -42,11 +42,22 @@ def test_shapes_and_dtypes(small):
     assert small.query_features == ("user_id", "age", "country", "history")
     assert small.candidate_features == ("item_id", "category")
     assert small.candidate_id == "item_id"
-    assert small.column_types == {"user_id": "int64", "age": "int64", "country": "string",
-                                  "history": "int64_list", "item_id": "int64", "category": "string"}
-    expected = {"user_id": (np.int64, (rows,)), "age": (np.int64, (rows,)), "country": (object, (rows,)),
-                "history": (np.int64, (rows, length)), "item_id": (np.int64, (rows,)),
-                "category": (object, (rows,))}
+    assert small.column_types == {
+        "user_id": "int64",
+        "age": "int64",
+        "country": "string",
+        "history": "int64_list",
+        "item_id": "int64",
+        "category": "string",
+    }
+    expected = {
+        "user_id": (np.int64, (rows,)),
+        "age": (np.int64, (rows,)),
+        "country": (object, (rows,)),
+        "history": (np.int64, (rows, length)),
+        "item_id": (np.int64, (rows,)),
+        "category": (object, (rows,)),
+    }
     for column, (dtype, shape) in expected.items():
         assert small.train[column].dtype == dtype and small.train[column].shape == shape, column
     for column in small.query_features:
@@ -125,16 +136,19 @@ def test_every_item_consumed_when_users_take_the_whole_catalogue():
         assert sorted([*data.seen(u).tolist(), int(data.eval_targets[u])]) == list(range(1, 16))
 
 
-@pytest.mark.parametrize("argument, value, message", [
-    ("num_items", 0, "`num_items` must be a positive int. Received: 0"),
-    ("num_users", -1, "`num_users` must be a positive int. Received: -1"),
-    ("max_history", 2.5, "`max_history` must be a positive int. Received: 2.5"),
-    ("embedding_dim", 0, "`embedding_dim` must be a positive int. Received: 0"),
-    ("interactions_per_user", 1, "`interactions_per_user` must be between 2 and `num_items`"),
-    ("interactions_per_user", 301, "`interactions_per_user` must be between 2 and `num_items`"),
-    ("zipf_exponent", -0.5, "`zipf_exponent` must be a non-negative float. Received: -0.5"),
-    ("seed", "a", "`seed` must be an int. Received: 'a'"),
-])
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("num_items", 0, "`num_items` must be a positive int. Received: 0"),
+        ("num_users", -1, "`num_users` must be a positive int. Received: -1"),
+        ("max_history", 2.5, "`max_history` must be a positive int. Received: 2.5"),
+        ("embedding_dim", 0, "`embedding_dim` must be a positive int. Received: 0"),
+        ("interactions_per_user", 1, "`interactions_per_user` must be between 2 and `num_items`"),
+        ("interactions_per_user", 301, "`interactions_per_user` must be between 2 and `num_items`"),
+        ("zipf_exponent", -0.5, "`zipf_exponent` must be a non-negative float. Received: -0.5"),
+        ("seed", "a", "`seed` must be an int. Received: 'a'"),
+    ],
+)
 def test_arguments_are_validated(argument, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         make_synthetic(**{**SMALL, argument: value})

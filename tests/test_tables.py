@@ -61,7 +61,9 @@ def test_glob_of_csv_and_mixed_types_across_shards_named(tmp_path):
 
 def test_tfrecord_scalars_and_lists(tmp_path):
     path = tmp_path / "items.tfrecord"
-    _write_tfrecord(path, [{"item_id": "a", "price": 1.5, "tags": ["x"]}, {"item_id": "b", "price": 2.0, "tags": ["x", "y"]}])
+    _write_tfrecord(
+        path, [{"item_id": "a", "price": 1.5, "tags": ["x"]}, {"item_id": "b", "price": 2.0, "tags": ["x", "y"]}]
+    )
     table = read_table(path)
     assert table["item_id"].tolist() == ["a", "b"]
     np.testing.assert_allclose(table["price"].to_numpy(), [1.5, 2.0])

@@ -65,7 +65,9 @@ def test_counts_logq_subtracts_log_expected_count_on_every_logit():
     q, v = _unit(rng, 5), _unit(rng, 5)
     ids = np.array([1, 1, 2, 3, 9], np.int64)  # 9 never seen in training
     training_ids = np.array([1, 1, 1, 1, 2, 2, 3, 4])
-    task = build_retrieval_task(LossConfig(logq="counts", mixed_negatives=0), 0.5, 4, "int64", training_ids=training_ids)
+    task = build_retrieval_task(
+        LossConfig(logq="counts", mixed_negatives=0), 0.5, 4, "int64", training_ids=training_ids
+    )
     got = task(tf.constant(q), tf.constant(v), tf.constant(ids), training=True).numpy()
     counts = {1: 4, 2: 2, 3: 1, 4: 1}
     default = min(counts.values()) / 8 / 2  # unseen ids: half the smallest observed probability
@@ -83,7 +85,10 @@ def test_memory_bank_not_full_then_warm_up_then_used():
     first_ids, second_ids = np.array([10, 11, 12]), np.array([12, 13, 14])
     for warmup in (0, 2):
         task = build_retrieval_task(
-            LossConfig(memory_bank_size=5, memory_bank_warmup_steps=warmup, logq="none", mixed_negatives=0), 0.5, 4, "int64"
+            LossConfig(memory_bank_size=5, memory_bank_warmup_steps=warmup, logq="none", mixed_negatives=0),
+            0.5,
+            4,
+            "int64",
         )
         first = task(tf.constant(q), tf.constant(first_v), tf.constant(first_ids), training=True).numpy()
         assert first == pytest.approx(_numpy_loss(q, first_v, first_ids, 0.5), rel=1e-5)  # empty bank
@@ -109,12 +114,18 @@ def test_evaluation_calls_leave_the_state_alone():
 def test_batch_of_one():
     rng = np.random.default_rng(3)
     q, v = _unit(rng, 1), _unit(rng, 1)
-    task = build_retrieval_task(LossConfig(logq="counts", memory_bank_size=4, mixed_negatives=0), 0.5, 4, "int64", training_ids=np.array([5, 6]))
-    assert task(tf.constant(q), tf.constant(v), tf.constant([5], tf.int64), training=True).numpy() == pytest.approx(0.0, abs=1e-6)
+    task = build_retrieval_task(
+        LossConfig(logq="counts", memory_bank_size=4, mixed_negatives=0), 0.5, 4, "int64", training_ids=np.array([5, 6])
+    )
+    assert task(tf.constant(q), tf.constant(v), tf.constant([5], tf.int64), training=True).numpy() == pytest.approx(
+        0.0, abs=1e-6
+    )
     v2 = _unit(rng, 1)
     second = task(tf.constant(q), tf.constant(v2), tf.constant([6], tf.int64), training=True).numpy()
     bank = (v, np.array([5]), np.ones(1, bool), np.array([0.5]))
-    expected = _numpy_loss(q, v2, np.array([6]), 0.5, negatives=[bank], log_p=lambda x: np.full(len(x), 0.5), bank_valid_slots=1)
+    expected = _numpy_loss(
+        q, v2, np.array([6]), 0.5, negatives=[bank], log_p=lambda x: np.full(len(x), 0.5), bank_valid_slots=1
+    )
     assert second == pytest.approx(expected, rel=1e-5)
 
 
@@ -123,8 +134,12 @@ def test_mixed_negatives_use_the_mixture_probability():
     q, v, extra = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3)
     ids, extra_ids = np.array([1, 2, 3, 4]), np.array([4, 7, 8])  # 4 is an accidental hit for row 3
     training_ids = np.array([1, 2, 3, 4, 4, 7, 8, 8])
-    task = build_retrieval_task(LossConfig(logq="counts", mixed_negatives=3), 0.5, 4, "int64", training_ids=training_ids, corpus_size=10)
-    negatives = NegativeSet(tf.constant(extra), tf.constant(extra_ids), tf.fill([3], -np.log(10.0)), tf.ones([3], tf.bool))
+    task = build_retrieval_task(
+        LossConfig(logq="counts", mixed_negatives=3), 0.5, 4, "int64", training_ids=training_ids, corpus_size=10
+    )
+    negatives = NegativeSet(
+        tf.constant(extra), tf.constant(extra_ids), tf.fill([3], -np.log(10.0)), tf.ones([3], tf.bool)
+    )
     got = task(tf.constant(q), tf.constant(v), tf.constant(ids), extra_negatives=negatives, training=True).numpy()
     counts = {1: 1, 2: 1, 3: 1, 4: 2, 7: 1, 8: 2}
 
@@ -140,7 +155,9 @@ def test_adaptive_with_item_anchored_term_matches_numpy():
     q, v = _unit(rng, 4), _unit(rng, 4)
     ids = np.array([1, 2, 3, 2])
     alpha, d0, t0, w = 0.5, 0.01, 1 / 30, 0.05
-    task = build_retrieval_task(LossConfig(adaptive=AdaptiveConfig(enabled=True), logq="none", mixed_negatives=0), 0.05, 4, "int64")
+    task = build_retrieval_task(
+        LossConfig(adaptive=AdaptiveConfig(enabled=True), logq="none", mixed_negatives=0), 0.05, 4, "int64"
+    )
     got = task(tf.constant(q), tf.constant(v), tf.constant(ids), training=True).numpy()
 
     def anchored(anchor, positive, negatives, hardness_from, mask):
@@ -205,20 +222,33 @@ def test_model_fit_updates_bank_estimator_and_uses_mixed_negatives():
         "item_id": items,
         "category": np.array([f"c{i % 3}" for i in items], object),
     }
-    catalogue = {"item_id": np.arange(1, 9, dtype=np.int64), "category": np.array([f"c{i % 3}" for i in range(1, 9)], object)}
+    catalogue = {
+        "item_id": np.arange(1, 9, dtype=np.int64),
+        "category": np.array([f"c{i % 3}" for i in range(1, 9)], object),
+    }
     spec = adapt(
         FeatureSpec(
-            query=(CategoricalFeature("user_id", embedding_dim=8), SequenceFeature("history", embedding_dim=8, embedding_table="item_id")),
-            candidate=(CategoricalFeature("item_id", embedding_dim=8), CategoricalFeature("category", dtype="string", embedding_dim=4)),
+            query=(
+                CategoricalFeature("user_id", embedding_dim=8),
+                SequenceFeature("history", embedding_dim=8, embedding_table="item_id"),
+            ),
+            candidate=(
+                CategoricalFeature("item_id", embedding_dim=8),
+                CategoricalFeature("category", dtype="string", embedding_dim=4),
+            ),
             candidate_id="item_id",
         ),
         data,
         catalogue,
     )
     config = LossConfig(logq="streaming", memory_bank_size=50, mixed_negatives=4)
-    query, candidate = build_towers(spec, TowerConfig(hidden_units=(), output_dim=8), TowerConfig(hidden_units=(), output_dim=8))
+    query, candidate = build_towers(
+        spec, TowerConfig(hidden_units=(), output_dim=8), TowerConfig(hidden_units=(), output_dim=8)
+    )
     task = build_retrieval_task(config, 0.1, 8, "int64", corpus_size=8)
-    model = TwoTowerModel(query, candidate, "item_id", task=task, mixed_negatives=build_mixed_sampler(config, catalogue, "item_id"))
+    model = TwoTowerModel(
+        query, candidate, "item_id", task=task, mixed_negatives=build_mixed_sampler(config, catalogue, "item_id")
+    )
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
     history = model.fit(tf.data.Dataset.from_tensor_slices(data).batch(32), epochs=3, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
@@ -258,7 +288,13 @@ def test_gradients_with_bank_logq_and_mixed_negatives_match_finite_differences(l
     def negatives(e):
         return NegativeSet(tf.constant(e), tf.constant(extra_ids), tf.zeros([3]), tf.ones([3], tf.bool))
 
-    task(tf.constant(_unit(rng, 3)), tf.constant(first_v), tf.constant(first_ids), extra_negatives=negatives(extra), training=True)
+    task(
+        tf.constant(_unit(rng, 3)),
+        tf.constant(first_v),
+        tf.constant(first_ids),
+        extra_negatives=negatives(extra),
+        training=True,
+    )
     tensors = [tf.constant(x) for x in (q, v, extra)]
     with tf.GradientTape() as tape:
         tape.watch(tensors)
@@ -268,7 +304,10 @@ def test_gradients_with_bank_logq_and_mixed_negatives_match_finite_differences(l
 
     # bank: 3 of 5 slots written by the first call (log_q as stored then: the same counts)
     def numpy_loss(q, v, extra, tau=0.5):
-        sources = [(first_v.astype(np.float64), first_ids, np.ones(3, bool), p(first_ids)), (extra, extra_ids, np.ones(3, bool), p(extra_ids))]
+        sources = [
+            (first_v.astype(np.float64), first_ids, np.ones(3, bool), p(first_ids)),
+            (extra, extra_ids, np.ones(3, bool), p(extra_ids)),
+        ]
         return _numpy_loss(q, v, ids, tau, negatives=sources, log_p=p, bank_valid_slots=3, mixed=3, corpus=10)
 
     q64, v64, e64 = (x.astype(np.float64) for x in (q, v, extra))
@@ -286,7 +325,12 @@ def test_adaptive_gradients_with_memory_bank_match_finite_differences():
     q, v, bank_v = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3)
     ids, bank_ids = np.array([1, 2, 3, 2]), np.array([3, 7, 8])
     alpha, d0, t0, w = 0.5, 0.01, 1 / 30, 0.05
-    task = build_retrieval_task(LossConfig(memory_bank_size=4, adaptive=AdaptiveConfig(enabled=True), logq="none", mixed_negatives=0), 0.05, 4, "int64")
+    task = build_retrieval_task(
+        LossConfig(memory_bank_size=4, adaptive=AdaptiveConfig(enabled=True), logq="none", mixed_negatives=0),
+        0.05,
+        4,
+        "int64",
+    )
     task(tf.constant(_unit(rng, 3)), tf.constant(bank_v), tf.constant(bank_ids), training=True)
     tensors = [tf.constant(q), tf.constant(v)]
     with tf.GradientTape() as tape:

@@ -88,9 +88,7 @@ def test_validation_messages(kwargs, message):
 
 @pytest.mark.parametrize("learnable", [False, True])
 def test_config_round_trip(learnable):
-    layer = Temperature(
-        0.2, learnable=learnable, min_temperature=0.1, max_temperature=5.0, name="tau"
-    )
+    layer = Temperature(0.2, learnable=learnable, min_temperature=0.1, max_temperature=5.0, name="tau")
     restored = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
     assert isinstance(restored, Temperature)
     assert restored.get_config() == layer.get_config()

@@ -100,8 +100,14 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path):
 @pytest.mark.slow
 def test_tensorboard_logs_hold_the_epoch_losses_of_history_json(tmp_path):
     config = tiny_config(
-        "data.num_items=150", "data.num_users=60", "data.interactions_per_user=8", "data.max_history=5",
-        "training.epochs=2", "training.batch_size=64", "export.verify=false", "training.tensorboard=true",
+        "data.num_items=150",
+        "data.num_users=60",
+        "data.interactions_per_user=8",
+        "data.max_history=5",
+        "training.epochs=2",
+        "training.batch_size=64",
+        "export.verify=false",
+        "training.tensorboard=true",
     )
     train(config, tmp_path / "run", verbose=0)
     losses = {}
@@ -206,12 +212,21 @@ def test_load_run_restores_the_towers_of_its_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "saved, loaded, problem",
     [
-        ([], ["model.query_tower.hidden_units=[32]"],
-         r"it holds other shapes for .*query_tower/hidden/0/kernel \(saved \[\d+, 16\], here \[\d+, 32\]\)"),
-        ([], ["model.query_tower.hidden_units=[16, 16]"],
-         r"it holds no value for query_tower/hidden/1/kernel, query_tower/hidden/1/bias\."),
-        (["model.candidate_tower.normalization=layer"], [],
-         r"it holds candidate_tower/hidden/1/gamma, candidate_tower/hidden/1/beta, which this model does not have\."),
+        (
+            [],
+            ["model.query_tower.hidden_units=[32]"],
+            r"it holds other shapes for .*query_tower/hidden/0/kernel \(saved \[\d+, 16\], here \[\d+, 32\]\)",
+        ),
+        (
+            [],
+            ["model.query_tower.hidden_units=[16, 16]"],
+            r"it holds no value for query_tower/hidden/1/kernel, query_tower/hidden/1/bias\.",
+        ),
+        (
+            ["model.candidate_tower.normalization=layer"],
+            [],
+            r"it holds candidate_tower/hidden/1/gamma, candidate_tower/hidden/1/beta, which this model does not have\.",
+        ),
     ],
 )
 def test_load_run_refuses_a_checkpoint_of_other_towers(tmp_path, saved, loaded, problem):

@@ -25,7 +25,7 @@ def clustered(seed=0, num_candidates=NUM_CANDIDATES, num_queries=100):
     """Embedding-like data: 40 clusters, queries drawn around the same centres."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(40, DIM))
-    candidates = (centres[rng.integers(0, 40, num_candidates)] + 0.3 * rng.normal(size=(num_candidates, DIM)))
+    candidates = centres[rng.integers(0, 40, num_candidates)] + 0.3 * rng.normal(size=(num_candidates, DIM))
     queries = centres[rng.integers(0, 40, num_queries)] + 0.3 * rng.normal(size=(num_queries, DIM))
     return candidates.astype(np.float32), queries.astype(np.float32), np.arange(num_candidates, dtype=np.int64) + 7
 
@@ -58,10 +58,16 @@ def test_chosen_configuration_meets_the_target_against_numpy(result):
 def test_points_cover_the_grid_and_brute_force_is_exact(result):
     assert result.points[0].config == IndexConfig(kind="brute-force", k=K)
     assert result.points[0].recall == 1.0
-    scann = {(p.config.num_leaves, p.config.num_leaves_to_search, p.config.reordering_multiplier) for p in result.points[1:]}
+    scann = {
+        (p.config.num_leaves, p.config.num_leaves_to_search, p.config.reordering_multiplier) for p in result.points[1:]
+    }
     # ⌈0.05·20⌉ = 1, ⌈0.2·20⌉ = 4, ⌈0.5·20⌉ = 10; ⌈0.05·45⌉ = 3, ⌈0.2·45⌉ = 9, ⌈0.5·45⌉ = 23.
-    expected = {(leaves, search, m) for leaves, searches in ((20, (1, 4, 10)), (45, (3, 9, 23))) for search in searches
-                for m in (2, 10)}
+    expected = {
+        (leaves, search, m)
+        for leaves, searches in ((20, (1, 4, 10)), (45, (3, 9, 23)))
+        for search in searches
+        for m in (2, 10)
+    }
     assert scann == expected and len(result.points) == 13
     assert all(p.queries_per_second > 0 and p.build_seconds > 0 for p in result.points)
     assert (result.num_candidates, result.num_queries, result.k) == (NUM_CANDIDATES, 100, K)
@@ -122,7 +128,10 @@ def test_grid_for_corpus_and_distinct_configs():
         (dict(target_recall=0.0), r"`target_recall` must be in \(0, 1\]"),
         (dict(target_recall=1.5), r"`target_recall` must be in \(0, 1\]"),
         (dict(candidate_ids=np.zeros(NUM_CANDIDATES, np.int64)), "must be unique; 1 ids repeat, e.g. \\[0\\]"),
-        (dict(grid=TuningGrid(num_leaves=(NUM_CANDIDATES + 1,))), "`num_leaves` must not exceed the number of candidates"),
+        (
+            dict(grid=TuningGrid(num_leaves=(NUM_CANDIDATES + 1,))),
+            "`num_leaves` must not exceed the number of candidates",
+        ),
         (dict(batch_size=0), "`batch_size` must be a positive int"),
     ],
 )

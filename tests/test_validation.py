@@ -13,8 +13,14 @@ from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides
 from tfrec_towers.towers import compute_embeddings
 
 CONFIG = tiny_config(
-    "data.num_items=120", "data.num_users=60", "data.interactions_per_user=8", "data.max_history=4",
-    "data.validation=last", "model.history.encoder=pooling", "loss.mixed_negatives=8", "training.epochs=5",
+    "data.num_items=120",
+    "data.num_users=60",
+    "data.interactions_per_user=8",
+    "data.max_history=4",
+    "data.validation=last",
+    "model.history.encoder=pooling",
+    "loss.mixed_negatives=8",
+    "training.epochs=5",
     "training.batch_size=64",
 )
 VALUES = [0.1, 0.5, 0.3, 0.2, 0.9]  # best at epoch 2; patience 2 stops after epoch 4, before the 0.9
@@ -48,8 +54,15 @@ class StubMetric(tf.keras.callbacks.Callback):
 
 def _fit(model, columns, checkpoints=None, stub=None):
     stub = stub or StubMetric()
-    history, steps = fit_resumably(model, columns, CONFIG.training, checkpoints, 0, epoch_callbacks=[stub],
-                                   early_stopping=EarlyStopping("val_HR@10", patience=2))
+    history, steps = fit_resumably(
+        model,
+        columns,
+        CONFIG.training,
+        checkpoints,
+        0,
+        epoch_callbacks=[stub],
+        early_stopping=EarlyStopping("val_HR@10", patience=2),
+    )
     return history, steps, stub
 
 
@@ -110,7 +123,7 @@ def test_validation_metrics_are_logged_each_epoch_as_numpy_computes_them(small):
         scores = items @ queries[q]
         beats = scores >= scores[ids.index(target)]
         beats[ids.index(target)] = False
-        for seen in held.seen_ids[held.seen_indptr[q]:held.seen_indptr[q + 1]]:
+        for seen in held.seen_ids[held.seen_indptr[q] : held.seen_indptr[q + 1]]:
             beats[ids.index(seen)] = False
         ranks.append(int(beats.sum()))
     ranks = np.array(ranks)
@@ -120,7 +133,9 @@ def test_validation_metrics_are_logged_each_epoch_as_numpy_computes_them(small):
 
 def test_early_stopping_needs_validation_interactions(small):
     make_model, columns, data = small
-    with pytest.raises(ConfigError, match=r"`training.early_stopping` watches a validation metric: set `data.validation`"):
+    with pytest.raises(
+        ConfigError, match=r"`training.early_stopping` watches a validation metric: set `data.validation`"
+    ):
         apply_overrides(ExperimentConfig(), ["training.early_stopping={}"])
     training = apply_overrides(CONFIG, ["training.early_stopping={metric: NDCG@20}"]).training
     with pytest.raises(ConfigError, match=r"the data holds no validation interactions"):

@@ -1,6 +1,5 @@
 """Tests for tfrec_towers.warmup: TF Serving warm-up records, parsed back with the TF Serving protos."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf

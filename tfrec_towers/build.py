@@ -135,7 +135,13 @@ def build_model(
     sampler = None
     if columns is not None:
         sampler = build_mixed_sampler(config.loss, columns, spec.candidate_id, seed=config.training.seed)
-    model = TwoTowerModel(query, candidate, spec.candidate_id, task=task, mixed_negatives=sampler,
-                          sample_weight_feature=sample_weight_feature)
+    model = TwoTowerModel(
+        query,
+        candidate,
+        spec.candidate_id,
+        task=task,
+        mixed_negatives=sampler,
+        sample_weight_feature=sample_weight_feature,
+    )
     model.compile(optimizer=make_optimizer(config.training))
     return model

@@ -133,16 +133,29 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
-    train = commands.add_parser("train", help="train, evaluate, export and verify", epilog=TRAIN_EXAMPLE, formatter_class=fmt)
-    train.add_argument("--interactions", type=_path, metavar="PATH",
-                       help="your interaction log: a CSV, Parquet or TFRecord file, a directory or a glob "
-                            "(columns user_id, item_id and, if present, timestamp; see data.interactions)")
-    train.add_argument("--items", type=_path, metavar="PATH", help="an items table keyed by the item column (the catalogue)")
+    train = commands.add_parser(
+        "train", help="train, evaluate, export and verify", epilog=TRAIN_EXAMPLE, formatter_class=fmt
+    )
+    train.add_argument(
+        "--interactions",
+        type=_path,
+        metavar="PATH",
+        help="your interaction log: a CSV, Parquet or TFRecord file, a directory or a glob "
+        "(columns user_id, item_id and, if present, timestamp; see data.interactions)",
+    )
+    train.add_argument(
+        "--items", type=_path, metavar="PATH", help="an items table keyed by the item column (the catalogue)"
+    )
     train.add_argument("--users", type=_path, metavar="PATH", help="a users table keyed by the user column")
-    train.add_argument("--dataset", choices=["interactions", "synthetic", "movielens"],
-                       help="data set (default: the config's; interactions with --interactions, movielens with "
-                            "--data-dir, else synthetic)")
-    train.add_argument("--data-dir", type=_path, help="a MovieLens release directory (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest)")
+    train.add_argument(
+        "--dataset",
+        choices=["interactions", "synthetic", "movielens"],
+        help="data set (default: the config's; interactions with --interactions, movielens with "
+        "--data-dir, else synthetic)",
+    )
+    train.add_argument(
+        "--data-dir", type=_path, help="a MovieLens release directory (ml-100k, ml-1m, ml-20m, ml-25m, ml-latest)"
+    )
     train.add_argument("--output", type=_path, required=True, help="new run directory")
     train.add_argument("--config", type=_path, help="YAML or JSON experiment configuration")
     train.add_argument("--epochs", type=int, help="override training.epochs")
@@ -150,24 +163,50 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--index", choices=["brute-force", "scann"], help="override export.index")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
 
-    evaluate = commands.add_parser("evaluate", help="re-evaluate a trained run", epilog=EVALUATE_EXAMPLE, formatter_class=fmt)
+    evaluate = commands.add_parser(
+        "evaluate", help="re-evaluate a trained run", epilog=EVALUATE_EXAMPLE, formatter_class=fmt
+    )
     evaluate.add_argument("--run", type=_path, required=True, help="run directory written by train")
-    evaluate.add_argument("--data-dir", type=_path, help="evaluate on this MovieLens directory instead of the run's data")
+    evaluate.add_argument(
+        "--data-dir", type=_path, help="evaluate on this MovieLens directory instead of the run's data"
+    )
     evaluate.add_argument("--output", type=_path, help="also write the metrics JSON here")
 
-    export = commands.add_parser("export", help="export a run as a new SavedModel version", epilog=EXPORT_EXAMPLE, formatter_class=fmt)
+    export = commands.add_parser(
+        "export", help="export a run as a new SavedModel version", epilog=EXPORT_EXAMPLE, formatter_class=fmt
+    )
     export.add_argument("--run", type=_path, required=True, help="run directory written by train")
     export.add_argument("--output", type=_path, help="export base directory (default: RUN/export)")
     export.add_argument("--index", choices=["brute-force", "scann"], help="retrieval index (default: the run's)")
-    export.add_argument("--k", type=_positive_int, help="candidates returned per query, ≥ 1 (default: the run's, or the index config's)")
-    export.add_argument("--candidates", type=_path, metavar="TABLE", help="candidate feature table to index (Parquet/CSV/TFRecord; default: the run's catalogue)")
-    export.add_argument("--index-config", type=_path, metavar="JSON", help="tune-index's tuning.json (its chosen config) or an IndexConfig JSON")
+    export.add_argument(
+        "--k", type=_positive_int, help="candidates returned per query, ≥ 1 (default: the run's, or the index config's)"
+    )
+    export.add_argument(
+        "--candidates",
+        type=_path,
+        metavar="TABLE",
+        help="candidate feature table to index (Parquet/CSV/TFRecord; default: the run's catalogue)",
+    )
+    export.add_argument(
+        "--index-config",
+        type=_path,
+        metavar="JSON",
+        help="tune-index's tuning.json (its chosen config) or an IndexConfig JSON",
+    )
     export.add_argument("--num-leaves", type=_positive_int, help="ScaNN partitions (default: about sqrt(N))")
-    export.add_argument("--leaves-to-search", dest="num_leaves_to_search", type=_positive_int, help="ScaNN leaves searched per query")
-    export.add_argument("--reordering-multiplier", type=_positive_int, help="ScaNN re-scores this many times k candidates exactly")
-    export.add_argument("--exclude-history", action=argparse.BooleanOptionalAction, default=None,
-                        help="leave the query's history items out of serving_default's top k, still k results "
-                             "(default: the run's export.exclude_history)")
+    export.add_argument(
+        "--leaves-to-search", dest="num_leaves_to_search", type=_positive_int, help="ScaNN leaves searched per query"
+    )
+    export.add_argument(
+        "--reordering-multiplier", type=_positive_int, help="ScaNN re-scores this many times k candidates exactly"
+    )
+    export.add_argument(
+        "--exclude-history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave the query's history items out of serving_default's top k, still k results "
+        "(default: the run's export.exclude_history)",
+    )
     export.add_argument("--no-verify", action="store_true", help="skip the fresh-process verification")
 
     tune = commands.add_parser(
@@ -175,21 +214,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--run", type=_path, required=True, help="run directory written by train")
     tune.add_argument("--output", type=_path, required=True, help="directory for tuning.json and tuning.png")
-    tune.add_argument("--candidates", type=_path, metavar="TABLE", help="candidate feature table to index (default: the run's catalogue)")
+    tune.add_argument(
+        "--candidates",
+        type=_path,
+        metavar="TABLE",
+        help="candidate feature table to index (default: the run's catalogue)",
+    )
     tune.add_argument("--k", type=_positive_int, default=10, help="neighbours per query (default: 10)")
-    tune.add_argument("--target-recall", type=_fraction, default=0.95, help="recall@k against exact search to reach, in (0, 1] (default: 0.95)")
-    tune.add_argument("--num-queries", type=_positive_int, default=1000, help="held-out queries to tune on (default: 1000)")
-    tune.add_argument("--num-leaves", type=_positive_int, nargs="+", help="ScaNN partition counts to try (default: 0.5, 1 and 2 x sqrt(N))")
+    tune.add_argument(
+        "--target-recall",
+        type=_fraction,
+        default=0.95,
+        help="recall@k against exact search to reach, in (0, 1] (default: 0.95)",
+    )
+    tune.add_argument(
+        "--num-queries", type=_positive_int, default=1000, help="held-out queries to tune on (default: 1000)"
+    )
+    tune.add_argument(
+        "--num-leaves",
+        type=_positive_int,
+        nargs="+",
+        help="ScaNN partition counts to try (default: 0.5, 1 and 2 x sqrt(N))",
+    )
 
-    init = commands.add_parser("init", help="write a commented example configuration", epilog=INIT_EXAMPLE, formatter_class=fmt)
+    init = commands.add_parser(
+        "init", help="write a commented example configuration", epilog=INIT_EXAMPLE, formatter_class=fmt
+    )
     init.add_argument("path", type=_path, help="the YAML file to write (refused if it exists)")
 
-    report = commands.add_parser("report", help="HTML report of a run, with plots", epilog=REPORT_EXAMPLE, formatter_class=fmt)
+    report = commands.add_parser(
+        "report", help="HTML report of a run, with plots", epilog=REPORT_EXAMPLE, formatter_class=fmt
+    )
     report.add_argument("--run", type=_path, required=True, help="run directory written by train")
     report.add_argument("--output", type=_path, help="report directory (default: RUN/report)")
-    report.add_argument("--tuning", type=_path, help="a tune-index output (tuning.json or its directory) to plot the index frontier")
+    report.add_argument(
+        "--tuning", type=_path, help="a tune-index output (tuning.json or its directory) to plot the index frontier"
+    )
 
-    compare = commands.add_parser("compare", help="metrics of several runs side by side", epilog=COMPARE_EXAMPLE, formatter_class=fmt)
+    compare = commands.add_parser(
+        "compare", help="metrics of several runs side by side", epilog=COMPARE_EXAMPLE, formatter_class=fmt
+    )
     compare.add_argument("runs", type=_path, nargs="+", metavar="RUN_DIR", help="run directories written by train")
     compare.add_argument("--output", type=_path, help="also render one HTML report comparing the runs here")
 
@@ -197,7 +261,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in PASSTHROUGH_HELP.items():
         commands.add_parser(name, help=help_text, add_help=False)
 
-    verify = commands.add_parser("verify", help="check a SavedModel in a fresh process", epilog=VERIFY_EXAMPLE, formatter_class=fmt)
+    verify = commands.add_parser(
+        "verify", help="check a SavedModel in a fresh process", epilog=VERIFY_EXAMPLE, formatter_class=fmt
+    )
     verify.add_argument("export_path", type=_path, help="<export_base>/<model_name>/<version>")
     verify.add_argument("--report", type=_path, help="write the JSON report here")
     return parser
@@ -234,14 +300,20 @@ def _print_verification(report: dict, out: Callable[[str], None]) -> int:
     failed = [c for c in report.get("checks", []) if not c.get("ok")]
     for check in failed:
         out(f"  FAILED {check.get('name')}: {check.get('detail')}")
-    out(f"verification: {'ok' if report.get('ok') else 'FAILED'} ({len(report.get('checks', []))} checks, {len(failed)} failed)")
+    out(
+        f"verification: {'ok' if report.get('ok') else 'FAILED'} ({len(report.get('checks', []))} checks, {len(failed)} failed)"
+    )
     metrics = report.get("metrics") or {}
     if "recall_at_k" in metrics:
-        out(f"  recall@{metrics['k']} against exact search: {metrics['recall_at_k']:.4f} ({metrics['num_recall_queries']} queries)")
+        out(
+            f"  recall@{metrics['k']} against exact search: {metrics['recall_at_k']:.4f} ({metrics['num_recall_queries']} queries)"
+        )
     if "latency_ms" in metrics:
         latency = metrics["latency_ms"]
-        out(f"  single query: p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms; "
-            f"{metrics['batched_qps']:,.0f} queries/s in batches of {metrics['qps_batch_size']} (in-process, not a server)")
+        out(
+            f"  single query: p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms; "
+            f"{metrics['batched_qps']:,.0f} queries/s in batches of {metrics['qps_batch_size']} (in-process, not a server)"
+        )
     return EXIT_OK if report.get("ok") else EXIT_VERIFY_FAILED
 
 
@@ -303,8 +375,11 @@ def _cmd_evaluate(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return EXIT_OK
 
 
-SCANN_FLAGS = {"num_leaves": "--num-leaves", "num_leaves_to_search": "--leaves-to-search",
-               "reordering_multiplier": "--reordering-multiplier"}
+SCANN_FLAGS = {
+    "num_leaves": "--num-leaves",
+    "num_leaves_to_search": "--leaves-to-search",
+    "reordering_multiplier": "--reordering-multiplier",
+}
 
 
 def _export_index(args: argparse.Namespace) -> Tuple[Any, Dict[str, int]]:
@@ -337,7 +412,12 @@ def _cmd_export(args: argparse.Namespace, out: Callable[[str], None]) -> int:
 
     index, settings = _export_index(args)
     path = export_run(
-        args.run, args.output, index=index, k=args.k, candidates=args.candidates, index_settings=settings,
+        args.run,
+        args.output,
+        index=index,
+        k=args.k,
+        candidates=args.candidates,
+        index_settings=settings,
         exclude_history=args.exclude_history,
     )
     print(path)
@@ -349,8 +429,13 @@ def _cmd_tune_index(args: argparse.Namespace, out: Callable[[str], None]) -> int
     from tfrec_towers.tuning import TuningGrid
 
     result, paths = tune_run(
-        args.run, args.output, candidates=args.candidates, k=args.k, target_recall=args.target_recall,
-        grid=TuningGrid(num_leaves=tuple(args.num_leaves)) if args.num_leaves else None, num_queries=args.num_queries,
+        args.run,
+        args.output,
+        candidates=args.candidates,
+        k=args.k,
+        target_recall=args.target_recall,
+        grid=TuningGrid(num_leaves=tuple(args.num_leaves)) if args.num_leaves else None,
+        num_queries=args.num_queries,
     )
     print(result.frontier_table())
     chosen = result.chosen
@@ -434,7 +519,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((position for position, a in enumerate(argv) if not a.startswith("-")), None)
     if command is not None and argv[command] in PASSTHROUGH_HELP:
-        return _run_passthrough(argv[command], argv[command + 1:])
+        return _run_passthrough(argv[command], argv[command + 1 :])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for ours in ("tfrec_pipelines", "tfrec_towers"):
@@ -455,8 +540,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return COMMANDS[args.command](args, out)
-    except (ConfigError, DataError, RunError, MissingExtraError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (
+        ConfigError,
+        DataError,
+        RunError,
+        MissingExtraError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -30,6 +30,7 @@ DEFAULT_FREQUENCY_LEARNING_RATE = 0.05
 """α of the streaming frequency estimator (Yi et al., RecSys 2019): the default of ``loss.frequency``
 and of :class:`~tfrec_towers.losses.frequency.StreamingFrequencyEstimator`."""
 
+
 class ConfigError(ValueError):
     """A configuration key is unknown, or its value has the wrong type or range."""
 
@@ -119,8 +120,9 @@ class DataConfig:
                 if self.test.path is None
                 else f"`data.test.path` is set but `data.split.kind` is {self.split.kind!r}: set it to 'given'."
             )
-        _require(0.0 < self.validation_fraction < 1.0, "data.validation_fraction", "in (0, 1)",
-                 self.validation_fraction)
+        _require(
+            0.0 < self.validation_fraction < 1.0, "data.validation_fraction", "in (0, 1)", self.validation_fraction
+        )
         for name in ("max_history", "num_items", "num_users"):
             _require(getattr(self, name) > 0, f"data.{name}", "positive", getattr(self, name))
         _require(
@@ -164,18 +166,24 @@ class FeaturesConfig:
             declared = getattr(self, side)
             if declared is None:
                 continue
-            _require(len(declared) > 0, f"features.{side}", "a non-empty list of features, or null to infer them",
-                     list(declared))
+            _require(
+                len(declared) > 0,
+                f"features.{side}",
+                "a non-empty list of features, or null to infer them",
+                list(declared),
+            )
             names = [d.name for d in declared]
             repeated = sorted({n for n in names if names.count(n) > 1})
             _require(not repeated, f"features.{side}", "a list of features with distinct names", repeated)
         if self.candidate is not None:
             ids = [d.name for d in self.candidate if d.kind == "id"]
-            _require(len(ids) == 1, "features.candidate", "a list holding exactly one `kind: id` feature (the item id)",
-                     ids)
+            _require(
+                len(ids) == 1, "features.candidate", "a list holding exactly one `kind: id` feature (the item id)", ids
+            )
             history = [d.name for d in self.candidate if d.kind == "history"]
-            _require(not history, "features.candidate", "a list without `kind: history` (the query tower reads it)",
-                     history)
+            _require(
+                not history, "features.candidate", "a list without `kind: history` (the query tower reads it)", history
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +206,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(
-            0 < self.temperature <= MAX_TEMPERATURE, "model.temperature", f"a positive float ≤ {MAX_TEMPERATURE:g}",
+            0 < self.temperature <= MAX_TEMPERATURE,
+            "model.temperature",
+            f"a positive float ≤ {MAX_TEMPERATURE:g}",
             self.temperature,
         )
         if self.query_tower.output_dim != self.candidate_tower.output_dim:
@@ -251,7 +261,9 @@ class AdaptiveConfig:
     def __post_init__(self) -> None:
         for name in ("strength", "item_anchored_weight"):
             _require(0.0 <= getattr(self, name) <= 1.0, f"loss.adaptive.{name}", "in [0, 1]", getattr(self, name))
-        _require(_finite_at_least(self.base_margin, 0.0), "loss.adaptive.base_margin", "a finite float ≥ 0", self.base_margin)
+        _require(
+            _finite_at_least(self.base_margin, 0.0), "loss.adaptive.base_margin", "a finite float ≥ 0", self.base_margin
+        )
         _require(
             _finite_at_least(self.base_temperature, MIN_ADAPTIVE_TEMPERATURE),
             "loss.adaptive.base_temperature",
@@ -305,13 +317,23 @@ class LossConfig:
             raise ConfigError(f"`loss.margin` applies only to `loss.mode` 'hinge', not {self.mode!r}.")
         if self.margin is not None:
             _require(
-                _finite_at_least(self.margin, 0.0, low_open=True), "loss.margin",
-                "a positive float (the score gap the positive must keep over a negative)", self.margin,
+                _finite_at_least(self.margin, 0.0, low_open=True),
+                "loss.margin",
+                "a positive float (the score gap the positive must keep over a negative)",
+                self.margin,
             )
-        _require(_finite_at_least(self.negative_weight, 0.0, low_open=True), "loss.negative_weight",
-                 "a positive float", self.negative_weight)
-        _require(0.0 <= self.candidate_to_query_weight <= 1.0, "loss.candidate_to_query_weight", "in [0, 1]",
-                 self.candidate_to_query_weight)
+        _require(
+            _finite_at_least(self.negative_weight, 0.0, low_open=True),
+            "loss.negative_weight",
+            "a positive float",
+            self.negative_weight,
+        )
+        _require(
+            0.0 <= self.candidate_to_query_weight <= 1.0,
+            "loss.candidate_to_query_weight",
+            "in [0, 1]",
+            self.candidate_to_query_weight,
+        )
         if self.hardest_negative_only and self.mode not in ("bpr", "hinge"):
             raise ConfigError(f"`loss.hardest_negative_only` applies to the pair-wise modes, not {self.mode!r}.")
         for name in ("memory_bank_size", "memory_bank_warmup_steps", "mixed_negatives"):
@@ -322,7 +344,9 @@ class LossConfig:
                 "`loss.memory_bank_size`, `loss.mixed_negatives` or `loss.adaptive.enabled`."
             )
         if self.adaptive.enabled and self.learnable_temperature:
-            raise ConfigError("`loss.adaptive.enabled` sets per-negative temperatures: turn `loss.learnable_temperature` off.")
+            raise ConfigError(
+                "`loss.adaptive.enabled` sets per-negative temperatures: turn `loss.learnable_temperature` off."
+            )
 
 
 PLAIN_IN_BATCH = LossConfig(logq="none", mixed_negatives=0)
@@ -347,11 +371,19 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(_METRIC.fullmatch(self.metric) is not None, "training.early_stopping.metric",
-                 "HR@K or NDCG@K with K a positive integer", self.metric)
+        _require(
+            _METRIC.fullmatch(self.metric) is not None,
+            "training.early_stopping.metric",
+            "HR@K or NDCG@K with K a positive integer",
+            self.metric,
+        )
         _require(self.patience > 0, "training.early_stopping.patience", "positive", self.patience)
-        _require(_finite_at_least(self.min_delta, 0.0), "training.early_stopping.min_delta", "a finite float ≥ 0",
-                 self.min_delta)
+        _require(
+            _finite_at_least(self.min_delta, 0.0),
+            "training.early_stopping.min_delta",
+            "a finite float ≥ 0",
+            self.min_delta,
+        )
 
     @property
     def k(self) -> int:
@@ -405,13 +437,25 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             _require(getattr(self, name) > 0, f"training.{name}", "positive", getattr(self, name))
-        _require(_finite_at_least(self.learning_rate, 0.0, low_open=True), "training.learning_rate",
-                 "a positive float", self.learning_rate)
+        _require(
+            _finite_at_least(self.learning_rate, 0.0, low_open=True),
+            "training.learning_rate",
+            "a positive float",
+            self.learning_rate,
+        )
         _require(0 <= self.seed <= MAX_SEED, "training.seed", f"an integer in [0, {MAX_SEED}]", self.seed)
-        _require(self.checkpoint_every_steps >= 0, "training.checkpoint_every_steps", "≥ 0 (0 turns it off)",
-                 self.checkpoint_every_steps)
-        _require(_finite_at_least(self.checkpoint_every_seconds, 0.0), "training.checkpoint_every_seconds",
-                 "≥ 0 (0 turns it off)", self.checkpoint_every_seconds)
+        _require(
+            self.checkpoint_every_steps >= 0,
+            "training.checkpoint_every_steps",
+            "≥ 0 (0 turns it off)",
+            self.checkpoint_every_steps,
+        )
+        _require(
+            _finite_at_least(self.checkpoint_every_seconds, 0.0),
+            "training.checkpoint_every_seconds",
+            "≥ 0 (0 turns it off)",
+            self.checkpoint_every_seconds,
+        )
         if self.tensorboard_embeddings and not self.tensorboard:
             raise ConfigError(
                 "`training.tensorboard_embeddings` needs `training.tensorboard: true` (the projector reads RUN/tensorboard)."
@@ -581,6 +625,7 @@ def config_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
 
 def config_to_dict(config: ExperimentConfig) -> Dict[str, Any]:
     """The configuration as plain JSON-able values (tuples become lists): what :func:`config_from_dict` reads."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return [plain(v) for v in value]

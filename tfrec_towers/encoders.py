@@ -82,8 +82,10 @@ class EmbeddingTable(tf.keras.layers.Layer):
             raise ValueError(f"`key_dtype` must be 'int64' or 'string'. Received: {key_dtype!r}")
         if vocabulary is not None:
             if vocabulary_size is not None and len(vocabulary) != vocabulary_size:
-                raise ValueError(f"`vocabulary_size` must equal the {len(vocabulary)} values of `vocabulary`. "
-                                 f"Received: {vocabulary_size}")
+                raise ValueError(
+                    f"`vocabulary_size` must equal the {len(vocabulary)} values of `vocabulary`. "
+                    f"Received: {vocabulary_size}"
+                )
             size = len(vocabulary)
         elif vocabulary_size is not None:
             size = int(vocabulary_size)
@@ -103,8 +105,10 @@ class EmbeddingTable(tf.keras.layers.Layer):
                 keys = tf.constant(np.asarray(vocabulary, dtype=np.int64 if key_dtype == "int64" else object), dtype)
                 unique, _ = tf.unique(keys)
                 if int(tf.size(unique)) != self.vocabulary_size:
-                    raise ValueError(f"`vocabulary` must hold distinct values. Received {self.vocabulary_size} "
-                                     f"values of which {int(tf.size(unique))} are distinct.")
+                    raise ValueError(
+                        f"`vocabulary` must hold distinct values. Received {self.vocabulary_size} "
+                        f"values of which {int(tf.size(unique))} are distinct."
+                    )
                 rows = tf.range(self.num_oov_buckets, self.num_oov_buckets + self.vocabulary_size, dtype=tf.int64)
                 self.vocabulary_table.insert(keys, rows)
         self.embedding = tf.keras.layers.Embedding(
@@ -272,12 +276,15 @@ def build_embedding_tables(features: Sequence[Feature]) -> Dict[str, tf.keras.la
         if isinstance(feature, NumericFeature) or feature.table in tables:
             continue
         if isinstance(feature, HashedFeature):
-            tables[feature.table] = HashedEmbedding(feature.num_bins, feature.embedding_dim, name=f"{feature.table}_hashed")
+            tables[feature.table] = HashedEmbedding(
+                feature.num_bins, feature.embedding_dim, name=f"{feature.table}_hashed"
+            )
         elif isinstance(feature, BucketizedFeature):
             if feature.boundaries is None:
                 raise ValueError(f"Feature `{feature.name}` has no boundaries: call `features.adapt` on data first.")
-            tables[feature.table] = BucketizedEmbedding(feature.boundaries, feature.embedding_dim,
-                                                        name=f"{feature.table}_buckets")
+            tables[feature.table] = BucketizedEmbedding(
+                feature.boundaries, feature.embedding_dim, name=f"{feature.table}_buckets"
+            )
         else:
             if feature.vocabulary is None and feature.vocabulary_size is None:
                 raise ValueError(f"Feature `{feature.name}` has no vocabulary: call `features.adapt` on data first.")

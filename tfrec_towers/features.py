@@ -185,7 +185,9 @@ class BucketizedFeature:
         if self.boundaries is not None:
             values = np.asarray(self.boundaries, np.float64)
             if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
-                raise ValueError(f"Feature `{self.name}`: `boundaries` must be finite and increasing. Received: {self.boundaries!r}")
+                raise ValueError(
+                    f"Feature `{self.name}`: `boundaries` must be finite and increasing. Received: {self.boundaries!r}"
+                )
 
     @property
     def table(self) -> str:
@@ -336,7 +338,11 @@ def quantile_boundaries(values: np.ndarray, num_buckets: int) -> Tuple[float, ..
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return (0.0,)
-    inner = np.quantile(values, np.linspace(0.0, 1.0, num_buckets + 1)[1:-1]) if num_buckets > 1 else np.median(values)[None]
+    inner = (
+        np.quantile(values, np.linspace(0.0, 1.0, num_buckets + 1)[1:-1])
+        if num_buckets > 1
+        else np.median(values)[None]
+    )
     return tuple(float(b) for b in np.unique(inner))
 
 
@@ -390,8 +396,9 @@ def adapt(spec: FeatureSpec, *tables: Mapping[str, np.ndarray]) -> FeatureSpec:
                 values = np.log1p(np.maximum(values, 0.0))
             return dataclasses.replace(feature, mean=float(values.mean()), variance=float(values.var()))
         if isinstance(feature, BucketizedFeature) and feature.boundaries is None:
-            return dataclasses.replace(feature, boundaries=quantile_boundaries(
-                np.concatenate(pooled[feature.name]), feature.num_buckets))
+            return dataclasses.replace(
+                feature, boundaries=quantile_boundaries(np.concatenate(pooled[feature.name]), feature.num_buckets)
+            )
         return feature
 
     return FeatureSpec(

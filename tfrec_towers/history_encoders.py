@@ -89,8 +89,9 @@ class MeanHistoryEncoder(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.pooling = MaskedPooling("mean", name="pooling")
 
-    def call(self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None,
-             return_sequences: bool = False) -> tf.Tensor:
+    def call(
+        self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None, return_sequences: bool = False
+    ) -> tf.Tensor:
         if not return_sequences:
             return self.pooling(embeddings, mask)
         weights = tf.cast(mask, embeddings.dtype)[..., tf.newaxis]
@@ -127,8 +128,9 @@ class AttentionHistoryEncoder(tf.keras.layers.Layer):
         self.recency = self.add_weight("recency", shape=[self.max_length], initializer="zeros")
         super().build(input_shape)
 
-    def call(self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None,
-             return_sequences: bool = False) -> tf.Tensor:
+    def call(
+        self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None, return_sequences: bool = False
+    ) -> tf.Tensor:
         dim = tf.cast(tf.shape(embeddings)[-1], embeddings.dtype)
         scores = tf.linalg.matvec(self.keys(embeddings), self.query) / tf.sqrt(dim)  # [B, L]
         positions = valid_positions(mask)
@@ -163,8 +165,9 @@ class GRUHistoryEncoder(tf.keras.layers.Layer):
         self.gru = tf.keras.layers.GRU(int(input_shape[-1]), return_sequences=True, name="gru")
         super().build(input_shape)
 
-    def call(self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None,
-             return_sequences: bool = False) -> tf.Tensor:
+    def call(
+        self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None, return_sequences: bool = False
+    ) -> tf.Tensor:
         return _select(self.gru(embeddings, mask=mask, training=training), mask, return_sequences)
 
 
@@ -188,8 +191,9 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
     ``return_sequences=True``.
     """
 
-    def __init__(self, num_layers: int = 2, num_heads: int = 2, dropout: float = 0.2, max_length: int = 50,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, num_layers: int = 2, num_heads: int = 2, dropout: float = 0.2, max_length: int = 50, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         for name, value in (("num_layers", num_layers), ("num_heads", num_heads), ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -225,8 +229,9 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
         self.output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")
         super().build(input_shape)
 
-    def call(self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None,
-             return_sequences: bool = False) -> tf.Tensor:
+    def call(
+        self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None, return_sequences: bool = False
+    ) -> tf.Tensor:
         positions = tf.clip_by_value(valid_positions(mask), 0, self.max_length - 1)
         x = self.input_dropout(embeddings + tf.gather(self.positions, positions), training=training)
         x = x * tf.cast(mask, x.dtype)[..., tf.newaxis]

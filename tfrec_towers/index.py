@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
-from typing import Callable, Dict, Literal, Optional, Tuple, Union
+from typing import Callable, Dict, Literal, Optional, Tuple, Union, cast
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +29,18 @@ from tfrec_towers.unique_ids import repeated_ids
 
 IndexKind = Literal["brute-force", "scann"]
 INDEX_KINDS: Tuple[str, ...] = ("brute-force", "scann")
+
+
+def index_kind(kind: str) -> IndexKind:
+    """``kind`` checked to be an index kind (``"brute-force"`` or ``"scann"``).
+
+    Raises:
+      ValueError: if it is neither.
+    """
+    if kind in INDEX_KINDS:
+        return cast(IndexKind, kind)
+    raise ValueError(f"`kind` must be one of {list(INDEX_KINDS)}. Received: {kind!r}")
+
 
 BRUTE_FORCE_MAX_CANDIDATES = 5_000
 """Corpora up to this size use exact search in :meth:`IndexConfig.for_corpus`: a [batch, N]
@@ -92,8 +104,7 @@ class IndexConfig:
     training_iterations: int = 12
 
     def __post_init__(self) -> None:
-        if self.kind not in INDEX_KINDS:
-            raise ValueError(f"`kind` must be one of {list(INDEX_KINDS)}. Received: {self.kind!r}")
+        index_kind(self.kind)
         for field in (
             "k",
             "num_leaves",
@@ -135,6 +146,20 @@ class IndexConfig:
         return cls(kind=kind, k=k)
 
     @property
+    def resolved_leaves(self) -> Tuple[int, int]:
+        """``(num_leaves, num_leaves_to_search)`` of a ScaNN config :meth:`resolve` has filled in.
+
+        Raises:
+          ValueError: if either is unset (an unresolved or brute-force config).
+        """
+        if self.num_leaves is None or self.num_leaves_to_search is None:
+            raise ValueError(
+                "`num_leaves` and `num_leaves_to_search` are unset: build the ScaNN index from "
+                "`IndexConfig.resolve(num_candidates)`."
+            )
+        return self.num_leaves, self.num_leaves_to_search
+
+    @property
     def num_reordering_candidates(self) -> int:
         """Candidates re-scored exactly by ScaNN: ``reordering_multiplier · k``."""
         return self.reordering_multiplier * self.k
@@ -157,8 +182,7 @@ class IndexConfig:
         k = min(self.k, num_candidates)
         if self.num_leaves is not None and self.num_leaves > num_candidates and self.kind == "scann":
             raise ValueError(
-                f"`num_leaves` must not exceed the number of candidates ({num_candidates}). "
-                f"Received: {self.num_leaves}"
+                f"`num_leaves` must not exceed the number of candidates ({num_candidates}). Received: {self.num_leaves}"
             )
         if self.kind == "brute-force" or num_candidates < SCANN_MIN_CANDIDATES:
             return dataclasses.replace(self, kind="brute-force", k=k, num_leaves=None, num_leaves_to_search=None)
@@ -378,9 +402,7 @@ class RetrievalIndex(tf.Module):
         ids.set_shape([None, self.k])
         return scores, ids
 
-    def _search(
-        self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]
-    ) -> Tuple[tf.Tensor, tf.Tensor]:
+    def _search(self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
         """The subclass's search (brute force or ScaNN); this base class has none."""
         raise NotImplementedError(f"{type(self).__name__} must implement `_search`.")
 
@@ -393,9 +415,7 @@ class BruteForceIndex(RetrievalIndex):
         self.candidate_embeddings = tf.Variable(candidate_embeddings, trainable=False, name="candidate_embeddings")
         self._trace()
 
-    def _search(
-        self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]
-    ) -> Tuple[tf.Tensor, tf.Tensor]:
+    def _search(self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
         scores = tf.linalg.matmul(query_embeddings, self.candidate_embeddings, transpose_b=True)
         top_scores, top_indices = tf.math.top_k(scores, k=num_neighbors)
         return top_scores, tf.gather(self.candidate_ids, top_indices)
@@ -428,15 +448,16 @@ class ScannIndex(RetrievalIndex):
                 f"`dimensions_per_block` must not exceed the embedding dimension ({dim}). "
                 f"Received: {config.dimensions_per_block}"
             )
+        num_leaves, num_leaves_to_search = config.resolved_leaves
         super().__init__(config, candidate_ids, dim, name="scann_index")
         with progress(f"Building ScaNN index ({self.num_candidates:,} × {dim})"):
             searcher = (
                 scann_ops.builder(candidate_embeddings, config.k, "dot_product")
                 .tree(
-                    num_leaves=config.num_leaves,
-                    num_leaves_to_search=config.num_leaves_to_search,
+                    num_leaves=num_leaves,
+                    num_leaves_to_search=num_leaves_to_search,
                     training_iterations=config.training_iterations,
-                    min_partition_size=min(50, max(1, self.num_candidates // (2 * config.num_leaves))),
+                    min_partition_size=min(50, max(1, self.num_candidates // (2 * num_leaves))),
                 )
                 .score_ah(
                     config.dimensions_per_block,
@@ -448,9 +469,7 @@ class ScannIndex(RetrievalIndex):
         self.searcher_state = searcher.serialize_to_module()
         self._trace()
 
-    def _search(
-        self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]
-    ) -> Tuple[tf.Tensor, tf.Tensor]:
+    def _search(self, query_embeddings: tf.Tensor, num_neighbors: Union[int, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
         return self.search(query_embeddings, num_neighbors=num_neighbors)
 
     def search(

@@ -161,7 +161,13 @@ class TwoTowerModel(tfrs.Model):
             candidate_features = [feature_from_dict(f) for f in candidate_cfg["features"]]
             tables = build_embedding_tables(query_features + candidate_features)
             towers = [
-                Tower(features, cfg["config"], tables, cfg.get("history", HistoryEncoderConfig(encoder="pooling")), name=cfg["name"])
+                Tower(
+                    features,
+                    cfg["config"],
+                    tables,
+                    cfg.get("history", HistoryEncoderConfig(encoder="pooling")),
+                    name=cfg["name"],
+                )
                 for features, cfg in ((query_features, query_cfg), (candidate_features, candidate_cfg))
             ]
         else:

@@ -161,9 +161,7 @@ class progress:  # lower-case like contextlib.suppress: a context manager read a
         drawn = "█" * int(cells) + (_EIGHTHS[int((cells % 1) * 8)] if cells < BAR_WIDTH else "")
         shape = f" |{drawn.ljust(BAR_WIDTH)}|" if bar else ""
         eta = f"  ETA {format_duration((self.total - self.count) / rate)}" if rate > 0 and fraction < 1 else ""
-        return (
-            f"{self.label}  {percent}%{shape} {self.count:,}/{self.total:,} {self.unit}{speed}{eta}"
-        )
+        return f"{self.label}  {percent}%{shape} {self.count:,}/{self.total:,} {self.unit}{speed}{eta}"
 
     def _draw(self, line: str) -> None:
         """Replaces the terminal line with ``line``, its label shortened to fit the terminal's width."""
@@ -175,4 +173,3 @@ class progress:  # lower-case like contextlib.suppress: a context manager read a
         self._stream.write("\r" + line.ljust(self._drawn) + ("\r" if not line else ""))
         self._stream.flush()
         self._drawn = len(line)
-

@@ -66,7 +66,9 @@ def write_projector_embeddings(
     """
     values = np.asarray(embeddings)
     if values.ndim != 2 or values.shape[0] == 0 or not np.issubdtype(values.dtype, np.floating):
-        raise ValueError(f"`embeddings` must be a non-empty float matrix [N, d]. Received: {values.dtype} {values.shape}")
+        raise ValueError(
+            f"`embeddings` must be a non-empty float matrix [N, d]. Received: {values.dtype} {values.shape}"
+        )
     if not name.isidentifier():
         raise ValueError(f"`name` must be a Python identifier. Received: {name!r}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows <= 0:

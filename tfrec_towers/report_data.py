@@ -264,7 +264,10 @@ def training_counts(train_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndar
 
 
 def popularity_ranks(
-    item_counts: np.ndarray, candidate_ids: np.ndarray, targets: np.ndarray, seen_indptr: np.ndarray,
+    item_counts: np.ndarray,
+    candidate_ids: np.ndarray,
+    targets: np.ndarray,
+    seen_indptr: np.ndarray,
     seen_ids: np.ndarray,
 ) -> np.ndarray:
     """0-based target ranks of the most-popular-items baseline, evaluated like the model.
@@ -281,8 +284,14 @@ def popularity_ranks(
       ``int64 [U]`` ranks.
     """
     _, dense_rank = np.unique(np.asarray(item_counts), return_inverse=True)
-    return target_ranks(np.ones((len(targets), 1), np.float32), dense_rank.reshape(-1, 1).astype(np.float32),
-                        candidate_ids, targets, seen_indptr, seen_ids)
+    return target_ranks(
+        np.ones((len(targets), 1), np.float32),
+        dense_rank.reshape(-1, 1).astype(np.float32),
+        candidate_ids,
+        targets,
+        seen_indptr,
+        seen_ids,
+    )
 
 
 def unseen_top_k(
@@ -346,8 +355,12 @@ def unseen_top_k(
 
 
 def popularity_top_k(
-    item_counts: np.ndarray, candidate_ids: np.ndarray, targets: np.ndarray, seen_indptr: np.ndarray,
-    seen_ids: np.ndarray, k: int = COVERAGE_K,
+    item_counts: np.ndarray,
+    candidate_ids: np.ndarray,
+    targets: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_ids: np.ndarray,
+    k: int = COVERAGE_K,
 ) -> np.ndarray:
     """The most-popular-items baseline's top ``k`` unseen rows of each query (:func:`unseen_top_k`).
 
@@ -359,8 +372,15 @@ def popularity_top_k(
     order = np.lexsort((np.arange(len(item_counts)), -np.asarray(item_counts)))
     position = np.empty(len(order), np.float32)
     position[order] = np.arange(len(order), 0, -1)  # distinct scores: the most popular item scores N
-    return unseen_top_k(np.ones((len(targets), 1), np.float32), position.reshape(-1, 1), candidate_ids, targets,
-                        seen_indptr, seen_ids, k)
+    return unseen_top_k(
+        np.ones((len(targets), 1), np.float32),
+        position.reshape(-1, 1),
+        candidate_ids,
+        targets,
+        seen_indptr,
+        seen_ids,
+        k,
+    )
 
 
 def catalogue_coverage(top_rows: np.ndarray, num_candidates: int) -> float:
@@ -372,8 +392,10 @@ def catalogue_coverage(top_rows: np.ndarray, num_candidates: int) -> float:
 def _curves(ranks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """HR@K and NDCG@K for K = 1 … :data:`MAX_K` (entry ``K - 1``)."""
     values = metrics_from_ranks(ranks, ks=range(1, MAX_K + 1))
-    return (np.array([values[f"HR@{k}"] for k in range(1, MAX_K + 1)]),
-            np.array([values[f"NDCG@{k}"] for k in range(1, MAX_K + 1)]))
+    return (
+        np.array([values[f"HR@{k}"] for k in range(1, MAX_K + 1)]),
+        np.array([values[f"NDCG@{k}"] for k in range(1, MAX_K + 1)]),
+    )
 
 
 def _score_sample(
@@ -388,7 +410,10 @@ def _score_sample(
 
 
 def example_users(
-    data: RetrievalData, declarations: Declarations, top_rows: np.ndarray, seed: int,
+    data: RetrievalData,
+    declarations: Declarations,
+    top_rows: np.ndarray,
+    seed: int,
     count: int = NUM_EXAMPLE_USERS,
 ) -> Tuple[ExampleUser, ...]:
     """A seeded choice of ``count`` eval queries with their recent history and top list, items with attributes.
@@ -415,20 +440,23 @@ def example_users(
     def items(ids: np.ndarray) -> Tuple[ExampleItem, ...]:
         return tuple(item(row, item_id) for row, item_id in zip(rows_of(candidate_ids, ids), ids))
 
-    picked = np.random.default_rng(seed).choice(len(data.eval_targets), size=min(count, len(data.eval_targets)),
-                                                replace=False)
+    picked = np.random.default_rng(seed).choice(
+        len(data.eval_targets), size=min(count, len(data.eval_targets)), replace=False
+    )
     users = []
     for u in np.sort(picked):
         history = np.asarray(data.eval_queries[history_column][u]) if history_column else np.zeros(0)
         history = history[history != (0 if history.dtype.kind in "iu" else "")][::-1][:NUM_EXAMPLE_HISTORY]
         user = data.eval_queries[user_column][u] if user_column else f"#{u}"
         recommended = top_rows[u][top_rows[u] >= 0]
-        users.append(ExampleUser(
-            user=user.item() if isinstance(user, np.generic) else user,
-            held_out=items(data.eval_targets[u : u + 1])[0],
-            history=items(history),
-            recommended=items(candidate_ids[recommended]),
-        ))
+        users.append(
+            ExampleUser(
+                user=user.item() if isinstance(user, np.generic) else user,
+                held_out=items(data.eval_targets[u : u + 1])[0],
+                history=items(history),
+                recommended=items(candidate_ids[recommended]),
+            )
+        )
     return tuple(users)
 
 

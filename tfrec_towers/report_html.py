@@ -139,9 +139,16 @@ def popularity_plot(runs: Sequence[RunReportData]) -> Figure:
             x = [positions[(b.low, b.high)] - 0.4 + width * (i + 0.5) for b in run.popularity]
             ax.bar(x, [b.hit_rate[k] for b in run.popularity], width=width, color=_color(i), label=run.name)
         for j, (label, run) in enumerate(baselines(runs)):
-            ax.scatter([positions[(b.low, b.high)] for b in run.baseline_popularity],
-                       [b.hit_rate[k] for b in run.baseline_popularity], marker="_", s=900, linewidths=2.5,
-                       color=str(0.15 + 0.2 * (j % 3)), zorder=3, label=label)
+            ax.scatter(
+                [positions[(b.low, b.high)] for b in run.baseline_popularity],
+                [b.hit_rate[k] for b in run.baseline_popularity],
+                marker="_",
+                s=900,
+                linewidths=2.5,
+                color=str(0.15 + 0.2 * (j % 3)),
+                zorder=3,
+                label=label,
+            )
         ax.set_xticks(range(len(buckets)), labels, fontsize="small")
         ax.set_xlabel("training interactions of the held-out item")
         ax.set_ylabel(f"HR@{k}")
@@ -185,8 +192,15 @@ def scores_plot(runs: Sequence[RunReportData]) -> Figure:
     bins = _bins([a for run in runs for a in (run.target_scores, run.catalogue_scores)])
     for i, run in enumerate(runs):
         _step_histogram(ax, run.target_scores, bins, color=_color(i), linewidth=2, label=f"{run.name}: held-out item")
-        _step_histogram(ax, run.catalogue_scores, bins, color=_color(i), linewidth=1.2, linestyle="--",
-                        label=f"{run.name}: random items")
+        _step_histogram(
+            ax,
+            run.catalogue_scores,
+            bins,
+            color=_color(i),
+            linewidth=1.2,
+            linestyle="--",
+            label=f"{run.name}: random items",
+        )
     ax.set_xlabel("score ⟨query embedding, item embedding⟩")
     ax.set_ylabel("share of scores")
     return _finish(figure, ax)
@@ -206,7 +220,7 @@ def validation_plot(runs: Sequence[RunReportData]) -> Figure:
                 ax.plot(range(1, len(values) + 1), values, marker="o", color=_color(i), label=run.name)
         ax.set_xlabel("epoch")
         ax.set_title(key)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.locator_params(axis="x", integer=True)
     return _finish(figure, *axes)
 
 
@@ -218,14 +232,33 @@ def frontier_plot(runs: Sequence[RunReportData]) -> Figure:
         if run.tuning is None:
             continue
         points, frontier, chosen = run.tuning["points"], run.tuning["frontier"], run.tuning["chosen"]
-        ax.scatter([p["queries_per_second"] for p in points], [p["recall"] for p in points], s=12,
-                   color=_color(i), alpha=0.35)
-        ax.plot([p["queries_per_second"] for p in frontier], [p["recall"] for p in frontier], marker="o",
-                color=_color(i), label=f"{run.name}: frontier")
-        ax.scatter([chosen["queries_per_second"]], [chosen["recall"]], s=170, facecolors="none", edgecolors=_color(i),
-                   linewidths=2, zorder=3, label=f"{run.name}: chosen ({chosen['config']['kind']})")
-        ax.axhline(run.tuning["target_recall"], color=_color(i), linestyle=":", linewidth=1,
-                   label=f"{run.name}: target recall {run.tuning['target_recall']}")
+        ax.scatter(
+            [p["queries_per_second"] for p in points], [p["recall"] for p in points], s=12, color=_color(i), alpha=0.35
+        )
+        ax.plot(
+            [p["queries_per_second"] for p in frontier],
+            [p["recall"] for p in frontier],
+            marker="o",
+            color=_color(i),
+            label=f"{run.name}: frontier",
+        )
+        ax.scatter(
+            [chosen["queries_per_second"]],
+            [chosen["recall"]],
+            s=170,
+            facecolors="none",
+            edgecolors=_color(i),
+            linewidths=2,
+            zorder=3,
+            label=f"{run.name}: chosen ({chosen['config']['kind']})",
+        )
+        ax.axhline(
+            run.tuning["target_recall"],
+            color=_color(i),
+            linestyle=":",
+            linewidth=1,
+            label=f"{run.name}: target recall {run.tuning['target_recall']}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("queries per second (batched, log scale)")
     ax.set_ylabel("recall@k against exact search")
@@ -282,10 +315,18 @@ def build_plots(runs: Sequence[RunReportData]) -> List[Plot]:
         Plot("scores.png", "Score distributions", scores_plot(runs), EXPLANATIONS["scores"]),
     ]
     if any(run.validation_history for run in runs):
-        plots.insert(1, Plot("validation.png", "Validation per epoch", validation_plot(runs), EXPLANATIONS["validation"]))
+        plots.insert(
+            1, Plot("validation.png", "Validation per epoch", validation_plot(runs), EXPLANATIONS["validation"])
+        )
     if any(run.tuning is not None for run in runs):
-        plots.append(Plot("index_frontier.png", "Index recall / throughput frontier", frontier_plot(runs),
-                          EXPLANATIONS["frontier"]))
+        plots.append(
+            Plot(
+                "index_frontier.png",
+                "Index recall / throughput frontier",
+                frontier_plot(runs),
+                EXPLANATIONS["frontier"],
+            )
+        )
     return plots
 
 
@@ -297,8 +338,10 @@ def _png(figure: Figure) -> bytes:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
     """An HTML table of already escaped cells; the first ``text_columns`` columns are left-aligned."""
-    head = "".join(f"<th class='text'>{html.escape(h)}</th>" if i < text_columns else f"<th>{html.escape(h)}</th>"
-                   for i, h in enumerate(header))
+    head = "".join(
+        f"<th class='text'>{html.escape(h)}</th>" if i < text_columns else f"<th>{html.escape(h)}</th>"
+        for i, h in enumerate(header)
+    )
     body = "".join(
         "<tr>"
         + "".join(f"<td class='text'>{c}</td>" if i < text_columns else f"<td>{c}</td>" for i, c in enumerate(row))
@@ -313,21 +356,36 @@ def _metrics_section(runs: Sequence[RunReportData]) -> str:
     rows = []
     for run in runs:
         losses = run.history.get("loss", [])
-        cells = [html.escape(run.name), html.escape(run.data_name), html.escape(loss_summary(run.config)),
-                 str(len(losses)), f"{losses[-1]:.4f}" if losses else "–"]
+        cells = [
+            html.escape(run.name),
+            html.escape(run.data_name),
+            html.escape(loss_summary(run.config)),
+            str(len(losses)),
+            f"{losses[-1]:.4f}" if losses else "–",
+        ]
         for key in METRIC_KEYS:
             value = run.metrics.get(key)
             text = "–" if value is None else f"{value:.4f}"
             cells.append(f"<b>{text}</b>" if len(runs) > 1 and value == best[key] else text)
         rows.append([*cells, f"{run.coverage:.4f}"])
     for label, run in baselines(runs):
-        rows.append([html.escape(label), html.escape(run.data_name), "training popularity", "–", "–",
-                     *(f"{run.baseline_metrics[key]:.4f}" for key in METRIC_KEYS), f"{run.baseline_coverage:.4f}"])
+        rows.append(
+            [
+                html.escape(label),
+                html.escape(run.data_name),
+                "training popularity",
+                "–",
+                "–",
+                *(f"{run.baseline_metrics[key]:.4f}" for key in METRIC_KEYS),
+                f"{run.baseline_coverage:.4f}",
+            ]
+        )
     note = (
         f"<p class='note'>The last column is the catalogue coverage of the top {COVERAGE_K}: the share of catalogue "
         f"items recommended in the top {COVERAGE_K} of at least one evaluated user (1 = every item reaches someone). "
         f"<i>{BASELINE}</i> ranks every item by its number of training interactions, evaluated the same way."
-        + (" Best value of each metric among the runs in bold." if len(runs) > 1 else "") + "</p>"
+        + (" Best value of each metric among the runs in bold." if len(runs) > 1 else "")
+        + "</p>"
     )
     header = ["run", "data", "loss", "epochs", "final loss", *METRIC_KEYS, f"top-{COVERAGE_K} coverage"]
     return _table(header, rows, text_columns=3) + note
@@ -340,8 +398,10 @@ def _validation_note(runs: Sequence[RunReportData]) -> str:
         return ""
     if len(without) == len(runs):
         subject = "The run has no validation split" if len(runs) == 1 else "None of the runs has a validation split"
-        return (f"<h2>Validation per epoch</h2><p>{subject}: history.json holds no <code>val_</code> values, "
-                "so there are no validation curves.</p>")
+        return (
+            f"<h2>Validation per epoch</h2><p>{subject}: history.json holds no <code>val_</code> values, "
+            "so there are no validation curves.</p>"
+        )
     return f"<p class='note'>No validation split in: {html.escape(', '.join(without))}.</p>"
 
 
@@ -358,18 +418,22 @@ def _item_cells(item: Optional[ExampleItem], attributes: Sequence[str], held_out
     if item is None:
         return [""] * (1 + len(attributes))
     text = html.escape(str(item.id))
-    return [f"<b>{text}</b>" if held_out is not None and item.id == held_out else text,
-            *(html.escape(_format_value(item.attributes[a])) if a in item.attributes else "" for a in attributes)]
+    return [
+        f"<b>{text}</b>" if held_out is not None and item.id == held_out else text,
+        *(html.escape(_format_value(item.attributes[a])) if a in item.attributes else "" for a in attributes),
+    ]
 
 
 def _examples_section(runs: Sequence[RunReportData]) -> str:
     """Per run, a table of a few users: recent history (latest first) beside the model's top list."""
-    parts = [(
-        "<h2>Example users</h2><p class='note'>A fixed random choice of evaluated users: their most recent "
-        f"training items (latest first) beside the model's top {COVERAGE_K} (their training items removed), "
-        "with each item's attributes. The held-out item is named under the user and in bold when the model "
-        "recommends it.</p>"
-    )]
+    parts = [
+        (
+            "<h2>Example users</h2><p class='note'>A fixed random choice of evaluated users: their most recent "
+            f"training items (latest first) beside the model's top {COVERAGE_K} (their training items removed), "
+            "with each item's attributes. The held-out item is named under the user and in bold when the model "
+            "recommends it.</p>"
+        )
+    ]
     for run in runs:
         if not run.examples:
             continue
@@ -381,10 +445,19 @@ def _examples_section(runs: Sequence[RunReportData]) -> str:
             for i in range(length):
                 history = user.history[i] if i < len(user.history) else None
                 recommended = user.recommended[i] if i < len(user.recommended) else None
-                first = (f"<td class='text' rowspan='{length}'>{html.escape(str(user.user))}<br><span class='note'>"
-                         f"held out: {html.escape(str(user.held_out.id))}</span></td>") if i == 0 else ""
-                cells = [str(i + 1), *_item_cells(history, attributes),
-                         *_item_cells(recommended, attributes, user.held_out.id)]
+                first = (
+                    (
+                        f"<td class='text' rowspan='{length}'>{html.escape(str(user.user))}<br><span class='note'>"
+                        f"held out: {html.escape(str(user.held_out.id))}</span></td>"
+                    )
+                    if i == 0
+                    else ""
+                )
+                cells = [
+                    str(i + 1),
+                    *_item_cells(history, attributes),
+                    *_item_cells(recommended, attributes, user.held_out.id),
+                ]
                 rows.append(first + "".join(f"<td class='text'>{c}</td>" for c in cells))
         head = "".join(f"<th class='text'>{html.escape(h)}</th>" for h in header)
         body = "".join(f"<tr>{row}</tr>" for row in rows)
@@ -400,15 +473,21 @@ def _verification_section(runs: Sequence[RunReportData]) -> str:
             continue
         m = run.verification.get("metrics", {})
         latency = m.get("latency_ms", {})
-        rows.append([
-            html.escape(run.name),
-            "passed" if run.verification.get("ok") else "<b>FAILED</b>: " + html.escape(
-                "; ".join(c.get("name", "?") for c in run.verification.get("checks", []) if not c.get("ok"))),
-            html.escape(str(run.config.get("export", {}).get("index", "?"))),
-            f"{m['recall_at_k']:.4f} (k={m.get('k')})" if "recall_at_k" in m else "–",
-            f"{latency['p50']:.2f} / {latency['p99']:.2f}" if "p50" in latency else "–",
-            f"{m['batched_qps']:,.0f} (batches of {m.get('qps_batch_size')})" if "batched_qps" in m else "–",
-        ])
+        rows.append(
+            [
+                html.escape(run.name),
+                "passed"
+                if run.verification.get("ok")
+                else "<b>FAILED</b>: "
+                + html.escape(
+                    "; ".join(c.get("name", "?") for c in run.verification.get("checks", []) if not c.get("ok"))
+                ),
+                html.escape(str(run.config.get("export", {}).get("index", "?"))),
+                f"{m['recall_at_k']:.4f} (k={m.get('k')})" if "recall_at_k" in m else "–",
+                f"{latency['p50']:.2f} / {latency['p99']:.2f}" if "p50" in latency else "–",
+                f"{m['batched_qps']:,.0f} (batches of {m.get('qps_batch_size')})" if "batched_qps" in m else "–",
+            ]
+        )
     if not rows:
         return ""
     return (
@@ -437,8 +516,11 @@ def _config_section(runs: Sequence[RunReportData]) -> str:
         keys = sorted({k for f in flat for k in f if len({json.dumps(g.get(k)) for g in flat}) > 1})
         rows = [[f"<code>{html.escape(k)}</code>", *(html.escape(json.dumps(f.get(k))) for f in flat)] for k in keys]
         table = _table(["key", *(r.name for r in runs)], rows, text_columns=len(runs) + 1)
-        parts.append(f"<p>Settings that differ between the runs:</p>{table}" if rows
-                     else "<p>The runs have identical configurations.</p>")
+        parts.append(
+            f"<p>Settings that differ between the runs:</p>{table}"
+            if rows
+            else "<p>The runs have identical configurations.</p>"
+        )
     for run in runs:
         parts.append(
             f"<details><summary>Full configuration of {html.escape(run.name)} (<code>{html.escape(str(run.run_dir))}"
@@ -462,8 +544,11 @@ summary{cursor:pointer;margin:.4em 0}
 
 def _document(runs: Sequence[RunReportData], plots: Sequence[Plot], images: Dict[str, bytes]) -> str:
     title = f"tfrec-towers report: {runs[0].name}" if len(runs) == 1 else f"tfrec-towers comparison of {len(runs)} runs"
-    names = ", ".join(f"<b>{html.escape(r.name)}</b> ({html.escape(r.data_name)}, {r.num_candidates:,} items, "
-                      f"{len(r.ranks):,} users evaluated)" for r in runs)
+    names = ", ".join(
+        f"<b>{html.escape(r.name)}</b> ({html.escape(r.data_name)}, {r.num_candidates:,} items, "
+        f"{len(r.ranks):,} users evaluated)"
+        for r in runs
+    )
     figures = "".join(
         f"<h2>{html.escape(plot.title)}</h2><figure><img alt='{html.escape(plot.title)}' data-file='{plot.file_name}' "
         f"src='data:image/png;base64,{base64.b64encode(images[plot.file_name]).decode('ascii')}'>"
@@ -544,4 +629,3 @@ def render_report(runs: Sequence[RunReportData], output_dir: Union[str, Path]) -
 
     _publish(output_dir, write)
     return output_dir / REPORT_FILE
-

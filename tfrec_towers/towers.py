@@ -100,9 +100,7 @@ class Tower(tf.keras.Model):
         if not return_sequences:
             ids = ids[:, -self.history.max_length :]
         mask = tf.not_equal(ids, tf.constant(feature.padding, ids.dtype))
-        return self.history_encoder(
-            self.history_table(ids), mask, training=training, return_sequences=return_sequences
-        )
+        return self.history_encoder(self.history_table(ids), mask, training=training, return_sequences=return_sequences)
 
     def _head(self, x: tf.Tensor, training: bool) -> tf.Tensor:
         """MLP, projection and L2 normalisation over the last axis: ``[..., in] → [..., output_dim]``."""
@@ -182,15 +180,12 @@ def check_embeddings(what: str, embeddings: Any, num_rows: int) -> np.ndarray:
             f"{embeddings.dtype.name} {embeddings.shape}" if isinstance(embeddings, tf.Tensor) else type(embeddings)
         )
         raise ValueError(
-            f"{what} must return a float32 tensor of embeddings [batch, dim]. Received {received} "
-            f"for {num_rows} rows."
+            f"{what} must return a float32 tensor of embeddings [batch, dim]. Received {received} for {num_rows} rows."
         )
     return embeddings.numpy()
 
 
-def compute_embeddings(
-    tower: tf.keras.Model, features: Mapping[str, np.ndarray], batch_size: int = 4096
-) -> np.ndarray:
+def compute_embeddings(tower: tf.keras.Model, features: Mapping[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
     """Runs ``tower`` over a feature dictionary in batches: ``float32 [num_rows, dim]``.
 
     Only the columns the tower reads are fed (those of its ``features`` declarations, all of

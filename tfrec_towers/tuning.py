@@ -105,7 +105,7 @@ class TuningGrid:
         # Re-ordering pools beyond N are the same search: keep the first of each.
         distinct: Dict[Tuple[int, int, int], IndexConfig] = {}
         for config in configs:
-            key = (config.num_leaves, config.num_leaves_to_search, min(num_candidates, config.num_reordering_candidates))
+            key = (*config.resolved_leaves, min(num_candidates, config.num_reordering_candidates))
             distinct.setdefault(key, config)
         return list(distinct.values())
 
@@ -195,7 +195,9 @@ class TuningResult:
             mark = "*" if point == self.chosen else ""
             lines.append(f"| {mark} | {point.label} | {point.recall:.4f} | {point.queries_per_second:,.0f} |")
         if self.chosen not in self.frontier:
-            lines.append(f"| * | {self.chosen.label} | {self.chosen.recall:.4f} | {self.chosen.queries_per_second:,.0f} |")
+            lines.append(
+                f"| * | {self.chosen.label} | {self.chosen.recall:.4f} | {self.chosen.queries_per_second:,.0f} |"
+            )
         if not self.target_met:
             lines.append(f"No configuration reached recall {self.target_recall}; the most accurate one is chosen.")
         return "\n".join(lines)
@@ -239,8 +241,10 @@ def _measure(
     min_seconds: float,
 ) -> Tuple[float, float]:
     """``(recall@k, queries per second)`` of ``search`` over ``queries`` in batches."""
-    batches = [(tf.constant(queries[i : i + batch_size]), len(queries[i : i + batch_size]))
-               for i in range(0, len(queries), batch_size)]
+    batches = [
+        (tf.constant(queries[i : i + batch_size]), len(queries[i : i + batch_size]))
+        for i in range(0, len(queries), batch_size)
+    ]
     found = np.concatenate([search(batch)[1].numpy() for batch, _ in batches])
     qps = measure_batched_qps(search, batches, min_passes=2, min_seconds=min_seconds)
     return recall_at_k(found, exact_ids), qps
@@ -304,7 +308,7 @@ def tune_index(
         sweep = [c for c in configs if c.num_leaves == num_leaves]
         widest = dataclasses.replace(
             sweep[0],
-            num_leaves_to_search=max(c.num_leaves_to_search for c in sweep),
+            num_leaves_to_search=max(c.resolved_leaves[1] for c in sweep),
             reordering_multiplier=max(c.reordering_multiplier for c in sweep),
         )
         start = time.perf_counter()
@@ -406,13 +410,31 @@ def save_tuning_report(result: TuningResult, directory: Union[str, Path]) -> Dic
 
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
-    axes.scatter([p.queries_per_second for p in result.points], [p.recall for p in result.points],
-                 s=14, color="0.6", label="configurations")
-    axes.plot([p.queries_per_second for p in result.frontier], [p.recall for p in result.frontier],
-              marker="o", color="tab:blue", label="frontier")
+    axes.scatter(
+        [p.queries_per_second for p in result.points],
+        [p.recall for p in result.points],
+        s=14,
+        color="0.6",
+        label="configurations",
+    )
+    axes.plot(
+        [p.queries_per_second for p in result.frontier],
+        [p.recall for p in result.frontier],
+        marker="o",
+        color="tab:blue",
+        label="frontier",
+    )
     axes.axhline(result.target_recall, linestyle="--", color="tab:red", label=f"target {result.target_recall}")
-    axes.scatter([result.chosen.queries_per_second], [result.chosen.recall], s=160, facecolors="none",
-                 edgecolors="tab:green", linewidths=2, label=f"chosen: {result.chosen.label}", zorder=3)
+    axes.scatter(
+        [result.chosen.queries_per_second],
+        [result.chosen.recall],
+        s=160,
+        facecolors="none",
+        edgecolors="tab:green",
+        linewidths=2,
+        label=f"chosen: {result.chosen.label}",
+        zorder=3,
+    )
     axes.set_xscale("log")
     axes.set_xlabel(f"queries per second (batches of {result.batch_size})")
     axes.set_ylabel(f"recall@{result.k}")

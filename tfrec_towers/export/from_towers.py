@@ -27,7 +27,14 @@ from tfrec_towers.export.signatures import (
     take_feature_rows,
 )
 from tfrec_towers.features import SequenceFeature, input_signature
-from tfrec_towers.index import SCANN_MIN_CANDIDATES, IndexConfig, RetrievalIndex, build_index, check_candidate_ids
+from tfrec_towers.index import (
+    SCANN_MIN_CANDIDATES,
+    IndexConfig,
+    RetrievalIndex,
+    build_index,
+    check_candidate_ids,
+    index_kind,
+)
 from tfrec_towers.towers import compute_embeddings
 
 logger = logging.getLogger(__name__)
@@ -151,13 +158,30 @@ def export_retrieval_model(
     for warning in warnings:
         logger.warning("Export %s/%s: %s", model_name, version, warning)
     sample = model_verification_sample(
-        query_model, retrieval_index, sample_queries, catalogue, candidate_embeddings,
-        retrieval_index.candidate_ids.numpy(), exclude_history,
+        query_model,
+        retrieval_index,
+        sample_queries,
+        catalogue,
+        candidate_embeddings,
+        retrieval_index.candidate_ids.numpy(),
+        exclude_history,
     )
     return write_retrieval_export(
-        model_dir, version, model_name, query_model, candidate_model, retrieval_index, query_spec, candidate_spec,
-        candidate_id, sample, (sample_queries, catalogue), warnings=warnings, exclude_history=exclude_history,
-        metadata=metadata, next_free=next_free,
+        model_dir,
+        version,
+        model_name,
+        query_model,
+        candidate_model,
+        retrieval_index,
+        query_spec,
+        candidate_spec,
+        candidate_id,
+        sample,
+        (sample_queries, catalogue),
+        warnings=warnings,
+        exclude_history=exclude_history,
+        metadata=metadata,
+        next_free=next_free,
     )
 
 
@@ -171,8 +195,7 @@ def _index_warnings(requested: IndexConfig, index: RetrievalIndex) -> List[str]:
         )
     if index.k < requested.k:
         warnings.append(
-            f"k={requested.k} exceeds the corpus size ({index.num_candidates} candidates); "
-            f"clamped to k={index.k}."
+            f"k={requested.k} exceeds the corpus size ({index.num_candidates} candidates); clamped to k={index.k}."
         )
     return warnings
 
@@ -191,7 +214,7 @@ def history_feature_name(query_tower: tf.keras.Model) -> str:
             f"named {name!r} (the tower's `history.feature`). The query features are "
             f"{[f.name for f in getattr(query_tower, 'features', ())]}."
         )
-    return name
+    return feature.name
 
 
 def _columns(argument: str, table: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec]) -> Dict[str, Any]:
@@ -245,7 +268,7 @@ def export_model(
         a history of the candidate ids' dtype; see also :func:`export_retrieval_model`.
       NotADirectoryError, FileExistsError: see :func:`export_retrieval_model`.
     """
-    towers = [getattr(model, name, None) for name in ("query_tower", "candidate_tower")]
+    towers: List[Any] = [getattr(model, name, None) for name in ("query_tower", "candidate_tower")]
     if not all(hasattr(tower, "features") for tower in towers) or not hasattr(model, "candidate_id"):
         raise TypeError(
             "`model` must be a TwoTowerModel whose towers declare their features (tfrec_towers.build_model, "
@@ -256,7 +279,7 @@ def export_model(
     if isinstance(index, IndexConfig):
         index_config = index if k is None else dataclasses.replace(index, k=k)
     else:
-        index_config = IndexConfig(kind=index, k=100 if k is None else k)
+        index_config = IndexConfig(kind=index_kind(index), k=100 if k is None else k)
     query_spec, candidate_spec = input_signature(query_tower.features), input_signature(candidate_tower.features)
     return export_retrieval_model(
         query_model=query_tower,
@@ -271,4 +294,3 @@ def export_model(
         warmup_queries=None if warmup_queries is None else _columns("warmup_queries", warmup_queries, query_spec),
         exclude_history=history_feature_name(query_tower) if exclude_history else None,
     )
-

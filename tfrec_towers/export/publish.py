@@ -89,8 +89,9 @@ def _remove_stale_temporaries(model_dir: Path) -> None:
         if match is None or match["host"] != host or _is_running(int(match["pid"])):
             continue
         shutil.rmtree(entry, ignore_errors=True)
-        logger.warning("Removed %s: the unfinished export of process %s, which is no longer running.",
-                       entry, match["pid"])
+        logger.warning(
+            "Removed %s: the unfinished export of process %s, which is no longer running.", entry, match["pid"]
+        )
 
 
 def _publish(tmp: Path, model_dir: Path, version: int, label: Callable[[Path, int], None], next_free: bool) -> Path:
@@ -116,8 +117,12 @@ def _publish(tmp: Path, model_dir: Path, version: int, label: Callable[[Path, in
                 "written (another export published it). Pass another `version`, or None for the next one."
             )
         taken, version = version, max([version, *_existing_versions(model_dir)]) + 1
-        logger.info("Version %d of %s was published by another export meanwhile: this export becomes version %d.",
-                    taken, model_dir, version)
+        logger.info(
+            "Version %d of %s was published by another export meanwhile: this export becomes version %d.",
+            taken,
+            model_dir,
+            version,
+        )
     raise FileExistsError(
         f"Concurrent exports into {model_dir} took {MAX_PUBLISH_ATTEMPTS} versions in a row before this one "
         "could publish: export again."

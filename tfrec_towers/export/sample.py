@@ -69,10 +69,10 @@ def search_with_exact(
         scores, top_ids = (t.numpy() for t in index(queries))
         exact_ids = candidate_ids[exact_top_k(query_embeddings, candidate_embeddings, index.k)[1]]
         return scores, top_ids, exact_ids
-    history = tf.constant(history, index.id_dtype)
-    scores, top_ids = (t.numpy() for t in index.search_excluding(queries, history))
+    history_ids = tf.constant(history, index.id_dtype)
+    scores, top_ids = (t.numpy() for t in index.search_excluding(queries, history_ids))
     exact_ids = _exact_ids_excluding(
-        query_embeddings, candidate_embeddings, candidate_ids, index.k, history.numpy(), index.padding_id
+        query_embeddings, candidate_embeddings, candidate_ids, index.k, history_ids.numpy(), index.padding_id
     )
     return scores, top_ids, exact_ids
 
@@ -162,6 +162,9 @@ def model_verification_sample(
     retrieved = search_with_exact(index, query_embeddings, candidate_embeddings, candidate_ids, history)
     positions = sampled_candidate_positions(candidate_ids, retrieved[1])
     return verification_sample(
-        sample_queries, query_embeddings, take_feature_rows(candidates, positions), candidate_embeddings[positions],
+        sample_queries,
+        query_embeddings,
+        take_feature_rows(candidates, positions),
+        candidate_embeddings[positions],
         retrieved,
     )

@@ -129,19 +129,11 @@ class AdaptiveMarginTemperature(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.strength = check_real("strength", strength, 0.0, 1.0)
         self.base_margin = check_real("base_margin", base_margin, 0.0)
-        self.base_temperature = check_real(
-            "base_temperature", base_temperature, 0.0, low_open=True
-        )
-        self.item_anchored_weight = check_real(
-            "item_anchored_weight", item_anchored_weight, 0.0, 1.0
-        )
-        self.min_temperature = check_real(
-            "min_temperature", min_temperature, 0.0, self.base_temperature, low_open=True
-        )
+        self.base_temperature = check_real("base_temperature", base_temperature, 0.0, low_open=True)
+        self.item_anchored_weight = check_real("item_anchored_weight", item_anchored_weight, 0.0, 1.0)
+        self.min_temperature = check_real("min_temperature", min_temperature, 0.0, self.base_temperature, low_open=True)
 
-    def margins_and_temperatures(
-        self, positive_negative_similarity: tf.Tensor
-    ) -> Tuple[tf.Tensor, tf.Tensor]:
+    def margins_and_temperatures(self, positive_negative_similarity: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """Per-negative margins and temperatures, without gradient.
 
         Args:
@@ -152,8 +144,7 @@ class AdaptiveMarginTemperature(tf.keras.layers.Layer):
           ``δ_ij = δ0·(1 − α·ĉ_ij)``, ``τ_ij = max(τ0·(1 − α·ĉ_ij), τ_min)``.
         """
         hardness = tf.clip_by_value(
-            (tf.stop_gradient(tf.cast(positive_negative_similarity, self.compute_dtype)) + 1.0)
-            / 2.0,
+            (tf.stop_gradient(tf.cast(positive_negative_similarity, self.compute_dtype)) + 1.0) / 2.0,
             0.0,
             1.0,
         )
@@ -184,9 +175,7 @@ class AdaptiveMarginTemperature(tf.keras.layers.Layer):
         negative_similarity = tf.cast(negative_similarity, self.compute_dtype)
         margins, temperatures = self.margins_and_temperatures(positive_negative_similarity)
         positive_logits = (positive_similarity - self.base_margin) / self.base_temperature
-        differences = (
-            negative_similarity - positive_similarity[:, tf.newaxis] + margins
-        ) / temperatures
+        differences = (negative_similarity - positive_similarity[:, tf.newaxis] + margins) / temperatures
         return positive_logits, positive_logits[:, tf.newaxis] + differences
 
     def get_config(self) -> Dict[str, Any]:

@@ -12,8 +12,8 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_towers.config import LossConfig
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature
-from tfrec_towers.losses.frequency import CountsFrequencyTable, StreamingFrequencyEstimator
-from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank, IdDtype
+from tfrec_towers.losses.frequency import CountsFrequencyTable, StreamingFrequencyEstimator, check_key_dtype
+from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
 from tfrec_towers.losses.mixed_negatives import MixedNegativeSampler
 from tfrec_towers.losses.modes import make_mode_loss
 from tfrec_towers.losses.task import RetrievalLoss, in_batch_softmax_task
@@ -49,7 +49,7 @@ def build_retrieval_task(
     loss: LossConfig,
     temperature: float,
     embedding_dim: int,
-    id_dtype: IdDtype,
+    id_dtype: str,
     training_ids: Optional[np.ndarray] = None,
     corpus_size: int = 0,
 ) -> Union[RetrievalLoss, tfrs.tasks.Retrieval]:
@@ -79,12 +79,16 @@ def build_retrieval_task(
             num_hashes=loss.frequency.num_hashes,
             hash_buckets=loss.frequency.hash_buckets,
             learning_rate=loss.frequency.learning_rate,
-            key_dtype=id_dtype,
+            key_dtype=check_key_dtype("key_dtype", id_dtype),
             name="frequency_estimator",
         )
     bank = (
         CrossBatchMemoryBank(
-            loss.memory_bank_size, embedding_dim, id_dtype, loss.memory_bank_warmup_steps, name="memory_bank"
+            loss.memory_bank_size,
+            embedding_dim,
+            check_key_dtype("id_dtype", id_dtype),
+            loss.memory_bank_warmup_steps,
+            name="memory_bank",
         )
         if loss.memory_bank_size
         else None
@@ -101,8 +105,11 @@ def build_retrieval_task(
     )
     return RetrievalLoss(
         mode=make_mode_loss(loss.mode, **_mode_kwargs(loss)),
-        temperature=Temperature(temperature, learnable=loss.learnable_temperature,
-                                min_temperature=min(0.01, temperature)) if adaptive is None else None,
+        temperature=Temperature(
+            temperature, learnable=loss.learnable_temperature, min_temperature=min(0.01, temperature)
+        )
+        if adaptive is None
+        else None,
         adaptive=adaptive,
         candidate_probability=probability,
         memory_bank=bank,

@@ -48,7 +48,12 @@ class CandidateProbability(Protocol):
         """Observes one training batch of candidate ids ``[N]`` (a no-op when fixed)."""
 
 
-def _check_key_dtype(field: str, value: Any) -> KeyDtype:
+def check_key_dtype(field: str, value: Any) -> KeyDtype:
+    """``value`` checked to be an id dtype, ``"int64"`` or ``"string"``.
+
+    Raises:
+      ValueError: naming ``field``, for another value.
+    """
     if value not in _KEY_DTYPES:
         raise ValueError(f"`{field}` must be one of {_KEY_DTYPES}. Received: {value!r}")
     return value
@@ -136,7 +141,7 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
         self.num_hashes = check_int("num_hashes", num_hashes, 1)
         self.hash_buckets = check_int("hash_buckets", hash_buckets, 1)
         self.learning_rate = check_real("learning_rate", learning_rate, 0.0, 1.0, low_open=True)
-        self.key_dtype = _check_key_dtype("key_dtype", key_dtype)
+        self.key_dtype = check_key_dtype("key_dtype", key_dtype)
         size = self.num_hashes * self.hash_buckets
         state = dict(
             trainable=False,
@@ -153,8 +158,7 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
         keys = tf.reshape(_keys_as_strings(ids, self.key_dtype), [-1])
         return tf.stack(
             [
-                tf.strings.to_hash_bucket_strong(keys, self.hash_buckets, key=[i, 0])
-                + i * self.hash_buckets
+                tf.strings.to_hash_bucket_strong(keys, self.hash_buckets, key=[i, 0]) + i * self.hash_buckets
                 for i in range(self.num_hashes)
             ]
         )
@@ -285,7 +289,8 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
         if (ids is None) != (counts is None):
             raise ValueError("`ids` and `counts` must be given together (or neither, for a table a checkpoint fills).")
         self.default_probability = (
-            None if default_probability is None
+            None
+            if default_probability is None
             else check_real("default_probability", default_probability, 0.0, 1.0, low_open=True)
         )
         total = 0.0  # an empty table until a checkpoint is restored: every id unseen
@@ -293,7 +298,7 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
         if ids is not None:
             keys = _as_vocabulary("ids", ids)
             inferred: KeyDtype = "int64" if keys.dtype == np.int64 else "string"
-            if key_dtype is not None and _check_key_dtype("key_dtype", key_dtype) != inferred:
+            if key_dtype is not None and check_key_dtype("key_dtype", key_dtype) != inferred:
                 raise ValueError(f"`key_dtype` is {key_dtype!r} but the `ids` are {inferred} ids.")
             key_dtype = inferred
             repeated = repeated_ids(keys)
@@ -309,7 +314,7 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
                 unseen = float((values / total).min()) / 2.0
         elif key_dtype is None:
             raise ValueError("`key_dtype` ('int64' or 'string') is required without `ids`.")
-        self.key_dtype: KeyDtype = _check_key_dtype("key_dtype", key_dtype)
+        self.key_dtype: KeyDtype = check_key_dtype("key_dtype", key_dtype)
         with tf.init_scope():
             self.counts_table = tf.lookup.experimental.MutableHashTable(
                 tf.as_dtype(self.key_dtype), tf.float64, default_value=0.0

@@ -42,11 +42,8 @@ class LogQCorrection(tf.keras.layers.Layer):
         log_q = tf.convert_to_tensor(log_q)
         if logits.shape.rank not in (None, 2) or log_q.shape.rank not in (None, 1):
             raise ValueError(
-                "Expected `logits` [batch, N] and `log_q` [N]. "
-                f"Received shapes {logits.shape} and {log_q.shape}"
+                f"Expected `logits` [batch, N] and `log_q` [N]. Received shapes {logits.shape} and {log_q.shape}"
             )
         if not logits.shape[-1:].is_compatible_with(log_q.shape[-1:]):
-            raise ValueError(
-                f"`logits` has {logits.shape[-1]} candidates but `log_q` has {log_q.shape[-1]}"
-            )
+            raise ValueError(f"`logits` has {logits.shape[-1]} candidates but `log_q` has {log_q.shape[-1]}")
         return logits - tf.cast(log_q, logits.dtype)[tf.newaxis, :]

@@ -89,9 +89,7 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
         self.log_q = self.add_weight(
             name="log_q", shape=[self.capacity], dtype=tf.float32, initializer="zeros", **state
         )
-        self.rows_written = self.add_weight(
-            name="rows_written", shape=[], dtype=tf.int64, initializer="zeros", **state
-        )
+        self.rows_written = self.add_weight(name="rows_written", shape=[], dtype=tf.int64, initializer="zeros", **state)
         self.steps = self.add_weight(name="steps", shape=[], dtype=tf.int64, initializer="zeros", **state)
         self.built = True
 
@@ -132,8 +130,7 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
         log_q = tf.stop_gradient(tf.cast(log_q, tf.float32))
         if embeddings.shape.rank != 2 or embeddings.shape[1] not in (None, self.embedding_dim):
             raise ValueError(
-                f"Expected `embeddings` of shape [batch, {self.embedding_dim}]. "
-                f"Received: {embeddings.shape}"
+                f"Expected `embeddings` of shape [batch, {self.embedding_dim}]. Received: {embeddings.shape}"
             )
         if ids.dtype != tf.as_dtype(self.id_dtype):
             raise TypeError(f"Expected `ids` of dtype {self.id_dtype}. Received: {ids.dtype.name}")

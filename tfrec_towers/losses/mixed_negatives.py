@@ -34,9 +34,7 @@ def _as_column(name: str, values: Any) -> np.ndarray:
         if all(isinstance(v, (str, bytes)) for v in flat):
             decoded = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
             return np.array(decoded, dtype=object).reshape(column.shape)
-    raise ValueError(
-        f"Corpus column {name!r} must hold int64, float32 or string values. Received dtype {column.dtype}"
-    )
+    raise ValueError(f"Corpus column {name!r} must hold int64, float32 or string values. Received dtype {column.dtype}")
 
 
 def _corpus_arrays(corpus: Mapping[str, Any], candidate_id: str) -> Dict[str, np.ndarray]:
@@ -169,9 +167,7 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
         if len(set(lengths.values())) > 1:
             raise ValueError(f"Corpus columns have different lengths: {lengths}")
         if candidate_id not in schema:
-            raise ValueError(
-                f"`candidate_id` must name a corpus column {sorted(schema)}. Received: {candidate_id!r}"
-            )
+            raise ValueError(f"`candidate_id` must name a corpus column {sorted(schema)}. Received: {candidate_id!r}")
         id_column = schema[candidate_id]
         if len(id_column["shape"]) != 1 or id_column["dtype"] == "float32":
             raise ValueError(f"Corpus column {candidate_id!r} must hold int64 or string ids of shape [N]")
@@ -207,9 +203,7 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
         )
         self.built = True
 
-    def sample(
-        self, seed: Optional[Union[int, tf.Tensor]] = None
-    ) -> Tuple[Dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+    def sample(self, seed: Optional[Union[int, tf.Tensor]] = None) -> Tuple[Dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
         """Draws ``B'`` corpus rows uniformly with replacement.
 
         Args:
@@ -225,9 +219,7 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
         if seed is None:
             draw = self.draws.read_value()
             self.draws.assign_add(1)
-            seed = tf.random.experimental.stateless_fold_in(
-                tf.stack([self.rng_seed.read_value(), draw]), _replica_id()
-            )
+            seed = tf.random.experimental.stateless_fold_in(tf.stack([self.rng_seed.read_value(), draw]), _replica_id())
         rows = tf.random.stateless_uniform(
             shape, seed=_stateless_seed(seed), minval=0, maxval=self.corpus_size, dtype=tf.int64
         )

@@ -29,9 +29,7 @@ from tfrec_towers.losses.temperature import check_real
 MASKED_LOGIT = float(np.finfo(np.float32).min / 100.0)
 
 
-def _softmax_row_losses(
-    positive_logits: tf.Tensor, negative_logits: tf.Tensor, negative_mask: tf.Tensor
-) -> tf.Tensor:
+def _softmax_row_losses(positive_logits: tf.Tensor, negative_logits: tf.Tensor, negative_mask: tf.Tensor) -> tf.Tensor:
     """``ℓ_i = logsumexp([z_i, z_ij for valid j]) − z_i``, ``[batch]``.
 
     Computed as ``m_i + log(e^{z_i − m_i} + Σ_{j valid} e^{z_ij − m_i}) − z_i`` with
@@ -119,15 +117,11 @@ class ModeLoss(tf.keras.layers.Layer):
             # Masked slots may hold anything (inf, NaN in an empty memory-bank slot): they are
             # zeroed before any arithmetic so neither the loss nor its gradient sees them.
             negative_logits = tf.where(negative_mask, negative_logits, 0.0)
-        row_losses = self._row_losses(
-            tf.cast(positive_logits, tf.float32), negative_logits, negative_mask
-        )
+        row_losses = self._row_losses(tf.cast(positive_logits, tf.float32), negative_logits, negative_mask)
         if sample_weight is None:
             return tf.reduce_mean(row_losses)
         weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        return tf.math.divide_no_nan(
-            tf.reduce_sum(weights * row_losses), tf.reduce_sum(weights)
-        )
+        return tf.math.divide_no_nan(tf.reduce_sum(weights * row_losses), tf.reduce_sum(weights))
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -163,9 +157,7 @@ class BinaryCrossEntropyLoss(ModeLoss):
           ValueError: if ``negative_weight`` is not a positive float.
         """
         super().__init__(**kwargs)
-        self.negative_weight = check_real(
-            "negative_weight", negative_weight, 0.0, low_open=True
-        )
+        self.negative_weight = check_real("negative_weight", negative_weight, 0.0, low_open=True)
 
     def _row_losses(self, positive_logits, negative_logits, negative_mask):
         positive_term = tf.nn.softplus(-positive_logits)
@@ -183,9 +175,7 @@ class _PairwiseLoss(ModeLoss):
 
     def __init__(self, hardest_negative_only: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hardest_negative_only = _check_bool(
-            "hardest_negative_only", hardest_negative_only
-        )
+        self.hardest_negative_only = _check_bool("hardest_negative_only", hardest_negative_only)
 
     def _pair_loss(self, difference: tf.Tensor) -> tf.Tensor:
         """``f(z_ij − z_i)``, element-wise."""
@@ -195,9 +185,7 @@ class _PairwiseLoss(ModeLoss):
         if not self.hardest_negative_only:
             differences = negative_logits - positive_logits[:, tf.newaxis]
             return _mean_over_valid(self._pair_loss(differences), negative_mask)
-        hardest = tf.reduce_max(
-            tf.where(negative_mask, negative_logits, MASKED_LOGIT), axis=1
-        )
+        hardest = tf.reduce_max(tf.where(negative_mask, negative_logits, MASKED_LOGIT), axis=1)
         return tf.where(
             tf.reduce_any(negative_mask, axis=1),
             self._pair_loss(hardest - positive_logits),
@@ -258,9 +246,7 @@ class HingeLoss(_PairwiseLoss):
         """
         super().__init__(hardest_negative_only=hardest_negative_only, **kwargs)
         if margin is None:
-            raise ValueError(
-                "`margin` is required for the hinge loss: a positive float. Received: None"
-            )
+            raise ValueError("`margin` is required for the hinge loss: a positive float. Received: None")
         self.margin = check_real("margin", margin, 0.0, low_open=True)
 
     def _pair_loss(self, difference: tf.Tensor) -> tf.Tensor:
@@ -301,9 +287,7 @@ class SymmetricSoftmaxLoss(ModeLoss):
           ValueError: if ``candidate_to_query_weight`` is outside ``[0, 1]``.
         """
         super().__init__(**kwargs)
-        self.candidate_to_query_weight = check_real(
-            "candidate_to_query_weight", candidate_to_query_weight, 0.0, 1.0
-        )
+        self.candidate_to_query_weight = check_real("candidate_to_query_weight", candidate_to_query_weight, 0.0, 1.0)
 
     def _row_losses(self, positive_logits, negative_logits, negative_mask):
         rows, columns = negative_logits.shape[0], negative_logits.shape[1]
@@ -318,18 +302,13 @@ class SymmetricSoftmaxLoss(ModeLoss):
                 tf.debugging.assert_equal(
                     batch_size,
                     tf.shape(negative_logits)[1],
-                    message="SymmetricSoftmaxLoss needs in-batch square `negative_logits` "
-                    "[batch, batch]",
+                    message="SymmetricSoftmaxLoss needs in-batch square `negative_logits` [batch, batch]",
                 )
             ]
         ):
-            negative_mask = tf.logical_and(
-                negative_mask, tf.logical_not(tf.eye(batch_size, dtype=tf.bool))
-            )
+            negative_mask = tf.logical_and(negative_mask, tf.logical_not(tf.eye(batch_size, dtype=tf.bool)))
         row_term = _softmax_row_losses(positive_logits, negative_logits, negative_mask)
-        column_term = _softmax_row_losses(
-            positive_logits, tf.transpose(negative_logits), tf.transpose(negative_mask)
-        )
+        column_term = _softmax_row_losses(positive_logits, tf.transpose(negative_logits), tf.transpose(negative_mask))
         weight = self.candidate_to_query_weight
         return (1.0 - weight) * row_term + weight * column_term
 
@@ -379,14 +358,11 @@ def make_mode_loss(name: ModeName, **kwargs: Any) -> ModeLoss:
         (the error names the option and the mode), or an option's value is invalid.
     """
     if name not in MODE_LOSSES:
-        raise ValueError(
-            f"`name` must be one of {', '.join(map(repr, MODE_LOSSES))}. Received: {name!r}"
-        )
+        raise ValueError(f"`name` must be one of {', '.join(map(repr, MODE_LOSSES))}. Received: {name!r}")
     options = mode_options(name)
     for option in kwargs:
         if option not in options:
             raise ValueError(
-                f"`{option}` is not an option of the {name!r} mode; its options are: "
-                f"{', '.join(options) or '(none)'}."
+                f"`{option}` is not an option of the {name!r} mode; its options are: {', '.join(options) or '(none)'}."
             )
     return MODE_LOSSES[name](**kwargs)

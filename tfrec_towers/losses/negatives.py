@@ -51,14 +51,10 @@ def concat_negative_sets(sets: Sequence[NegativeSet]) -> NegativeSet:
         raise ValueError("`sets` must hold at least one NegativeSet. Received: []")
     id_dtypes = sorted({tf.as_dtype(s.ids.dtype).name for s in sets})
     if len(id_dtypes) > 1:
-        raise ValueError(
-            f"All negative sets must have the same `ids` dtype. Received: {id_dtypes}"
-        )
+        raise ValueError(f"All negative sets must have the same `ids` dtype. Received: {id_dtypes}")
     dims = sorted({s.embeddings.shape[-1] for s in sets if s.embeddings.shape[-1] is not None})
     if len(dims) > 1:
-        raise ValueError(
-            f"All negative sets must have the same embedding size. Received: {dims}"
-        )
+        raise ValueError(f"All negative sets must have the same embedding size. Received: {dims}")
     return NegativeSet(*(tf.concat(list(field), axis=0) for field in zip(*sets)))
 
 

@@ -93,7 +93,9 @@ def _similarities(anchors: tf.Tensor, negatives: tf.Tensor, trainable_rows: tf.T
     def similarities(anchors: tf.Tensor, negatives: tf.Tensor):
         def gradient(upstream: tf.Tensor):
             trainable = tf.matmul(upstream[:, :trainable_rows], anchors, transpose_a=True)
-            stored = tf.zeros(tf.stack([tf.shape(negatives)[0] - trainable_rows, tf.shape(negatives)[1]]), negatives.dtype)
+            stored = tf.zeros(
+                tf.stack([tf.shape(negatives)[0] - trainable_rows, tf.shape(negatives)[1]]), negatives.dtype
+            )
             return tf.matmul(upstream, negatives), tf.concat([trainable, stored], axis=0)
 
         return tf.matmul(anchors, negatives, transpose_b=True), gradient
@@ -185,8 +187,9 @@ class RetrievalLoss(tf.keras.layers.Layer):
         mask = _negative_mask(candidate_ids, pooled.negatives)
         loss = self.mode(positive_logits, negative_logits, mask, sample_weight)
         if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
-            loss = self._with_item_anchored_term(self.adaptive, loss, query_embeddings, candidate_embeddings,
-                                                 candidate_ids, batch.ids, sample_weight)
+            loss = self._with_item_anchored_term(
+                self.adaptive, loss, query_embeddings, candidate_embeddings, candidate_ids, batch.ids, sample_weight
+            )
         if self.memory_bank is not None and training:
             self.memory_bank.enqueue(batch.embeddings, batch.ids, batch_log_p)
         if replicas > 1:
@@ -223,7 +226,11 @@ class RetrievalLoss(tf.keras.layers.Layer):
         if self.candidate_probability is None:
             return tf.zeros([batch.size], tf.float32), tf.zeros([tf.shape(candidate_ids)[0]], tf.float32)
         batch_log_p = self._log_probability(self.candidate_probability, batch.ids, batch.size)
-        positive_log_p = batch_log_p if replicas == 1 else self._log_probability(self.candidate_probability, candidate_ids, batch.size)
+        positive_log_p = (
+            batch_log_p
+            if replicas == 1
+            else self._log_probability(self.candidate_probability, candidate_ids, batch.size)
+        )
         return batch_log_p, positive_log_p
 
     def _pool_negatives(
@@ -238,7 +245,9 @@ class RetrievalLoss(tf.keras.layers.Layer):
         if extra_negatives is not None:
             extra_negatives = NegativeSet(*(cross_replica.all_gather(t) for t in extra_negatives))
             if self.candidate_probability is not None:
-                extra_negatives = extra_negatives._replace(log_q=self._log_probability(self.candidate_probability, extra_negatives.ids, batch.size))
+                extra_negatives = extra_negatives._replace(
+                    log_q=self._log_probability(self.candidate_probability, extra_negatives.ids, batch.size)
+                )
             sources.append(extra_negatives)
         trainable_rows = tf.add_n([tf.shape(source.ids)[0] for source in sources])
         bank_slots = tf.constant(0, tf.int64)
@@ -330,7 +339,9 @@ class RetrievalLoss(tf.keras.layers.Layer):
             "mode": serialize(self.mode),
             "temperature": serialize(self.temperature),
             "adaptive": serialize(self.adaptive) if self.adaptive is not None else None,
-            "candidate_probability": serialize(self.candidate_probability) if self.candidate_probability is not None else None,
+            "candidate_probability": serialize(self.candidate_probability)
+            if self.candidate_probability is not None
+            else None,
             "memory_bank": serialize(self.memory_bank) if self.memory_bank is not None else None,
             "num_mixed_negatives": self.num_mixed_negatives,
             "corpus_size": self.corpus_size,
@@ -343,7 +354,6 @@ class RetrievalLoss(tf.keras.layers.Layer):
             if config.get(key) is not None:
                 config[key] = tf.keras.utils.deserialize_keras_object(config[key])
         return cls(**config)
-
 
 
 def _gather_batch(candidate_embeddings: tf.Tensor, candidate_ids: tf.Tensor) -> _GlobalBatch:
@@ -361,9 +371,7 @@ def _negative_mask(candidate_ids: tf.Tensor, negatives: NegativeSet) -> tf.Tenso
     )
 
 
-def _share_of_global_mean(
-    loss: tf.Tensor, candidate_ids: tf.Tensor, sample_weight: Optional[tf.Tensor]
-) -> tf.Tensor:
+def _share_of_global_mean(loss: tf.Tensor, candidate_ids: tf.Tensor, sample_weight: Optional[tf.Tensor]) -> tf.Tensor:
     """``L_local · W_local / Σ_r W_r``: summed over replicas (as tf.distribute sums gradients), the
     global weighted mean; ``W`` the replica's example count or sample-weight sum."""
     local_weight = (

@@ -42,22 +42,12 @@ def check_real(
       ValueError: naming ``field`` and the interval, if ``value`` is not a finite real
         (``bool`` is rejected) inside the interval.
     """
-    is_real = (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-    if (
-        not is_real
-        or (value <= low if low_open else value < low)
-        or (value >= high if high_open else value > high)
-    ):
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not is_real or (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
         opening = "(" if low_open else "["
         closing = ")" if high_open or high == math.inf else "]"
         interval = f"{opening}{low}, {high}{closing}"
-        raise ValueError(
-            f"`{field}` must be a float in {interval}. Received: {value!r}"
-        )
+        raise ValueError(f"`{field}` must be a float in {interval}. Received: {value!r}")
     return float(value)
 
 
@@ -106,8 +96,7 @@ class Temperature(tf.keras.layers.Layer):
             raise ValueError(f"`learnable` must be a bool. Received: {learnable!r}")
         if min_temperature > max_temperature:
             raise ValueError(
-                "`min_temperature` must not exceed `max_temperature` "
-                f"({max_temperature}). Received: {min_temperature}"
+                f"`min_temperature` must not exceed `max_temperature` ({max_temperature}). Received: {min_temperature}"
             )
         if not min_temperature <= temperature <= max_temperature:
             raise ValueError(
