@@ -1,8 +1,8 @@
 """Feature dictionaries as ``tf.data`` pipelines, following the tf.data performance guide.
 
-Training: ``from_tensor_slices → cache → shuffle → [repeat] → batch → prefetch``;
-resumable training (:func:`epoch_batches`): each epoch in the order of ``(seed, epoch)``, from any
-global step. Each element is a dict of tensors: ``int64 [B]``, ``float32 [B]``, ``string [B]`` or ``int64 [B, L]``.
+Training (:func:`epoch_batches`, resumable): each epoch in the order of ``(seed, epoch)``, from any
+global step, gathered per batch and prefetched. Each element is a dict of tensors: ``int64 [B]``,
+``float32 [B]``, ``string [B]`` or ``int64 [B, L]``.
 """
 
 from __future__ import annotations
@@ -14,45 +14,6 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_pipelines.data import DataError, num_rows
-
-MAX_SHUFFLE_BUFFER = 1_000_000
-
-
-def training_dataset(
-    features: Mapping[str, np.ndarray],
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    seed: int = 0,
-    repeat: bool = False,
-    drop_remainder: bool = False,
-) -> tf.data.Dataset:
-    """Batches of training examples, reshuffled every epoch.
-
-    Args:
-      features: the feature dictionary (see :mod:`tfrec_pipelines.data`).
-      batch_size: examples per batch.
-      shuffle: shuffle with a buffer of ``min(rows, MAX_SHUFFLE_BUFFER)`` examples (a
-        full shuffle up to that size), reshuffled each iteration.
-      seed: the shuffle seed; the same seed gives the same order.
-      repeat: repeat forever (after shuffling, so epochs do not blend).
-      drop_remainder: drop the last partial batch (static batch size).
-
-    Returns:
-      A dataset of ``{name: tensor [batch, ...]}``.
-
-    Raises:
-      ValueError: ``batch_size`` is not a positive int.
-      DataError: a column has an unsupported dtype, or columns differ in length.
-    """
-    _check_batch_size(batch_size)
-    dataset = tf.data.Dataset.from_tensor_slices(_to_tensors(features)).cache()
-    if shuffle:
-        buffer_size = max(1, min(num_rows(features), MAX_SHUFFLE_BUFFER))
-        dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from tfrec_pipelines.data import DataError
-from tfrec_pipelines.dataset import epoch_batches, training_dataset
+from tfrec_pipelines.dataset import epoch_batches
 
 ROWS = 10
 
@@ -28,7 +28,7 @@ def epoch_ids(dataset):
 
 
 def test_training_batches_shapes_and_dtypes(features):
-    batches = list(training_dataset(features, 4, seed=1))
+    batches = list(epoch_batches(features, 4, seed=1, epochs=1))
     assert [len(b["user_id"]) for b in batches] == [4, 4, 2]
     first = batches[0]
     assert set(first) == set(features)
@@ -39,7 +39,7 @@ def test_training_batches_shapes_and_dtypes(features):
 
 
 def test_rows_stay_together_through_the_shuffle(features):
-    for batch in training_dataset(features, 3, seed=5):
+    for batch in epoch_batches(features, 3, seed=5, epochs=2):
         columns = (batch[k].numpy() for k in ("user_id", "country", "score", "history"))
         for user, country, score, history in zip(*columns):
             row = user - 1
@@ -48,46 +48,32 @@ def test_rows_stay_together_through_the_shuffle(features):
             assert history.tolist() == features["history"][row].tolist()
 
 
-def test_drop_remainder_gives_a_static_batch_size(features):
-    dataset = training_dataset(features, 4, drop_remainder=True)
-    assert dataset.element_spec["history"].shape.as_list() == [4, 3]
-    assert [len(b["user_id"]) for b in dataset] == [4, 4]
-
-
 def test_same_seed_same_order_each_epoch_a_permutation(features):
-    first, second = training_dataset(features, 4, seed=7), training_dataset(features, 4, seed=7)
-    epochs = [epoch_ids(first) for _ in range(3)]
-    assert epochs == [epoch_ids(second) for _ in range(3)]
+    ids = epoch_ids(epoch_batches(features, 4, seed=7, epochs=3))
+    epochs = [ids[i : i + ROWS] for i in range(0, 3 * ROWS, ROWS)]
+    assert ids == epoch_ids(epoch_batches(features, 4, seed=7, epochs=3))
     assert all(sorted(epoch) == list(range(1, ROWS + 1)) for epoch in epochs)
-    assert len({tuple(epoch) for epoch in epochs}) > 1  # reshuffled every iteration
-    assert epoch_ids(training_dataset(features, 4, seed=8)) != epochs[0]
+    assert len({tuple(epoch) for epoch in epochs}) > 1  # reshuffled every epoch
+    assert epoch_ids(epoch_batches(features, 4, seed=8, epochs=1)) != epochs[0]
 
 
-def test_no_shuffle_keeps_the_order(features):
-    batches = list(training_dataset(features, 4, shuffle=False))
-    assert [len(b["user_id"]) for b in batches] == [4, 4, 2]
-    assert epoch_ids(batches) == list(range(1, ROWS + 1))
-    assert [c.decode() for b in batches for c in b["country"].numpy()] == features["country"].tolist()
-
-
-def test_repeat_crosses_epochs_without_blending(features):
-    ids = epoch_ids(training_dataset(features, 5, seed=3, repeat=True).take(6))
-    assert [sorted(ids[i : i + ROWS]) for i in range(0, 30, ROWS)] == [list(range(1, ROWS + 1))] * 3
+def test_batches_never_span_two_epochs(features):
+    """10 rows in batches of 4 an epoch ends on a partial batch of 2, and the next starts afresh."""
+    batches = list(epoch_batches(features, 4, seed=3, epochs=3))
+    assert [len(b["user_id"]) for b in batches] == [4, 4, 2] * 3
 
 
 @pytest.mark.parametrize("batch_size", [0, -2, 1.5, True])
 def test_batch_size_is_validated(features, batch_size):
     message = f"`batch_size` must be a positive int. Received: {batch_size!r}"
     with pytest.raises(ValueError, match=re.escape(message)):
-        training_dataset(features, batch_size)
-    with pytest.raises(ValueError, match=re.escape(message)):
         epoch_batches(features, batch_size, seed=0, epochs=1)
 
 
 def test_bad_columns(features):
     with pytest.raises(DataError, match="different lengths"):
-        training_dataset({**features, "user_id": features["user_id"][:3]}, 4)
+        epoch_batches({**features, "user_id": features["user_id"][:3]}, 4, seed=0, epochs=1)
     with pytest.raises(DataError, match="Column 'flag' has unsupported dtype bool"):
-        training_dataset({**features, "flag": np.ones(ROWS, bool)}, 4)
+        epoch_batches({**features, "flag": np.ones(ROWS, bool)}, 4, seed=0, epochs=1)
     with pytest.raises(DataError, match="Column 'country' must hold only strings"):
         epoch_batches({**features, "country": np.array([1] * ROWS, dtype=object)}, 4, seed=0, epochs=1)

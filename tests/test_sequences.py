@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tfrec_towers  # noqa: F401
 from tfrec_pipelines.data import DataError, HistoryWindows, leave_last_out, take_rows
-from tfrec_pipelines.dataset import training_dataset
+from tfrec_pipelines.dataset import epoch_batches
 from tfrec_pipelines.sequences import num_targets, sequence_examples
 from tfrec_pipelines.train import build_model
 from tfrec_towers.config import PLAIN_IN_BATCH, ConfigError, ExperimentConfig, LossConfig, apply_overrides, load_config
@@ -221,7 +221,7 @@ def test_every_position_model_exports_and_verifies_in_a_fresh_process(tmp_path):
     model = _model(build_retrieval_task(LossConfig(logq="streaming", mixed_negatives=0), 0.2, 8, "int64"), data)
     model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
     sequences = sequence_examples(data.train, ["movie_id", "genres"], "movie_id", max_length=4)
-    model.fit(training_dataset(sequences, batch_size=2), epochs=1, verbose=0)
+    model.fit(epoch_batches(sequences, 2, seed=0, epochs=1), epochs=1, verbose=0)
     query_features, candidate_features = model.query_tower.features, model.candidate_tower.features
     export_path = export_retrieval_model(
         query_model=model.query_tower,
