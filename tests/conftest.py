@@ -16,8 +16,8 @@ def pytest_configure(config):
         "markers",
         "slow: a long end-to-end run: a training run through train or the command line (train, evaluate, "
         "export), a fresh process that loads TensorFlow (the verification worker, saved_model_cli, a "
-        "multi-device strategy), a Beam job, a benchmark worker, or a catalogue of a million items "
-        "(deselect with -m 'not slow')",
+        "multi-device strategy), a Beam job, a benchmark worker, a catalogue of a million items, or any "
+        "other test that trains or exports for more than about 10 s on 2 cores (deselect with -m 'not slow')",
     )
 
 

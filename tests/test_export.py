@@ -79,6 +79,7 @@ def test_layout_metadata_and_no_leftovers(toy_export):
     assert meta["candidate_input_spec"]["genres"] == {"dtype": "string", "shape": [None]}
 
 
+@pytest.mark.slow
 def test_versions_increment_and_explicit_version(tmp_path):
     assert export_models(tmp_path)[0] == tmp_path / "movies" / "1"
     assert export_models(tmp_path)[0] == tmp_path / "movies" / "2"
@@ -364,6 +365,7 @@ def _export_in_thread(paused, base, **kwargs):
     return thread, outcome
 
 
+@pytest.mark.slow
 def test_two_concurrent_exports_into_one_base_take_versions_1_and_2(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="tfrec_towers.export")
     paused = _PausedWarmupWriter(warmup.write_warmup_requests)
@@ -379,6 +381,7 @@ def test_two_concurrent_exports_into_one_base_take_versions_1_and_2(tmp_path, mo
     assert "this export becomes version 2" in caplog.text
 
 
+@pytest.mark.slow
 def test_an_explicit_version_published_meanwhile_by_another_export_is_refused(tmp_path, monkeypatch):
     paused = _PausedWarmupWriter(warmup.write_warmup_requests)
     monkeypatch.setattr(warmup, "write_warmup_requests", paused)

@@ -111,6 +111,7 @@ def _stream(rng, probabilities, steps, num_rare=2000, rare_probability=0.001):
     return tf.constant(np.concatenate(rows), tf.int64), tf.constant(splits, tf.int64)
 
 
+@pytest.mark.slow
 def test_tracks_known_rates_and_a_switch_inside_tf_function():
     rng = np.random.default_rng(2)
     estimator = StreamingFrequencyEstimator(num_hashes=2, hash_buckets=2**14, learning_rate=0.002)

@@ -68,6 +68,7 @@ def test_loss_is_in_batch_softmax_with_accidental_hits_removed(seed):
     assert loss == pytest.approx(_numpy_in_batch_softmax(q, c, data["item_id"], 0.2), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fit_learns_and_works_with_callbacks_and_checkpoints(tmp_path):
     tf.keras.utils.set_random_seed(0)
     data = _data(1, rows=512)

@@ -261,6 +261,7 @@ def test_a_crash_mid_epoch_resumes_to_the_uninterrupted_weights_and_history(smal
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_sigint_in_process_saves_stops_and_restores_the_previous_handler(small, tmp_path):
     make_model, columns = small
 

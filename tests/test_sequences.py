@@ -245,6 +245,7 @@ def test_every_position_model_exports_and_verifies_in_a_fresh_process(tmp_path):
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_every_position_batches_too_large_for_in_batch_logits_warn(caplog):
     from tfrec_pipelines.train import MAX_EVERY_POSITION_PAIRS, fit_model
     from tfrec_towers.config import TrainingConfig

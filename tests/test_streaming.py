@@ -370,6 +370,7 @@ def test_adapted_spec_is_the_in_memory_adapt_of_the_same_rows(tmp_path):
             assert got == want, want.name
 
 
+@pytest.mark.slow
 def test_a_model_with_streaming_logq_trains_one_epoch_on_the_stream(tmp_path):
     tf.keras.utils.set_random_seed(0)
     frame = _log(7, 60)

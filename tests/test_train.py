@@ -248,6 +248,7 @@ def test_load_run_of_a_truncated_checkpoint_says_it_cannot_be_read(tmp_path):
         load_run(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_training_on_the_unbuilt_columns_gives_the_model_of_the_built_ones():
     config, data, spec = _small(["training.epochs=1"])
     columns = training_columns(data, spec)

@@ -87,6 +87,7 @@ def test_early_stopping_stops_and_restores_the_best_epochs_weights(small, checkp
         np.testing.assert_array_equal(got, best)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_with_early_stopping_ends_like_an_uninterrupted_one(small, tmp_path):
     make_model, columns, _ = small
     uninterrupted = make_model()
