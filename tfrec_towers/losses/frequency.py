@@ -347,7 +347,17 @@ class CountsFrequencyTable(tf.keras.layers.Layer):
         Returns:
           The table with ``p_j = (number of examples with id j) / E``.
         """
-        ids, counts = np.unique(_as_vocabulary("training_ids", training_ids), return_counts=True)
+        import pandas as pd  # hashed counting: no sort of the E ids, only of the V distinct ones
+
+        values = np.asarray(training_ids)
+        if values.ndim != 1 or values.size == 0:
+            _as_vocabulary("training_ids", values)  # raises, naming the shape
+        codes, distinct = pd.factorize(values)
+        if (codes < 0).any():  # a missing value (None, NaN): not an id
+            _as_vocabulary("training_ids", values)  # raises, naming the dtype
+        # convert the V distinct values, then merge those that convert alike (b"a" and "a")
+        ids, merged = np.unique(_as_vocabulary("training_ids", np.asarray(distinct)), return_inverse=True)
+        counts = np.bincount(merged, weights=np.bincount(codes)).astype(np.int64)
         return cls(ids, counts, default_probability=default_probability, **kwargs)
 
     def probability(self, ids: tf.Tensor) -> tf.Tensor:
