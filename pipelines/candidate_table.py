@@ -20,8 +20,9 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrec_pipelines.data import ColumnType
-from tfrec_pipelines.readers import FILE_FORMATS as FORMATS
-from tfrec_pipelines.readers import SUFFIX_FORMATS, from_dataframe, read_csv, read_parquet, read_tfrecord
+from tfrec_pipelines.formats import FILE_FORMATS as FORMATS
+from tfrec_pipelines.formats import suffix_format, unknown_suffix_message
+from tfrec_pipelines.readers import from_dataframe, read_csv, read_parquet, read_tfrecord
 
 _READERS = {"parquet": read_parquet, "csv": read_csv, "tfrecord": read_tfrecord}
 
@@ -58,21 +59,19 @@ def column_types(candidate_input_spec: Mapping[str, tf.TensorSpec]) -> Dict[str,
 
 
 def table_format(path: Union[str, Path]) -> str:
-    """``"parquet"``, ``"csv"`` or ``"tfrecord"`` from the file suffix (a directory is Parquet).
+    """``"parquet"``, ``"csv"`` or ``"tfrecord"`` from the file suffix (:data:`~tfrec_pipelines.formats.SUFFIX_FORMATS`;
+    a directory is Parquet).
 
     Raises:
-      ValueError: if the suffix is none of ``.parquet``/``.pq``, ``.csv``, ``.tfrecord``/``.tfrecords``/``.tfrec``.
+      ValueError: if the suffix is not one of :data:`~tfrec_pipelines.formats.SUFFIX_FORMATS`.
     """
     path = Path(path)
     if path.is_dir():
         return "parquet"
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIX_FORMATS:
-        raise ValueError(
-            f"Cannot tell the format of the candidate table {path} from its suffix {suffix!r}: use one of "
-            f"{sorted(SUFFIX_FORMATS)} or pass `file_format` (one of {list(FORMATS)})."
-        )
-    return SUFFIX_FORMATS[suffix]
+    fmt = suffix_format(str(path))
+    if fmt is None:
+        raise ValueError(unknown_suffix_message(str(path), "candidate table", "pass `file_format`"))
+    return fmt
 
 
 def read_candidate_table(

@@ -71,8 +71,8 @@ except ModuleNotFoundError as e:
     raise missing_extra("beam", "The batch embedding job's readers", e) from e
 
 from tfrec_pipelines.data import ColumnType, DataError
-from tfrec_pipelines.readers import FILE_FORMATS as FORMATS
-from tfrec_pipelines.readers import SUFFIX_FORMATS, convert_columns, left_pad
+from tfrec_pipelines.formats import csv_delimiter, suffix_format, unknown_suffix_message
+from tfrec_pipelines.readers import convert_columns, left_pad
 
 METRICS_NAMESPACE = "tfrec_towers.embed_job"
 DEAD_LETTER = "dead_letter"
@@ -91,18 +91,15 @@ Column = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 
 def file_format(path: str) -> str:
-    """``"parquet"``, ``"csv"`` or ``"tfrecord"`` from a file suffix.
+    """``"parquet"``, ``"csv"`` or ``"tfrecord"`` from a file suffix (:data:`~tfrec_pipelines.formats.SUFFIX_FORMATS`).
 
     Raises:
       ValueError: for any other suffix.
     """
-    suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
-    if suffix not in SUFFIX_FORMATS:
-        raise ValueError(
-            f"Cannot tell the format of {path} from its suffix {suffix!r}: use one of {sorted(SUFFIX_FORMATS)} "
-            f"or pass the input format (one of {list(FORMATS)})."
-        )
-    return SUFFIX_FORMATS[suffix]
+    fmt = suffix_format(path)
+    if fmt is None:
+        raise ValueError(unknown_suffix_message(path, "input", "pass the input format"))
+    return fmt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,6 +308,11 @@ def _missing_columns(path: str, present: List[str], column_types: Mapping[str, C
     return f"{path} has no column '{missing[0]}' (expected {column_types[missing[0]]}); its columns are {present}."
 
 
+def _csv_reader(path: str, f: Any) -> Any:
+    """A ``csv.reader`` over the binary file ``f`` of ``path``, split at its delimiter (tabs for ``.tsv``)."""
+    return csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline=""), delimiter=csv_delimiter(path))
+
+
 def _csv_header(path: str, reader: Any) -> List[str]:
     header = next(reader, None)
     if header is None:
@@ -333,7 +335,7 @@ def _source_columns(path: str, fmt: str) -> Optional[List[str]]:
     with _open(path) as f:
         if fmt == "parquet":
             return pq.ParquetFile(f).schema_arrow.names
-        return _csv_header(path, csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline="")))
+        return _csv_header(path, _csv_reader(path, f))
 
 
 def check_source_columns(paths: Sequence[str], formats: Sequence[str], column_types: Mapping[str, ColumnType]) -> None:
@@ -478,7 +480,7 @@ class ReadRowChunks(beam.DoFn):
     def _read_csv(self, path: str) -> Piece:
         """Every line with as many fields as the header is a row; other lines are dead letters."""
         with _open(path) as f:
-            reader = csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+            reader = _csv_reader(path, f)
             header = _csv_header(path, reader)
             problem = _missing_columns(path, header, self._column_types)
             if problem:

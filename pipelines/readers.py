@@ -33,20 +33,9 @@ import pyarrow.dataset as pa_dataset
 import tensorflow as tf
 
 from tfrec_pipelines.data import ColumnType, DataError, FeatureDict, num_rows
+from tfrec_pipelines.formats import csv_delimiter
 
 LIST_SEPARATOR = "|"
-
-FILE_FORMATS = ("parquet", "csv", "tfrecord")
-"""The file formats of the readers: :func:`read_parquet`, :func:`read_csv`, :func:`read_tfrecord`."""
-SUFFIX_FORMATS = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".tfrecord": "tfrecord",
-    ".tfrecords": "tfrecord",
-    ".tfrec": "tfrecord",
-}
-"""File suffix (lower case) → its format in :data:`FILE_FORMATS`, for a file named without an explicit format."""
 
 _COLUMN_TYPES = ("int64", "float32", "string", "int64_list")
 _INTEGER = r"\s*[+-]?\d+\s*"
@@ -102,8 +91,9 @@ def from_dataframe(
 def read_csv(
     path: str | Path, column_types: Mapping[str, ColumnType], *, max_length: Optional[int] = None
 ) -> FeatureDict:
-    """Reads a comma-separated file with a header row (see :func:`read_delimited`)."""
-    return read_delimited(path, column_types, max_length=max_length)
+    """Reads a delimited file with a header row (see :func:`read_delimited`): fields separated by
+    commas, or by tabs for a ``.tsv`` file (:func:`tfrec_pipelines.formats.csv_delimiter`)."""
+    return read_delimited(path, column_types, sep=csv_delimiter(str(path)), max_length=max_length)
 
 
 def read_delimited(

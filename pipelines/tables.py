@@ -15,8 +15,8 @@ format          how it is read
                 scalar (int64, float32 or string), otherwise a list column
 ==============  =========================================================================
 
-The format comes from the file suffix (``.csv``, ``.tsv``, ``.parquet``/``.pq``,
-``.tfrecord``/``.tfrecords``/``.tfr``) unless given. Errors are
+The format comes from the file suffix (:data:`tfrec_pipelines.formats.SUFFIX_FORMATS`: ``.csv``, ``.tsv``
+tab-separated, ``.parquet``/``.pq``, ``.tfrecord``/``.tfrecords``/``.tfrec``/``.tfr``) unless given. Errors are
 :class:`~tfrec_pipelines.data.DataError` naming the file (and the column and row where there is one).
 """
 
@@ -24,23 +24,13 @@ from __future__ import annotations
 
 import glob as globbing
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence, cast
+from typing import Dict, List, Optional, Sequence, cast
 
 import numpy as np
 import pandas as pd
 
 from tfrec_pipelines.data import DataError
-
-TableFormat = Literal["csv", "parquet", "tfrecord"]
-SUFFIXES: Dict[str, TableFormat] = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".tfrecord": "tfrecord",
-    ".tfrecords": "tfrecord",
-    ".tfr": "tfrecord",
-}
+from tfrec_pipelines.formats import FILE_FORMATS, FileFormat, csv_delimiter, suffix_format, unknown_suffix_message
 
 
 def table_files(path: str | Path, what: str = "table") -> List[Path]:
@@ -70,25 +60,22 @@ def table_files(path: str | Path, what: str = "table") -> List[Path]:
     raise FileNotFoundError(f"The {what} path {path} does not exist.")
 
 
-def table_format(files: Sequence[Path], declared: Optional[str] = None, what: str = "table") -> TableFormat:
+def table_format(files: Sequence[Path], declared: Optional[str] = None, what: str = "table") -> FileFormat:
     """The format of a table's files: ``declared``, or the one their suffixes name.
 
     Raises:
       DataError: a suffix is unknown, or the files mix formats.
     """
     if declared is not None:
-        if declared not in ("csv", "parquet", "tfrecord"):
-            raise DataError(f"The {what} format must be csv, parquet or tfrecord. Received: {declared!r}")
-        return cast(TableFormat, declared)
-    formats: Dict[TableFormat, Path] = {}
+        if declared not in FILE_FORMATS:
+            raise DataError(f"The {what} format must be one of {', '.join(FILE_FORMATS)}. Received: {declared!r}")
+        return cast(FileFormat, declared)
+    formats: Dict[FileFormat, Path] = {}
     for file in files:
-        suffix = file.suffix.lower()
-        if suffix not in SUFFIXES:
-            raise DataError(
-                f"{file}: cannot tell the {what} format from the suffix {suffix!r}; expected one of "
-                f"{sorted(SUFFIXES)}, or name the format in the configuration (`format: parquet`)."
-            )
-        formats.setdefault(SUFFIXES[suffix], file)
+        fmt = suffix_format(str(file))
+        if fmt is None:
+            raise DataError(unknown_suffix_message(str(file), what, "name the format in the configuration (`format:`)"))
+        formats.setdefault(fmt, file)
     if len(formats) > 1:
         shown = ", ".join(f"{fmt} ({file.name})" for fmt, file in formats.items())
         raise DataError(f"The {what} files mix formats: {shown}; one table is one format.")
@@ -179,7 +166,7 @@ def _read_csv(file: Path, columns: Optional[Sequence[str]]) -> pd.DataFrame:
     import pyarrow as pa
     from pyarrow import csv as pa_csv
 
-    parse = pa_csv.ParseOptions(delimiter="\t" if file.suffix.lower() == ".tsv" else ",")
+    parse = pa_csv.ParseOptions(delimiter=csv_delimiter(str(file)))
     if file.stat().st_size == 0:
         raise DataError(f"{file} is empty; expected a header row and data rows.")
     try:

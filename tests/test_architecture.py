@@ -20,6 +20,7 @@ DATA = {
     "candidate_table",
     "data",
     "dataset",
+    "formats",
     "declarations",
     "interactions",
     "movielens",
