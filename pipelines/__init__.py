@@ -46,7 +46,7 @@ _PUBLIC = {
     "fit_model": "train",
     "evaluate_model": "validation",
     "export_model": "train",
-    "RunError": "checkpointing",
+    "RunError": "run_errors",
     # streaming beyond memory
     "stream_statistics": "streaming",
     "adapted_spec": "streaming",

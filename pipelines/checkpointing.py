@@ -1,6 +1,6 @@
 """Resumable training: checkpoints on a schedule, resumption after a kill, clean stops on Ctrl-C and NaN.
 
-A run in progress is written to ``<output.parent>/.<output.name>.partial/`` (:func:`partial_run`):
+A run in progress is written to its ``.partial`` directory (:mod:`tfrec_pipelines.run_directory`):
 ``config.json`` first, then ``checkpoints/``, a ``tf.train.CheckpointManager`` keeping the last
 :data:`MAX_TO_KEEP` checkpoints. Each holds the model (the towers and the loss's state: memory
 bank, frequency estimator, mixed-negative draw counter), the optimizer (slots, iteration count)
@@ -27,12 +27,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import math
-import os
-import shutil
 import signal
 import threading
 import time
@@ -46,34 +43,19 @@ from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectG
 
 from tfrec_pipelines.data import DataError, HistoryWindows, TrainingExamples, num_rows
 from tfrec_pipelines.dataset import epoch_batches, steps_per_epoch
+from tfrec_pipelines.run_errors import RunError, TrainingInterrupted
 from tfrec_pipelines.validation import EarlyStopping
 from tfrec_towers.atomic_file import write_text_atomically
-from tfrec_towers.config import ExperimentConfig, TrainingConfig, config_to_dict
+from tfrec_towers.config import TrainingConfig
 from tfrec_towers.export import placeholder_features
 from tfrec_towers.features import input_signature
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-CHECKPOINTS_DIR = "checkpoints"  # inside the .partial directory; removed once the run has succeeded
 MAX_TO_KEEP = 2
 BEST_DIR = "best"  # inside checkpoints/: the best epoch's model under early stopping, `epoch-<N>`
 TOWERS = ("query_tower", "candidate_tower")
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the object graph every tf.train.Checkpoint holds
-
-
-class RunError(RuntimeError):
-    """A run directory is missing, incomplete, already holds a run, or cannot be resumed; or training diverged."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped training after writing a checkpoint: rerunning the same command resumes."""
-
-
-def partial_directory(output: str | Path) -> Path:
-    """Where the run of ``output`` is written until it succeeds: ``<output.parent>/.<output.name>.partial``."""
-    output = Path(output)
-    return output.parent / f".{output.name}.partial"
 
 
 def _step(path: str) -> int:
@@ -145,98 +127,6 @@ def newest_readable_checkpoint(directory: str | Path, forget_unreadable: bool = 
         + "; ".join(f"{path}: {reason}" for path, reason in reasons.items())
         + f"). Delete {directory} to start the run over."
     )
-
-
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> List[str]:
-    """The dotted keys whose values differ between two nested configuration mappings."""
-    differences = []
-    for key in sorted(set(saved) | set(current)):
-        path = f"{prefix}{key}"
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            differences += config_differences(a, b, f"{path}.")
-        elif a != b or (key in saved) != (key in current):
-            differences.append(path)
-    return differences
-
-
-@contextlib.contextmanager
-def partial_run(output: str | Path, config: ExperimentConfig, keep: Sequence[str] = ()) -> Iterator[Path]:
-    """The in-progress directory of the run ``output``: new, or resumed; locked while the run lives.
-
-    A directory left by a run of the same configuration is resumed: its ``config.json``,
-    ``checkpoints/`` and the entries named in ``keep`` stay, whatever else the failed run wrote is
-    removed. One that holds no checkpoint is emptied. Checkpoints that cannot be read are skipped
-    with a warning, and the newest readable one is resumed. On an exception from the ``with`` body the
-    directory is kept if it holds a checkpoint (rerun the same command to resume, a warning says
-    so) and deleted otherwise.
-
-    Args:
-      output: the run directory the caller renames the yielded directory to once all went well.
-      config: the resolved configuration, saved as ``config.json`` in a new directory.
-      keep: names of entries a resumed run continues (e.g. TensorBoard logs).
-
-    Yields:
-      ``<output.parent>/.<output.name>.partial``.
-
-    Raises:
-      RunError: another process is writing the same run; the directory holds checkpoints of a
-        run with another configuration (the message names the keys), or none that can be read.
-    """
-    work = partial_directory(output)
-    work.mkdir(exist_ok=True)
-    lock = os.open(work, os.O_RDONLY)  # an exclusive flock on the directory, released on exit or kill
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(
-                f"Another process is writing the run {output} (into {work}); choose another --output."
-            ) from None
-        _prepare(work, config, keep)
-        try:
-            yield work
-        except BaseException:
-            kept = latest_checkpoint(work / CHECKPOINTS_DIR)
-            if kept is None:
-                shutil.rmtree(work, ignore_errors=True)
-            else:
-                logger.warning(
-                    "The unfinished run is kept in %s (checkpoint at step %d): rerun the same command to resume.",
-                    work,
-                    kept[1],
-                )
-            raise
-    finally:
-        os.close(lock)
-
-
-def _prepare(work: Path, config: ExperimentConfig, keep: Sequence[str]) -> None:
-    """Checks that ``work``'s checkpoints were made with ``config``, or starts it afresh with ``config.json``.
-
-    Unreadable checkpoints are skipped (:func:`newest_readable_checkpoint`); if none is readable,
-    RunError.
-    """
-    current = json.loads(json.dumps(config_to_dict(config)))
-    resumable = newest_readable_checkpoint(work / CHECKPOINTS_DIR, forget_unreadable=True) is not None
-    if resumable:
-        try:
-            saved = json.loads((work / CONFIG_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise RunError(
-                f"{work} holds checkpoints but no readable {CONFIG_FILE} ({error}): delete it to start over."
-            ) from None
-        differences = config_differences(saved, current)
-        if differences:
-            raise RunError(
-                f"{work} holds an unfinished run with another configuration (differing keys: {', '.join(differences)}). "
-                "Rerun with the same configuration to resume it, or delete that directory to start over."
-            )
-    for stale in work.iterdir():
-        if not resumable or stale.name not in (CONFIG_FILE, CHECKPOINTS_DIR, *keep):
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    if not resumable:
-        (work / CONFIG_FILE).write_text(json.dumps(current, indent=2) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,7 +55,8 @@ except ModuleNotFoundError as e:
 from tfrec_pipelines import embed_output, embed_sources
 from tfrec_pipelines.candidate_table import column_types as reader_column_types
 from tfrec_pipelines.embed_output import EMBEDDING_DTYPES, OUTPUT_FORMATS, EmbeddedChunk, OutputSpec
-from tfrec_pipelines.embed_sources import DEAD_LETTER, FORMATS, METRICS_NAMESPACE, RowChunk
+from tfrec_pipelines.embed_sources import DEAD_LETTER, METRICS_NAMESPACE, RowChunk
+from tfrec_pipelines.formats import FILE_FORMATS as FORMATS
 from tfrec_towers.features import IdDtype, SequenceFeature, feature_from_dict
 
 logger = logging.getLogger(__name__)

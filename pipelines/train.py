@@ -30,19 +30,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_pipelines.candidate_table import CandidateSource, read_candidate_table
-from tfrec_pipelines.checkpointing import (
-    CHECKPOINTS_DIR,
-    CONFIG_FILE,
-    RunError,
-    TrainingInterrupted,
-    fit_resumably,
-    partial_directory,
-    partial_run,
-    restore_towers,
-)
+from tfrec_pipelines.checkpointing import fit_resumably, restore_towers
 from tfrec_pipelines.data import RetrievalData, TrainingExamples, num_rows, take_rows
 from tfrec_pipelines.dataset import steps_per_epoch
 from tfrec_pipelines.distribute import is_chief, make_strategy
+from tfrec_pipelines.run_directory import CHECKPOINTS_DIR, CONFIG_FILE, partial_directory, partial_run
+from tfrec_pipelines.run_errors import RunError, TrainingInterrupted
 from tfrec_pipelines.sequences import num_targets, sequence_examples
 from tfrec_pipelines.sources import FEATURES_FILE, prepare_data
 from tfrec_pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model

@@ -40,6 +40,8 @@ JOBS = {
     "embed_output",
     "embed_sources",
     "index_from_embeddings",
+    "run_directory",
+    "run_errors",
     "train",
     "validation",
 }

@@ -22,16 +22,10 @@ import tensorflow as tf
 
 import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
 from helpers import TINY_TOWERS, cli_sets, trainable
-from tfrec_pipelines.checkpointing import (
-    CHECKPOINTS_DIR,
-    ResumableTraining,
-    RunError,
-    TrainingInterrupted,
-    config_differences,
-    partial_directory,
-    partial_run,
-)
+from tfrec_pipelines.checkpointing import ResumableTraining
 from tfrec_pipelines.dataset import epoch_batches
+from tfrec_pipelines.run_directory import CHECKPOINTS_DIR, config_differences, partial_directory, partial_run
+from tfrec_pipelines.run_errors import RunError, TrainingInterrupted
 from tfrec_pipelines.train import fit_model, load_data, train
 from tfrec_towers import warmup
 from tfrec_towers.config import ConfigError, ExperimentConfig, TrainingConfig, apply_overrides

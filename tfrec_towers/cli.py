@@ -345,7 +345,7 @@ def _write_json(path: str, value: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
-    from tfrec_pipelines.checkpointing import TrainingInterrupted
+    from tfrec_pipelines.run_errors import TrainingInterrupted
     from tfrec_pipelines.train import train
 
     config = _resolve_config(args)
