@@ -218,8 +218,12 @@ def test_embedding_table_validation_names_the_argument():
         EmbeddingTable(None, "int64", 2)
     with pytest.raises(ValueError, match=r"`vocabulary_size` must equal the 2 values of `vocabulary`. Received: 3"):
         EmbeddingTable([1, 2], "int64", 2, vocabulary_size=3)
-    with pytest.raises(ValueError, match=r"`vocabulary` must hold distinct values. Received 3 values of which 2"):
+    with pytest.raises(
+        ValueError, match=r"`vocabulary` must hold distinct values. Received 3 values, of which these repeat: \['a'\]"
+    ):
         EmbeddingTable(["a", "b", "a"], "string", 2)
+    with pytest.raises(ValueError, match=r"Received 5 values, of which these repeat: \[3, 7\]"):
+        EmbeddingTable([7, 3, 7, 1, 3], "int64", 2)
 
 
 def test_a_config_that_held_the_vocabulary_still_loads_it():

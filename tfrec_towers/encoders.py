@@ -29,6 +29,7 @@ from tfrec_towers.features import (
     feature_to_dict,
     without_vocabulary,
 )
+from tfrec_towers.unique_ids import repeated_ids
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec_towers")
 
@@ -102,13 +103,14 @@ class EmbeddingTable(tf.keras.layers.Layer):
                 dtype, tf.int64, default_value=0 if self.num_oov_buckets == 1 else -1
             )
             if vocabulary is not None and len(vocabulary):
-                keys = tf.constant(np.asarray(vocabulary, dtype=np.int64 if key_dtype == "int64" else object), dtype)
-                unique, _ = tf.unique(keys)
-                if int(tf.size(unique)) != self.vocabulary_size:
+                values = np.asarray(vocabulary, dtype=np.int64 if key_dtype == "int64" else object)
+                repeated = repeated_ids(values)
+                if repeated.size:
                     raise ValueError(
-                        f"`vocabulary` must hold distinct values. Received {self.vocabulary_size} "
-                        f"values of which {int(tf.size(unique))} are distinct."
+                        f"`vocabulary` must hold distinct values. Received {self.vocabulary_size} values, of which "
+                        f"these repeat: {repeated[:5].tolist()}"
                     )
+                keys = tf.constant(values, dtype)
                 rows = tf.range(self.num_oov_buckets, self.num_oov_buckets + self.vocabulary_size, dtype=tf.int64)
                 self.vocabulary_table.insert(keys, rows)
         self.embedding = tf.keras.layers.Embedding(
