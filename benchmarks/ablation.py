@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # noqa: E402
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.baselines import plain_tfrs_model  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
 from tfrec_pipelines.sources import prepare_data, spec_for  # noqa: E402

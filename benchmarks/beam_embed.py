@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tensorflow as tf  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-import tfrec_towers  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from benchmarks.common import write_results  # noqa: E402
 from tfrec_pipelines.embed_job import EmbedJobConfig, run_embed_job  # noqa: E402
 from tfrec_pipelines.embed_output import PARQUET_WRITER_OPTIONS, manifest_files  # noqa: E402

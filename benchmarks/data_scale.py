@@ -204,7 +204,7 @@ def prepare_in_this_process(directory: Path, progress: Optional[Path] = None) ->
     clock.begin("import")
     import tensorflow  # noqa: F401
 
-    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+    import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
     from tfrec_pipelines import sources
     from tfrec_pipelines.checkpointing import training_batches
     from tfrec_pipelines.train import training_columns

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 
 _CPU = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)

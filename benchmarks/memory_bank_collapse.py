@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.common import write_results  # noqa: E402
 
 USERS, ITEMS, DIM, BATCH, TAU = 800, 1500, 32, 256, 0.05

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # noqa: E402
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.common import write_results  # noqa: E402
 from tfrec_towers.export import METADATA_FILENAME, export_retrieval_model  # noqa: E402
 from tfrec_towers.index import IndexConfig, exact_top_k, recall_at_k  # noqa: E402

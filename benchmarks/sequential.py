@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tensorflow as tf  # noqa: E402
 
-import tfrec_towers  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.ablation import PLAIN, run_row  # noqa: E402
 from benchmarks.common import summarise, write_results  # noqa: E402
 from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402

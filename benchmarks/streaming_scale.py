@@ -124,7 +124,7 @@ def stream_in_this_process(directory: Path, history: int, batch_size: int, progr
     clock.begin("import")
     import tensorflow  # noqa: F401
 
-    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+    import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
     from tfrec_pipelines.declarations import Declarations
     from tfrec_pipelines.streaming import adapted_spec, stream_examples, stream_statistics
     from tfrec_towers.data_config import FeatureDeclaration

@@ -22,7 +22,7 @@ embedding job (``run_embed_job``, ``EmbedJobConfig``: the ``beam`` extra).
 
 import importlib as _importlib
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 
 _PUBLIC = {
     # data preparation

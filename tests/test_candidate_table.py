@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from helpers import CANDIDATE_SPEC, MOVIE_IDS, K, catalogue, export_models
 from tfrec_pipelines.candidate_table import column_types, read_candidate_table, table_format
 from tfrec_pipelines.data import DataError

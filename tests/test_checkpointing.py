@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from tfrec_pipelines.checkpointing import training_batches
 from tfrec_pipelines.data import HistoryWindows, Lookup, leave_last_out
 

@@ -5,7 +5,7 @@ import types
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from tfrec_pipelines.distribute import STRATEGIES, is_chief, make_strategy
 
 

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.pvalue import TaggedOutput
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from helpers import GENRES, queries
 from tfrec_pipelines import embed_job, embed_output
 from tfrec_pipelines.data import DataError

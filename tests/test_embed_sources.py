@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.pvalue import TaggedOutput
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from tfrec_pipelines.embed_sources import ReadRowChunks, ReadUnit, RowChunk, typed_value
 
 

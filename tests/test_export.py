@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from helpers import (
     CANDIDATE_SPEC,
     DIM,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from helpers import CANDIDATE_SPEC, QUERY_SPEC, catalogue, make_candidate_tower, make_query_tower, queries
 from tfrec_towers import warmup
 from tfrec_towers.export.assembly import METADATA_FILENAME, METADATA_KEYS, write_retrieval_export

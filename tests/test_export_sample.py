@@ -2,7 +2,7 @@
 
 import numpy as np
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from tfrec_towers.export.sample import (
     NUM_SAMPLE_CANDIDATES,
     sampled_candidate_positions,

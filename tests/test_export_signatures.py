@@ -4,7 +4,7 @@ import json
 
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from tfrec_towers.export.signatures import specs_from_json, specs_to_json
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from tfrec_pipelines.candidate_table import read_candidate_table
 from tfrec_pipelines.candidate_table import table_format as candidate_format
 from tfrec_pipelines.data import DataError

@@ -6,7 +6,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from helpers import tiny_config
 from tfrec_pipelines.train import load_data, load_run, train
 from tfrec_towers.config import ConfigError, ExperimentConfig, apply_overrides

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from tfrec_pipelines.data import DataError
 from tfrec_pipelines.readers import (
     from_dataframe,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

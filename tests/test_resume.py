@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from helpers import TINY_TOWERS, cli_sets, trainable
 from tfrec_pipelines.checkpointing import ResumableTraining
 from tfrec_pipelines.dataset import epoch_batches

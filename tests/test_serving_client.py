@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from helpers import CANDIDATE_SPEC, MOVIE_IDS, QUERY_SPEC, K, catalogue, queries
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from helpers import tiny_config, trainable
 from tfrec_pipelines.checkpointing import fit_resumably
 from tfrec_pipelines.train import fit_model

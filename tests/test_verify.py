@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tfrec_towers  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from helpers import (
     CANDIDATE_SPEC,
     MOVIE_IDS,

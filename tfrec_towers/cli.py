@@ -82,7 +82,7 @@ PASSTHROUGH_HELP = {
 
 def _run_passthrough(command: str, argv: Sequence[str]) -> int:
     """``embed`` → :func:`tfrec_pipelines.embed_job.main`; ``index-embeddings`` → :func:`tfrec_pipelines.index_from_embeddings.main`."""
-    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+    import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
     from tfrec_pipelines.data import DataError
     from tfrec_towers.extras import MissingExtraError
 
@@ -532,7 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.quiet:
             print(message, file=sys.stderr)
 
-    import tfrec_towers  # noqa: F401  (Keras 2 before TensorFlow loads)
+    import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
     from tfrec_pipelines.data import DataError
     from tfrec_pipelines.train import RunError
     from tfrec_towers.config import ConfigError
