@@ -29,33 +29,49 @@ from tfrec_towers.losses.temperature import check_real
 MASKED_LOGIT = float(np.finfo(np.float32).min / 100.0)
 
 
-def _softmax_row_losses(positive_logits: tf.Tensor, negative_logits: tf.Tensor, negative_mask: tf.Tensor) -> tf.Tensor:
-    """``ℓ_i = logsumexp([z_i, z_ij for valid j]) − z_i``, ``[batch]``.
+def _softmax_row_losses(
+    positive_logits: tf.Tensor,
+    negative_logits: tf.Tensor,
+    negative_mask: tf.Tensor,
+    extra_log_sum_exp: Optional[tf.Tensor] = None,
+) -> tf.Tensor:
+    """``ℓ_i = logsumexp([z_i, z_ij for valid j, L_i]) − z_i``, ``[batch]``.
 
-    Computed as ``m_i + log(e^{z_i − m_i} + Σ_{j valid} e^{z_ij − m_i}) − z_i`` with
-    ``m_i = max(z_i, max_{j valid} z_ij)``, without a ``[batch, 1 + num_negatives]`` copy. The
-    gradient is the softmax itself, ``∂ℓ_i/∂z_ij = e^{z_ij − m_i} / Σ_i`` (0 for masked slots)
-    and ``∂ℓ_i/∂z_i = e^{z_i − m_i} / Σ_i − 1``, formed from the forward pass's exponentials in
-    one ``[batch, num_negatives]`` product instead of differentiating each step of the
-    log-sum-exp. Masked slots enter neither the value nor the gradient.
+    Computed as ``m_i + log(e^{z_i − m_i} + Σ_{j valid} e^{z_ij − m_i} + e^{L_i − m_i}) − z_i`` with
+    ``m_i = max(z_i, max_{j valid} z_ij, L_i)``, without a ``[batch, 1 + num_negatives]`` copy. The
+    gradient is the softmax itself, ``∂ℓ_i/∂z_ij = e^{z_ij − m_i} / Σ_i`` (0 for masked slots),
+    ``∂ℓ_i/∂L_i = e^{L_i − m_i} / Σ_i`` and ``∂ℓ_i/∂z_i = e^{z_i − m_i} / Σ_i − 1``, formed from the
+    forward pass's exponentials in one ``[batch, num_negatives]`` product instead of differentiating
+    each step of the log-sum-exp. Masked slots enter neither the value nor the gradient.
+
+    ``extra_log_sum_exp`` ``L_i`` is the log-sum-exp of further negatives computed elsewhere (the
+    memory bank's, streamed by :func:`~tfrec_towers.losses.streamed_logsumexp.streamed_log_sum_exp`;
+    ``−∞`` for none); None for no such term.
     """
     negative_mask = tf.cast(negative_mask, tf.bool)
+    extra = None if extra_log_sum_exp is None else tf.cast(extra_log_sum_exp, tf.float32)
 
     @tf.custom_gradient
-    def row_losses(positive: tf.Tensor, negative: tf.Tensor):
+    def row_losses(positive: tf.Tensor, negative: tf.Tensor, *stored: tf.Tensor):
         masked = tf.where(negative_mask, negative, MASKED_LOGIT)
         shift = tf.maximum(tf.reduce_max(masked, axis=1), positive)
+        if stored:
+            shift = tf.maximum(shift, stored[0])
         negative_exp = tf.exp(masked - shift[:, tf.newaxis])
         positive_exp = tf.exp(positive - shift)
         total = positive_exp + tf.reduce_sum(negative_exp, axis=1)
+        stored_exp = tf.exp(stored[0] - shift) if stored else None
+        if stored_exp is not None:
+            total = total + stored_exp
 
         def gradient(upstream: tf.Tensor):
             scale = upstream / total
-            return scale * positive_exp - upstream, negative_exp * scale[:, tf.newaxis]
+            gradients = [scale * positive_exp - upstream, negative_exp * scale[:, tf.newaxis]]
+            return gradients + ([scale * stored_exp] if stored_exp is not None else [])
 
         return shift + tf.math.log(total) - positive, gradient
 
-    return row_losses(positive_logits, negative_logits)
+    return row_losses(positive_logits, negative_logits, *([] if extra is None else [extra]))
 
 
 def _mean_over_valid(values: tf.Tensor, negative_mask: tf.Tensor) -> tf.Tensor:
@@ -79,11 +95,14 @@ class ModeLoss(tf.keras.layers.Layer):
     subclass sets ``reads_masked_slots = False`` (its ``_row_losses`` selects a constant in
     masked slots and gives them an exact zero gradient), ``call`` first zeroes masked slots.
     A subclass that scores only one replica's square in-batch logits sets
-    ``needs_square_in_batch_logits = True``.
+    ``needs_square_in_batch_logits = True``; one whose loss depends on the negatives only
+    through their log-sum-exp (the softmax) sets ``takes_log_sum_exp = True`` and accepts
+    negatives streamed elsewhere as ``extra_log_sum_exp``.
     """
 
     reads_masked_slots = True
     needs_square_in_batch_logits = False
+    takes_log_sum_exp = False
 
     def _row_losses(
         self,
@@ -99,6 +118,7 @@ class ModeLoss(tf.keras.layers.Layer):
         negative_logits: tf.Tensor,
         negative_mask: tf.Tensor,
         sample_weight: Optional[tf.Tensor] = None,
+        extra_log_sum_exp: Optional[tf.Tensor] = None,
     ) -> tf.Tensor:
         """Computes the loss.
 
@@ -107,17 +127,30 @@ class ModeLoss(tf.keras.layers.Layer):
           negative_logits: ``[batch, num_negatives]`` logits ``z_ij``.
           negative_mask: ``[batch, num_negatives]`` bool, False = ignore.
           sample_weight: ``[batch]`` row weights, or None for equal weights.
+          extra_log_sum_exp: ``[batch]`` the log-sum-exp of further negatives scored elsewhere
+            (``−∞`` for none), for a mode with ``takes_log_sum_exp``; None for none.
 
         Returns:
           Scalar float32: ``Σ_i w_i·ℓ_i / Σ_i w_i``.
+
+        Raises:
+          ValueError: ``extra_log_sum_exp`` for a mode whose loss needs every negative's logit.
         """
+        if extra_log_sum_exp is not None and not self.takes_log_sum_exp:
+            raise ValueError(
+                f"{type(self).__name__} scores every negative's logit; it cannot take `extra_log_sum_exp`."
+            )
         negative_mask = tf.cast(negative_mask, tf.bool)
         negative_logits = tf.cast(negative_logits, tf.float32)
         if self.reads_masked_slots:
             # Masked slots may hold anything (inf, NaN in an empty memory-bank slot): they are
             # zeroed before any arithmetic so neither the loss nor its gradient sees them.
             negative_logits = tf.where(negative_mask, negative_logits, 0.0)
-        row_losses = self._row_losses(tf.cast(positive_logits, tf.float32), negative_logits, negative_mask)
+        positive_logits = tf.cast(positive_logits, tf.float32)
+        if extra_log_sum_exp is None:
+            row_losses = self._row_losses(positive_logits, negative_logits, negative_mask)
+        else:
+            row_losses = self._row_losses(positive_logits, negative_logits, negative_mask, extra_log_sum_exp)
         if sample_weight is None:
             return tf.reduce_mean(row_losses)
         weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
@@ -134,9 +167,10 @@ class SampledSoftmaxLoss(ModeLoss):
     """
 
     reads_masked_slots = False
+    takes_log_sum_exp = True
 
-    def _row_losses(self, positive_logits, negative_logits, negative_mask):
-        return _softmax_row_losses(positive_logits, negative_logits, negative_mask)
+    def _row_losses(self, positive_logits, negative_logits, negative_mask, extra_log_sum_exp=None):
+        return _softmax_row_losses(positive_logits, negative_logits, negative_mask, extra_log_sum_exp)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")

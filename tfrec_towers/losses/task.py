@@ -23,10 +23,14 @@ For a batch of B (query, positive candidate) pairs with embeddings q_i, v_i and 
 5. in training, the frequency estimator sees the batch's ids and the bank enqueues the batch's
    candidate embeddings (after they were read, without gradient).
 
-Cost: with a bank of M slots the step is dominated by ``[B, B + M]`` work, so the similarities
-are one matmul whose gradient skips the bank's stored rows (they are constants), a fixed
-temperature scales the ``[B, d]`` queries instead of the ``[B, B + M]`` similarities, and the
-softmax mode differentiates its log-sum-exp in one pass (``modes._softmax_row_losses``).
+Cost: with a bank of M slots the step is dominated by ``[B, M]`` work. In the softmax mode with a
+fixed or learnable temperature the bank's logits never form a ``[B, M]`` matrix: their log-sum-exp
+(logQ-corrected, masked) is streamed over cache-sized chunks in one pass that also yields the
+query gradient (:func:`~tfrec_towers.losses.streamed_logsumexp.streamed_log_sum_exp`), and the
+mode adds it to the softmax of the other negatives. Otherwise (the other modes, adaptive margins)
+the similarities are one matmul whose gradient skips the bank's stored rows (they are constants).
+A fixed temperature scales the ``[B, d]`` queries instead of the similarities, and the softmax mode
+differentiates its log-sum-exp in one pass (``modes._softmax_row_losses``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from tfrec_towers.losses.logq import LogQCorrection
 from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
 from tfrec_towers.losses.modes import ModeLoss, SampledSoftmaxLoss
 from tfrec_towers.losses.negatives import NegativeSet, concat_negative_sets
+from tfrec_towers.losses.streamed_logsumexp import streamed_log_sum_exp
 from tfrec_towers.losses.temperature import Temperature
 
 
@@ -65,14 +70,17 @@ class _PooledNegatives(NamedTuple):
 
     Attributes:
       negatives: the :class:`NegativeSet` of ``N`` rows: the sources that take gradient first
-        (the global batch, then the extra negatives), the bank's stored rows last.
+        (the global batch, then the extra negatives), the bank's stored rows last unless streamed.
       trainable_rows: ``T``, int32 scalar, the rows that take gradient.
       bank_slots: ``M_valid``, int64 scalar, the valid memory-bank rows (0 without a bank).
+      streamed: the bank's rows when they are not in ``negatives`` but scored apart, streamed
+        (:func:`~tfrec_towers.losses.streamed_logsumexp.streamed_log_sum_exp`); else None.
     """
 
     negatives: NegativeSet
     trainable_rows: tf.Tensor
     bank_slots: tf.Tensor
+    streamed: Optional[NegativeSet] = None
 
 
 def _similarities(anchors: tf.Tensor, negatives: tf.Tensor, trainable_rows: tf.Tensor) -> tf.Tensor:
@@ -185,7 +193,8 @@ class RetrievalLoss(tf.keras.layers.Layer):
                 positive_logits, negative_logits, positive_log_p, pooled, batch.size, replicas
             )
         mask = _negative_mask(candidate_ids, pooled.negatives)
-        loss = self.mode(positive_logits, negative_logits, mask, sample_weight)
+        streamed = self._streamed_log_sum_exp(query_embeddings, candidate_ids, pooled, batch.size, replicas)
+        loss = self.mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=streamed)
         if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
             loss = self._with_item_anchored_term(
                 self.adaptive, loss, query_embeddings, candidate_embeddings, candidate_ids, batch.ids, sample_weight
@@ -250,12 +259,41 @@ class RetrievalLoss(tf.keras.layers.Layer):
                 )
             sources.append(extra_negatives)
         trainable_rows = tf.add_n([tf.shape(source.ids)[0] for source in sources])
-        bank_slots = tf.constant(0, tf.int64)
+        bank_slots, streamed = tf.constant(0, tf.int64), None
         if self.memory_bank is not None:
             bank = self.memory_bank.read()
-            sources.append(bank)
             bank_slots = tf.reduce_sum(tf.cast(bank.valid, tf.int64))
-        return _PooledNegatives(concat_negative_sets(sources), trainable_rows, bank_slots)
+            if self.streams_bank:
+                streamed = bank
+            else:
+                sources.append(bank)
+        return _PooledNegatives(concat_negative_sets(sources), trainable_rows, bank_slots, streamed)
+
+    @property
+    def streams_bank(self) -> bool:
+        """Whether the bank's logits are streamed (never a ``[B, M]`` matrix): the mode's loss reads
+        the negatives only through their log-sum-exp (the softmax) and the logits are ``⟨q, n⟩ / τ``."""
+        return self.memory_bank is not None and self.mode.takes_log_sum_exp and self.adaptive is None
+
+    def _streamed_log_sum_exp(
+        self,
+        query_embeddings: tf.Tensor,
+        candidate_ids: tf.Tensor,
+        pooled: _PooledNegatives,
+        batch_size: tf.Tensor,
+        replicas: int,
+    ) -> Optional[tf.Tensor]:
+        """``log Σ_{j valid, y_j ≠ y_i} exp(⟨q_i, e_j⟩ / τ − log Q_{y_j})`` over the bank's rows, ``[B]``
+        (no ``− log Q`` without logQ correction); None when the bank is not streamed."""
+        if pooled.streamed is None:
+            return None
+        bank = pooled.streamed
+        offsets = tf.zeros_like(bank.log_q)
+        if self.candidate_probability is not None:
+            offsets = self._log_expected_count(bank.log_q, batch_size, pooled.bank_slots, replicas)
+        return streamed_log_sum_exp(
+            self.temperature(query_embeddings), bank.embeddings, offsets, bank.valid, candidate_ids, bank.ids
+        )
 
     def _log_expected_count(
         self, log_p: tf.Tensor, batch_size: tf.Tensor, bank_slots: tf.Tensor, replicas: int = 1
