@@ -112,6 +112,16 @@ class ModeLoss(tf.keras.layers.Layer):
     ) -> tf.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement `_row_losses`.")
 
+    def _row_losses_with_log_sum_exp(
+        self,
+        positive_logits: tf.Tensor,
+        negative_logits: tf.Tensor,
+        negative_mask: tf.Tensor,
+        extra_log_sum_exp: tf.Tensor,
+    ) -> tf.Tensor:
+        """:meth:`_row_losses` with further negatives given by their log-sum-exp (``takes_log_sum_exp``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not take `extra_log_sum_exp`.")
+
     def call(
         self,
         positive_logits: tf.Tensor,
@@ -150,7 +160,9 @@ class ModeLoss(tf.keras.layers.Layer):
         if extra_log_sum_exp is None:
             row_losses = self._row_losses(positive_logits, negative_logits, negative_mask)
         else:
-            row_losses = self._row_losses(positive_logits, negative_logits, negative_mask, extra_log_sum_exp)
+            row_losses = self._row_losses_with_log_sum_exp(
+                positive_logits, negative_logits, negative_mask, extra_log_sum_exp
+            )
         if sample_weight is None:
             return tf.reduce_mean(row_losses)
         weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
@@ -169,7 +181,10 @@ class SampledSoftmaxLoss(ModeLoss):
     reads_masked_slots = False
     takes_log_sum_exp = True
 
-    def _row_losses(self, positive_logits, negative_logits, negative_mask, extra_log_sum_exp=None):
+    def _row_losses(self, positive_logits, negative_logits, negative_mask):
+        return _softmax_row_losses(positive_logits, negative_logits, negative_mask)
+
+    def _row_losses_with_log_sum_exp(self, positive_logits, negative_logits, negative_mask, extra_log_sum_exp):
         return _softmax_row_losses(positive_logits, negative_logits, negative_mask, extra_log_sum_exp)
 
 
