@@ -11,10 +11,11 @@ For a batch of B (query, positive candidate) pairs with embeddings q_i, v_i and 
 3. logQ correction (Yi et al., RecSys 2019): every sampled logit, the positive's included, becomes
    z − log Q_y with Q_y the expected number of copies of y in the pooled negatives,
 
-       Q_y = (B + M_valid) · p_y + B' / N,
+       Q_y = (B + M_valid) · p_y + B' · q_y,
 
    p_y the per-example candidate probability (streamed or counted), B the batch size, M_valid the
-   valid bank slots and B' mixed negatives drawn uniformly from N candidates. A sum of the
+   valid bank slots and B' mixed negatives drawn from N candidates with probability q_y: 1 / N
+   uniformly, or p_y^α / Σ_k p_k^α by smoothed popularity (counted p only, so that q_y is exact). A sum of the
    sources' expected counts is the sampling distribution of the mixture, so the sources are
    corrected consistently with each other and not each in its own units;
 4. a mode turns logits into a loss: sampled softmax (default), BCE, BPR, hinge or the symmetric
@@ -124,6 +125,11 @@ class RetrievalLoss(tf.keras.layers.Layer):
       memory_bank: a :class:`CrossBatchMemoryBank` of recent candidates.
       num_mixed_negatives, corpus_size: B' and N of the mixed negatives the model passes as
         ``extra_negatives`` (0 when off).
+      mixed_negatives_alpha: ``α`` of mixed negatives drawn by smoothed popularity
+        ``q_y = p_y^α / Z`` (:func:`~tfrec_towers.losses.mixed_negatives.popularity_log_probabilities`
+        over the corpus, with ``candidate_probability``'s ``p``); 0 for uniform draws.
+      mixed_log_normaliser: ``log Z = log Σ_k p_k^α`` over the corpus, kept in a weight; used when
+        ``mixed_negatives_alpha > 0`` (the weight exists only then).
 
     Raises:
       ValueError: a negative ``num_mixed_negatives``, or mixed negatives without a positive
@@ -145,6 +151,8 @@ class RetrievalLoss(tf.keras.layers.Layer):
         memory_bank: Optional[CrossBatchMemoryBank] = None,
         num_mixed_negatives: int = 0,
         corpus_size: int = 0,
+        mixed_negatives_alpha: float = 0.0,
+        mixed_log_normaliser: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -160,6 +168,18 @@ class RetrievalLoss(tf.keras.layers.Layer):
             raise ValueError(
                 "`num_mixed_negatives` must be ≥ 0, with a positive `corpus_size` when > 0. "
                 f"Received: {num_mixed_negatives}, {corpus_size}"
+            )
+        self.mixed_negatives_alpha = float(mixed_negatives_alpha)
+        if not self.mixed_negatives_alpha >= 0.0:
+            raise ValueError(f"`mixed_negatives_alpha` must be ≥ 0. Received: {mixed_negatives_alpha}")
+        self.mixed_log_normaliser: Optional[tf.Variable] = None
+        if self.mixed_negatives_alpha > 0.0:
+            self.mixed_log_normaliser = self.add_weight(
+                name="mixed_log_normaliser",
+                shape=[],
+                dtype=tf.float32,
+                initializer=tf.keras.initializers.Constant(float(mixed_log_normaliser)),
+                trainable=False,
             )
 
     def call(
@@ -298,10 +318,14 @@ class RetrievalLoss(tf.keras.layers.Layer):
     def _log_expected_count(
         self, log_p: tf.Tensor, batch_size: tf.Tensor, bank_slots: tf.Tensor, replicas: int = 1
     ) -> tf.Tensor:
-        """log Q_y = log((B + M_valid) · p_y + R·B'/N), ``B`` the global batch of ``R`` replicas."""
+        """log Q_y = log((B + M_valid) · p_y + R·B'·q_y), ``B`` the global batch of ``R`` replicas and
+        ``q_y`` the mixed negatives' draw probability (``1/N``, or ``p_y^α / Z``)."""
         draws = tf.cast(batch_size, tf.float32) + tf.cast(bank_slots, tf.float32)
         expected = draws * tf.exp(log_p)
-        if self.num_mixed_negatives:
+        if self.num_mixed_negatives and self.mixed_log_normaliser is not None:
+            mixed_q = tf.exp(self.mixed_negatives_alpha * log_p - self.mixed_log_normaliser)
+            expected = expected + replicas * self.num_mixed_negatives * mixed_q
+        elif self.num_mixed_negatives:
             expected = expected + replicas * self.num_mixed_negatives / self.corpus_size
         return tf.math.log(expected)
 
@@ -383,6 +407,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
             "memory_bank": serialize(self.memory_bank) if self.memory_bank is not None else None,
             "num_mixed_negatives": self.num_mixed_negatives,
             "corpus_size": self.corpus_size,
+            "mixed_negatives_alpha": self.mixed_negatives_alpha,
         }
 
     @classmethod
