@@ -14,7 +14,8 @@ The data and jobs API, each name imported on first use::
 Groups: data preparation (``prepare_data``, ``read_table``, ``read_interaction_tables``,
 ``load_movielens``, ``make_synthetic``), the run functions (``train_run``, ``evaluate_run``,
 ``export_run``, ``tune_run``, ``load_run``; ``train_run`` is :func:`tfrec_pipelines.train.train`, named
-apart from its module) and the step-by-step ones a notebook calls
+apart from its module), the hyper-parameter search (``run_search``: docs/tuning.md, the ``tune`` extra)
+and the step-by-step ones a notebook calls
 (``build_model``, ``fit_model``, ``evaluate_model``, ``export_model``), streaming beyond memory
 (``stream_statistics``, ``adapted_spec``, ``stream_examples``: docs/streaming.md) and the Beam batch
 embedding job (``run_embed_job``, ``EmbedJobConfig``: the ``beam`` extra).
@@ -41,6 +42,7 @@ _PUBLIC = {
     "evaluate_run": "train",
     "export_run": "train",
     "tune_run": "train",
+    "run_search": "search",
     "load_run": "train",
     "build_model": "train",
     "fit_model": "train",

@@ -42,6 +42,7 @@ JOBS = {
     "index_from_embeddings",
     "run_directory",
     "run_errors",
+    "search",
     "train",
     "validation",
 }

@@ -41,7 +41,19 @@ def _write_ml100k(directory, users=40, items=60, seed=0):
 
 @pytest.mark.parametrize(
     "command",
-    ["init", "train", "evaluate", "export", "tune-index", "verify", "report", "compare", "embed", "index-embeddings"],
+    [
+        "init",
+        "train",
+        "evaluate",
+        "export",
+        "tune",
+        "tune-index",
+        "verify",
+        "report",
+        "compare",
+        "embed",
+        "index-embeddings",
+    ],
 )
 def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

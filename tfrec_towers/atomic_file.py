@@ -1,6 +1,6 @@
 """Writing a small file so that readers see the old content or the new one, never half of it.
 
-The text goes to a hidden temporary sibling ``.<name>.partial`` of the file, which is then renamed
+The content goes to a hidden temporary sibling ``.<name>.partial`` of the file, which is then renamed
 over it (``os.replace``, atomic on one file system). The sibling is removed whatever happens.
 """
 
@@ -8,7 +8,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
+
+
+def write_atomically(path: Union[str, Path], write: Callable[[Path], object]) -> None:
+    """Calls ``write(sibling)`` to write the temporary sibling ``.<name>.partial``, then renames it over ``path``.
+
+    For content a library writes to a path itself (a plot's ``savefig``, a serialiser).
+
+    Raises:
+      OSError: the sibling cannot be written or renamed; ``path`` is then as it was. Whatever
+        ``write`` raises propagates, with the sibling removed.
+    """
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def write_text_atomically(path: Union[str, Path], text: str) -> None:
@@ -21,10 +39,4 @@ def write_text_atomically(path: Union[str, Path], text: str) -> None:
     Raises:
       OSError: the sibling cannot be written or renamed; ``path`` is then as it was.
     """
-    target = Path(path)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))

@@ -1,8 +1,10 @@
-"""The ``tfrec-towers`` command: a thin shell over ``tfrec_pipelines.train`` and ``tfrec_towers.verify``.
+"""The ``tfrec-towers`` command: a thin shell over ``tfrec_pipelines.train``, ``tfrec_pipelines.search`` and
+``tfrec_towers.verify``.
 
 Exit codes: 0 success · 2 bad arguments, configuration or data · 3 the export failed verification ·
 4 ``tune-index`` found no configuration reaching the target recall (the report is still written) ·
-130 ``train`` was interrupted (Ctrl-C) after writing a checkpoint: rerun the same command to resume.
+130 ``train`` was interrupted (Ctrl-C) after writing a checkpoint, or ``tune`` between or during trials:
+rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ the SavedModel's layout, signatures and inputs (what TF Serving and clients see)
 TUNE_INDEX_EXAMPLE = """example:
   tfrec-towers tune-index --run runs/ml1m --k 10 --target-recall 0.95 --output runs/ml1m/tuning
   # prints the recall/QPS frontier, writes tuning.json + tuning.png and the export command
+"""
+TUNE_EXAMPLE = """example:
+  tfrec-towers tune --config base.yaml --space space.yaml --trials 30 --output search/ml1m --metric HR@10
+  # trains each trial on the training split, scores it on the validation split (never the test split),
+  # writes study.db, trials.csv, results.md, search.png and best.yaml; rerun it to continue the search
+  tfrec-towers train --config search/ml1m/best.yaml --output runs/best
+
+space.yaml maps configuration keys to ranges or choices:
+  training.learning_rate: {low: 0.0003, high: 0.01, log: true}
+  loss.mixed_negatives: {choices: [0, 256, 1024]}
+see docs/tuning.md
 """
 INIT_EXAMPLE = """example:
   tfrec-towers init experiment.yaml              # every key with its default and what it means
@@ -235,6 +248,39 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         nargs="+",
         help="ScaNN partition counts to try (default: 0.5, 1 and 2 x sqrt(N))",
+    )
+
+    search = commands.add_parser(
+        "tune",
+        help="search hyper-parameters on the validation split (Optuna)",
+        epilog=TUNE_EXAMPLE,
+        formatter_class=fmt,
+    )
+    search.add_argument("--config", type=_path, required=True, help="the base YAML or JSON configuration")
+    search.add_argument(
+        "--space", type=_path, required=True, help="YAML search space: configuration keys to ranges or choices"
+    )
+    search.add_argument(
+        "--trials", type=_positive_int, required=True, help="complete or pruned trials the search should hold"
+    )
+    search.add_argument(
+        "--output", type=_path, required=True, help="search directory (study.db and reports); an existing one continues"
+    )
+    search.add_argument(
+        "--metric",
+        default="HR@10",
+        help="validation metric to maximise: HR@K or NDCG@K, K in 10, 50, 100 (default: HR@10)",
+    )
+    search.add_argument(
+        "--timeout",
+        type=_checked(float, lambda value: math.isfinite(value) and value > 0, "a positive number of seconds"),
+        help="start no trial after this many seconds (the running one finishes)",
+    )
+    search.add_argument(
+        "--seed",
+        type=_checked(int, lambda value: value >= 0, "an integer ≥ 0"),
+        default=0,
+        help="sampler seed (default: 0)",
     )
 
     init = commands.add_parser(
@@ -446,6 +492,48 @@ def _cmd_tune_index(args: argparse.Namespace, out: Callable[[str], None]) -> int
     return EXIT_OK if result.target_met else EXIT_TARGET_MISSED
 
 
+def _cmd_tune(args: argparse.Namespace, out: Callable[[str], None]) -> int:
+    from tfrec_pipelines.search import STUDY_FILE, run_search  # needs the `tune` extra (it says so)
+    from tfrec_towers.config import load_config
+
+    # Optuna's own lines repeat ours (one per trial): only its warnings, unless --verbose.
+    logging.getLogger("optuna").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        result = run_search(
+            load_config(args.config),
+            args.space,
+            args.trials,
+            args.output,
+            metric=args.metric,
+            timeout=args.timeout,
+            seed=args.seed,
+            verbose=2 if args.verbose else 0,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"Interrupted: the finished trials are in {Path(args.output) / STUDY_FILE}; "
+            "rerun the same command to continue the search.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    out(f"results: {result.paths['results']}")
+    if result.failed:
+        out(
+            f"{result.failed} trial(s) failed (see the log above); rerun the same command to add trials in their place."
+        )
+    best = result.best
+    if best is None:
+        print(
+            f"error: no trial of {result.paths['study']} completed, so there is no best configuration.", file=sys.stderr
+        )
+        return EXIT_USAGE
+    print(f"best: trial {best.number}, validation {args.metric} {best.value:.4f}")
+    for key, value in best.params.items():
+        print(f"  {key} = {value}")
+    print(f"train it with: tfrec-towers train --config {result.paths['best']} --output RUN")
+    return EXIT_OK
+
+
 def _cmd_verify(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     from tfrec_towers.verify import verify_export
 
@@ -508,6 +596,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace, Callable[[str], None]], int]] 
     "evaluate": _cmd_evaluate,
     "export": _value_errors_exit_2(_cmd_export),
     "tune-index": _value_errors_exit_2(_cmd_tune_index),
+    "tune": _cmd_tune,
     "init": _cmd_init,
     "report": _value_errors_exit_2(_cmd_report),
     "compare": _value_errors_exit_2(_cmd_compare),

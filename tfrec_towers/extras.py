@@ -1,7 +1,7 @@
 """Optional dependencies: which feature needs which extra of the ``tfrec-towers`` distribution.
 
 Training, evaluation, export (with its TF Serving warm-up records) and verification need only the
-core requirements. Three features need more, each installed by one extra:
+core requirements. Four features need more, each installed by one extra:
 
 ==========  ================  =========================================================================
 extra       installs          needed by
@@ -9,8 +9,10 @@ extra       installs          needed by
 ``beam``    ``apache-beam``   the batch embedding job (``tfrec-towers embed``, :mod:`tfrec_pipelines.embed_job`)
                               and indexing its output (``tfrec-towers index-embeddings``)
 ``report``  ``matplotlib``    the HTML run report (``tfrec-towers report``, ``compare --output``) and
-                              the recall/QPS plot of ``tfrec-towers tune-index``
+                              the recall/QPS plot of ``tfrec-towers tune-index`` (``tune`` skips its
+                              search.png without it, and says so)
 ``serving`` ``grpcio``        the gRPC calls of the example client ``serving/client.py``
+``tune``    ``optuna``        the hyper-parameter search (``tfrec-towers tune``, :mod:`tfrec_pipelines.search`)
 ==========  ================  =========================================================================
 
 A module that needs an extra imports it inside ``try`` and turns the failure into
@@ -24,7 +26,7 @@ A module that needs an extra imports it inside ``try`` and turns the failure int
 
 from __future__ import annotations
 
-EXTRAS = {"beam": "apache-beam", "report": "matplotlib", "serving": "grpcio"}
+EXTRAS = {"beam": "apache-beam", "report": "matplotlib", "serving": "grpcio", "tune": "optuna"}
 """``{extra: the distribution it installs}`` (``setup.cfg``'s ``[options.extras_require]``)."""
 
 
