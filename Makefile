@@ -12,7 +12,7 @@ MYPY_LINK := build/mypy/tfrec_pipelines
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[beam,report,serving,test]"
+	$(BIN)/python -m pip install --quiet -e ".[beam,report,serving,tune,test]"
 	touch $(STAMP)
 
 venv: $(STAMP)
