@@ -16,7 +16,10 @@ warning naming the one skipped); a different configuration is refused, naming th
 :class:`ResumableTraining` is the Keras callback that saves on the schedule (every
 ``training.checkpoint_every_steps`` steps, every ``training.checkpoint_every_seconds`` seconds and
 at every epoch end), stops at a non-finite loss without saving it, and on SIGINT finishes the
-batch, saves and stops; :func:`fit_resumably` runs ``model.fit`` with it. With early stopping
+batch, saves and stops; :func:`fit_resumably` runs ``model.fit`` with it. With a collapse monitor
+that stops on a collapse (``training.stop_on_collapse``, :mod:`tfrec_towers.collapse`), every save
+first checks the weights and a collapse stops training unsaved, so the last checkpoint is the last
+good one. With early stopping
 (:class:`~tfrec_pipelines.validation.EarlyStopping`) it also stops when the validation metric of the
 history has stopped improving, keeps the best epoch's model in ``checkpoints/best/`` and ends
 training with it; a resumed run re-derives the decision from the checkpoint's history.
@@ -46,9 +49,12 @@ from tfrec_pipelines.dataset import epoch_batches, steps_per_epoch
 from tfrec_pipelines.run_errors import RunError, TrainingInterrupted
 from tfrec_pipelines.validation import EarlyStopping
 from tfrec_towers.atomic_file import write_text_atomically
+from tfrec_towers.collapse import ADVICE as COLLAPSE_ADVICE
+from tfrec_towers.collapse import CollapseMonitor
 from tfrec_towers.config import TrainingConfig
 from tfrec_towers.export import placeholder_features
 from tfrec_towers.features import input_signature
+from tfrec_towers.schedules import LearningRateHistory
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +195,10 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         metric: put the validation callback before this one), keep the model if the epoch is the
         best so far (``directory/best/epoch-<N>``, or in memory without ``directory``) and stop
         training when it says so; :meth:`restore_best` then restores the best epoch's model.
+      collapse: the run's collapse monitor (put it before this callback). With its
+        ``stop_on_collapse``, every save first checks the weights (:meth:`CollapseMonitor.check`)
+        and a collapse found by any check stops training without saving (:attr:`collapsed` says
+        where), so no checkpoint holds weights a check found collapsed.
 
     Raises:
       RunError: the checkpoint to resume does not fit the model, or none can be read.
@@ -204,10 +214,13 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         every_seconds: float = 0.0,
         restore_from: Optional[Path] = None,
         early_stopping: Optional[EarlyStopping] = None,
+        collapse: Optional[CollapseMonitor] = None,
     ) -> None:
         super().__init__()
         self.per_epoch, self.epochs = per_epoch, epochs
         self.early_stopping = early_stopping
+        self.collapse = collapse
+        self.collapsed: Optional[str] = None  # why the collapse monitor stopped training
         self._model = model
         self._best_weights: Optional[List[np.ndarray]] = None  # without a directory
         self._best_dirs = [d / BEST_DIR for d in (directory, restore_from) if d is not None]
@@ -264,11 +277,27 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         )
         self.model.stop_training = True
 
+    def _collapse_stops(self) -> bool:
+        """Whether the collapse monitor stopped training (then :attr:`collapsed` says where and what to change)."""
+        stopping = None if self.collapse is None else self.collapse.stopping
+        if stopping is not None and self.collapsed is None:
+            self.collapsed = (
+                f"Training collapsed at {stopping.describe()}. The collapsed weights were not saved. "
+                f"{self.last_checkpoint()} {COLLAPSE_ADVICE} (With `training.stop_on_collapse: false` training "
+                "goes on and the collapse is only reported.)"
+            )
+            self.model.stop_training = True
+        return stopping is not None
+
     def _save(self) -> None:
         if self.manager is None:
             return
         if not _weights_are_finite(self.model):
             self._diverge("the weights became NaN or infinite")
+            return
+        if self.collapse is not None and self.collapse.stop_on_collapse:
+            self.collapse.check(self.step)
+        if self._collapse_stops():
             return
         self.progress.step = self.step
         self.manager.save(checkpoint_number=self.step)
@@ -281,6 +310,8 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         if bad:
             self._diverge(", ".join(f"{k} = {v}" for k, v in bad.items() if k == "loss" or "loss" not in bad))
             return
+        if self._collapse_stops():
+            return
         if self.stop_requested:
             self.model.stop_training = True
         due = (self.every_steps and self.step % self.every_steps == 0) or (
@@ -290,7 +321,7 @@ class ResumableTraining(tf.keras.callbacks.Callback):
             self._save()
 
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
-        if self.divergence is not None or self.step % self.per_epoch:
+        if self.divergence is not None or self._collapse_stops() or self.step % self.per_epoch:
             return
         for key, value in (logs or {}).items():
             self.progress.history.setdefault(key, []).append(float(value))
@@ -393,6 +424,7 @@ def fit_resumably(
     restore_from: Optional[Path] = None,
     epoch_callbacks: Sequence[tf.keras.callbacks.Callback] = (),
     early_stopping: Optional[EarlyStopping] = None,
+    collapse: Optional[CollapseMonitor] = None,
 ) -> Tuple[Dict[str, List[float]], int]:
     """``model.fit`` for ``training.epochs`` epochs of :func:`training_batches`, resumable.
 
@@ -413,9 +445,13 @@ def fit_resumably(
         at an epoch's end (validation metrics) are in the saved history.
       early_stopping: stop when its metric (added by an ``epoch_callbacks`` one) stops improving
         and end with the best epoch's model; a resumed run that had stopped trains no further.
+      collapse: a :class:`~tfrec_towers.collapse.CollapseMonitor`, called after ``epoch_callbacks``
+        (its values reach the saved history); with its ``stop_on_collapse`` a collapse stops
+        training without saving the collapsed weights (see :class:`ResumableTraining`).
 
     Returns:
-      ``(history, steps)``: the logs of every epoch (``{name: [value per epoch]}``), and the steps
+      ``(history, steps)``: the logs of every epoch (``{name: [value per epoch]}``, the rate of each
+      epoch's last step as ``learning_rate``: :class:`~tfrec_towers.schedules.LearningRateHistory`), and the steps
       trained by this call. The towers hold the trained weights (the best epoch's under early
       stopping), also when a finished run was resumed with nothing left to train.
 
@@ -423,7 +459,9 @@ def fit_resumably(
       TrainingInterrupted: Ctrl-C stopped training; the message names the checkpoint.
       RunError: the loss or the weights became NaN or infinite (training stops at that batch;
         the message names the last good checkpoint), or the checkpoint does not fit the model, or
-        no checkpoint of the directory can be read.
+        no checkpoint of the directory can be read, or (with ``collapse.stop_on_collapse``) the
+        model collapsed (the message says at which step, the values, the last good checkpoint and
+        what to change).
     """
     per_epoch = steps_per_epoch(num_rows(features), training.batch_size)
     every_seconds = 0.0 if training.distribute == "multi_worker" else training.checkpoint_every_seconds
@@ -437,6 +475,7 @@ def fit_resumably(
             every_seconds,
             restore_from,
             early_stopping,
+            collapse,
         )
     start = DataPosition.of(resumable.start, per_epoch)
     segments = []  # (first step, first epoch, last epoch + 1, steps per Keras epoch)
@@ -460,12 +499,20 @@ def fit_resumably(
                 initial_epoch=first_epoch,
                 steps_per_epoch=steps,
                 verbose=verbose,
-                callbacks=[*epoch_callbacks, resumable, *callbacks],
+                callbacks=[
+                    *epoch_callbacks,
+                    *([] if collapse is None else [collapse]),
+                    LearningRateHistory(),
+                    resumable,
+                    *callbacks,
+                ],
             )
             if model.stop_training:
                 break
     if resumable.divergence is not None:
         raise RunError(resumable.divergence)
+    if resumable.collapsed is not None:
+        raise RunError(resumable.collapsed)
     # Ctrl-C is caught only with checkpoints; also when it came after the last batch: its epoch-end checkpoint is the latest
     if resumable.stop_requested and checkpoints is not None:
         written = latest_checkpoint(checkpoints)

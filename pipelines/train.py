@@ -10,6 +10,7 @@ A run directory holds::
     checkpoint/          the trained weights (tf.train.Checkpoint)
     history.json         per-epoch training losses (and validation metrics, ``val_HR@10`` ...)
     metrics.json         HR@K / NDCG@K
+    collapse.json        whether the trained model collapsed (every candidate embedding one way, or every score the same)
     export/<model_name>/<version>/   the SavedModel
     verification.json    the fresh-process check of that export
 """
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -40,6 +41,7 @@ from tfrec_pipelines.sequences import num_targets, sequence_examples
 from tfrec_pipelines.sources import FEATURES_FILE, prepare_data
 from tfrec_pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model
 from tfrec_towers import build
+from tfrec_towers.collapse import NUM_CANDIDATES, NUM_QUERIES, CollapseCriteria, CollapseMonitor, collapse_summary
 from tfrec_towers.config import (
     ConfigError,
     ExperimentConfig,
@@ -61,6 +63,7 @@ from tfrec_towers.verify import verify_export
 logger = logging.getLogger(__name__)
 
 SPEC_FILE, METRICS_FILE, HISTORY_FILE = "feature_spec.json", "metrics.json", "history.json"
+COLLAPSE_FILE = "collapse.json"  # whether the trained model collapsed (tfrec_towers.collapse.collapse_summary)
 MAX_EVERY_POSITION_PAIRS = 8192  # above this many pairs per batch, every-position training warns
 TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir RUN/tensorboard` (training.tensorboard: true)
 CHECKPOINT_DIR, EXPORT_DIR, VERIFICATION_FILE = "checkpoint", "export", "verification.json"
@@ -76,6 +79,7 @@ class RunResult:
     verification: Optional[dict]
     train_seconds: float
     examples_per_second: float
+    collapse: Optional[Dict[str, Any]] = None  # collapse.json: whether the trained model collapsed
 
 
 def load_data(config: ExperimentConfig) -> RetrievalData:
@@ -104,14 +108,15 @@ def build_model(
       spec: the adapted feature spec (:func:`tfrec_towers.features.adapt`).
       config: the experiment configuration.
       data: the training data, for the losses that read it (``loss.logq: counts`` counts its
-        candidate ids, ``loss.mixed_negatives`` draws from its corpus); required for them.
+        candidate ids, ``loss.mixed_negatives`` draws from its corpus, ``loss.mode: full_softmax``
+        scores its catalogue) and for a learning-rate decay (:func:`training_steps`); required for them.
       for_inference: build only the towers, to restore trained weights into (:func:`load_run`):
         the model holds no loss state and is not compiled, so it cannot be trained by mistake
         with a loss other than the configured one. ``data`` is then not used.
 
     Raises:
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
-        the configured loss reads the training data and ``data`` is None.
+        the configured loss or learning-rate decay reads the training data and ``data`` is None.
     """
     needs = build.training_data_needs(config.loss)
     if data is None and needs and not for_inference:
@@ -120,14 +125,43 @@ def build_model(
             "`build_model(spec, config, data)` to train, or `for_inference=True` for a model that only "
             "restores trained towers."
         )
+    decays = config.training.learning_rate_decay != "none"
+    if data is None and decays and not for_inference:
+        raise ConfigError(
+            f"`training.learning_rate_decay` {config.training.learning_rate_decay!r} decays over the run's training "
+            "steps, counted on the training data: pass it as `build_model(spec, config, data)`."
+        )
     return build.build_model(
         spec,
         config,
         training_ids=None if data is None else data.train[spec.candidate_id],
         corpus=None if data is None else data.candidates,
         sample_weight_feature=sample_weight_column(config),
+        total_steps=training_steps(config, spec, data) if data is not None and decays else None,
         for_inference=for_inference,
     )
+
+
+def training_steps(config: ExperimentConfig, spec: FeatureSpec, data: RetrievalData) -> int:
+    """The steps :func:`fit_model` trains ``config`` for on ``data``: ``training.epochs`` × the batches
+    of one epoch of its examples (per-prefix rows, or with ``every_position`` the sequences of
+    :func:`~tfrec_pipelines.sequences.sequence_examples`).
+
+    Raises:
+      DataError: with ``every_position``, the history or candidate id column is missing, or the rows
+        are not in the order sequence examples need.
+    """
+    examples: Mapping[str, Any] = data.train
+    if config.training.example_format == "every_position":
+        history = config.model.history
+        examples = sequence_examples(
+            data.train.select([name for name in (history.feature, spec.candidate_id) if name in data.train]),
+            [spec.candidate_id],
+            spec.candidate_id,
+            history.max_length,
+            history=history.feature,
+        )
+    return config.training.epochs * steps_per_epoch(num_rows(examples), config.training.batch_size)
 
 
 def training_columns(data: RetrievalData, spec: FeatureSpec, weight_column: Optional[str] = None) -> TrainingExamples:
@@ -162,6 +196,10 @@ def fit_model(
     stopping metric's) to the logs and the history; ``training.early_stopping`` then stops on them
     and ends with the best epoch's weights.
 
+    Every epoch end also adds ``mean_resultant_length`` and ``score_spread`` of a fixed sample
+    (:func:`collapse_monitor`) to the logs and the history, and warns when they show a collapse;
+    with ``training.stop_on_collapse`` the collapse stops the run.
+
     With ``training.example_format`` ``every_position``, the per-prefix ``features`` are first
     regrouped into sequence examples of ``model.query_tower.history.max_length`` positions
     (:func:`tfrec_pipelines.sequences.sequence_examples`); examples/s then counts trained positions.
@@ -173,7 +211,9 @@ def fit_model(
     Raises:
       ConfigError: ``training.early_stopping`` is set but ``validation`` is None or holds no
         validation interactions.
-      RunError: the loss became NaN or infinite (the run stops at that batch).
+      RunError: the loss became NaN or infinite (the run stops at that batch); or, with
+        ``training.stop_on_collapse``, a collapse check found the model collapsed (the run stops
+        there; the message says what collapsed, where, and what to change).
       TrainingInterrupted: Ctrl-C stopped training after a checkpoint (only with ``checkpoints``).
     """
     epoch_callbacks, early_stopping = [], None
@@ -208,9 +248,20 @@ def fit_model(
                 positions,
                 positions,
             )
+    # a two-tower model of this package is watched; another Keras model (e.g. a plain TFRS one) trains as it is
+    monitor = collapse_monitor(model, features, training, validation) if isinstance(model, TwoTowerModel) else None
     start = time.perf_counter()
     history, steps = fit_resumably(
-        model, features, training, checkpoints, verbose, callbacks, restore_from, epoch_callbacks, early_stopping
+        model,
+        features,
+        training,
+        checkpoints,
+        verbose,
+        callbacks,
+        restore_from,
+        epoch_callbacks,
+        early_stopping,
+        collapse=monitor,
     )
     seconds = time.perf_counter() - start
     candidate_id = getattr(model, "candidate_id", None)
@@ -223,8 +274,47 @@ def fit_model(
     return history, seconds, examples / max(seconds, 1e-9)
 
 
-def _sample_rows(features: Dict[str, np.ndarray], count: int, seed: int) -> Dict[str, np.ndarray]:
-    rows = len(next(iter(features.values())))
+def collapse_monitor(
+    model: TwoTowerModel,
+    features: Mapping[str, np.ndarray],
+    training: TrainingConfig,
+    data: Optional[RetrievalData] = None,
+) -> CollapseMonitor:
+    """The collapse monitor of a run (:class:`~tfrec_towers.collapse.CollapseMonitor`), set by ``training``.
+
+    Its fixed samples, seeded by ``training.seed``: up to :data:`~tfrec_towers.collapse.NUM_QUERIES`
+    training examples of ``features`` (their query features) and up to
+    :data:`~tfrec_towers.collapse.NUM_CANDIDATES` rows of the catalogue ``data.candidates`` (without
+    ``data``: of the distinct candidates of ``features``). It checks at every epoch end and every
+    ``training.collapse_check_every_steps`` steps, with the thresholds ``training.collapse_*``, and
+    stops training at a collapse with ``training.stop_on_collapse``.
+
+    Args:
+      model: the two-tower model being trained.
+      features: its training examples (a feature dictionary or :class:`~tfrec_pipelines.data.TrainingExamples`).
+      training: the training configuration.
+      data: the run's data (its catalogue is sampled).
+    """
+    queries = _sample_rows(features, NUM_QUERIES, training.seed)
+    if data is None:
+        distinct = np.unique(np.asarray(features[model.candidate_id]), return_index=True)[1]
+        catalogue = take_rows(features, np.sort(distinct))
+    else:
+        catalogue = data.candidates
+    candidates = _sample_rows(catalogue, NUM_CANDIDATES, training.seed)
+    criteria = CollapseCriteria.from_config(training)
+    return CollapseMonitor(
+        {f.name: queries[f.name] for f in model.query_tower.features},
+        {f.name: candidates[f.name] for f in model.candidate_tower.features},
+        every_steps=training.collapse_check_every_steps,
+        max_mean_resultant_length=criteria.max_mean_resultant_length,
+        min_score_spread=criteria.min_score_spread,
+        stop_on_collapse=training.stop_on_collapse,
+    )
+
+
+def _sample_rows(features: Mapping[str, np.ndarray], count: int, seed: int) -> Mapping[str, np.ndarray]:
+    rows = num_rows(features)
     index = np.random.default_rng(seed).choice(rows, size=min(count, rows), replace=False)
     return take_rows(features, np.sort(index))
 
@@ -319,7 +409,8 @@ def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> 
 
     Raises:
       RunError: ``output`` is a file or already holds a run; the ``.partial`` directory holds a run
-        of another configuration; training diverged (the message names the last good checkpoint).
+        of another configuration; training diverged, or collapsed with ``training.stop_on_collapse``
+        (the message names the last good checkpoint).
       TrainingInterrupted: Ctrl-C stopped training after writing a checkpoint, or stopped the
         evaluation or export after training; rerunning the same command resumes (after training,
         it only evaluates and exports).
@@ -341,6 +432,7 @@ def train(config: ExperimentConfig, output: str | Path, *, verbose: int = 1) -> 
             output.rmdir()
         os.rename(work, output)
     shutil.rmtree(output / CHECKPOINTS_DIR, ignore_errors=True)  # the final weights are in checkpoint/
+    _warn_of_collapse(result.collapse, output)
     return _relocate(result, work, output)
 
 
@@ -380,13 +472,13 @@ def _train_into(
     )
     logger.info("Training finished: evaluating and exporting the run.")
     try:
-        metrics, export_path, verification = _finish_run(model, spec, data, config, run_dir, history)
+        metrics, export_path, verification, collapse = _finish_run(model, spec, data, config, run_dir, history)
     except KeyboardInterrupt:  # Ctrl-C after training: the checkpoints hold the trained model
         raise TrainingInterrupted(
             f"Interrupted after training, while evaluating and exporting; the trained run is kept in {run_dir}: "
             "rerun the same command to evaluate and export it (training is not repeated)."
         ) from None
-    return RunResult(run_dir, metrics, export_path, verification, seconds, examples_per_second)
+    return RunResult(run_dir, metrics, export_path, verification, seconds, examples_per_second, collapse)
 
 
 def _finish_run(
@@ -396,13 +488,16 @@ def _finish_run(
     config: ExperimentConfig,
     run_dir: Path,
     history: Dict[str, list],
-) -> Tuple[Dict[str, float], Path, Optional[dict]]:
-    """Writes the trained run's history, weights, projector embeddings, metrics, export and verification.
+) -> Tuple[Dict[str, float], Path, Optional[dict], Dict[str, Any]]:
+    """Writes the trained run's history, weights, projector embeddings, collapse summary, metrics,
+    export and verification.
 
     Returns:
-      ``(metrics, export path, verification report or None)``.
+      ``(metrics, export path, verification report or None, collapse summary)``.
     """
     (run_dir / HISTORY_FILE).write_text(json.dumps(history))
+    collapse = training_collapse(history, config.training)
+    (run_dir / COLLAPSE_FILE).write_text(json.dumps(collapse, indent=2) + "\n")
     tf.train.Checkpoint(model=model).write(str(run_dir / CHECKPOINT_DIR / "model"))
     if config.training.tensorboard_embeddings:  # the projector: candidate embeddings labelled with their features
         embeddings = compute_embeddings(model.candidate_tower, data.candidates)
@@ -415,7 +510,39 @@ def _finish_run(
     if config.export.verify:
         verification = verify_export(export_path)
         (run_dir / VERIFICATION_FILE).write_text(json.dumps(verification, indent=2) + "\n")
-    return metrics, export_path, verification
+    return metrics, export_path, verification, collapse
+
+
+def training_collapse(history: Mapping[str, List[float]], training: TrainingConfig) -> Dict[str, Any]:
+    """Whether the model a training ``history`` ended with collapsed (:func:`~tfrec_towers.collapse.collapse_summary`
+    with the thresholds of ``training``): the last epoch's values, or under early stopping the best epoch's."""
+    final = None
+    if training.early_stopping is not None and any(history.values()):
+        final = EarlyStopping.from_config(training.early_stopping).decide(history)[0]
+    return collapse_summary(history, CollapseCriteria.from_config(training), final)
+
+
+def _warn_of_collapse(collapse: Optional[Mapping[str, Any]], run_dir: Path) -> None:
+    """Logs a warning when the run's model collapsed, at its end or in an earlier epoch."""
+    if not collapse or not collapse["collapsed_epochs"]:
+        return
+    epochs = ", ".join(map(str, collapse["collapsed_epochs"]))
+    if collapse["collapsed"]:
+        final = collapse["final"]
+        logger.warning(
+            "The trained model is collapsed (epoch %d: %s); its metrics and export are those of a collapsed "
+            "model (%s). %s",
+            final["epoch"],
+            " and ".join(final["findings"]),
+            run_dir / COLLAPSE_FILE,
+            collapse["advice"],
+        )
+    else:
+        logger.warning(
+            "The model collapsed in epoch %s and recovered by the end of training (%s).",
+            epochs,
+            run_dir / COLLAPSE_FILE,
+        )
 
 
 def load_run(run_dir: str | Path) -> tuple[ExperimentConfig, FeatureSpec, TwoTowerModel]:

@@ -128,3 +128,33 @@ def test_the_logq_of_popularity_sampled_negatives_is_their_exact_expected_count(
         losses.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - positive)
     assert got == pytest.approx(np.mean(losses), rel=1e-5)
     assert task.get_config()["mixed_negatives_alpha"] == alpha and "mixed_log_normaliser" not in task.get_config()
+
+
+def test_the_configuration_builds_a_popularity_sampler_and_its_exact_logq_from_the_training_counts():
+    from helpers import tiny_config, trainable
+
+    config = tiny_config("loss.mixed_negatives_alpha=0.75", "loss.mixed_negatives=64")
+    make_model, _, data = trainable(config)
+    model = make_model()
+    corpus_ids = model.mixed_negatives.corpus[data.candidate_id].numpy()
+    train_ids = np.asarray(data.train[data.candidate_id])
+    counts = np.array([(train_ids == i).sum() for i in corpus_ids], np.float64)
+    seen = counts > 0
+    p = np.where(seen, counts / len(train_ids), counts[seen].min() / len(train_ids) / 2)  # unseen: half the rarest
+    expected = p**0.75 / (p**0.75).sum()
+    np.testing.assert_allclose(np.exp(model.mixed_negatives.log_q.numpy()), expected, rtol=1e-5)
+    assert float(model.task.mixed_log_normaliser.numpy()) == pytest.approx(np.log((p**0.75).sum()), rel=1e-5)
+    uniform = trainable(tiny_config("loss.mixed_negatives=64"))[0]()
+    assert uniform.mixed_negatives.log_q is None and uniform.task.mixed_log_normaliser is None
+
+
+def test_popularity_draws_need_counted_probabilities_for_an_exact_logq():
+    from tfrec_towers.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="exact only with `loss.logq: counts`"):
+        config_from_dict({"loss": {"mixed_negatives_alpha": 0.75, "logq": "streaming"}})
+    with pytest.raises(ConfigError, match="`loss.mixed_negatives_alpha` must be a number ≥ 0"):
+        config_from_dict({"loss": {"mixed_negatives_alpha": -1.0}})
+    assert (
+        config_from_dict({"loss": {"mixed_negatives_alpha": 0.75, "logq": "none"}}).loss.mixed_negatives_alpha == 0.75
+    )

@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig
 from tfrec_towers.features import FeatureSpec
-from tfrec_towers.losses.factory import build_mixed_sampler, build_retrieval_task
+from tfrec_towers.losses.factory import build_candidate_source, build_retrieval_task, mixed_negative_distribution
 from tfrec_towers.model import TwoTowerModel, build_towers
+from tfrec_towers.schedules import WarmupDecay
 
 OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
@@ -27,9 +28,41 @@ OPTIMIZERS = {
 """``training.optimizer`` → its Keras optimizer class."""
 
 
-def make_optimizer(training: TrainingConfig) -> tf.keras.optimizers.Optimizer:
-    """The configured optimizer (``training.optimizer``) at ``training.learning_rate``."""
-    return OPTIMIZERS[training.optimizer](learning_rate=training.learning_rate)
+def make_optimizer(training: TrainingConfig, total_steps: Optional[int] = None) -> tf.keras.optimizers.Optimizer:
+    """The configured optimizer (``training.optimizer``) at ``training.learning_rate``, constant or
+    on the configured warm-up and decay (:class:`~tfrec_towers.schedules.WarmupDecay`).
+
+    Args:
+      training: the training configuration.
+      total_steps: the run's training steps (``training.epochs`` × steps per epoch), over which
+        ``training.learning_rate_decay`` decays; required by a decay, unused otherwise.
+
+    Raises:
+      ConfigError: a decay without ``total_steps``, or with no more steps than the warm-up.
+    """
+    optimizer = OPTIMIZERS[training.optimizer]
+    if not training.learning_rate_warmup_steps and training.learning_rate_decay == "none":
+        return optimizer(learning_rate=training.learning_rate)
+    decay = training.learning_rate_decay
+    if decay != "none" and total_steps is None:
+        raise ConfigError(
+            f"`training.learning_rate_decay` {decay!r} decays over the run's steps: pass `total_steps` "
+            "(`training.epochs` × steps per epoch)."
+        )
+    if decay != "none" and total_steps is not None and total_steps <= training.learning_rate_warmup_steps:
+        raise ConfigError(
+            f"`training.learning_rate_warmup_steps` ({training.learning_rate_warmup_steps}) must be below the run's "
+            f"{total_steps} training steps (`training.epochs` × steps per epoch) for `training.learning_rate_decay` "
+            f"{decay!r} to decay."
+        )
+    schedule = WarmupDecay(
+        training.learning_rate,
+        warmup_steps=training.learning_rate_warmup_steps,
+        decay=decay,
+        final_learning_rate_fraction=training.final_learning_rate_fraction,
+        total_steps=total_steps,
+    )
+    return optimizer(learning_rate=schedule)
 
 
 def training_data_needs(loss: LossConfig) -> Dict[str, str]:
@@ -37,13 +70,18 @@ def training_data_needs(loss: LossConfig) -> Dict[str, str]:
 
     Returns:
       ``{argument of build_model: what the loss reads from it}``: ``training_ids`` for
-      ``logq='counts'``, ``corpus`` for mixed negatives; empty when the loss reads no data.
+      ``logq='counts'``, ``corpus`` for mixed negatives and ``full_softmax``; empty when the loss
+      reads no data.
     """
     needs = {}
     if loss.logq == "counts":
         needs["training_ids"] = "`loss.logq`='counts' counts the training data's candidate ids"
+    elif loss.mixed_negatives and loss.mixed_negatives_alpha > 0.0:
+        needs["training_ids"] = "`loss.mixed_negatives_alpha` draws by the training data's candidate counts"
     if loss.mixed_negatives:
         needs["corpus"] = f"`loss.mixed_negatives`={loss.mixed_negatives} draws negatives from its candidate corpus"
+    if loss.mode == "full_softmax":
+        needs["corpus"] = "`loss.mode`='full_softmax' scores every candidate of its catalogue"
     return needs
 
 
@@ -64,6 +102,7 @@ def build_model(
     training_ids: Optional[np.ndarray] = None,
     corpus: Optional[Mapping[str, Any]] = None,
     sample_weight_feature: Optional[str] = None,
+    total_steps: Optional[int] = None,
     for_inference: bool = False,
 ) -> TwoTowerModel:
     """Towers from the adapted spec and the configured loss (``config.loss``), compiled with
@@ -77,9 +116,11 @@ def build_model(
         ``loss.logq: counts`` counts (required then).
       corpus: the candidate catalogue, one row per candidate, with the candidate features' columns
         (a dict of arrays or a DataFrame; other columns are ignored), from which
-        ``loss.mixed_negatives`` draws (required then).
+        ``loss.mixed_negatives`` draws and which ``loss.mode: full_softmax`` scores (required then).
       sample_weight_feature: a feature of the training batches holding each example's weight in
         the loss; batches of ``(features, sample_weight)`` are weighted without it.
+      total_steps: the training steps ``model.fit`` will take (epochs × steps per epoch), over which
+        ``training.learning_rate_decay`` decays (required then; see :func:`make_optimizer`).
       for_inference: build only the towers, to restore trained weights into: the model holds no
         loss state and is not compiled, so it cannot be trained by mistake with a loss other than
         the configured one. ``training_ids`` and ``corpus`` are then not used.
@@ -93,7 +134,8 @@ def build_model(
 
     Raises:
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
-        the configured loss reads the training data and ``training_ids`` or ``corpus`` is None.
+        the configured loss reads the training data and ``training_ids`` or ``corpus`` is None; or
+        a learning-rate decay without ``total_steps`` (:func:`make_optimizer`).
       ValueError: ``corpus`` lacks a candidate feature, or invalid towers (their output
         dimensions differ).
     """
@@ -124,17 +166,24 @@ def build_model(
             "that only restores trained towers."
         )
     columns = None if corpus is None else _corpus_columns(spec, corpus)
+    ids = None if training_ids is None else np.asarray(training_ids)
+    distribution = (
+        None if columns is None else mixed_negative_distribution(config.loss, ids, columns[spec.candidate_id])
+    )
     task = build_retrieval_task(
         config.loss,
         config.model.temperature,
         config.model.query_tower.output_dim,
         spec.candidate_id_feature.dtype,
-        training_ids=None if training_ids is None else np.asarray(training_ids),
+        training_ids=ids,
         corpus_size=0 if columns is None else len(columns[spec.candidate_id]),
+        mixed_distribution=distribution,
     )
     sampler = None
     if columns is not None:
-        sampler = build_mixed_sampler(config.loss, columns, spec.candidate_id, seed=config.training.seed)
+        sampler = build_candidate_source(
+            config.loss, columns, spec.candidate_id, seed=config.training.seed, mixed_distribution=distribution
+        )
     model = TwoTowerModel(
         query,
         candidate,
@@ -143,5 +192,5 @@ def build_model(
         mixed_negatives=sampler,
         sample_weight_feature=sample_weight_feature,
     )
-    model.compile(optimizer=make_optimizer(config.training))
+    model.compile(optimizer=make_optimizer(config.training, total_steps))
     return model

@@ -406,7 +406,26 @@ def _cmd_train(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     out(f"run: {result.run_dir}")
     out(f"export: {result.export_path}")
     out(f"training: {result.train_seconds:.1f} s, {result.examples_per_second:,.0f} examples/s")
+    _print_collapse(result.collapse or {}, result.run_dir, out)
     return _print_verification(result.verification, out) if result.verification else EXIT_OK
+
+
+def _print_collapse(collapse: Dict[str, Any], run_dir: Path, out: Callable[[str], None]) -> None:
+    """One line on whether the trained model collapsed (``RUN/collapse.json`` has the per-epoch values)."""
+    final = collapse.get("final")
+    if not final:
+        return
+    if collapse.get("collapsed"):
+        print(
+            f"collapse: COLLAPSED at epoch {final['epoch']} ({' and '.join(final['findings'])}); "
+            f"see {run_dir / 'collapse.json'}",
+            file=sys.stderr,
+        )
+    else:
+        out(
+            f"collapse: none (mean resultant length {final['mean_resultant_length']:.3f}, "
+            f"score spread {final['score_spread']:.4f})"
+        )
 
 
 def _cmd_evaluate(args: argparse.Namespace, out: Callable[[str], None]) -> int:

@@ -41,6 +41,17 @@ MIN_ADAPTIVE_TEMPERATURE = 1e-3
 """The smallest ``loss.adaptive.base_temperature``: the floor of the adaptive per-negative temperatures."""
 MAX_SEED = 2**32 - 1
 """The largest ``training.seed`` (NumPy's global seed has 32 bits)."""
+DEFAULT_MAX_MEAN_RESULTANT_LENGTH = 0.99
+"""``training.collapse_max_mean_resultant_length``, the default of :class:`~tfrec_towers.collapse.CollapseCriteria`:
+above it every candidate embedding lies within about 8° (arccos 0.99) of their mean direction.
+Healthy runs stay below (0.85–0.90 on ml-100k with the default towers, up to 0.96 with 8-dimensional
+towers on a 300-item catalogue, whose candidates share a strong popularity direction); a cold-started
+hinge run that stalls at its margin reaches 0.998."""
+DEFAULT_MIN_SCORE_SPREAD = 0.005
+"""``training.collapse_min_score_spread``, the default of :class:`~tfrec_towers.collapse.CollapseCriteria`:
+below it a query's scores vary by under 1% of their range (with L2-normalised towers a cosine standard
+deviation under 0.01: a logit standard deviation under 0.2 at the default τ = 0.05). Healthy runs keep
+0.03–0.07; a cold-started hinge run that stalls at its margin falls to 0.001."""
 
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -282,8 +293,9 @@ class LossConfig:
 
     Attributes:
       mode: ``softmax`` (list-wise, default), ``bce`` (point-wise), ``bpr`` / ``hinge``
-        (pair-wise) or ``symmetric`` (CLIP-style in-batch softmax in both directions; needs
-        ``mixed_negatives: 0``).
+        (pair-wise), ``symmetric`` (CLIP-style in-batch softmax in both directions; needs
+        ``mixed_negatives: 0``) or ``full_softmax`` (a softmax over the whole catalogue, no
+        sampling: needs ``logq: none`` and ``mixed_negatives: 0``; see docs/training.md).
       margin: the hinge margin, a positive float (required by, and only for, ``hinge``).
       hardest_negative_only: pair-wise modes score only each row's hardest negative.
       negative_weight: weight of the negatives' term in ``bce`` (positive).
@@ -294,10 +306,15 @@ class LossConfig:
       memory_bank_size: M recent candidates reused as negatives (0: off).
       memory_bank_warmup_steps: steps of in-batch negatives only before the bank is used.
       mixed_negatives: B' candidates drawn uniformly from the corpus per step (default 512; 0: off).
+      mixed_negatives_alpha: draw the mixed negatives by smoothed popularity, ``q_j ∝ p_j^α`` with
+        ``p_j`` the training counts' probability (0: uniformly, default; 0.75: word2vec's; 1: by
+        popularity), each logit's logQ exact for the mixture; needs ``logq`` ``counts`` or ``none``.
       adaptive: adaptive margins and temperatures (replace ``model.temperature``).
+      full_softmax_chunk: catalogue items scored at once by ``full_softmax`` (positive): its
+        largest logit matrix is ``[batch, full_softmax_chunk]``.
     """
 
-    mode: Literal["softmax", "bce", "bpr", "hinge", "symmetric"] = "softmax"
+    mode: Literal["softmax", "bce", "bpr", "hinge", "symmetric", "full_softmax"] = "softmax"
     margin: Optional[float] = None
     hardest_negative_only: bool = False
     negative_weight: float = 1.0
@@ -308,7 +325,9 @@ class LossConfig:
     memory_bank_size: int = 0
     memory_bank_warmup_steps: int = 0
     mixed_negatives: int = 512
+    mixed_negatives_alpha: float = 0.0
     adaptive: AdaptiveConfig = AdaptiveConfig()
+    full_softmax_chunk: int = 4096
 
     def __post_init__(self) -> None:
         if self.mode == "hinge" and self.margin is None:
@@ -336,6 +355,17 @@ class LossConfig:
         )
         if self.hardest_negative_only and self.mode not in ("bpr", "hinge"):
             raise ConfigError(f"`loss.hardest_negative_only` applies to the pair-wise modes, not {self.mode!r}.")
+        _require(
+            math.isfinite(self.mixed_negatives_alpha) and self.mixed_negatives_alpha >= 0.0,
+            "loss.mixed_negatives_alpha",
+            "a number ≥ 0 (0: uniform draws)",
+            self.mixed_negatives_alpha,
+        )
+        if self.mixed_negatives_alpha > 0.0 and self.logq == "streaming":
+            raise ConfigError(
+                "`loss.mixed_negatives_alpha` draws the mixed negatives by the training counts' popularity, whose "
+                "logQ is exact only with `loss.logq: counts` (or none); `loss.logq` is 'streaming'."
+            )
         for name in ("memory_bank_size", "memory_bank_warmup_steps", "mixed_negatives"):
             _require(getattr(self, name) >= 0, f"loss.{name}", "≥ 0 (0 turns it off)", getattr(self, name))
         if self.mode == "symmetric" and (self.memory_bank_size or self.mixed_negatives or self.adaptive.enabled):
@@ -343,6 +373,19 @@ class LossConfig:
                 "`loss.mode` 'symmetric' scores square in-batch logits: it does not combine with "
                 "`loss.memory_bank_size`, `loss.mixed_negatives` or `loss.adaptive.enabled`."
             )
+        _require(self.full_softmax_chunk > 0, "loss.full_softmax_chunk", "positive", self.full_softmax_chunk)
+        if self.mode == "full_softmax":
+            contradicting = {
+                "loss.logq": (self.logq != "none", "'none' (no negative is sampled, so none is corrected)"),
+                "loss.mixed_negatives": (self.mixed_negatives, "0 (every catalogue item is a negative already)"),
+                "loss.memory_bank_size": (self.memory_bank_size, "0 (every catalogue item is a negative already)"),
+                "loss.adaptive.enabled": (self.adaptive.enabled, "false (use `model.temperature`)"),
+            }
+            wrong = [f"`{key}` must be {expected}" for key, (bad, expected) in contradicting.items() if bad]
+            if wrong:
+                raise ConfigError(
+                    f"`loss.mode` 'full_softmax' scores every query against the whole catalogue: {'; '.join(wrong)}."
+                )
         if self.adaptive.enabled and self.learnable_temperature:
             raise ConfigError(
                 "`loss.adaptive.enabled` sets per-negative temperatures: turn `loss.learnable_temperature` off."
@@ -399,7 +442,14 @@ class TrainingConfig:
       epochs: passes over the training examples (positive).
       batch_size: examples per step (positive); sequences for ``every_position``; under
         ``distribute`` the global batch.
-      learning_rate: the optimizer's step size (a positive float).
+      learning_rate: the optimizer's step size (a positive float); the peak rate with a warm-up or decay.
+      learning_rate_warmup_steps: steps of a linear warm-up from ``learning_rate / W`` to
+        ``learning_rate`` (an integer ≥ 0; 0: none, default).
+      learning_rate_decay: after the warm-up, ``none`` (constant, default), ``cosine`` or ``linear``
+        decay to ``final_learning_rate_fraction × learning_rate`` at the run's last step
+        (``epochs`` × steps per epoch); see ``tfrec_towers/schedules.py``.
+      final_learning_rate_fraction: the share of ``learning_rate`` the decay ends at, in [0, 1]
+        (default 0.0; unused without a decay).
       optimizer: ``adam``, ``adagrad`` or ``sgd``.
       seed: seeds TensorFlow, numpy, the shuffles and the synthetic data (an integer in [0, 2^32 − 1]).
       example_format: ``per_prefix`` (default: one example per training interaction, its history
@@ -419,11 +469,25 @@ class TrainingConfig:
       early_stopping: null (off, default) or ``{metric: HR@10, patience: 2, min_delta: 0}``: stop
         when the validation metric (needs ``data.validation``) has not improved by more than
         ``min_delta`` for ``patience`` epochs; the towers end with the best epoch's weights.
+      stop_on_collapse: stop the run with an error at the collapse check that finds the model
+        collapsed (every candidate embedding pointing one way, or every candidate scoring the
+        same), keeping the last checkpoint from before it; false (default): warn, train on, and
+        flag the collapse in the run's ``collapse.json``. Every epoch end checks, on a fixed
+        sample of 2,048 catalogue rows and 256 training queries, and writes
+        ``mean_resultant_length`` and ``score_spread`` to the history (see ``tfrec_towers/collapse.py``).
+      collapse_check_every_steps: also check for a collapse every this many steps (0: epoch ends only).
+      collapse_max_mean_resultant_length: a collapse when the candidate embeddings' mean resultant
+        length ‖mean(v/‖v‖)‖ is above it, in (0, 1] (1: never).
+      collapse_min_score_spread: a collapse when the score spread (per query, the standard
+        deviation of its scores divided by their range, averaged) is below it, in [0, 0.5] (0: never).
     """
 
     epochs: int = 10
     batch_size: int = 512
     learning_rate: float = 0.003
+    learning_rate_warmup_steps: int = 0
+    learning_rate_decay: Literal["none", "cosine", "linear"] = "none"
+    final_learning_rate_fraction: float = 0.0
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     seed: int = 0
     example_format: Literal["per_prefix", "every_position"] = "per_prefix"
@@ -433,6 +497,10 @@ class TrainingConfig:
     checkpoint_every_steps: int = 0
     checkpoint_every_seconds: float = 600.0
     early_stopping: Optional[EarlyStoppingConfig] = None
+    stop_on_collapse: bool = False
+    collapse_check_every_steps: int = 0
+    collapse_max_mean_resultant_length: float = DEFAULT_MAX_MEAN_RESULTANT_LENGTH
+    collapse_min_score_spread: float = DEFAULT_MIN_SCORE_SPREAD
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -442,6 +510,18 @@ class TrainingConfig:
             "training.learning_rate",
             "a positive float",
             self.learning_rate,
+        )
+        _require(
+            self.learning_rate_warmup_steps >= 0,
+            "training.learning_rate_warmup_steps",
+            "≥ 0 (0 turns it off)",
+            self.learning_rate_warmup_steps,
+        )
+        _require(
+            0.0 <= self.final_learning_rate_fraction <= 1.0,
+            "training.final_learning_rate_fraction",
+            "in [0, 1]",
+            self.final_learning_rate_fraction,
         )
         _require(0 <= self.seed <= MAX_SEED, "training.seed", f"an integer in [0, {MAX_SEED}]", self.seed)
         _require(
@@ -460,6 +540,24 @@ class TrainingConfig:
             raise ConfigError(
                 "`training.tensorboard_embeddings` needs `training.tensorboard: true` (the projector reads RUN/tensorboard)."
             )
+        _require(
+            self.collapse_check_every_steps >= 0,
+            "training.collapse_check_every_steps",
+            "≥ 0 (0: epoch ends only)",
+            self.collapse_check_every_steps,
+        )
+        _require(
+            0.0 < self.collapse_max_mean_resultant_length <= 1.0,
+            "training.collapse_max_mean_resultant_length",
+            "in (0, 1] (1 turns this check off)",
+            self.collapse_max_mean_resultant_length,
+        )
+        _require(
+            0.0 <= self.collapse_min_score_spread <= 0.5,
+            "training.collapse_min_score_spread",
+            "in [0, 0.5] (0 turns this check off)",
+            self.collapse_min_score_spread,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

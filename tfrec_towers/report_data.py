@@ -30,6 +30,7 @@ from tfrec_pipelines.data import RetrievalData
 from tfrec_pipelines.declarations import Declarations
 from tfrec_pipelines.sources import prepare_data
 from tfrec_pipelines.train import (
+    COLLAPSE_FILE,
     CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
@@ -37,6 +38,7 @@ from tfrec_pipelines.train import (
     RunError,
     load_run,
 )
+from tfrec_towers.collapse import MEAN_RESULTANT_LENGTH, SCORE_SPREAD
 from tfrec_towers.config import config_to_dict
 from tfrec_towers.evaluation import METRIC_KEYS, metrics_from_ranks, target_ranks
 from tfrec_towers.towers import compute_embeddings
@@ -139,6 +141,7 @@ class RunReportData:
       baseline_coverage: the catalogue coverage of the baseline's top :data:`COVERAGE_K` lists.
       item_attributes: the candidate feature columns other than the id (the examples' attributes).
       examples: a seeded choice of :data:`NUM_EXAMPLE_USERS` eval queries with their top lists.
+      collapse: ``collapse.json`` (whether the trained model collapsed, with the thresholds), if present.
     """
 
     name: str
@@ -168,6 +171,13 @@ class RunReportData:
     baseline_coverage: float
     item_attributes: Tuple[str, ...]
     examples: Tuple[ExampleUser, ...]
+    collapse: Optional[Dict[str, Any]] = None
+
+    @property
+    def collapse_history(self) -> Dict[str, List[float]]:
+        """The per-epoch collapse checks of ``history`` (``mean_resultant_length``, ``score_spread``);
+        empty for a run trained without them."""
+        return {key: self.history[key] for key in (MEAN_RESULTANT_LENGTH, SCORE_SPREAD) if key in self.history}
 
     @property
     def validation_history(self) -> Dict[str, List[float]]:
@@ -484,6 +494,8 @@ def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunR
     history = _read_json(run_dir / HISTORY_FILE, "training history")
     verification_path = run_dir / VERIFICATION_FILE
     verification = _read_json(verification_path, "export verification") if verification_path.is_file() else None
+    collapse_path = run_dir / COLLAPSE_FILE
+    collapse = _read_json(collapse_path, "collapse checks") if collapse_path.is_file() else None
     config, _, model = load_run(run_dir)
     prepared = prepare_data(config)
     data = prepared.data
@@ -531,6 +543,7 @@ def collect_run(run_dir: PathLike, *, tuning: Optional[PathLike] = None) -> RunR
         baseline_coverage=catalogue_coverage(popularity_top_k(item_counts, *split), len(candidate_ids)),
         item_attributes=_item_attributes(prepared.declarations),
         examples=example_users(data, prepared.declarations, top_rows, config.training.seed),
+        collapse=collapse,
     )
 
 

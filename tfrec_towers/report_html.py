@@ -32,6 +32,7 @@ try:
 except ModuleNotFoundError as e:
     raise missing_extra("report", "The run report", e) from e
 
+from tfrec_towers.collapse import MEAN_RESULTANT_LENGTH, SCORE_SPREAD
 from tfrec_towers.evaluation import METRIC_KEYS
 from tfrec_towers.report_data import (
     BUCKET_KS,
@@ -45,6 +46,11 @@ from tfrec_towers.report_data import (
 REPORT_FILE = "report.html"
 DPI = 100
 BASELINE = "most popular items"
+COLLAPSE_LABELS = {
+    MEAN_RESULTANT_LENGTH: "mean resultant length (1 = collapsed)",
+    SCORE_SPREAD: "score spread (0 = collapsed)",
+}
+COLLAPSE_THRESHOLDS = {MEAN_RESULTANT_LENGTH: "max_mean_resultant_length", SCORE_SPREAD: "min_score_spread"}
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
 
@@ -86,17 +92,35 @@ def baselines(runs: Sequence[RunReportData]) -> List[Tuple[str, RunReportData]]:
     return [(f"{BASELINE} ({', '.join(r.name for r in group)})", group[0]) for group in groups.values()]
 
 
+def _collapse_threshold(run: RunReportData, key: str) -> Optional[float]:
+    """The run's threshold of a collapse check (``collapse.json``, else the configuration), or None."""
+    name = COLLAPSE_THRESHOLDS[key]
+    value = (run.collapse or {}).get(name, run.config.get("training", {}).get(f"collapse_{name}"))
+    return None if value is None else float(value)
+
+
 def loss_plot(runs: Sequence[RunReportData]) -> Figure:
-    """Training loss per epoch, one line per run."""
-    figure = Figure(figsize=(8, 4))
-    (ax,) = _axes(figure)
+    """Training loss per epoch, one line per run; beside it, when a run's history has them, the
+    collapse checks of each epoch (mean resultant length, score spread) with each run's threshold dotted."""
+    checked = any(run.collapse_history for run in runs)
+    figure = Figure(figsize=(14, 4) if checked else (8, 4))
+    axes = _axes(figure, 1 + len(COLLAPSE_LABELS) if checked else 1)
     for i, run in enumerate(runs):
         losses = run.history.get("loss", [])
-        ax.plot(range(1, len(losses) + 1), losses, marker="o", color=_color(i), label=run.name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (mean over the epoch)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    return _finish(figure, ax)
+        axes[0].plot(range(1, len(losses) + 1), losses, marker="o", color=_color(i), label=run.name)
+    axes[0].set_ylabel("training loss (mean over the epoch)")
+    for ax, (key, label) in zip(axes[1:], COLLAPSE_LABELS.items()):
+        for i, run in enumerate(runs):
+            values = run.collapse_history.get(key, [])
+            ax.plot(range(1, len(values) + 1), values, marker="o", color=_color(i), label=run.name)
+            threshold = _collapse_threshold(run, key)
+            if values and threshold is not None:
+                ax.axhline(threshold, color=_color(i), linestyle=":", linewidth=1.2)
+        ax.set_ylabel(label)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _finish(figure, *axes)
 
 
 def at_k_plot(runs: Sequence[RunReportData], metric: str) -> Figure:
@@ -270,6 +294,11 @@ EXPLANATIONS = {
     "and then flatten; a curve that rises or jumps means the learning rate is too high. Runs with "
     "different loss settings (mode, negatives, logQ) are not comparable by the height of this curve: "
     "compare them with the metrics below.",
+    "collapse": "Beside it, the collapse checks of each epoch on a fixed sample of "
+    "items and training users: the mean resultant length of the item embeddings (the length of the mean of "
+    "their unit vectors: 1 when every item points the same way) and the score spread (how much a user's scores "
+    "differ between items, relative to their range: 0 when every item scores the same). Past the dotted "
+    "threshold the model has collapsed: every user gets about the same scores, whatever the loss says.",
     "hit_rate": "Evaluation holds out each user's last interaction. The model scores every item of the "
     "catalogue for the user (items the user already had in training are removed) and we look where the "
     "held-out item lands. HR@K (hit rate, equal to recall@K with one target) is the share of users whose "
@@ -306,8 +335,14 @@ EXPLANATIONS = {
 def build_plots(runs: Sequence[RunReportData]) -> List[Plot]:
     """The report's plots; the validation curves only when a run has validation values, the index
     frontier only when a run has a tuning report."""
+    checked = any(run.collapse_history for run in runs)
     plots = [
-        Plot("loss.png", "Training loss", loss_plot(runs), EXPLANATIONS["loss"]),
+        Plot(
+            "loss.png",
+            "Training loss and collapse checks" if checked else "Training loss",
+            loss_plot(runs),
+            f"{EXPLANATIONS['loss']} {EXPLANATIONS['collapse']}" if checked else EXPLANATIONS["loss"],
+        ),
         Plot("hit_rate_at_k.png", "Hit rate HR@K against K", at_k_plot(runs, "HR"), EXPLANATIONS["hit_rate"]),
         Plot("ndcg_at_k.png", "NDCG@K against K", at_k_plot(runs, "NDCG"), EXPLANATIONS["ndcg"]),
         Plot("popularity_recall.png", "Hit rate by item popularity", popularity_plot(runs), EXPLANATIONS["popularity"]),
@@ -362,6 +397,7 @@ def _metrics_section(runs: Sequence[RunReportData]) -> str:
             html.escape(loss_summary(run.config)),
             str(len(losses)),
             f"{losses[-1]:.4f}" if losses else "–",
+            _collapse_cell(run),
         ]
         for key in METRIC_KEYS:
             value = run.metrics.get(key)
@@ -376,6 +412,7 @@ def _metrics_section(runs: Sequence[RunReportData]) -> str:
                 "training popularity",
                 "–",
                 "–",
+                "–",
                 *(f"{run.baseline_metrics[key]:.4f}" for key in METRIC_KEYS),
                 f"{run.baseline_coverage:.4f}",
             ]
@@ -387,8 +424,32 @@ def _metrics_section(runs: Sequence[RunReportData]) -> str:
         + (" Best value of each metric among the runs in bold." if len(runs) > 1 else "")
         + "</p>"
     )
-    header = ["run", "data", "loss", "epochs", "final loss", *METRIC_KEYS, f"top-{COVERAGE_K} coverage"]
-    return _table(header, rows, text_columns=3) + note
+    header = ["run", "data", "loss", "epochs", "final loss", "collapsed", *METRIC_KEYS, f"top-{COVERAGE_K} coverage"]
+    return _collapse_warning(runs) + _table(header, rows, text_columns=3) + note
+
+
+def _collapse_cell(run: RunReportData) -> str:
+    """``no``, ``<b>yes</b> (epoch N)``, ``no (epochs … collapsed)`` or ``–`` (a run without collapse checks)."""
+    if run.collapse is None or run.collapse.get("collapsed") is None:
+        return "–"
+    if run.collapse["collapsed"]:
+        return f"<b>yes</b> (epoch {run.collapse['final']['epoch']})"
+    earlier = run.collapse.get("collapsed_epochs") or []
+    return f"no (epoch {', '.join(map(str, earlier))} collapsed)" if earlier else "no"
+
+
+def _collapse_warning(runs: Sequence[RunReportData]) -> str:
+    """A paragraph per run whose trained model collapsed: what collapsed and what to change."""
+    parts = []
+    for run in runs:
+        if run.collapse and run.collapse.get("collapsed"):
+            final = run.collapse["final"]
+            parts.append(
+                f"<p class='warning'><b>{html.escape(run.name)} collapsed</b> (epoch {final['epoch']}): "
+                f"{html.escape(' and '.join(final['findings']))}. Its metrics are those of a collapsed model. "
+                f"{html.escape(run.collapse.get('advice', ''))}</p>"
+            )
+    return "".join(parts)
 
 
 def _validation_note(runs: Sequence[RunReportData]) -> str:
@@ -537,7 +598,7 @@ table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 td{white-space:nowrap}.text{text-align:left;white-space:normal}th{background:#f3f3f3}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#444;max-width:60em}
-.note{color:#555;font-size:.9em}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
+.note{color:#555;font-size:.9em}.warning{background:#fdecea;border-left:4px solid #c62828;padding:.5em .8em}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
 summary{cursor:pointer;margin:.4em 0}
 """
 

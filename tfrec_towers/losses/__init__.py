@@ -2,9 +2,10 @@
 
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature
 from tfrec_towers.losses.frequency import CandidateProbability, CountsFrequencyTable, StreamingFrequencyEstimator
+from tfrec_towers.losses.full_softmax import FullCatalogue, FullSoftmaxLoss
 from tfrec_towers.losses.logq import LogQCorrection
 from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
-from tfrec_towers.losses.mixed_negatives import MixedNegativeSampler
+from tfrec_towers.losses.mixed_negatives import MixedNegativeSampler, popularity_log_probabilities
 from tfrec_towers.losses.modes import (
     BinaryCrossEntropyLoss,
     BPRLoss,
@@ -13,6 +14,7 @@ from tfrec_towers.losses.modes import (
     SymmetricSoftmaxLoss,
 )
 from tfrec_towers.losses.negatives import NegativeSet, concat_negative_sets
+from tfrec_towers.losses.streamed_logsumexp import streamed_log_sum_exp
 from tfrec_towers.losses.task import RetrievalLoss
 from tfrec_towers.losses.temperature import Temperature
 
@@ -23,6 +25,8 @@ __all__ = [
     "CandidateProbability",
     "CountsFrequencyTable",
     "CrossBatchMemoryBank",
+    "FullCatalogue",
+    "FullSoftmaxLoss",
     "HingeLoss",
     "LogQCorrection",
     "MixedNegativeSampler",
@@ -33,4 +37,6 @@ __all__ = [
     "SymmetricSoftmaxLoss",
     "Temperature",
     "concat_negative_sets",
+    "popularity_log_probabilities",
+    "streamed_log_sum_exp",
 ]

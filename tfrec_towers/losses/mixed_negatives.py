@@ -14,44 +14,13 @@ encodes them with the candidate tower and builds a
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.losses.corpus import add_corpus_weights, corpus_initializer
 from tfrec_towers.losses.negatives import check_int
-from tfrec_towers.unique_ids import repeated_ids
-
-
-def _as_column(name: str, values: Any) -> np.ndarray:
-    """One corpus column as ``int64``, ``float32`` or an ``object`` array of ``str``."""
-    column = np.asarray(values)
-    if column.ndim == 0 or len(column) == 0:
-        raise ValueError(f"Corpus column {name!r} must be a non-empty array. Received shape {column.shape}")
-    if column.dtype.kind in "iu":
-        return column.astype(np.int64)
-    if column.dtype.kind == "f":
-        return column.astype(np.float32)
-    if column.dtype.kind in "USO":
-        flat = column.ravel()
-        if all(isinstance(v, (str, bytes)) for v in flat):
-            decoded = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
-            return np.array(decoded, dtype=object).reshape(column.shape)
-    raise ValueError(f"Corpus column {name!r} must hold int64, float32 or string values. Received dtype {column.dtype}")
-
-
-def _corpus_arrays(corpus: Mapping[str, Any], candidate_id: str) -> Dict[str, np.ndarray]:
-    """The corpus columns as arrays (:func:`_as_column`), checking that the ids are distinct."""
-    if not corpus:
-        raise ValueError("`corpus` must hold at least one column. Received: {}")
-    columns = {name: _as_column(name, values) for name, values in corpus.items()}
-    if candidate_id in columns and columns[candidate_id].ndim == 1:
-        repeated = repeated_ids(columns[candidate_id])
-        if repeated.size:
-            raise ValueError(
-                f"Corpus column {candidate_id!r} must hold distinct ids. Repeated: {repeated[:5].tolist()}"
-            )
-    return columns
 
 
 def _checked_log_probabilities(values: Any, corpus_size: int) -> np.ndarray:
@@ -70,37 +39,6 @@ def _checked_log_probabilities(values: Any, corpus_size: int) -> np.ndarray:
     if abs(total - 1.0) > 1e-4:
         raise ValueError(f"`log_probabilities` must be normalised (their probabilities sum to {total:.6f}, not 1).")
     return log_q
-
-
-def _schema(columns: Mapping[str, np.ndarray]) -> Dict[str, Dict[str, Any]]:
-    """``{name: {"dtype": ..., "shape": [...]}}`` of corpus arrays."""
-    return {
-        name: {"dtype": "string" if values.dtype == object else values.dtype.name, "shape": list(values.shape)}
-        for name, values in columns.items()
-    }
-
-
-def _corpus_initializer(values: Optional[np.ndarray]) -> Callable[[Any, Any], tf.Tensor]:
-    """The initializer of a corpus column: ``values``, or zeros ("" for strings) for a checkpoint to fill."""
-    if values is None:
-        return lambda shape, dtype: tf.zeros(shape, dtype)
-    return lambda shape, dtype: tf.constant(values, dtype=dtype)
-
-
-def _checked_schema(columns: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """A ``columns`` schema in canonical form, each column a supported dtype of a non-empty shape."""
-    if not columns:
-        raise ValueError("`columns` must describe at least one corpus column. Received: {}")
-    schema = {}
-    for name, column in columns.items():
-        dtype, shape = column.get("dtype"), [int(d) for d in column.get("shape", ())]
-        if dtype not in ("int64", "float32", "string") or not shape or min(shape) <= 0:
-            raise ValueError(
-                f"`columns[{name!r}]` must be {{'dtype': 'int64' | 'float32' | 'string', 'shape': [N, ...]}} "
-                f"with positive sizes. Received: {dict(column)}"
-            )
-        schema[name] = {"dtype": dtype, "shape": shape}
-    return schema
 
 
 def popularity_log_probabilities(log_p: np.ndarray, alpha: float) -> Tuple[np.ndarray, float]:
@@ -210,38 +148,10 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.num_negatives = check_int("num_negatives", num_negatives, 1)
-        data: Optional[Dict[str, np.ndarray]] = None
-        if corpus is not None:
-            data = _corpus_arrays(corpus, candidate_id)
-            schema = _schema(data)
-            if columns is not None and _checked_schema(columns) != schema:
-                raise ValueError(f"`columns` must describe `corpus` {schema}. Received: {dict(columns)}")
-        elif columns is not None:
-            schema = _checked_schema(columns)
-        else:
-            raise ValueError("`corpus` or `columns` (its schema, for a sampler a checkpoint fills) is required.")
-        lengths = {name: column["shape"][0] for name, column in schema.items()}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"Corpus columns have different lengths: {lengths}")
-        if candidate_id not in schema:
-            raise ValueError(f"`candidate_id` must name a corpus column {sorted(schema)}. Received: {candidate_id!r}")
-        id_column = schema[candidate_id]
-        if len(id_column["shape"]) != 1 or id_column["dtype"] == "float32":
-            raise ValueError(f"Corpus column {candidate_id!r} must hold int64 or string ids of shape [N]")
         self.candidate_id = candidate_id
         self.seed = None if seed is None else check_int("seed", seed, 0)
-        self.columns = schema
-        self.corpus_size = lengths[candidate_id]
-        self.corpus = {
-            name: self.add_weight(
-                name=f"corpus_{name}",
-                shape=column["shape"],
-                dtype=tf.as_dtype(column["dtype"]),
-                initializer=_corpus_initializer(None if data is None else data[name]),
-                trainable=False,
-            )
-            for name, column in schema.items()
-        }
+        self.columns, self.corpus = add_corpus_weights(self, corpus, candidate_id, columns, "sampler")
+        self.corpus_size = self.columns[candidate_id]["shape"][0]
         rng_seed = int(np.random.default_rng().integers(2**62)) if self.seed is None else self.seed
         self.rng_seed = self.add_weight(
             name="rng_seed",
@@ -269,14 +179,14 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
                 name="log_q",
                 shape=[self.corpus_size],
                 dtype=tf.float32,
-                initializer=_corpus_initializer(None if log_q is None else log_q.astype(np.float32)),
+                initializer=corpus_initializer(None if log_q is None else log_q.astype(np.float32)),
                 trainable=False,
             )
             self.cumulative = self.add_weight(
                 name="cumulative",
                 shape=[self.corpus_size],
                 dtype=tf.float64,
-                initializer=_corpus_initializer(None if log_q is None else np.cumsum(np.exp(log_q))),
+                initializer=corpus_initializer(None if log_q is None else np.cumsum(np.exp(log_q))),
                 trainable=False,
             )
         self.built = True
