@@ -38,7 +38,7 @@ def _case(seed, batch=6, entries=37, dim=5):
     return queries, stored, offsets, valid, positive_ids, entry_ids
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 37, 1000])
+@pytest.mark.parametrize("chunk", [7, 1000])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_value_and_query_gradient_match_numpy(seed, chunk):
     queries, stored, offsets, valid, positive_ids, entry_ids = _case(seed)
