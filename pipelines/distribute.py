@@ -10,15 +10,22 @@
 Under any of them the retrieval loss gathers the in-batch (and mixed) negatives, the memory bank's
 writes and the frequency estimator's updates across replicas (``tfrec_towers.losses.cross_replica``),
 so every replica scores against the global batch, as one device with the same global batch would.
+
+``multi_worker`` is TensorFlow's strategy with two gaps of its collectives closed
+(:class:`MultiWorkerExtended`): a variable holding strings (a memory bank of string ids, the
+mixed-negative corpus) starts from each worker's own value instead of failing to broadcast, and a
+tensor read straight from the input pipeline (it carries no device) can be gathered across workers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import tensorflow as tf
+from tensorflow.python.distribute.collective_all_reduce_strategy import CollectiveAllReduceExtended
+from tensorflow.python.trackable.base import CheckpointInitialValue
 
 from tfrec_towers.config import ConfigError
 
@@ -58,7 +65,49 @@ def make_strategy(name: str, devices: Optional[Sequence[str]] = None) -> tf.dist
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}. '
             f"Received: {raw!r}"
         )
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy.extended.__class__ = MultiWorkerExtended  # the same object, two methods overridden
+    return strategy
+
+
+class MultiWorkerExtended(CollectiveAllReduceExtended):
+    """``MultiWorkerMirroredStrategy``'s implementation, with two of its gaps closed.
+
+    * A new variable starts on every worker from the chief's value, broadcast by a collective
+      that carries numbers only: a ``tf.string`` variable failed to be created. Strings are never
+      random initial values but data every worker reads alike (ids, a candidate corpus), so a string
+      variable starts from each worker's own value, as on one machine.
+    * ``ReplicaContext.all_gather`` and ``all_reduce`` send each value to its own device; with one
+      device per worker, a tensor read straight from the input pipeline has none, and failed with
+      "destinations can not be empty". It now goes to the worker's device.
+    """
+
+    def _get_variable_creator_initial_value(
+        self, replica_id: int, device: Optional[str], primary_var: Any, **kwargs: Any
+    ) -> Callable[[], Any]:
+        dtype = kwargs.get("dtype") or getattr(kwargs["initial_value"], "dtype", None)
+        if replica_id != 0 or dtype is None or tf.as_dtype(dtype) != tf.string:
+            return super()._get_variable_creator_initial_value(replica_id, device, primary_var, **kwargs)
+
+        def own_value() -> tf.Tensor:
+            with tf.device(device):
+                value = kwargs["initial_value"]
+                value = value() if callable(value) else value
+                value = value.wrapped_value if isinstance(value, CheckpointInitialValue) else value
+                return tf.convert_to_tensor(value, dtype=tf.string)
+
+        return own_value
+
+    def _gather_to_implementation(self, value: Any, destinations: Any, axis: Any, options: Any) -> Any:
+        return super()._gather_to_implementation(value, self._placed(destinations), axis, options)
+
+    def _batch_reduce_to(self, reduce_op: Any, value_destination_pairs: Any, options: Any) -> Any:
+        pairs = [(value, self._placed(destinations)) for value, destinations in value_destination_pairs]
+        return super()._batch_reduce_to(reduce_op, pairs, options)
+
+    def _placed(self, destinations: Any) -> Any:
+        """``destinations``, or this worker's first device where it is a tensor's empty device string."""
+        return self.worker_devices[0] if isinstance(destinations, str) and not destinations else destinations
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

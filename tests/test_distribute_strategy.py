@@ -1,5 +1,10 @@
 """Tests for tfrec_pipelines.distribute: strategy choice, TF_CONFIG validation, which process writes the run."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import types
 
 import pytest
@@ -64,8 +69,6 @@ def test_only_the_chief_writes():
 
 @pytest.mark.slow
 def test_train_under_a_mirrored_strategy_writes_a_complete_run(tmp_path):
-    import json
-
     from helpers import tiny_config
     from tfrec_pipelines.train import train
 
@@ -84,3 +87,68 @@ def test_train_under_a_mirrored_strategy_writes_a_complete_run(tmp_path):
     assert set(metrics) == {"HR@10", "HR@50", "HR@100", "NDCG@10", "NDCG@50", "NDCG@100"}
     assert result.export_path is not None and (result.export_path / "saved_model.pb").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["distribute"] == "mirrored"
+
+
+_TWO_WORKERS = """
+import json, sys
+import tfrec_towers
+import tensorflow as tf
+from tfrec_pipelines.distribute import make_strategy
+
+strategy = make_strategy("multi_worker")
+with strategy.scope():  # a string variable: TensorFlow's initial-value broadcast carries numbers only
+    ids = tf.Variable(["a", "bc"], dtype=tf.string)
+batches = strategy.experimental_distribute_dataset(tf.data.Dataset.range(8).batch(4))
+
+@tf.function
+def step(iterator):
+    def replica(rows):  # rows come straight from the input pipeline: they carry no device
+        context = tf.distribute.get_replica_context()
+        return context.all_gather(rows, axis=0), context.all_reduce("SUM", rows)
+    return strategy.run(replica, args=(next(iterator),))
+
+iterator = iter(batches)
+gathered, summed = step(iterator)
+print("RESULT" + json.dumps({"ids": [s.decode() for s in ids.numpy()], "gathered": gathered.numpy().tolist(),
+                             "summed": summed.numpy().tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_create_string_variables_and_gather_input_rows(tmp_path):
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    workers = [f"localhost:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    processes = []
+    try:
+        for index in range(2):
+            tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", TF_CONFIG=tf_config)
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _TWO_WORKERS],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+            )
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = []
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+        results.append(
+            json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[len("RESULT") :])
+        )
+    # Each worker holds its half of the global batch [0, 1, 2, 3]: the gather rebuilds it in worker order.
+    assert [r["gathered"] for r in results] == [[0, 1, 2, 3]] * 2
+    assert [r["summed"] for r in results] == [[2, 4]] * 2  # [0, 1] + [2, 3]
+    assert [r["ids"] for r in results] == [["a", "bc"]] * 2
