@@ -227,6 +227,9 @@ def fit_model(
                 "interactions: set `data.validation` to 'last' or 'time'."
             )
         early_stopping = EarlyStopping.from_config(training.early_stopping)
+    # A two-tower model of this package is watched (another Keras model, e.g. a plain TFRS one, trains as
+    # it is), on samples of the per-prefix examples: one query per example, one row per candidate.
+    monitor = collapse_monitor(model, features, training, validation) if isinstance(model, TwoTowerModel) else None
     if training.example_format == "every_position":
         reading = model.query_tower.history
         weight = getattr(model, "sample_weight_feature", None)
@@ -248,8 +251,6 @@ def fit_model(
                 positions,
                 positions,
             )
-    # a two-tower model of this package is watched; another Keras model (e.g. a plain TFRS one) trains as it is
-    monitor = collapse_monitor(model, features, training, validation) if isinstance(model, TwoTowerModel) else None
     start = time.perf_counter()
     history, steps = fit_resumably(
         model,

@@ -258,5 +258,14 @@ def test_every_position_batches_too_large_for_in_batch_logits_warn(caplog):
     fit_model(model, data.train, TrainingConfig(epochs=1, batch_size=large, example_format="every_position"), verbose=0)
     assert f"training.batch_size={large} sequences of up to 4 items" in caplog.text
     caplog.clear()
-    fit_model(model, data.train, TrainingConfig(epochs=1, batch_size=2, example_format="every_position"), verbose=0)
+    history, _, _ = fit_model(
+        model, data.train, TrainingConfig(epochs=1, batch_size=2, example_format="every_position"), verbose=0
+    )
     assert "training.batch_size" not in caplog.text
+    # the collapse checks sample the per-prefix examples (one row per distinct candidate), not the sequences
+    from tfrec_towers.collapse import mean_resultant_length
+
+    ids = np.unique(np.asarray(data.train["movie_id"]), return_index=True)[1]
+    rows = {f.name: np.asarray(data.train[f.name])[np.sort(ids)] for f in model.candidate_tower.features}
+    expected = mean_resultant_length(model.candidate_tower(rows).numpy())
+    assert history["mean_resultant_length"][-1] == pytest.approx(expected, rel=1e-5)
