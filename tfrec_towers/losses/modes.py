@@ -29,49 +29,33 @@ from tfrec_towers.losses.temperature import check_real
 MASKED_LOGIT = float(np.finfo(np.float32).min / 100.0)
 
 
-def _softmax_row_losses(
-    positive_logits: tf.Tensor,
-    negative_logits: tf.Tensor,
-    negative_mask: tf.Tensor,
-    extra_log_sum_exp: Optional[tf.Tensor] = None,
-) -> tf.Tensor:
-    """``ℓ_i = logsumexp([z_i, z_ij for valid j, L_i]) − z_i``, ``[batch]``.
+def _softmax_row_losses(positive_logits: tf.Tensor, negative_logits: tf.Tensor, negative_mask: tf.Tensor) -> tf.Tensor:
+    """``ℓ_i = logsumexp([z_i, z_ij for valid j]) − z_i``, ``[batch]``.
 
-    Computed as ``m_i + log(e^{z_i − m_i} + Σ_{j valid} e^{z_ij − m_i} + e^{L_i − m_i}) − z_i`` with
-    ``m_i = max(z_i, max_{j valid} z_ij, L_i)``, without a ``[batch, 1 + num_negatives]`` copy. The
-    gradient is the softmax itself, ``∂ℓ_i/∂z_ij = e^{z_ij − m_i} / Σ_i`` (0 for masked slots),
-    ``∂ℓ_i/∂L_i = e^{L_i − m_i} / Σ_i`` and ``∂ℓ_i/∂z_i = e^{z_i − m_i} / Σ_i − 1``, formed from the
-    forward pass's exponentials in one ``[batch, num_negatives]`` product instead of differentiating
-    each step of the log-sum-exp. Masked slots enter neither the value nor the gradient.
-
-    ``extra_log_sum_exp`` ``L_i`` is the log-sum-exp of further negatives computed elsewhere (the
-    memory bank's, streamed by :func:`~tfrec_towers.losses.streamed_logsumexp.streamed_log_sum_exp`;
-    ``−∞`` for none); None for no such term.
+    Computed as ``m_i + log(e^{z_i − m_i} + Σ_{j valid} e^{z_ij − m_i}) − z_i`` with
+    ``m_i = max(z_i, max_{j valid} z_ij)``, without a ``[batch, 1 + num_negatives]`` copy. The
+    gradient is the softmax itself, ``∂ℓ_i/∂z_ij = e^{z_ij − m_i} / Σ_i`` (0 for masked slots)
+    and ``∂ℓ_i/∂z_i = e^{z_i − m_i} / Σ_i − 1``, formed from the forward pass's exponentials in
+    one ``[batch, num_negatives]`` product instead of differentiating each step of the
+    log-sum-exp. Masked slots enter neither the value nor the gradient.
     """
     negative_mask = tf.cast(negative_mask, tf.bool)
-    extra = None if extra_log_sum_exp is None else tf.cast(extra_log_sum_exp, tf.float32)
 
     @tf.custom_gradient
-    def row_losses(positive: tf.Tensor, negative: tf.Tensor, *stored: tf.Tensor):
+    def row_losses(positive: tf.Tensor, negative: tf.Tensor):
         masked = tf.where(negative_mask, negative, MASKED_LOGIT)
         shift = tf.maximum(tf.reduce_max(masked, axis=1), positive)
-        if stored:
-            shift = tf.maximum(shift, stored[0])
         negative_exp = tf.exp(masked - shift[:, tf.newaxis])
         positive_exp = tf.exp(positive - shift)
         total = positive_exp + tf.reduce_sum(negative_exp, axis=1)
-        stored_exp = tf.exp(stored[0] - shift) if stored else None
-        if stored_exp is not None:
-            total = total + stored_exp
 
         def gradient(upstream: tf.Tensor):
             scale = upstream / total
-            gradients = [scale * positive_exp - upstream, negative_exp * scale[:, tf.newaxis]]
-            return gradients + ([scale * stored_exp] if stored_exp is not None else [])
+            return scale * positive_exp - upstream, negative_exp * scale[:, tf.newaxis]
 
         return shift + tf.math.log(total) - positive, gradient
 
-    return row_losses(positive_logits, negative_logits, *([] if extra is None else [extra]))
+    return row_losses(positive_logits, negative_logits)
 
 
 def _mean_over_valid(values: tf.Tensor, negative_mask: tf.Tensor) -> tf.Tensor:
@@ -97,7 +81,8 @@ class ModeLoss(tf.keras.layers.Layer):
     A subclass that scores only one replica's square in-batch logits sets
     ``needs_square_in_batch_logits = True``; one whose loss depends on the negatives only
     through their log-sum-exp (the softmax) sets ``takes_log_sum_exp = True`` and accepts
-    negatives streamed elsewhere as ``extra_log_sum_exp``.
+    negatives streamed elsewhere as ``extra_log_sum_exp``: ``logsumexp(z_1..z_n, L) =
+    log(Σ_j e^{z_j} + e^L)``, so ``L`` enters as one more negative logit, exactly.
     """
 
     reads_masked_slots = True
@@ -111,16 +96,6 @@ class ModeLoss(tf.keras.layers.Layer):
         negative_mask: tf.Tensor,
     ) -> tf.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement `_row_losses`.")
-
-    def _row_losses_with_log_sum_exp(
-        self,
-        positive_logits: tf.Tensor,
-        negative_logits: tf.Tensor,
-        negative_mask: tf.Tensor,
-        extra_log_sum_exp: tf.Tensor,
-    ) -> tf.Tensor:
-        """:meth:`_row_losses` with further negatives given by their log-sum-exp (``takes_log_sum_exp``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not take `extra_log_sum_exp`.")
 
     def call(
         self,
@@ -152,17 +127,15 @@ class ModeLoss(tf.keras.layers.Layer):
             )
         negative_mask = tf.cast(negative_mask, tf.bool)
         negative_logits = tf.cast(negative_logits, tf.float32)
+        if extra_log_sum_exp is not None:  # one more negative per row: valid unless it is −∞ (nothing streamed)
+            extra = tf.cast(extra_log_sum_exp, tf.float32)[:, tf.newaxis]
+            negative_logits = tf.concat([negative_logits, extra], axis=1)
+            negative_mask = tf.concat([negative_mask, tf.math.is_finite(extra)], axis=1)
         if self.reads_masked_slots:
             # Masked slots may hold anything (inf, NaN in an empty memory-bank slot): they are
             # zeroed before any arithmetic so neither the loss nor its gradient sees them.
             negative_logits = tf.where(negative_mask, negative_logits, 0.0)
-        positive_logits = tf.cast(positive_logits, tf.float32)
-        if extra_log_sum_exp is None:
-            row_losses = self._row_losses(positive_logits, negative_logits, negative_mask)
-        else:
-            row_losses = self._row_losses_with_log_sum_exp(
-                positive_logits, negative_logits, negative_mask, extra_log_sum_exp
-            )
+        row_losses = self._row_losses(tf.cast(positive_logits, tf.float32), negative_logits, negative_mask)
         if sample_weight is None:
             return tf.reduce_mean(row_losses)
         weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
@@ -183,9 +156,6 @@ class SampledSoftmaxLoss(ModeLoss):
 
     def _row_losses(self, positive_logits, negative_logits, negative_mask):
         return _softmax_row_losses(positive_logits, negative_logits, negative_mask)
-
-    def _row_losses_with_log_sum_exp(self, positive_logits, negative_logits, negative_mask, extra_log_sum_exp):
-        return _softmax_row_losses(positive_logits, negative_logits, negative_mask, extra_log_sum_exp)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
