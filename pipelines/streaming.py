@@ -263,7 +263,7 @@ def stream_statistics(
     """
     plan = _plan(path, format, columns, filter, None, max_history)
     raw_signature = tf.TensorSpec([None], tf.string) if plan.format == "tfrecord" else _wire_signature(plan)
-    summarise = tf.function(lambda raw: _chunk_summary(raw, plan), input_signature=[raw_signature])
+    summarise = tf.function(lambda raw: _chunk_summary(raw, plan), input_signature=[raw_signature], autograph=False)
     dtypes = {d.name: "string" if d.kind == "multi_valued" else plan.columns[d.source].dtype for d in plan.features}
     tallies = {d.name: _Tally(dtypes[d.name]) for d in plan.features if d.kind in VOCABULARY_KINDS}
     moments: Dict[str, Tuple[int, float, float]] = {d.name: (0, 0.0, 0.0) for d in plan.features if d.kind == "numeric"}

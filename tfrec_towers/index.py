@@ -358,7 +358,7 @@ class RetrievalIndex(tf.Module):
         """``tf.int64`` or ``tf.string``."""
         return self.candidate_ids.dtype
 
-    @tf.function
+    @tf.function(autograph=False)
     def __call__(self, query_embeddings: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """Top-k candidates by dot product.
 

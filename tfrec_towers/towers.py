@@ -111,6 +111,7 @@ class Tower(tf.keras.Model):
             x = tf.math.l2_normalize(x, axis=-1)
         return x
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing needs no conversion
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         parts = [] if self.encoder is None else [self.encoder(inputs)]
         if self.history_feature is None:
@@ -118,6 +119,7 @@ class Tower(tf.keras.Model):
         parts.append(self._encode_history(self.history_feature, inputs, training, return_sequences=False))
         return self._head(tf.concat(parts, axis=-1), training)
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing needs no conversion
     def sequence_embeddings(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """The query of every history prefix in one pass: ``[batch, L, output_dim]``.
 
@@ -155,7 +157,9 @@ _PREDICT_FUNCTIONS: "weakref.WeakKeyDictionary[tf.keras.Model, Any]" = weakref.W
 def _predict_function(tower: tf.keras.Model):
     """One traced inference function per tower, reused across calls (batch size left dynamic)."""
     if tower not in _PREDICT_FUNCTIONS:
-        _PREDICT_FUNCTIONS[tower] = tf.function(lambda batch: tower(batch, training=False), reduce_retracing=True)
+        _PREDICT_FUNCTIONS[tower] = tf.function(
+            lambda batch: tower(batch, training=False), reduce_retracing=True, autograph=False
+        )
     return _PREDICT_FUNCTIONS[tower]
 
 

@@ -48,9 +48,13 @@ class RetrievalExport(tf.Module):
         self.candidate_model = candidate_model
         self.index = index
         self.exclude_history = exclude_history
-        self.serving_default = tf.function(self._retrieve, input_signature=[dict(query_input_spec)])
-        self.query_embedding = tf.function(self._embed_queries, input_signature=[dict(query_input_spec)])
-        self.candidate_embedding = tf.function(self._embed_candidates, input_signature=[dict(candidate_input_spec)])
+        self.serving_default = tf.function(self._retrieve, input_signature=[dict(query_input_spec)], autograph=False)
+        self.query_embedding = tf.function(
+            self._embed_queries, input_signature=[dict(query_input_spec)], autograph=False
+        )
+        self.candidate_embedding = tf.function(
+            self._embed_candidates, input_signature=[dict(candidate_input_spec)], autograph=False
+        )
 
     def _retrieve(self, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         query_embeddings = self.query_model(features, training=False)

@@ -162,6 +162,7 @@ class FullCatalogue(tf.keras.layers.Layer):
         self.corpus_size = self.columns[candidate_id]["shape"][0]
         self.built = True
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing needs no conversion
     def sample(self) -> Tuple[Dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
         """Every catalogue row.
 
@@ -213,6 +214,7 @@ class FullSoftmaxLoss(tf.keras.layers.Layer):
         self.temperature = temperature if temperature is not None else Temperature(1.0)
         self.chunk_size = check_int("chunk_size", chunk_size, 1)
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing needs no conversion
     def call(
         self,
         query_embeddings: tf.Tensor,

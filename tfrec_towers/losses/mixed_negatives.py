@@ -191,6 +191,7 @@ class MixedNegativeSampler(tf.keras.layers.Layer):
             )
         self.built = True
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing needs no conversion
     def sample(self, seed: Optional[Union[int, tf.Tensor]] = None) -> Tuple[Dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
         """Draws ``B'`` corpus rows uniformly with replacement.
 

@@ -182,6 +182,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
                 trainable=False,
             )
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing needs no conversion
     def call(
         self,
         query_embeddings: tf.Tensor,
