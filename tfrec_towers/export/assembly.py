@@ -8,9 +8,10 @@ requests, and :func:`write_export` writes them atomically (:mod:`tfrec_towers.ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -43,6 +44,22 @@ METADATA_KEYS: Tuple[str, ...] = (
     "warnings",
 )
 """The entries of ``tfrec_towers_metadata.json`` written by the export; user ``metadata`` adds others."""
+
+
+def _without_keras_layer_traces() -> ContextManager[Any]:
+    """Saves the towers' variables and the signatures only, not Keras's per-layer call traces.
+
+    ``tf.saved_model.save`` of a module holding Keras models also traces every layer's ``call``
+    for Keras's own reloading (``keras_api`` objects): about half of an export's time, for objects
+    neither TF Serving nor ``tf.saved_model.load`` use (the signatures are traced anyway). This is
+    Keras's ``save_traces=False``, set for a plain ``tf.saved_model.save``. If Keras moves the
+    switch, the export is unchanged, only slower.
+    """
+    try:
+        from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
+    except ImportError:  # pragma: no cover - another Keras 2 layout
+        return contextlib.nullcontext()
+    return keras_option_scope(save_traces=False)
 
 
 def write_retrieval_export(
@@ -151,7 +168,7 @@ def write_export(
     """
 
     def write(directory: Path) -> None:
-        with progress(f"Writing the SavedModel of {model_name!r}"):
+        with progress(f"Writing the SavedModel of {model_name!r}"), _without_keras_layer_traces():
             tf.saved_model.save(module, str(directory), signatures=module.signatures())
         extra = directory / "assets.extra"
         extra.mkdir()
