@@ -2,17 +2,18 @@
 
 The same ``tfrec-towers train`` command runs in each worker. Checked against independent runs:
 
-* the chief's trained towers equal one process training the same global batches on two replicas
-  (``MirroredStrategy`` on two logical CPU devices, whose update ``tests/test_distributed.py`` ties
-  to one device's for the in-batch and memory-bank negatives). Mixed negatives make two replicas the
-  reference rather than one device: every replica draws its own ``B'`` rows (``MixedNegativeSampler``)
-  and the loss gathers them, so a step scores against ``2·B'`` drawn rows;
-* only the chief writes the run directory; the other worker's scratch copy is gone at the end;
 * a run whose chief is killed (SIGKILL) after a checkpoint, rerun with the same command on both
-  workers, resumes from that checkpoint and ends with the uninterrupted run's towers.
+  workers, resumes from that checkpoint, and the chief ends with the towers of one process training
+  the same global batches on two replicas (``MirroredStrategy`` on two logical CPU devices, whose
+  update ``tests/test_distributed.py`` ties to one device's for the in-batch and memory-bank
+  negatives). Mixed negatives make two replicas the reference rather than one device: every replica
+  draws its own ``B'`` rows (``MixedNegativeSampler``) and the loss gathers them, so a step scores
+  against ``2·B'`` drawn rows. A wrong gather or a wrong resume would each move the towers by a
+  training step's change (~1e-3), far above the float32 reordering between the two (~1e-6);
+* only the chief writes the run directory; the other worker's scratch copy is gone at the end.
 
-The uninterrupted run, the run to kill and the reference start together, so the module takes about
-two run-lengths of wall time.
+The run to kill and the reference start together, then the rerun, so the module takes about two
+run-lengths of wall time.
 """
 
 import json
@@ -144,14 +145,13 @@ def _towers(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An uninterrupted two-worker run, a run whose chief is killed and that is rerun, and the reference."""
+    """A two-worker run whose chief is killed and that is rerun on both workers, and the reference."""
     root = tmp_path_factory.mktemp("multi_worker")
-    shared, killed_root, logs = root / "shared", root / "killed", root / "logs"
-    for directory in (shared, killed_root, logs):
+    killed_root, logs = root / "killed", root / "logs"
+    for directory in (killed_root, logs):
         directory.mkdir()
     cluster = Cluster(logs)
     try:
-        full = cluster.start_workers("full", shared / "run")
         killed = cluster.start_workers("killed", killed_root / "run")
         reference = cluster.start(
             "reference",
@@ -166,21 +166,19 @@ def runs(tmp_path_factory):
         killed[0].send_signal(signal.SIGKILL)  # the chief's machine dies
         killed[0].wait()
         steps_at_kill = _checkpoint_steps(killed_root / "run")
-        try:  # the other worker fails on its next collective, or waits on it: it is bounded, then killed
-            killed[1].wait(timeout=60)
+        try:  # the other worker fails on its next collective or waits on it; the operator restarts both
+            killed[1].wait(timeout=5)
         except subprocess.TimeoutExpired:
             killed[1].kill()
             killed[1].wait()
         rerun = cluster.start_workers("rerun", killed_root / "run")  # the same command on both workers
         reference.wait(timeout=RUN_TIMEOUT)
         assert reference.returncode == 0, cluster.log("reference")[-3000:]
-        cluster.finish(full, "full")
         cluster.finish(rerun, "rerun")
     finally:
         cluster.kill_all()
     return {
         "root": root,
-        "shared": shared,
         "killed": killed_root,
         "cluster": cluster,
         "steps_at_kill": steps_at_kill,
@@ -191,30 +189,7 @@ def runs(tmp_path_factory):
     }
 
 
-def test_the_chief_trains_like_one_process_on_the_same_global_batches(runs):
-    got, expected = _towers(runs["shared"] / "run"), runs["reference"]
-    assert [w.shape for w in got] == [w.shape for w in expected] and len(got) > 10
-    # 11 Adam steps; the two workers sum their gradients over the network, the reference on one
-    # machine, in another float32 order: the towers (|w| up to ~0.6) differ by ~1e-7, far below the
-    # change of one training step (~1e-3), and by much more with other batches or negatives.
-    for got_weight, expected_weight in zip(got, expected):
-        np.testing.assert_allclose(got_weight, expected_weight, rtol=0, atol=2e-6)
-
-
-def test_only_the_chief_writes_the_run_directory(runs):
-    shared, cluster = runs["shared"], runs["cluster"]
-    assert sorted(p.name for p in shared.iterdir()) == ["run"]  # no .partial left, nothing of the other worker
-    run = shared / "run"
-    for name in ("config.json", "feature_spec.json", "history.json", "metrics.json", "checkpoint"):
-        assert (run / name).exists(), name
-    assert not (run / CHECKPOINTS_DIR).exists()
-    assert re.search(rf"^run: {re.escape(str(run))}$", cluster.log("full-0"), re.M)
-    scratch = re.search(r"^run: (\S+)$", cluster.log("full-1"), re.M).group(1)
-    assert not Path(scratch).is_relative_to(runs["root"]) and not Path(scratch).exists()  # written elsewhere, removed
-    assert json.loads((run / "history.json").read_text())["loss"]
-
-
-def test_a_killed_chief_resumes_from_its_last_checkpoint_to_the_uninterrupted_towers(runs):
+def test_a_killed_chief_resumes_from_its_last_checkpoint(runs):
     killed, cluster = runs["killed"], runs["cluster"]
     assert runs["killed_code"] == -signal.SIGKILL
     latest = runs["steps_at_kill"][-1]
@@ -225,6 +200,27 @@ def test_a_killed_chief_resumes_from_its_last_checkpoint_to_the_uninterrupted_to
         step, batch, path, left = match.groups()
         assert int(step) == int(batch) == latest and int(left) == STEPS - latest
         assert Path(path) == partial_directory(killed / "run") / CHECKPOINTS_DIR / f"ckpt-{latest}"
-    assert sorted(p.name for p in killed.iterdir()) == ["run"]
-    for got, expected in zip(_towers(killed / "run"), _towers(runs["shared"] / "run")):
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_the_resumed_chief_trains_like_one_process_on_the_same_global_batches(runs):
+    got, expected = _towers(runs["killed"] / "run"), runs["reference"]
+    assert [w.shape for w in got] == [w.shape for w in expected] and len(got) > 10
+    # 11 Adam steps, resumed once; the two workers sum their gradients over the network, the
+    # reference on one machine, in another float32 order: the towers (|w| up to ~0.6) differ by
+    # ~1e-7, far below the change of one training step (~1e-3), and by much more with other
+    # batches or negatives.
+    for got_weight, expected_weight in zip(got, expected):
+        np.testing.assert_allclose(got_weight, expected_weight, rtol=0, atol=2e-6)
+
+
+def test_only_the_chief_writes_the_run_directory(runs):
+    killed, cluster = runs["killed"], runs["cluster"]
+    assert sorted(p.name for p in killed.iterdir()) == ["run"]  # no .partial left, nothing of the other worker
+    run = killed / "run"
+    for name in ("config.json", "feature_spec.json", "history.json", "metrics.json", "checkpoint"):
+        assert (run / name).exists(), name
+    assert not (run / CHECKPOINTS_DIR).exists()
+    assert re.search(rf"^run: {re.escape(str(run))}$", cluster.log("rerun-0"), re.M)
+    scratch = re.search(r"^run: (\S+)$", cluster.log("rerun-1"), re.M).group(1)
+    assert not Path(scratch).is_relative_to(runs["root"]) and not Path(scratch).exists()  # written elsewhere, removed
+    assert json.loads((run / "history.json").read_text())["loss"]
