@@ -18,10 +18,12 @@ from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, Train
 from tfrec_towers.features import FeatureSpec
 from tfrec_towers.losses.factory import build_candidate_source, build_retrieval_task, mixed_negative_distribution
 from tfrec_towers.model import TwoTowerModel, build_towers
+from tfrec_towers.optimizers import LazyAdam
 from tfrec_towers.schedules import WarmupDecay
 
 OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
+    "lazy_adam": LazyAdam,
     "adagrad": tf.keras.optimizers.Adagrad,
     "sgd": tf.keras.optimizers.SGD,
 }
