@@ -76,3 +76,25 @@ def write_results(output_dir: Path, stem: str, payload: dict, table: str) -> Non
     }
     (output_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (output_dir / f"{stem}.md").write_text(table)
+
+
+def add_synthetic_log_arguments(parser) -> None:
+    """``--users``, ``--items``, ``--per-user``, ``--seed`` and ``--set`` of the training-speed benchmarks'
+    synthetic log (500,000 interactions by default) and their configuration."""
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--per-user", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], help="override a key of the default configuration")
+
+
+def synthetic_log_overrides(args) -> List[str]:
+    """The configuration overrides of :func:`add_synthetic_log_arguments`'s arguments, ``--set`` last."""
+    return [
+        "data.dataset=synthetic",
+        f"data.num_users={args.users}",
+        f"data.num_items={args.items}",
+        f"data.interactions_per_user={args.per_user}",
+        f"training.seed={args.seed}",
+        *args.set,
+    ]

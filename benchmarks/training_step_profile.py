@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import add_synthetic_log_arguments, synthetic_log_overrides, write_results  # noqa: E402
 from tfrec_pipelines.dataset import epoch_batches  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, training_columns  # noqa: E402
@@ -76,28 +76,14 @@ def op_events(xspace) -> Iterable[Tuple[str, str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--per-user", type=int, default=50)
+    add_synthetic_log_arguments(parser)
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], help="override a key of the default configuration")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    config = apply_overrides(
-        ExperimentConfig(),
-        [
-            "data.dataset=synthetic",
-            f"data.num_users={args.users}",
-            f"data.num_items={args.items}",
-            f"data.interactions_per_user={args.per_user}",
-            f"training.seed={args.seed}",
-            *args.set,
-        ],
-    )
+    config = apply_overrides(ExperimentConfig(), synthetic_log_overrides(args))
     tf.keras.utils.set_random_seed(args.seed)
     prepared = prepare_data(config)
     data, spec = prepared.data, prepared.adapted_spec()
