@@ -1,8 +1,8 @@
 """Resumable training: kill -9 and Ctrl-C mid-run, then the same command, end where an uninterrupted run ends.
 
-The command-line runs are subprocesses (a SIGKILL'd process must really die); the uninterrupted
-reference, the run to kill and the run to interrupt start together, then both reruns together,
-so the module takes two run-lengths of wall time. The rest runs in this process.
+The command-line runs are subprocesses (a SIGKILL'd process must really die): one run is killed, its
+rerun interrupted with Ctrl-C and the second rerun finishes, while the uninterrupted reference runs
+beside them. The rest runs in this process.
 """
 
 import json
@@ -93,34 +93,29 @@ def _signal_at_checkpoints(runs):
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
-    """The reference run; a run killed (SIGKILL) after a mid-epoch checkpoint; a run sent SIGINT; both reruns."""
+    """One run killed (SIGKILL) after a mid-epoch checkpoint, its rerun sent SIGINT once it has checkpointed
+    again, and the second rerun, which finishes; beside them the uninterrupted reference run."""
     root = tmp_path_factory.mktemp("resume")
     per_epoch = _steps_per_epoch()
-    reference, killed, interrupted = _start(root / "reference"), _start(root / "killed"), _start(root / "interrupted")
-    _signal_at_checkpoints(
-        [
-            (killed, root / "killed", lambda step: step % per_epoch, signal.SIGKILL),  # a mid-epoch checkpoint
-            (interrupted, root / "interrupted", lambda step: True, signal.SIGINT),
-        ]
-    )
+    run = root / "run"
+    reference, killed = _start(root / "reference"), _start(run)
+    _signal_at_checkpoints([(killed, run, lambda step: step % per_epoch, signal.SIGKILL)])  # a mid-epoch checkpoint
     killed.communicate()
-    steps_at_kill = _checkpoint_steps(root / "killed")
+    steps_at_kill = _checkpoint_steps(run)
+    interrupted = _start(run)
+    _signal_at_checkpoints([(interrupted, run, lambda step: step > steps_at_kill[-1], signal.SIGINT)])
     interrupted_out = interrupted.communicate()
+    rerun = _start(run)
+    rerun_out = rerun.communicate()
+    assert rerun.returncode == 0, rerun_out[1][-3000:]
     reference_out = reference.communicate()
     assert reference.returncode == 0, reference_out[1][-3000:]
-    reruns = {name: _start(root / name) for name in ("killed", "interrupted")}
-    outputs = {name: process.communicate() for name, process in reruns.items()}
-    for name, process in reruns.items():
-        assert process.returncode == 0, outputs[name][1][-3000:]
     return {
         "root": root,
+        "run": run,
         "per_epoch": per_epoch,
-        "killed": {"code": killed.returncode, "steps": steps_at_kill, "rerun_stderr": outputs["killed"][1]},
-        "interrupted": {
-            "code": interrupted.returncode,
-            "stderr": interrupted_out[1],
-            "rerun_stderr": outputs["interrupted"][1],
-        },
+        "killed": {"code": killed.returncode, "steps": steps_at_kill, "rerun_stderr": interrupted_out[1]},
+        "interrupted": {"code": interrupted.returncode, "stderr": interrupted_out[1], "rerun_stderr": rerun_out[1]},
     }
 
 
@@ -134,22 +129,22 @@ def _assert_same_run(run, reference):
 
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_the_same_command_resumes_to_the_uninterrupted_result(cli_runs):
-    root, per_epoch, killed = cli_runs["root"], cli_runs["per_epoch"], cli_runs["killed"]
+    root, run, per_epoch, killed = cli_runs["root"], cli_runs["run"], cli_runs["per_epoch"], cli_runs["killed"]
     assert killed["code"] == -signal.SIGKILL
     latest = killed["steps"][-1]
     match = RESUMED.search(killed["rerun_stderr"])
     assert match, killed["rerun_stderr"][-3000:]
     step, epoch, batch, of, directory, left, total = match.groups()
     assert int(step) == latest and (int(epoch) - 1, int(batch)) == divmod(latest, per_epoch) and int(of) == per_epoch
-    assert Path(directory) == partial_directory(root / "killed") / CHECKPOINTS_DIR / f"ckpt-{latest}"
+    assert Path(directory) == partial_directory(run) / CHECKPOINTS_DIR / f"ckpt-{latest}"
     assert int(total) == 3 * per_epoch and int(left) == int(total) - latest < int(total)  # it trained fewer steps
-    _assert_same_run(root / "killed", root / "reference")
-    assert not partial_directory(root / "killed").exists() and not (root / "killed" / CHECKPOINTS_DIR).exists()
+    _assert_same_run(run, root / "reference")
+    assert not partial_directory(run).exists() and not (run / CHECKPOINTS_DIR).exists()
 
 
 @pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_exits_130_and_the_rerun_finishes(cli_runs):
-    root, interrupted = cli_runs["root"], cli_runs["interrupted"]
+    root, run, interrupted = cli_runs["root"], cli_runs["run"], cli_runs["interrupted"]
     assert interrupted["code"] == 130, (interrupted["code"], interrupted["stderr"][-3000:])
     match = re.search(
         r"Interrupted at step (\d+); checkpoint written to (\S+); rerun the same command to resume",
@@ -157,9 +152,10 @@ def test_ctrl_c_writes_a_checkpoint_exits_130_and_the_rerun_finishes(cli_runs):
     )
     assert match, interrupted["stderr"][-3000:]
     step = int(match.group(1))
-    assert match.group(2) == str(partial_directory(root / "interrupted") / CHECKPOINTS_DIR / f"ckpt-{step}")
+    assert step > cli_runs["killed"]["steps"][-1]  # a checkpoint of the resumed run
+    assert match.group(2) == str(partial_directory(run) / CHECKPOINTS_DIR / f"ckpt-{step}")
     assert RESUMED.search(interrupted["rerun_stderr"]).group(1) == str(step)
-    _assert_same_run(root / "interrupted", root / "reference")
+    _assert_same_run(run, root / "reference")
 
 
 @pytest.mark.parametrize("seed", [0, 7])
@@ -224,6 +220,15 @@ def crashed(small, tmp_path_factory):
     return directory, crash.snapshot
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(small, tmp_path_factory):
+    """The history and every variable of the same training run, checkpointed but never interrupted."""
+    make_model, columns = small
+    model = make_model()
+    history, _, _ = fit_model(model, columns, CONFIG.training, 0, checkpoints=tmp_path_factory.mktemp("full"))
+    return history, _state(model)
+
+
 @pytest.mark.slow
 def test_a_checkpoint_restores_optimizer_slots_memory_bank_and_estimator_exactly(small, crashed):
     make_model, columns = small
@@ -243,15 +248,14 @@ def test_a_checkpoint_restores_optimizer_slots_memory_bank_and_estimator_exactly
 
 
 @pytest.mark.slow
-def test_a_crash_mid_epoch_resumes_to_the_uninterrupted_weights_and_history(small, crashed, tmp_path):
+def test_a_crash_mid_epoch_resumes_to_the_uninterrupted_weights_and_history(small, crashed, uninterrupted):
     make_model, columns = small
     directory, _ = crashed
-    uninterrupted = make_model()
-    expected_history, _, _ = fit_model(uninterrupted, columns, CONFIG.training, 0, checkpoints=tmp_path / "full")
+    expected_history, expected_state = uninterrupted
     resumed = make_model()
     history, _, _ = fit_model(resumed, columns, CONFIG.training, 0, checkpoints=directory)
     assert history == expected_history and len(history["loss"]) == 3
-    for got, expected in zip(_state(resumed), _state(uninterrupted)):
+    for got, expected in zip(_state(resumed), expected_state, strict=True):
         np.testing.assert_array_equal(got, expected)
 
 
@@ -357,7 +361,9 @@ def _truncate(checkpoint):
 
 
 @pytest.mark.slow
-def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_older_one(small, tmp_path, caplog):
+def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_older_one(
+    small, uninterrupted, tmp_path, caplog
+):
     make_model, columns = small
     directory = tmp_path / CHECKPOINTS_DIR
     with pytest.raises(RuntimeError, match="crash"):  # checkpoints at steps 4 and 8, then a crash
@@ -367,8 +373,7 @@ def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_o
     listed = tf.train.get_checkpoint_state(str(directory)).all_model_checkpoint_paths
     assert [Path(path).name for path in listed] == ["ckpt-4", "ckpt-8"]
     _truncate(directory / "ckpt-8")  # as a full disk or a kill while it was written leaves it
-    uninterrupted = make_model()
-    expected_history, _, _ = fit_model(uninterrupted, columns, CONFIG.training, 0, checkpoints=tmp_path / "full")
+    expected_history, expected_state = uninterrupted
     resumed = make_model()
     caplog.set_level(logging.INFO, logger="tfrec_pipelines.checkpointing")
     history, _, _ = fit_model(resumed, columns, CONFIG.training, 0, checkpoints=directory)
@@ -376,7 +381,7 @@ def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_o
     assert skipped in caplog.text
     assert RESUMED.search(caplog.text).group(1, 5) == ("4", str(directory / "ckpt-4"))
     assert history == expected_history
-    for got, expected in zip(_state(resumed), _state(uninterrupted)):
+    for got, expected in zip(_state(resumed), expected_state, strict=True):
         np.testing.assert_array_equal(got, expected)
 
 
