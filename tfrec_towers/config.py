@@ -450,8 +450,10 @@ class TrainingConfig:
         (``epochs`` × steps per epoch); see ``tfrec_towers/schedules.py``.
       final_learning_rate_fraction: the share of ``learning_rate`` the decay ends at, in [0, 1]
         (default 0.0; unused without a decay).
-      optimizer: ``adam``, ``lazy_adam`` (Adam whose embedding-table updates touch only the rows a
-        batch looked up: :mod:`tfrec_towers.optimizers`), ``adagrad`` or ``sgd``.
+      optimizer: ``lazy_adam`` (default: Adam whose embedding-table updates touch only the rows a
+        batch looked up, :mod:`tfrec_towers.optimizers`; dense variables as ``adam``), ``adam``
+        (Keras's Adam, which decays and rewrites every row of every table each step), ``adagrad``
+        or ``sgd``.
       seed: seeds TensorFlow, numpy, the shuffles and the synthetic data (an integer in [0, 2^32 − 1]).
       example_format: ``per_prefix`` (default: one example per training interaction, its history
         → the item) or ``every_position`` (one sequence of up to ``model.history.max_length`` items
@@ -489,7 +491,7 @@ class TrainingConfig:
     learning_rate_warmup_steps: int = 0
     learning_rate_decay: Literal["none", "cosine", "linear"] = "none"
     final_learning_rate_fraction: float = 0.0
-    optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "adam"
+    optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "lazy_adam"
     seed: int = 0
     example_format: Literal["per_prefix", "every_position"] = "per_prefix"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
