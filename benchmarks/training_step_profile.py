@@ -2,7 +2,7 @@
 
     python benchmarks/training_step_profile.py [--users 10000] [--items 20000] [--per-user 50]
                                                [--warmup-steps 30] [--steps 30] [--seed 0]
-                                               [--set KEY=VALUE ...]
+                                               [--set KEY=VALUE ...] [--name training_step_profile]
 
 On the synthetic log of ``benchmarks/training_throughput.py`` (500,000 interactions by default),
 the default configuration (``--set`` changes it) is built, trained ``--warmup-steps`` steps (tracing,
@@ -14,7 +14,7 @@ rest, and per op type. The op seconds are CPU time over the executor's threads, 
 can exceed the wall time; the input pipeline runs on its own threads and is reported apart (its
 ``GetNext`` wait inside the step is what the step waits for data).
 
-Writes ``benchmarks/results/training_step_profile.{json,md}``.
+Writes ``benchmarks/results/NAME.{json,md}`` (``--name``, default ``training_step_profile``).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--name", default="training_step_profile", help="the results files' stem")
     args = parser.parse_args()
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
@@ -145,7 +146,7 @@ def main() -> None:
         "op_cpu_ms_per_step_top": top_ops,
         "load_average": list(os.getloadavg()),
     }
-    write_results(args.output_dir, "training_step_profile", payload, table)
+    write_results(args.output_dir, args.name, payload, table)
     print(table)
 
 
