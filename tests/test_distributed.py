@@ -1,6 +1,6 @@
 """Training under tf.distribute.MirroredStrategy on 2 logical CPU devices equals one device on the global batch.
 
-Each check runs in a subprocess: logical devices must be configured before TensorFlow initialises
+The checks run in one subprocess: logical devices must be configured before TensorFlow initialises
 its devices, which the rest of the suite has already done in this process.
 """
 
@@ -33,7 +33,25 @@ _PRELUDE = textwrap.dedent(
     """
 )
 
-_MODEL = _PRELUDE + textwrap.dedent(
+_STRINGS = textwrap.dedent(
+    """
+    from tfrec_towers.losses import cross_replica
+    values = {"ids": np.array([b"a", b"", b"caf\\xc3\\xa9", b"\\xff\\x00x", b"longer id 42", b"z"], object)}
+    gathered = strategy.run(tf.function(lambda f: (cross_replica.all_gather(f["ids"]), cross_replica.row_offset(tf.shape(f["ids"])[0]))),
+                            (per_replica(values),))
+    masks = strategy.run(tf.function(lambda f: cross_replica.all_gather(f["valid"])),
+                         (per_replica({"valid": np.array([True, False, True, False, False, True])}),))
+    strings = {
+        "masks": [m.numpy().tolist() for m in strategy.experimental_local_results(masks)],
+        "gathered": [[s.hex() for s in g.numpy().tolist()] for g in strategy.experimental_local_results(gathered[0])],
+        "offsets": [int(o) for o in strategy.experimental_local_results(gathered[1])],
+        "expected": [s.hex() for s in values["ids"].tolist()],
+    }
+    """
+)
+
+
+_MODEL = _PRELUDE + _STRINGS + textwrap.dedent(
     """
     from tfrec_towers.config import AdaptiveConfig, LossConfig
     from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt
@@ -105,27 +123,9 @@ _MODEL = _PRELUDE + textwrap.dedent(
             "local_only_loss": 0.5 * float(single.compute_loss(half, training=False) + single.compute_loss(other, training=False)),
             "bank_rows_written": [int(mirrored.task.memory_bank.rows_written.numpy()), int(single.task.memory_bank.rows_written.numpy())],
         }
-    print("RESULT" + json.dumps(results))
+    print("RESULT" + json.dumps({"models": results, "strings": strings}))
     """
 )
-
-_STRINGS = _PRELUDE + textwrap.dedent(
-    """
-    from tfrec_towers.losses import cross_replica
-    values = {"ids": np.array([b"a", b"", b"caf\\xc3\\xa9", b"\\xff\\x00x", b"longer id 42", b"z"], object)}
-    gathered = strategy.run(tf.function(lambda f: (cross_replica.all_gather(f["ids"]), cross_replica.row_offset(tf.shape(f["ids"])[0]))),
-                            (per_replica(values),))
-    masks = strategy.run(tf.function(lambda f: cross_replica.all_gather(f["valid"])),
-                         (per_replica({"valid": np.array([True, False, True, False, False, True])}),))
-    print("RESULT" + json.dumps({
-        "masks": [m.numpy().tolist() for m in strategy.experimental_local_results(masks)],
-        "gathered": [[s.hex() for s in g.numpy().tolist()] for g in strategy.experimental_local_results(gathered[0])],
-        "offsets": [int(o) for o in strategy.experimental_local_results(gathered[1])],
-        "expected": [s.hex() for s in values["ids"].tolist()],
-    }))
-    """
-)
-
 
 def _run(script):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
@@ -136,8 +136,14 @@ def _run(script):
 
 
 @pytest.fixture(scope="module")
-def model_results():
+def results():
+    """One process: the string and mask gathers, then each configuration trained on one and two devices."""
     return _run(_MODEL)
+
+
+@pytest.fixture(scope="module")
+def model_results(results):
+    return results["models"]
 
 
 @pytest.mark.parametrize("config", ["logq_streaming_bank", "logq_counts_adaptive_bank"])
@@ -163,8 +169,8 @@ def test_replica_losses_sum_to_the_global_batch_loss_and_negatives_are_global(mo
     assert abs(result["local_only_loss"] - result["global_loss"]) > 1e-3
 
 
-def test_string_ids_and_bool_masks_are_gathered_exactly_in_replica_order():
-    result = _run(_STRINGS)
+def test_string_ids_and_bool_masks_are_gathered_exactly_in_replica_order(results):
+    result = results["strings"]
     assert result["gathered"] == [result["expected"], result["expected"]]
     assert result["masks"] == [[True, False, True, False, False, True]] * 2
     assert result["offsets"] == [0, 3]
