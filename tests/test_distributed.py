@@ -51,8 +51,11 @@ _STRINGS = textwrap.dedent(
 )
 
 
-_MODEL = _PRELUDE + _STRINGS + textwrap.dedent(
-    """
+_MODEL = (
+    _PRELUDE
+    + _STRINGS
+    + textwrap.dedent(
+        """
     from tfrec_towers.config import AdaptiveConfig, LossConfig
     from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt
     from tfrec_towers.losses.factory import build_retrieval_task
@@ -125,7 +128,9 @@ _MODEL = _PRELUDE + _STRINGS + textwrap.dedent(
         }
     print("RESULT" + json.dumps({"models": results, "strings": strings}))
     """
+    )
 )
+
 
 def _run(script):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
