@@ -66,6 +66,15 @@ def test_batches_look_columns_up_without_building_them(monkeypatch):
         np.testing.assert_array_equal(_as_numpy(batches[0][name]), values[order], err_msg=name)
 
 
+def test_training_batches_run_without_autotuning_for_built_and_looked_up_columns():
+    # Deleting an autotuned iterator waits for the autotuner's sleeping thread (idle seconds after fit).
+    train = _split().train
+    built = {name: train[name] for name in train}
+    for features in (train, built):
+        dataset = training_batches(features, 4, seed=0, epochs=1)
+        assert dataset.options().autotune.enabled is False
+
+
 def test_early_stopping_on_a_metric_that_is_never_a_number_stops_without_a_best_epoch(caplog):
     import tensorflow as tf
 
