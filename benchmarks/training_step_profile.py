@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.common import add_synthetic_log_arguments, synthetic_log_overrides, write_results  # noqa: E402
-from tfrec_pipelines.dataset import epoch_batches  # noqa: E402
+from tfrec_pipelines.checkpointing import training_batches  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, training_columns  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict  # noqa: E402
@@ -89,9 +89,9 @@ def main() -> None:
     prepared = prepare_data(config)
     data, spec = prepared.data, prepared.adapted_spec()
     model = build_model(spec, config, data)
-    batches = epoch_batches(
+    batches = training_batches(  # the pipeline training reads
         training_columns(data, spec, prepared.weight_column), config.training.batch_size, seed=args.seed, epochs=1
-    ).prefetch(tf.data.AUTOTUNE)
+    )
     model.fit(batches.take(args.warmup_steps), verbose=0)
     start = time.perf_counter()
     model.fit(batches.skip(args.warmup_steps).take(args.steps), verbose=0)

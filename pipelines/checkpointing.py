@@ -539,8 +539,15 @@ def training_batches(
 
     Args, Returns and Raises: those of :func:`~tfrec_pipelines.dataset.epoch_batches`.
     """
+    return without_autotuning(_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step))
+
+
+def _batches(
+    features: Mapping[str, np.ndarray], batch_size: int, *, seed: int, epochs: int, start_step: int
+) -> tf.data.Dataset:
+    """:func:`training_batches` before its options: built columns batched whole, examples looked up."""
     if not isinstance(features, TrainingExamples):
-        return without_autotuning(epoch_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step))
+        return epoch_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step)
     indexes = epoch_batches(
         {str(i): index for i, index in enumerate(features.indexes)},
         batch_size,
@@ -567,9 +574,7 @@ def training_batches(
                 columns[name] = rows if column.table is None else tf.gather(tables[name], rows)
         return columns
 
-    return without_autotuning(
-        indexes.map(look_up, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-    )
+    return indexes.map(look_up, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
