@@ -54,7 +54,7 @@ from tfrec_towers.collapse import CollapseMonitor
 from tfrec_towers.config import TrainingConfig
 from tfrec_towers.export import placeholder_features
 from tfrec_towers.features import input_signature
-from tfrec_towers.schedules import LearningRateHistory
+from tfrec_towers.schedules import LearningRateHistory, crosses_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         self.start = self.step = self.progress.step
         self.divergence: Optional[str] = None
         self.stop_requested = False  # by Ctrl-C
+        self._epoch_batches = 0
         self._last_save = time.monotonic()
 
     @property
@@ -303,8 +304,14 @@ class ResumableTraining(tf.keras.callbacks.Callback):
         self.manager.save(checkpoint_number=self.step)
         self._last_save = time.monotonic()
 
+    def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
+        self._epoch_batches = 0  # batches of this Keras epoch already counted
+
     def on_train_batch_end(self, batch: int, logs: Optional[Dict[str, Any]] = None) -> None:
-        self.step += 1
+        """After a call of the training function: ``batch`` is the last of its
+        ``training.steps_per_execution`` batches (one by default)."""
+        previous, self.step = self.step, self.step + batch + 1 - self._epoch_batches
+        self._epoch_batches = batch + 1
         values = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
@@ -314,7 +321,7 @@ class ResumableTraining(tf.keras.callbacks.Callback):
             return
         if self.stop_requested:
             self.model.stop_training = True
-        due = (self.every_steps and self.step % self.every_steps == 0) or (
+        due = crosses_multiple(previous, self.step, self.every_steps) or (
             self.every_seconds and time.monotonic() - self._last_save >= self.every_seconds
         )
         if self.step % self.per_epoch and (self.stop_requested or due):  # an epoch's last batch saves in on_epoch_end

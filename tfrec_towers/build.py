@@ -108,7 +108,9 @@ def build_model(
     for_inference: bool = False,
 ) -> TwoTowerModel:
     """Towers from the adapted spec and the configured loss (``config.loss``), compiled with
-    ``config.training``'s optimizer; only the towers with ``for_inference``.
+    ``config.training``'s optimizer and ``steps_per_execution``, its numeric parts XLA-compiled in
+    training with ``training.jit_compile`` (:attr:`TwoTowerModel.xla_training`); only the towers
+    with ``for_inference``.
 
     Args:
       spec: the adapted feature spec (:func:`tfrec_towers.features.adapt`).
@@ -194,5 +196,8 @@ def build_model(
         mixed_negatives=sampler,
         sample_weight_feature=sample_weight_feature,
     )
-    model.compile(optimizer=make_optimizer(config.training, total_steps))
+    model.compile(
+        optimizer=make_optimizer(config.training, total_steps), steps_per_execution=config.training.steps_per_execution
+    )
+    model.xla_training = config.training.jit_compile
     return model

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.config import DEFAULT_MAX_MEAN_RESULTANT_LENGTH, DEFAULT_MIN_SCORE_SPREAD, TrainingConfig
+from tfrec_towers.schedules import crosses_multiple
 from tfrec_towers.towers import compute_embeddings
 
 logger = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class CollapseMonitor(tf.keras.callbacks.Callback):
         self.checks: List[CollapseCheck] = []
         self.stopping: Optional[CollapseCheck] = None
         self._epoch = 1
+        self._last_step = 0  # the global step at the previous batch end
 
     def get_config(self) -> Dict[str, Any]:
         """The hyper-parameters (not the samples)."""
@@ -293,14 +295,20 @@ class CollapseMonitor(tf.keras.callbacks.Callback):
     def _global_step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
+    def on_train_begin(self, logs: Optional[Dict[str, Any]] = None) -> None:
+        self._last_step = self._global_step()
+
     def on_epoch_begin(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
         self._epoch = epoch + 1
 
     def on_train_batch_end(self, batch: int, logs: Optional[Dict[str, Any]] = None) -> None:
+        """Checks after the first batch end on or after each ``every_steps``-th global step (the
+        batch ends come every ``steps_per_execution`` steps)."""
         if self.every_steps and self.stopping is None:
             step = self._global_step()
-            if step % self.every_steps == 0:
+            if crosses_multiple(self._last_step, step, self.every_steps):
                 self.check(step)
+            self._last_step = step
 
     def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
         check = self.stopping or self.check(self._global_step())

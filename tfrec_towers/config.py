@@ -455,6 +455,17 @@ class TrainingConfig:
         (Keras's Adam, which decays and rewrites every row of every table each step), ``adagrad``
         or ``sgd``.
       seed: seeds TensorFlow, numpy, the shuffles and the synthetic data (an integer in [0, 2^32 − 1]).
+      steps_per_execution: training steps per call of the compiled training function (Keras's
+        ``steps_per_execution``; a positive integer, default 1). More steps per call save the
+        per-step Python and callback work; the batches, the updates and the checkpointed steps are
+        the same, but step callbacks (checkpoints every ``checkpoint_every_steps``, collapse checks
+        every ``collapse_check_every_steps``, Ctrl-C, a NaN loss) act at the end of a call, so at the
+        first call's end on or after the step they are due. Only with ``distribute: none``.
+      jit_compile: XLA-compile the numeric parts of the training step: each tower's MLP head and
+        history encoder, and the loss's softmax (or other mode). The lookups of string ids and hash
+        tables stay TensorFlow ops (XLA has no kernels for them), so Keras's whole-step
+        ``jit_compile`` does not apply. Off by default: on CPU the compiled parts run slower than
+        TensorFlow's kernels (``benchmarks/training_options.py``). Exports are unaffected.
       example_format: ``per_prefix`` (default: one example per training interaction, its history
         → the item) or ``every_position`` (one sequence of up to ``model.history.max_length`` items
         per example, every position predicting its next item in one pass; needs a sequence
@@ -493,6 +504,8 @@ class TrainingConfig:
     final_learning_rate_fraction: float = 0.0
     optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "lazy_adam"
     seed: int = 0
+    steps_per_execution: int = 1
+    jit_compile: bool = False
     example_format: Literal["per_prefix", "every_position"] = "per_prefix"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     tensorboard: bool = False
@@ -527,6 +540,13 @@ class TrainingConfig:
             self.final_learning_rate_fraction,
         )
         _require(0 <= self.seed <= MAX_SEED, "training.seed", f"an integer in [0, {MAX_SEED}]", self.seed)
+        _require(self.steps_per_execution > 0, "training.steps_per_execution", "positive", self.steps_per_execution)
+        if self.steps_per_execution > 1 and self.distribute != "none":
+            raise ConfigError(
+                f"`training.steps_per_execution`={self.steps_per_execution} needs `training.distribute: none`: "
+                "under tf.distribute the replicas' cross-replica gathers of a multi-step call fall out of step "
+                f"(TensorFlow matches them across steps). Use 1 with `training.distribute: {self.distribute}`."
+            )
         _require(
             self.checkpoint_every_steps >= 0,
             "training.checkpoint_every_steps",

@@ -159,7 +159,12 @@ class GRUHistoryEncoder(tf.keras.layers.Layer):
 
     Call: ``embeddings [B, L, d]``, ``mask [B, L]`` bool → ``[B, d]``, or ``[B, L, d]`` with
     ``return_sequences=True``.
+
+    Not XLA-compiled under ``training.jit_compile`` (:attr:`compiles_with_xla`): the GRU's loop keeps
+    its per-step values in a ``TensorList``, which XLA cannot pass back to TensorFlow for the gradient.
     """
+
+    compiles_with_xla = False
 
     def build(self, input_shape: tf.TensorShape) -> None:
         self.gru = tf.keras.layers.GRU(int(input_shape[-1]), return_sequences=True, name="gru")

@@ -71,6 +71,23 @@ class TwoTowerModel(tfrs.Model):
         self.task = task if task is not None else in_batch_softmax_task()
         self.mixed_negatives = mixed_negatives
         self.sample_weight_feature = sample_weight_feature
+        self._xla_training = False
+
+    @property
+    def xla_training(self) -> bool:
+        """Whether training steps run the numeric parts XLA-compiled (``training.jit_compile``): the
+        towers' MLP heads and history encoders and the loss's mode (a :class:`Tower` and a
+        :class:`~tfrec_towers.losses.RetrievalLoss` follow the setting; other towers and tasks run as
+        they are). The lookups and every inference call run as TensorFlow ops; set it before the
+        first ``fit`` (Keras traces the training step once)."""
+        return self._xla_training
+
+    @xla_training.setter
+    def xla_training(self, enabled: bool) -> None:
+        self._xla_training = bool(enabled)
+        for part in (self.query_tower, self.candidate_tower, self.task):
+            if hasattr(type(part), "xla_training"):
+                part.xla_training = self._xla_training
 
     def call(self, features: Mapping[str, tf.Tensor], training: bool = False) -> Dict[str, tf.Tensor]:
         return {

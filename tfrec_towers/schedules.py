@@ -23,6 +23,14 @@ DecayName = Literal["none", "cosine", "linear"]
 DECAYS = ("none", "cosine", "linear")
 
 
+def crosses_multiple(previous: int, step: int, every: int) -> bool:
+    """Whether a step-count schedule "every ``every`` steps" is due after moving from step
+    ``previous`` to ``step``: a multiple of ``every`` lies in ``(previous, step]`` (never with
+    ``every`` 0). One training-function call may run several steps (``training.steps_per_execution``),
+    so callbacks see the steps in jumps."""
+    return every > 0 and step // every > previous // every
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
 class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
     """A linear warm-up over ``W`` steps, then a decay to ``f · η`` at the last step ``T − 1``.

@@ -22,6 +22,7 @@ from tfrec_towers.features import Feature, SequenceFeature, feature_from_dict, f
 from tfrec_towers.history_encoders import HistoryEncoderConfig, make_history_encoder
 from tfrec_towers.progress import progress
 from tfrec_towers.tower_config import TowerConfig
+from tfrec_towers.xla import compiled
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -47,7 +48,13 @@ class Tower(tf.keras.Model):
         feature named ``history.feature``.
 
     Call: a dict of raw feature tensors (extra keys are ignored) → ``[batch, output_dim]``.
+
+    With :attr:`xla_training` (``training.jit_compile``), calls with ``training=True`` run the MLP
+    head and the history encoder (unless its ``compiles_with_xla`` is false: the GRU's) XLA-compiled
+    (:func:`tfrec_towers.xla.compiled`); the lookups, and every inference call, run as TensorFlow ops.
     """
+
+    xla_training: bool = False
 
     def __init__(
         self,
@@ -100,7 +107,14 @@ class Tower(tf.keras.Model):
         if not return_sequences:
             ids = ids[:, -self.history.max_length :]
         mask = tf.not_equal(ids, tf.constant(feature.padding, ids.dtype))
-        return self.history_encoder(self.history_table(ids), mask, training=training, return_sequences=return_sequences)
+        encoder = self.history_encoder
+        if training and self.xla_training and getattr(encoder, "compiles_with_xla", True):
+            encoder = compiled(encoder, "__call__")
+        return encoder(self.history_table(ids), mask, training=training, return_sequences=return_sequences)
+
+    def _head_of(self, training: bool):
+        """:meth:`_head`, XLA-compiled in training with :attr:`xla_training`."""
+        return compiled(self, "_head") if training and self.xla_training else self._head
 
     def _head(self, x: tf.Tensor, training: bool) -> tf.Tensor:
         """MLP, projection and L2 normalisation over the last axis: ``[..., in] → [..., output_dim]``."""
@@ -115,9 +129,9 @@ class Tower(tf.keras.Model):
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         parts = [] if self.encoder is None else [self.encoder(inputs)]
         if self.history_feature is None:
-            return self._head(parts[0], training)
+            return self._head_of(training)(parts[0], training)
         parts.append(self._encode_history(self.history_feature, inputs, training, return_sequences=False))
-        return self._head(tf.concat(parts, axis=-1), training)
+        return self._head_of(training)(tf.concat(parts, axis=-1), training)
 
     @tf.autograph.experimental.do_not_convert  # plain Python control flow: tracing needs no conversion
     def sequence_embeddings(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -140,7 +154,7 @@ class Tower(tf.keras.Model):
             side = self.encoder(inputs)[:, tf.newaxis, :]
             side = tf.tile(side, tf.stack([1, tf.shape(sequence)[1], 1]))
             sequence = tf.concat([side, sequence], axis=-1)
-        return self._head(sequence, training)
+        return self._head_of(training)(sequence, training)
 
     def get_config(self) -> Dict[str, Any]:
         return {

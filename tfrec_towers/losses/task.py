@@ -50,6 +50,7 @@ from tfrec_towers.losses.modes import ModeLoss, SampledSoftmaxLoss
 from tfrec_towers.losses.negatives import NegativeSet, concat_negative_sets
 from tfrec_towers.losses.streamed_logsumexp import streamed_log_sum_exp
 from tfrec_towers.losses.temperature import Temperature
+from tfrec_towers.xla import compiled
 
 
 class _GlobalBatch(NamedTuple):
@@ -140,7 +141,12 @@ class RetrievalLoss(tf.keras.layers.Layer):
     Call: ``query_embeddings [B, d]``, ``candidate_embeddings [B, d]``, ``candidate_ids [B]``,
     optional ``extra_negatives`` (:class:`NegativeSet`, e.g. mixed negatives), ``sample_weight
     [B]`` → scalar loss. ``compute_metrics`` is accepted for TFRS compatibility and ignored.
+
+    With :attr:`xla_training` (``training.jit_compile``), training calls run the mode's loss over
+    the logits XLA-compiled (:func:`tfrec_towers.xla.compiled`).
     """
+
+    xla_training: bool = False
 
     def __init__(
         self,
@@ -215,7 +221,8 @@ class RetrievalLoss(tf.keras.layers.Layer):
             )
         mask = _negative_mask(candidate_ids, pooled.negatives)
         streamed = self._streamed_log_sum_exp(query_embeddings, candidate_ids, pooled, batch.size, replicas)
-        loss = self.mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=streamed)
+        mode = compiled(self.mode, "__call__") if training and self.xla_training else self.mode
+        loss = mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=streamed)
         if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
             loss = self._with_item_anchored_term(
                 self.adaptive, loss, query_embeddings, candidate_embeddings, candidate_ids, batch.ids, sample_weight
