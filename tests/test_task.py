@@ -272,13 +272,20 @@ def _numeric_gradient(loss, x, eps=1e-6):
     return gradient
 
 
+@pytest.mark.parametrize("trains", ["both_towers", "query_tower"])
 @pytest.mark.parametrize("learnable", [False, True])
-def test_gradients_with_bank_logq_and_mixed_negatives_match_finite_differences(learnable):
+def test_gradients_with_bank_logq_and_mixed_negatives_match_finite_differences(learnable, trains):
     rng = np.random.default_rng(6)
     q, v, extra, first_v = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3), _unit(rng, 3)
     ids, extra_ids, first_ids = np.array([1, 2, 2, 3]), np.array([3, 5, 6]), np.array([2, 4, 5])
     training_ids = np.array([1, 2, 2, 3, 3, 3, 4, 5, 6, 6])
-    config = LossConfig(logq="counts", memory_bank_size=5, mixed_negatives=3, learnable_temperature=learnable)
+    config = LossConfig(
+        logq="counts",
+        memory_bank_size=5,
+        mixed_negatives=3,
+        learnable_temperature=learnable,
+        memory_bank_trains=trains,
+    )
     task = build_retrieval_task(config, 0.5, 4, "int64", training_ids=training_ids, corpus_size=10)
     counts = {1: 1, 2: 2, 3: 3, 4: 1, 5: 1, 6: 2}
 
@@ -310,13 +317,23 @@ def test_gradients_with_bank_logq_and_mixed_negatives_match_finite_differences(l
         ]
         return _numpy_loss(q, v, ids, tau, negatives=sources, log_p=p, bank_valid_slots=3, mixed=3, corpus=10)
 
+    # the softmax without the bank (in-batch and mixed negatives, logQ with B draws from p)
+    def own_loss(q, v, extra, tau=0.5):
+        sources = [(extra, extra_ids, np.ones(3, bool), p(extra_ids))]
+        return _numpy_loss(q, v, ids, tau, negatives=sources, log_p=p, bank_valid_slots=0, mixed=3, corpus=10)
+
+    # both towers learn from every negative; or the candidate side learns from the softmax without the bank
+    candidate_side = numpy_loss if trains == "both_towers" else own_loss
     q64, v64, e64 = (x.astype(np.float64) for x in (q, v, extra))
+    assert float(loss) == pytest.approx(numpy_loss(q64, v64, e64), abs=1e-5)
     np.testing.assert_allclose(got[0].numpy(), _numeric_gradient(lambda x: numpy_loss(x, v64, e64), q64), atol=2e-4)
-    np.testing.assert_allclose(got[1].numpy(), _numeric_gradient(lambda x: numpy_loss(q64, x, e64), v64), atol=2e-4)
-    np.testing.assert_allclose(got[2].numpy(), _numeric_gradient(lambda x: numpy_loss(q64, v64, x), e64), atol=2e-4)
+    np.testing.assert_allclose(got[1].numpy(), _numeric_gradient(lambda x: candidate_side(q64, x, e64), v64), atol=2e-4)
+    np.testing.assert_allclose(got[2].numpy(), _numeric_gradient(lambda x: candidate_side(q64, v64, x), e64), atol=2e-4)
     if learnable:
         log_tau = np.array([np.log(0.5)])
         expected = _numeric_gradient(lambda x: numpy_loss(q64, v64, e64, tau=np.exp(x[0])), log_tau)
+        if trains == "query_tower":  # τ scales both losses
+            expected = expected + _numeric_gradient(lambda x: own_loss(q64, v64, e64, tau=np.exp(x[0])), log_tau)
         assert got[3].numpy() == pytest.approx(expected[0], abs=2e-4)
 
 
@@ -326,7 +343,13 @@ def test_adaptive_gradients_with_memory_bank_match_finite_differences():
     ids, bank_ids = np.array([1, 2, 3, 2]), np.array([3, 7, 8])
     alpha, d0, t0, w = 0.5, 0.01, 1 / 30, 0.05
     task = build_retrieval_task(
-        LossConfig(memory_bank_size=4, adaptive=AdaptiveConfig(enabled=True), logq="none", mixed_negatives=0),
+        LossConfig(
+            memory_bank_size=4,
+            adaptive=AdaptiveConfig(enabled=True),
+            logq="none",
+            mixed_negatives=0,
+            memory_bank_trains="both_towers",  # one loss for both towers: its finite differences
+        ),
         0.05,
         4,
         "int64",

@@ -46,8 +46,9 @@ NUM_QUERIES = 256
 NUM_CANDIDATES = 2048
 """Catalogue rows the monitor embeds and scores (a fixed, seeded sample)."""
 ADVICE = (
-    "Lower `training.learning_rate` (or add `training.learning_rate_warmup_steps`), warm the memory bank up "
-    "with in-batch negatives first (`loss.memory_bank_warmup_steps`), use `loss.mode: softmax` instead of "
+    "Lower `training.learning_rate` (or add `training.learning_rate_warmup_steps`), keep the memory bank to "
+    "the query tower (`loss.memory_bank_trains: query_tower`) and warm it up with in-batch negatives first "
+    "(`loss.memory_bank_warmup_steps`), use `loss.mode: softmax` instead of "
     "hinge or BPR with `loss.hardest_negative_only`, or raise `model.temperature`."
 )
 """What to change when a run collapses."""

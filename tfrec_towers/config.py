@@ -305,6 +305,11 @@ class LossConfig:
       frequency: the streaming estimator's parameters.
       memory_bank_size: M recent candidates reused as negatives (0: off).
       memory_bank_warmup_steps: steps of in-batch negatives only before the bank is used.
+      memory_bank_trains: ``query_tower`` (default): the bank's rows enter the query tower's
+        softmax only, and the candidate tower learns from the softmax without them, so its pull
+        towards the queries and its push from the negatives balance; ``both_towers``: one softmax
+        for both towers (CBNS as published), whose bank rows pull the positives but push no
+        candidate back, which collapses MLP towers on large banks (docs/training.md).
       mixed_negatives: B' candidates drawn uniformly from the corpus per step (default 512; 0: off).
       mixed_negatives_alpha: draw the mixed negatives by smoothed popularity, ``q_j ∝ p_j^α`` with
         ``p_j`` the training counts' probability (0: uniformly, default; 0.75: word2vec's; 1: by
@@ -324,6 +329,7 @@ class LossConfig:
     frequency: FrequencyConfig = FrequencyConfig()
     memory_bank_size: int = 0
     memory_bank_warmup_steps: int = 0
+    memory_bank_trains: Literal["query_tower", "both_towers"] = "query_tower"
     mixed_negatives: int = 512
     mixed_negatives_alpha: float = 0.0
     adaptive: AdaptiveConfig = AdaptiveConfig()

@@ -128,6 +128,7 @@ def build_retrieval_task(
         adaptive=adaptive,
         candidate_probability=probability,
         memory_bank=bank,
+        bank_trains_candidate_tower=loss.memory_bank_trains == "both_towers",
         num_mixed_negatives=loss.mixed_negatives,
         corpus_size=corpus_size if loss.mixed_negatives else 0,
         mixed_negatives_alpha=loss.mixed_negatives_alpha if weighted else 0.0,

@@ -24,6 +24,23 @@ For a batch of B (query, positive candidate) pairs with embeddings q_i, v_i and 
 5. in training, the frequency estimator sees the batch's ids and the bank enqueues the batch's
    candidate embeddings (after they were read, without gradient).
 
+Which tower the bank trains. The bank's rows are constants, so in one softmax over every negative
+(CBNS as published, ``bank_trains_candidate_tower=True``) the candidate tower is pulled towards
+each query with weight ``1 − p_ii`` but pushed away only by the negatives with gradient: the bank's
+share ``Σ_{j ∈ bank} p_ij`` of the push is missing, a net pull of every candidate towards the
+queries. With MLP towers, whose items move together, that drives the candidate embeddings into one
+direction once the bank dominates the softmax (a collapse: ml-100k and the Amazon tables lose most
+of their hit rate). By default the loss is therefore split by tower:
+
+    L = L_all(q, sg(v)) + L_own(sg(q), v) − sg(L_own),
+
+``L_all`` the loss over every negative (the bank's rows included, logQ with ``B + M_valid``
+in-batch-distributed draws), ``L_own`` the same loss over the negatives that take gradient only
+(in-batch and mixed, logQ with ``B``), ``sg`` the stop-gradient. Its value is ``L_all``; the
+query tower learns from every negative, the candidate tower from a softmax whose pull and push
+balance (``Σ_j ∂L_own/∂n_j = −∂L_own/∂v_i``), as without a bank. The extra cost is one
+``[B, B + B']`` logit matrix.
+
 Cost: with a bank of M slots the step is dominated by ``[B, M]`` work. In the softmax mode with a
 fixed or learnable temperature the bank's logits never form a ``[B, M]`` matrix: their log-sum-exp
 (logQ-corrected, masked) is streamed over cache-sized chunks in one pass that also yields the
@@ -124,6 +141,10 @@ class RetrievalLoss(tf.keras.layers.Layer):
       candidate_probability: a :class:`CandidateProbability` (streaming estimator or counts
         table); logQ correction is on exactly when it is given.
       memory_bank: a :class:`CrossBatchMemoryBank` of recent candidates.
+      bank_trains_candidate_tower: with a bank, train both towers on one softmax over every
+        negative (CBNS as published); by default (False) the bank's rows train the query tower
+        only and the candidate tower learns from the softmax without them (see the module's
+        "Which tower the bank trains").
       num_mixed_negatives, corpus_size: B' and N of the mixed negatives the model passes as
         ``extra_negatives`` (0 when off).
       mixed_negatives_alpha: ``α`` of mixed negatives drawn by smoothed popularity
@@ -155,6 +176,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
         adaptive: Optional[AdaptiveMarginTemperature] = None,
         candidate_probability: Optional[CandidateProbability] = None,
         memory_bank: Optional[CrossBatchMemoryBank] = None,
+        bank_trains_candidate_tower: bool = False,
         num_mixed_negatives: int = 0,
         corpus_size: int = 0,
         mixed_negatives_alpha: float = 0.0,
@@ -167,6 +189,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
         self.adaptive = adaptive
         self.candidate_probability = candidate_probability
         self.memory_bank = memory_bank
+        self.bank_trains_candidate_tower = bool(bank_trains_candidate_tower)
         self.num_mixed_negatives = int(num_mixed_negatives)
         self.corpus_size = int(corpus_size)
         self.logq = LogQCorrection()
@@ -212,17 +235,32 @@ class RetrievalLoss(tf.keras.layers.Layer):
             self.candidate_probability.update(batch.ids)
         batch_log_p, positive_log_p = self._batch_log_probabilities(batch, candidate_ids, replicas)
         pooled = self._pool_negatives(batch, batch_log_p, extra_negatives)
-        positive_logits, negative_logits = self._logits(
-            query_embeddings, candidate_embeddings, pooled.negatives.embeddings, pooled.trainable_rows
-        )
-        if self.candidate_probability is not None:
-            positive_logits, negative_logits = self._correct_logq(
-                positive_logits, negative_logits, positive_log_p, pooled, batch.size, replicas
-            )
-        mask = _negative_mask(candidate_ids, pooled.negatives)
         streamed = self._streamed_log_sum_exp(query_embeddings, candidate_ids, pooled, batch.size, replicas)
         mode = compiled(self.mode, "__call__") if training and self.xla_training else self.mode
-        loss = mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=streamed)
+
+        def mode_loss(queries: tf.Tensor, candidates: tf.Tensor, negatives: _PooledNegatives, extra) -> tf.Tensor:
+            return self._mode_loss(
+                mode,
+                queries,
+                candidates,
+                negatives,
+                positive_log_p,
+                candidate_ids,
+                batch.size,
+                replicas,
+                sample_weight,
+                extra,
+            )
+
+        if self.memory_bank is None or self.bank_trains_candidate_tower:
+            loss = mode_loss(query_embeddings, candidate_embeddings, pooled, streamed)
+        else:
+            # The query tower learns from every negative, the candidate tower from the softmax without
+            # the bank; the value is the former's.
+            sg = tf.stop_gradient
+            query_loss = mode_loss(query_embeddings, sg(candidate_embeddings), _constant(pooled), streamed)
+            candidate_loss = mode_loss(sg(query_embeddings), candidate_embeddings, _without_bank(pooled), None)
+            loss = query_loss + (candidate_loss - sg(candidate_loss))
         if self.adaptive is not None and self.adaptive.item_anchored_weight > 0:
             loss = self._with_item_anchored_term(
                 self.adaptive, loss, query_embeddings, candidate_embeddings, candidate_ids, batch.ids, sample_weight
@@ -232,6 +270,30 @@ class RetrievalLoss(tf.keras.layers.Layer):
         if replicas > 1:
             loss = _share_of_global_mean(loss, candidate_ids, sample_weight)
         return loss
+
+    def _mode_loss(
+        self,
+        mode: Any,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        pooled: _PooledNegatives,
+        positive_log_p: tf.Tensor,
+        candidate_ids: tf.Tensor,
+        batch_size: tf.Tensor,
+        replicas: int,
+        sample_weight: Optional[tf.Tensor],
+        streamed: Optional[tf.Tensor],
+    ) -> tf.Tensor:
+        """The mode's loss over ``pooled``: logits, logQ correction for ``pooled``'s sources, mask."""
+        positive_logits, negative_logits = self._logits(
+            query_embeddings, candidate_embeddings, pooled.negatives.embeddings, pooled.trainable_rows
+        )
+        if self.candidate_probability is not None:
+            positive_logits, negative_logits = self._correct_logq(
+                positive_logits, negative_logits, positive_log_p, pooled, batch_size, replicas
+            )
+        mask = _negative_mask(candidate_ids, pooled.negatives)
+        return mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=streamed)
 
     def _check_replicas(self) -> int:
         """The number of replicas ``R`` in sync (1 outside ``tf.distribute``).
@@ -413,6 +475,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
             if self.candidate_probability is not None
             else None,
             "memory_bank": serialize(self.memory_bank) if self.memory_bank is not None else None,
+            "bank_trains_candidate_tower": self.bank_trains_candidate_tower,
             "num_mixed_negatives": self.num_mixed_negatives,
             "corpus_size": self.corpus_size,
             "mixed_negatives_alpha": self.mixed_negatives_alpha,
@@ -432,6 +495,19 @@ def _gather_batch(candidate_embeddings: tf.Tensor, candidate_ids: tf.Tensor) -> 
     embeddings = cross_replica.all_gather(candidate_embeddings)
     ids = cross_replica.all_gather(candidate_ids)
     return _GlobalBatch(embeddings, ids, tf.shape(ids)[0])
+
+
+def _constant(pooled: _PooledNegatives) -> _PooledNegatives:
+    """``pooled`` whose negatives' embeddings carry no gradient."""
+    negatives = pooled.negatives._replace(embeddings=tf.stop_gradient(pooled.negatives.embeddings))
+    return pooled._replace(negatives=negatives)
+
+
+def _without_bank(pooled: _PooledNegatives) -> _PooledNegatives:
+    """The sources that take gradient (the global batch, the extra negatives): ``pooled`` without the bank's rows."""
+    rows = pooled.trainable_rows
+    negatives = NegativeSet(*(tensor[:rows] for tensor in pooled.negatives))
+    return _PooledNegatives(negatives, rows, tf.zeros([], tf.int64), None)
 
 
 def _negative_mask(candidate_ids: tf.Tensor, negatives: NegativeSet) -> tf.Tensor:
