@@ -239,24 +239,22 @@ class RetrievalLoss(tf.keras.layers.Layer):
         mode = compiled(self.mode, "__call__") if training and self.xla_training else self.mode
 
         def mode_loss(queries: tf.Tensor, candidates: tf.Tensor, negatives: _PooledNegatives, extra) -> tf.Tensor:
-            return self._mode_loss(
-                mode,
-                queries,
-                candidates,
-                negatives,
-                positive_log_p,
-                candidate_ids,
-                batch.size,
-                replicas,
-                sample_weight,
-                extra,
+            """The mode's loss over ``negatives``: logits, the logQ correction of its sources, mask."""
+            positive_logits, negative_logits = self._logits(
+                queries, candidates, negatives.negatives.embeddings, negatives.trainable_rows
             )
+            if self.candidate_probability is not None:
+                positive_logits, negative_logits = self._correct_logq(
+                    positive_logits, negative_logits, positive_log_p, negatives, batch.size, replicas
+                )
+            mask = _negative_mask(candidate_ids, negatives.negatives)
+            return mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=extra)
 
-        if self.memory_bank is None or self.bank_trains_candidate_tower:
+        if self.memory_bank is None or self.bank_trains_candidate_tower or not training:
             loss = mode_loss(query_embeddings, candidate_embeddings, pooled, streamed)
         else:
             # The query tower learns from every negative, the candidate tower from the softmax without
-            # the bank; the value is the former's.
+            # the bank; the value is the former's (evaluation computes only that).
             sg = tf.stop_gradient
             query_loss = mode_loss(query_embeddings, sg(candidate_embeddings), _constant(pooled), streamed)
             candidate_loss = mode_loss(sg(query_embeddings), candidate_embeddings, _without_bank(pooled), None)
@@ -270,30 +268,6 @@ class RetrievalLoss(tf.keras.layers.Layer):
         if replicas > 1:
             loss = _share_of_global_mean(loss, candidate_ids, sample_weight)
         return loss
-
-    def _mode_loss(
-        self,
-        mode: Any,
-        query_embeddings: tf.Tensor,
-        candidate_embeddings: tf.Tensor,
-        pooled: _PooledNegatives,
-        positive_log_p: tf.Tensor,
-        candidate_ids: tf.Tensor,
-        batch_size: tf.Tensor,
-        replicas: int,
-        sample_weight: Optional[tf.Tensor],
-        streamed: Optional[tf.Tensor],
-    ) -> tf.Tensor:
-        """The mode's loss over ``pooled``: logits, logQ correction for ``pooled``'s sources, mask."""
-        positive_logits, negative_logits = self._logits(
-            query_embeddings, candidate_embeddings, pooled.negatives.embeddings, pooled.trainable_rows
-        )
-        if self.candidate_probability is not None:
-            positive_logits, negative_logits = self._correct_logq(
-                positive_logits, negative_logits, positive_log_p, pooled, batch_size, replicas
-            )
-        mask = _negative_mask(candidate_ids, pooled.negatives)
-        return mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=streamed)
 
     def _check_replicas(self) -> int:
         """The number of replicas ``R`` in sync (1 outside ``tf.distribute``).
