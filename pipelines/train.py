@@ -109,14 +109,15 @@ def build_model(
       config: the experiment configuration.
       data: the training data, for the losses that read it (``loss.logq: counts`` counts its
         candidate ids, ``loss.mixed_negatives`` draws from its corpus, ``loss.mode: full_softmax``
-        scores its catalogue) and for a learning-rate decay (:func:`training_steps`); required for them.
+        scores its catalogue) and for what counts the run's steps (a learning-rate decay, a memory
+        bank's warm-up share: :func:`training_steps`); required for them.
       for_inference: build only the towers, to restore trained weights into (:func:`load_run`):
         the model holds no loss state and is not compiled, so it cannot be trained by mistake
         with a loss other than the configured one. ``data`` is then not used.
 
     Raises:
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
-        the configured loss or learning-rate decay reads the training data and ``data`` is None.
+        the configured loss, learning-rate decay or bank warm-up reads the training data and ``data`` is None.
     """
     needs = build.training_data_needs(config.loss)
     if data is None and needs and not for_inference:
@@ -125,11 +126,11 @@ def build_model(
             "`build_model(spec, config, data)` to train, or `for_inference=True` for a model that only "
             "restores trained towers."
         )
-    decays = config.training.learning_rate_decay != "none"
-    if data is None and decays and not for_inference:
+    step_needs = build.needs_total_steps(config)
+    if data is None and step_needs and not for_inference:
         raise ConfigError(
-            f"`training.learning_rate_decay` {config.training.learning_rate_decay!r} decays over the run's training "
-            "steps, counted on the training data: pass it as `build_model(spec, config, data)`."
+            f"{'; '.join(f'`{key}` {why}' for key, why in step_needs.items())}, counted on the training data: "
+            "pass it as `build_model(spec, config, data)`."
         )
     return build.build_model(
         spec,
@@ -137,7 +138,7 @@ def build_model(
         training_ids=None if data is None else data.train[spec.candidate_id],
         corpus=None if data is None else data.candidates,
         sample_weight_feature=sample_weight_column(config),
-        total_steps=training_steps(config, spec, data) if data is not None and decays else None,
+        total_steps=training_steps(config, spec, data) if data is not None and step_needs else None,
         for_inference=for_inference,
     )
 

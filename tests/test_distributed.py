@@ -82,8 +82,8 @@ _MODEL = (
         catalogue,
     )
     CONFIGS = {
-        "logq_streaming_bank": LossConfig(logq="streaming", memory_bank_size=40, mixed_negatives=0),
-        "logq_counts_adaptive_bank": LossConfig(logq="counts", memory_bank_size=24, adaptive=AdaptiveConfig(enabled=True), mixed_negatives=0),
+        "logq_streaming_bank": LossConfig(logq="streaming", memory_bank_size=40, memory_bank_warmup_fraction=0.0, mixed_negatives=0),
+        "logq_counts_adaptive_bank": LossConfig(logq="counts", memory_bank_size=24, memory_bank_warmup_fraction=0.0, adaptive=AdaptiveConfig(enabled=True), mixed_negatives=0),
     }
 
     def make_model(config):

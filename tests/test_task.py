@@ -85,7 +85,13 @@ def test_memory_bank_not_full_then_warm_up_then_used():
     first_ids, second_ids = np.array([10, 11, 12]), np.array([12, 13, 14])
     for warmup in (0, 2):
         task = build_retrieval_task(
-            LossConfig(memory_bank_size=5, memory_bank_warmup_steps=warmup, logq="none", mixed_negatives=0),
+            LossConfig(
+                memory_bank_size=5,
+                memory_bank_warmup_fraction=0.0,
+                memory_bank_warmup_steps=warmup,
+                logq="none",
+                mixed_negatives=0,
+            ),
             0.5,
             4,
             "int64",
@@ -105,7 +111,12 @@ def test_memory_bank_not_full_then_warm_up_then_used():
 def test_evaluation_calls_leave_the_state_alone():
     rng = np.random.default_rng(2)
     q, v = _unit(rng, 3), _unit(rng, 3)
-    task = build_retrieval_task(LossConfig(logq="streaming", memory_bank_size=4, mixed_negatives=0), 0.5, 4, "int64")
+    task = build_retrieval_task(
+        LossConfig(logq="streaming", memory_bank_size=4, memory_bank_warmup_fraction=0.0, mixed_negatives=0),
+        0.5,
+        4,
+        "int64",
+    )
     task(tf.constant(q), tf.constant(v), tf.constant([1, 2, 3], tf.int64), training=False)
     assert int(task.memory_bank.rows_written.numpy()) == 0
     assert int(task.candidate_probability.step.numpy()) == 0
@@ -115,7 +126,11 @@ def test_batch_of_one():
     rng = np.random.default_rng(3)
     q, v = _unit(rng, 1), _unit(rng, 1)
     task = build_retrieval_task(
-        LossConfig(logq="counts", memory_bank_size=4, mixed_negatives=0), 0.5, 4, "int64", training_ids=np.array([5, 6])
+        LossConfig(logq="counts", memory_bank_size=4, memory_bank_warmup_fraction=0.0, mixed_negatives=0),
+        0.5,
+        4,
+        "int64",
+        training_ids=np.array([5, 6]),
     )
     assert task(tf.constant(q), tf.constant(v), tf.constant([5], tf.int64), training=True).numpy() == pytest.approx(
         0.0, abs=1e-6
@@ -183,7 +198,17 @@ def test_adaptive_with_item_anchored_term_matches_numpy():
 
 def test_config_round_trip_of_the_composed_task():
     task = build_retrieval_task(
-        LossConfig(mode="hinge", margin=0.2, logq="streaming", memory_bank_size=8, mixed_negatives=0), 0.1, 4, "int64"
+        LossConfig(
+            mode="hinge",
+            margin=0.2,
+            logq="streaming",
+            memory_bank_size=8,
+            memory_bank_warmup_fraction=0.0,
+            mixed_negatives=0,
+        ),
+        0.1,
+        4,
+        "int64",
     )
     rebuilt = RetrievalLoss.from_config(task.get_config())
     assert rebuilt.get_config() == task.get_config()
@@ -241,7 +266,7 @@ def test_model_fit_updates_bank_estimator_and_uses_mixed_negatives():
         data,
         catalogue,
     )
-    config = LossConfig(logq="streaming", memory_bank_size=50, mixed_negatives=4)
+    config = LossConfig(logq="streaming", memory_bank_size=50, memory_bank_warmup_fraction=0.0, mixed_negatives=4)
     query, candidate = build_towers(
         spec, TowerConfig(hidden_units=(), output_dim=8), TowerConfig(hidden_units=(), output_dim=8)
     )
@@ -282,6 +307,7 @@ def test_gradients_with_bank_logq_and_mixed_negatives_match_finite_differences(l
     config = LossConfig(
         logq="counts",
         memory_bank_size=5,
+        memory_bank_warmup_fraction=0.0,
         mixed_negatives=3,
         learnable_temperature=learnable,
         memory_bank_trains=trains,
@@ -345,6 +371,7 @@ def test_adaptive_gradients_with_memory_bank_match_finite_differences():
     task = build_retrieval_task(
         LossConfig(
             memory_bank_size=4,
+            memory_bank_warmup_fraction=0.0,
             adaptive=AdaptiveConfig(enabled=True),
             logq="none",
             mixed_negatives=0,

@@ -21,6 +21,7 @@ from tfrec_pipelines.train import (
     load_run,
     train,
     training_columns,
+    training_steps,
 )
 from tfrec_towers.config import ConfigError, save_config
 from tfrec_towers.evaluation import METRIC_KEYS
@@ -173,10 +174,30 @@ def test_build_model_with_data_trains_the_configured_loss():
 
 
 def test_a_loss_that_reads_no_data_is_built_without_it():
-    config, _, spec = _small(["loss.logq=streaming", "loss.mixed_negatives=0", "loss.memory_bank_size=64"])
+    bank = ["loss.logq=streaming", "loss.mixed_negatives=0", "loss.memory_bank_size=64"]
+    config, _, spec = _small([*bank, "loss.memory_bank_warmup_fraction=0", "loss.memory_bank_warmup_steps=7"])
     model = build_model(spec, config)
     assert type(model.task.candidate_probability).__name__ == "StreamingFrequencyEstimator"
     assert model.task.memory_bank.capacity == 64 and model.mixed_negatives is None
+    assert model.task.memory_bank.warmup_steps == 7
+    config, _, spec = _small(bank)  # the default warm-up is a share of the run's steps, counted on the data
+    with pytest.raises(ConfigError, match=r"`loss.memory_bank_warmup_fraction` 0.5 of the run's steps .* pass it as"):
+        build_model(spec, config)
+
+
+def test_the_bank_warms_up_for_its_share_of_the_runs_steps():
+    bank = ["loss.memory_bank_size=64", "training.epochs=3", "training.batch_size=32"]
+    config, data, spec = _small(bank)
+    total = 3 * -(-len(data.train[data.candidate_id]) // 32)  # epochs × ⌈rows / batch⌉, by hand
+    assert training_steps(config, spec, data) == total
+    assert build_model(spec, config, data).task.memory_bank.warmup_steps == total // 2  # default share 0.5
+    for extra, expected in (
+        (["loss.memory_bank_warmup_fraction=0.25"], int(0.25 * total)),
+        (["loss.memory_bank_warmup_steps=5", "loss.memory_bank_warmup_fraction=0"], 5),
+        ([f"loss.memory_bank_warmup_steps={total}"], total),  # the larger of the two
+    ):
+        config, data, spec = _small([*bank, *extra])
+        assert build_model(spec, config, data).task.memory_bank.warmup_steps == expected, extra
 
 
 def test_an_inference_model_holds_only_towers_and_cannot_be_trained():

@@ -67,6 +67,23 @@ def make_optimizer(training: TrainingConfig, total_steps: Optional[int] = None) 
     return optimizer(learning_rate=schedule)
 
 
+def needs_total_steps(config: ExperimentConfig) -> Dict[str, str]:
+    """The parts of ``config`` that need the run's training steps (``total_steps`` of :func:`build_model`).
+
+    Returns:
+      ``{key: why}``: ``training.learning_rate_decay`` decays over them, a memory bank's
+      ``loss.memory_bank_warmup_fraction`` is a share of them; empty when nothing needs them.
+    """
+    needs = {}
+    if config.training.learning_rate_decay != "none":
+        needs["training.learning_rate_decay"] = f"{config.training.learning_rate_decay!r} decays over the run's steps"
+    if config.loss.memory_bank_size and config.loss.memory_bank_warmup_fraction > 0.0:
+        needs["loss.memory_bank_warmup_fraction"] = (
+            f"{config.loss.memory_bank_warmup_fraction} of the run's steps warm the memory bank up"
+        )
+    return needs
+
+
 def training_data_needs(loss: LossConfig) -> Dict[str, str]:
     """The parts of ``loss`` that read the training data: counts of its ids, draws from its corpus.
 
@@ -124,7 +141,8 @@ def build_model(
       sample_weight_feature: a feature of the training batches holding each example's weight in
         the loss; batches of ``(features, sample_weight)`` are weighted without it.
       total_steps: the training steps ``model.fit`` will take (epochs × steps per epoch), over which
-        ``training.learning_rate_decay`` decays (required then; see :func:`make_optimizer`).
+        ``training.learning_rate_decay`` decays and whose ``loss.memory_bank_warmup_fraction`` warms a
+        memory bank up (required by both; see :func:`needs_total_steps`).
       for_inference: build only the towers, to restore trained weights into: the model holds no
         loss state and is not compiled, so it cannot be trained by mistake with a loss other than
         the configured one. ``training_ids`` and ``corpus`` are then not used.
@@ -139,7 +157,7 @@ def build_model(
     Raises:
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
         the configured loss reads the training data and ``training_ids`` or ``corpus`` is None; or
-        a learning-rate decay without ``total_steps`` (:func:`make_optimizer`).
+        a learning-rate decay or a bank's warm-up share without ``total_steps`` (:func:`needs_total_steps`).
       ValueError: ``corpus`` lacks a candidate feature, or invalid towers (their output
         dimensions differ).
     """
@@ -182,6 +200,7 @@ def build_model(
         training_ids=ids,
         corpus_size=0 if columns is None else len(columns[spec.candidate_id]),
         mixed_distribution=distribution,
+        total_steps=total_steps,
     )
     sampler = None
     if columns is not None:

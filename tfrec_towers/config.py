@@ -304,7 +304,13 @@ class LossConfig:
       logq: ``none``, ``counts`` (default: exact, from the training data) or ``streaming`` (estimated).
       frequency: the streaming estimator's parameters.
       memory_bank_size: M recent candidates reused as negatives (0: off).
-      memory_bank_warmup_steps: steps of in-batch negatives only before the bank is used.
+      memory_bank_warmup_steps: steps of in-batch (and mixed) negatives only before the bank is
+        used; the bank joins at step ``max(memory_bank_warmup_steps, ⌊memory_bank_warmup_fraction × T⌋)``
+        of a run of ``T`` steps.
+      memory_bank_warmup_fraction: the share of the run's training steps before the bank is used,
+        in [0, 1) (default 0.5: the bank's stored embeddings are consistent with the towers once
+        they move slowly; CBNS, Wang et al., SIGIR 2021, warms up too); needs the run's step count
+        (``total_steps``); 0: only ``memory_bank_warmup_steps`` counts.
       memory_bank_trains: ``query_tower`` (default): the bank's rows enter the query tower's
         softmax only, and the candidate tower learns from the softmax without them, so its pull
         towards the queries and its push from the negatives balance; ``both_towers``: one softmax
@@ -329,6 +335,7 @@ class LossConfig:
     frequency: FrequencyConfig = FrequencyConfig()
     memory_bank_size: int = 0
     memory_bank_warmup_steps: int = 0
+    memory_bank_warmup_fraction: float = 0.5
     memory_bank_trains: Literal["query_tower", "both_towers"] = "query_tower"
     mixed_negatives: int = 512
     mixed_negatives_alpha: float = 0.0
@@ -374,6 +381,12 @@ class LossConfig:
             )
         for name in ("memory_bank_size", "memory_bank_warmup_steps", "mixed_negatives"):
             _require(getattr(self, name) >= 0, f"loss.{name}", "≥ 0 (0 turns it off)", getattr(self, name))
+        _require(
+            math.isfinite(self.memory_bank_warmup_fraction) and 0.0 <= self.memory_bank_warmup_fraction < 1.0,
+            "loss.memory_bank_warmup_fraction",
+            "in [0, 1) (the share of the run's steps before the bank is used; 0: none)",
+            self.memory_bank_warmup_fraction,
+        )
         if self.mode == "symmetric" and (self.memory_bank_size or self.mixed_negatives or self.adaptive.enabled):
             raise ConfigError(
                 "`loss.mode` 'symmetric' scores square in-batch logits: it does not combine with "

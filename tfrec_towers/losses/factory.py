@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec_towers.config import LossConfig
+from tfrec_towers.config import ConfigError, LossConfig
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature
 from tfrec_towers.losses.frequency import CountsFrequencyTable, StreamingFrequencyEstimator, check_key_dtype
 from tfrec_towers.losses.full_softmax import FullCatalogue, FullSoftmaxLoss
@@ -36,6 +36,26 @@ def is_plain_in_batch(loss: LossConfig) -> bool:
         and not loss.adaptive.enabled
         and not loss.learnable_temperature
     )
+
+
+def memory_bank_warmup_steps(loss: LossConfig, total_steps: Optional[int]) -> int:
+    """The step at which the bank's negatives join: ``max(W, ⌊f × T⌋)`` with ``W`` =
+    ``loss.memory_bank_warmup_steps``, ``f`` = ``loss.memory_bank_warmup_fraction`` and ``T`` the run's
+    training steps.
+
+    Raises:
+      ConfigError: a bank with ``f > 0`` and ``total_steps`` None (the share needs the run's length).
+    """
+    fraction = loss.memory_bank_warmup_fraction
+    if not loss.memory_bank_size or fraction == 0.0:
+        return loss.memory_bank_warmup_steps
+    if total_steps is None:
+        raise ConfigError(
+            f"`loss.memory_bank_warmup_fraction` ({fraction}) warms the memory bank up for that share of the run's "
+            "training steps: pass `total_steps` (`training.epochs` × steps per epoch), or set "
+            "`loss.memory_bank_warmup_fraction: 0` and `loss.memory_bank_warmup_steps`."
+        )
+    return max(loss.memory_bank_warmup_steps, int(fraction * total_steps))
 
 
 def _mode_kwargs(loss: LossConfig) -> dict:
@@ -63,6 +83,7 @@ def build_retrieval_task(
     training_ids: Optional[np.ndarray] = None,
     corpus_size: int = 0,
     mixed_distribution: Optional[MixedDistribution] = None,
+    total_steps: Optional[int] = None,
 ) -> Union[RetrievalLoss, FullSoftmaxLoss, tfrs.tasks.Retrieval]:
     """The task for ``TwoTowerModel``: TFRS's in-batch softmax for the plain configuration, a
     :class:`FullSoftmaxLoss` for ``full_softmax``, else a :class:`RetrievalLoss` with the configured components.
@@ -76,8 +97,10 @@ def build_retrieval_task(
       corpus_size: N, the candidate corpus size, for mixed negatives.
       mixed_distribution: the mixed negatives' draw distribution (:func:`mixed_negative_distribution`),
         None for uniform draws.
+      total_steps: the run's training steps, for the bank's warm-up (:func:`memory_bank_warmup_steps`).
 
     Raises:
+      ConfigError: a bank warmed up for a share of the run without ``total_steps``.
       ValueError: ``logq='counts'`` without ``training_ids``, or a layer's own validation.
     """
     if is_plain_in_batch(loss):
@@ -106,7 +129,7 @@ def build_retrieval_task(
             loss.memory_bank_size,
             embedding_dim,
             check_key_dtype("id_dtype", id_dtype),
-            loss.memory_bank_warmup_steps,
+            memory_bank_warmup_steps(loss, total_steps),
             name="memory_bank",
         )
         if loss.memory_bank_size
