@@ -84,6 +84,7 @@ _MODEL = (
     CONFIGS = {
         "logq_streaming_bank": LossConfig(logq="streaming", memory_bank_size=40, memory_bank_warmup_fraction=0.0, mixed_negatives=0),
         "logq_counts_adaptive_bank": LossConfig(logq="counts", memory_bank_size=24, memory_bank_warmup_fraction=0.0, adaptive=AdaptiveConfig(enabled=True), mixed_negatives=0),
+        "logq_counts_deduplicated_weighted_bank": LossConfig(logq="counts", memory_bank_size=24, memory_bank_warmup_fraction=0.0, memory_bank_deduplicate=True, memory_bank_weight=0.5, mixed_negatives=0),
     }
 
     def make_model(config):
@@ -151,7 +152,9 @@ def model_results(results):
     return results["models"]
 
 
-@pytest.mark.parametrize("config", ["logq_streaming_bank", "logq_counts_adaptive_bank"])
+@pytest.mark.parametrize(
+    "config", ["logq_streaming_bank", "logq_counts_adaptive_bank", "logq_counts_deduplicated_weighted_bank"]
+)
 def test_two_replicas_train_like_one_device_on_the_global_batch(model_results, config):
     import numpy as np
 
@@ -166,7 +169,9 @@ def test_two_replicas_train_like_one_device_on_the_global_batch(model_results, c
     assert result["bank_rows_written"] == [64, 64]
 
 
-@pytest.mark.parametrize("config", ["logq_streaming_bank", "logq_counts_adaptive_bank"])
+@pytest.mark.parametrize(
+    "config", ["logq_streaming_bank", "logq_counts_adaptive_bank", "logq_counts_deduplicated_weighted_bank"]
+)
 def test_replica_losses_sum_to_the_global_batch_loss_and_negatives_are_global(model_results, config):
     result = model_results[config]
     assert sum(result["replica_losses"]) == pytest.approx(result["global_loss"], rel=1e-5)

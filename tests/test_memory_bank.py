@@ -37,6 +37,15 @@ class ReferenceBank:
         warm = self.steps >= self.warmup_steps
         return np.array([warm and slot < self.rows for slot in range(self.capacity)])
 
+    def newest_copies(self):
+        """``valid()`` keeping, for each id, only the slot written last."""
+        valid = self.valid()
+        written = [max(n for n in range(self.rows) if n % self.capacity == s) if v else -1 for s, v in enumerate(valid)]
+        newest = {}
+        for slot in np.flatnonzero(valid):
+            newest[self.ids[slot]] = max(newest.get(self.ids[slot], -1), written[slot])
+        return np.array([bool(v) and written[s] == newest[self.ids[s]] for s, v in enumerate(valid)])
+
 
 def make_batch(rng, size, dim, id_dtype, offset):
     embeddings = rng.normal(size=(size, dim)).astype(np.float32)
@@ -192,14 +201,53 @@ def test_saved_model_round_trip(tmp_path):
         np.testing.assert_array_equal(restored[field].numpy(), getattr(expected, field).numpy())
 
 
+def test_deduplicated_bank_by_hand():
+    bank = CrossBatchMemoryBank(4, 1, deduplicate=True)
+    for batch in ([1, 2, 1], [3, 1]):  # rows 0..4; row 4 (id 1) overwrites slot 0 (row 0, id 1)
+        bank.enqueue(
+            tf.constant(np.arange(len(batch), dtype=np.float32)[:, None]),
+            tf.constant(batch, tf.int64),
+            tf.zeros([len(batch)]),
+        )
+    np.testing.assert_array_equal(bank.read().ids.numpy(), [1, 2, 1, 3])
+    # id 1 sits in slot 0 (row 4) and slot 2 (row 2): only the newest, slot 0, stays valid
+    np.testing.assert_array_equal(bank.read().valid.numpy(), [True, True, False, True])
+    assert int(bank.window_size()) == 4  # the rows read from: every written slot
+    empty = CrossBatchMemoryBank(4, 1, deduplicate=True, warmup_steps=1)
+    assert not empty.read().valid.numpy().any() and int(empty.window_size()) == 0
+
+
+@pytest.mark.parametrize("id_dtype", ["int64", "string"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_deduplicated_bank_keeps_the_newest_copy_of_each_id(id_dtype, compiled):
+    rng = np.random.default_rng(3)
+    bank = CrossBatchMemoryBank(7, 2, id_dtype, warmup_steps=2, deduplicate=True)
+    reference = ReferenceBank(7, 2, id_dtype, warmup_steps=2)
+    read = tf.function(bank.read) if compiled else bank.read
+    window = tf.function(bank.window_size) if compiled else bank.window_size
+    for size in (3, 5, 2, 9, 4, 6):  # ids drawn from 5 values: many duplicates, the bank wraps
+        embeddings = rng.normal(size=(size, 2)).astype(np.float32)
+        ids = rng.integers(1, 6, size=size)
+        ids = ids if id_dtype == "int64" else np.array([f"c{i}".encode() for i in ids], object)
+        bank.enqueue(tf.constant(embeddings), tf.constant(ids), tf.zeros([size]))
+        reference.enqueue(embeddings, ids, np.zeros(size))
+        got = read()
+        np.testing.assert_array_equal(got.ids.numpy(), reference.ids)
+        np.testing.assert_array_equal(got.valid.numpy(), reference.newest_copies())
+        assert int(window()) == int(reference.valid().sum())
+        valid_ids = got.ids.numpy()[got.valid.numpy()]
+        assert len(set(valid_ids.tolist())) == len(valid_ids)  # one copy per id
+
+
 def test_config_round_trip():
-    bank = CrossBatchMemoryBank(128, 16, "string", 10, name="bank")
+    bank = CrossBatchMemoryBank(128, 16, "string", 10, deduplicate=True, name="bank")
     config = json.loads(json.dumps(bank.get_config()))
-    assert {k: config[k] for k in ("capacity", "embedding_dim", "id_dtype", "warmup_steps")} == {
+    assert {k: config[k] for k in ("capacity", "embedding_dim", "id_dtype", "warmup_steps", "deduplicate")} == {
         "capacity": 128,
         "embedding_dim": 16,
         "id_dtype": "string",
         "warmup_steps": 10,
+        "deduplicate": True,
     }
     rebuilt = CrossBatchMemoryBank.from_config(config)
     assert rebuilt.get_config() == bank.get_config() and rebuilt.embeddings.shape == (128, 16)
@@ -215,6 +263,7 @@ def test_config_round_trip():
         ({"embedding_dim": 0}, "`embedding_dim` must be a positive int. Received: 0"),
         ({"warmup_steps": -1}, "`warmup_steps` must be an int >= 0. Received: -1"),
         ({"id_dtype": "int32"}, "`id_dtype` must be one of ('int64', 'string'). Received: 'int32'"),
+        ({"deduplicate": 1}, "`deduplicate` must be a bool. Received: 1"),
     ],
 )
 def test_constructor_validation(kwargs, message):

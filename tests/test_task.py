@@ -411,3 +411,80 @@ def test_adaptive_gradients_with_memory_bank_match_finite_differences():
     assert loss.numpy() == pytest.approx(numpy_loss(q64, v64), rel=1e-4)
     np.testing.assert_allclose(got[0].numpy(), _numeric_gradient(lambda x: numpy_loss(x, v64), q64), atol=2e-3)
     np.testing.assert_allclose(got[1].numpy(), _numeric_gradient(lambda x: numpy_loss(q64, x), v64), atol=2e-3)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_deduplicated_weighted_bank_logq_matches_numpy(streamed, monkeypatch):
+    """One copy per id in the bank: its logQ term is P(y among the W rows read) = 1 − (1 − p_y)^W,
+    and each bank row weighs w in the partition sum; streamed and as one logit matrix."""
+    rng = np.random.default_rng(11)
+    q, v, extra, first_v = _unit(rng, 4), _unit(rng, 4), _unit(rng, 3), _unit(rng, 3)
+    ids, extra_ids, first_ids = np.array([1, 2, 2, 3]), np.array([3, 5, 6]), np.array([5, 4, 5])
+    training_ids = np.array([1, 2, 2, 3, 3, 3, 4, 5, 6, 6])
+    config = LossConfig(
+        logq="counts",
+        memory_bank_size=5,
+        memory_bank_warmup_fraction=0.0,
+        memory_bank_deduplicate=True,
+        memory_bank_weight=0.5,
+        mixed_negatives=3,
+    )
+    task = build_retrieval_task(config, 0.5, 4, "int64", training_ids=training_ids, corpus_size=10)
+    if not streamed:
+        monkeypatch.setattr(RetrievalLoss, "streams_bank", property(lambda self: False))
+    counts = {1: 1, 2: 2, 3: 3, 4: 1, 5: 1, 6: 2}
+
+    def p(x):
+        return np.array([counts[int(i)] / 10 for i in x])
+
+    def negatives(e):
+        return NegativeSet(tf.constant(e), tf.constant(extra_ids), tf.zeros([3]), tf.ones([3], tf.bool))
+
+    task(tf.constant(_unit(rng, 3)), tf.constant(first_v), tf.constant(first_ids), negatives(extra), training=True)
+    # slots 0, 1, 2 hold rows 0, 1, 2 (ids 5, 4, 5): the newest copy of 5 is slot 2, so slot 0 is dropped
+    np.testing.assert_array_equal(task.memory_bank.read().valid.numpy(), [False, True, True, False, False])
+    query = tf.constant(q)
+    with tf.GradientTape() as tape:
+        tape.watch(query)
+        loss = task(query, tf.constant(v), tf.constant(ids), extra_negatives=negatives(extra), training=True)
+    gradient = tape.gradient(loss, query).numpy()
+
+    def numpy_loss(q, tau=0.5, w=0.5, window=3):
+        def log_q(y):
+            p_y = p(y)
+            return np.log(4 * p_y + (1 - (1 - p_y) ** window) + 3 / 10)  # B·p + P(y in bank) + B'/N
+
+        bank_v, bank_ids = first_v[1:].astype(np.float64), first_ids[1:]
+        sources = [  # (embeddings, ids, weight in the partition sum)
+            (v.astype(np.float64), ids, 1.0),
+            (extra.astype(np.float64), extra_ids, 1.0),
+            (bank_v, bank_ids, w),
+        ]
+        positive = (q * v).sum(1) / tau - log_q(ids)
+        losses = []
+        for i in range(4):
+            total = np.exp(positive[i])
+            for embeddings, source_ids, weight in sources:
+                logits = embeddings @ q[i] / tau - log_q(source_ids)
+                total += weight * np.exp(logits)[source_ids != ids[i]].sum()
+            losses.append(np.log(total) - positive[i])
+        return float(np.mean(losses))
+
+    q64 = q.astype(np.float64)
+    assert float(loss) == pytest.approx(numpy_loss(q64), abs=1e-5)
+    np.testing.assert_allclose(gradient, _numeric_gradient(numpy_loss, q64), atol=2e-4)
+    weighted_out = numpy_loss(q64, w=1e-12)  # the bank's weight matters: w → 0 removes its rows
+    assert abs(numpy_loss(q64) - weighted_out) > 1e-3
+
+
+def test_bank_weight_needs_the_softmax_and_a_positive_value():
+    with pytest.raises(ConfigError, match=r"`loss.memory_bank_weight` must be a positive float"):
+        LossConfig(memory_bank_size=8, memory_bank_weight=0.0)
+    with pytest.raises(ConfigError, match=r"`loss.memory_bank_weight` .* needs `loss.mode: softmax`, not 'bpr'"):
+        LossConfig(mode="bpr", memory_bank_size=8, memory_bank_weight=0.5)
+    from tfrec_towers.losses.modes import BPRLoss
+
+    with pytest.raises(ValueError, match=r"`memory_bank_weight` .* needs the softmax mode, not BPRLoss"):
+        RetrievalLoss(mode=BPRLoss(), memory_bank_weight=0.5)
+    with pytest.raises(ValueError, match=r"`memory_bank_weight` must be a finite float > 0"):
+        RetrievalLoss(memory_bank_weight=float("nan"))

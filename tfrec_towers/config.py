@@ -311,6 +311,10 @@ class LossConfig:
         in [0, 1) (default 0.5: the bank's stored embeddings are consistent with the towers once
         they move slowly; CBNS, Wang et al., SIGIR 2021, warms up too); needs the run's step count
         (``total_steps``); 0: only ``memory_bank_warmup_steps`` counts.
+      memory_bank_deduplicate: keep only the newest copy of each id in the bank (its logQ is then the
+        chance that the id is among the bank's rows, ``1 − (1 − p_y)^M``, not ``M · p_y``).
+      memory_bank_weight: the weight ``w > 0`` of each bank row in the softmax's partition sum
+        (default 1; the softmax mode only).
       memory_bank_trains: ``query_tower`` (default): the bank's rows enter the query tower's
         softmax only, and the candidate tower learns from the softmax without them, so its pull
         towards the queries and its push from the negatives balance; ``both_towers``: one softmax
@@ -336,6 +340,8 @@ class LossConfig:
     memory_bank_size: int = 0
     memory_bank_warmup_steps: int = 0
     memory_bank_warmup_fraction: float = 0.5
+    memory_bank_deduplicate: bool = False
+    memory_bank_weight: float = 1.0
     memory_bank_trains: Literal["query_tower", "both_towers"] = "query_tower"
     mixed_negatives: int = 512
     mixed_negatives_alpha: float = 0.0
@@ -387,6 +393,17 @@ class LossConfig:
             "in [0, 1) (the share of the run's steps before the bank is used; 0: none)",
             self.memory_bank_warmup_fraction,
         )
+        _require(
+            _finite_at_least(self.memory_bank_weight, 0.0, low_open=True),
+            "loss.memory_bank_weight",
+            "a positive float (each bank row's weight in the softmax)",
+            self.memory_bank_weight,
+        )
+        if self.memory_bank_weight != 1.0 and self.mode != "softmax":
+            raise ConfigError(
+                "`loss.memory_bank_weight` weighs the bank's rows in the softmax's partition sum: it needs "
+                f"`loss.mode: softmax`, not {self.mode!r}."
+            )
         if self.mode == "symmetric" and (self.memory_bank_size or self.mixed_negatives or self.adaptive.enabled):
             raise ConfigError(
                 "`loss.mode` 'symmetric' scores square in-batch logits: it does not combine with "

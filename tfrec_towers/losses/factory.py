@@ -130,6 +130,7 @@ def build_retrieval_task(
             embedding_dim,
             check_key_dtype("id_dtype", id_dtype),
             memory_bank_warmup_steps(loss, total_steps),
+            deduplicate=loss.memory_bank_deduplicate,
             name="memory_bank",
         )
         if loss.memory_bank_size
@@ -152,6 +153,7 @@ def build_retrieval_task(
         candidate_probability=probability,
         memory_bank=bank,
         bank_trains_candidate_tower=loss.memory_bank_trains == "both_towers",
+        memory_bank_weight=loss.memory_bank_weight,
         num_mixed_negatives=loss.mixed_negatives,
         corpus_size=corpus_size if loss.mixed_negatives else 0,
         mixed_negatives_alpha=loss.mixed_negatives_alpha if weighted else 0.0,

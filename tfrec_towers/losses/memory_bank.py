@@ -29,7 +29,8 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
     ``n mod M``, overwriting the oldest entry. A batch larger than the bank keeps its
     last ``M`` rows. Slots never written are invalid, and so is the whole bank until
     ``warmup_steps`` enqueues have happened (in-batch negatives only during warm-up, as in
-    CBNS, while the embeddings still move fast).
+    CBNS, while the embeddings still move fast). With ``deduplicate`` only the newest copy of each
+    id is valid (a popular item enqueued many times counts once, as its freshest embedding).
 
     Stored values carry no gradient: :meth:`enqueue` applies ``tf.stop_gradient`` and the
     weights are non-trainable. ``log_q`` (per-example units, as in :class:`NegativeSet`) is
@@ -49,11 +50,12 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
       embedding_dim: ``d > 0``, the candidate embedding size.
       id_dtype: ``"int64"`` or ``"string"``, the dtype of candidate ids.
       warmup_steps: number of enqueues before the bank's negatives become valid (≥ 0).
+      deduplicate: keep only the newest copy of each stored id valid.
       **kwargs: passed to ``tf.keras.layers.Layer``.
 
     Raises:
       ValueError: naming the argument, for ``capacity`` or ``embedding_dim`` ≤ 0, a
-        negative ``warmup_steps`` or an unknown ``id_dtype``.
+        negative ``warmup_steps``, an unknown ``id_dtype`` or a ``deduplicate`` that is not a bool.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
         embedding_dim: int,
         id_dtype: IdDtype = "int64",
         warmup_steps: int = 0,
+        deduplicate: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -71,6 +74,9 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
             raise ValueError(f"`id_dtype` must be one of {_ID_DTYPES}. Received: {id_dtype!r}")
         self.id_dtype: IdDtype = id_dtype
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
+        if not isinstance(deduplicate, bool):
+            raise ValueError(f"`deduplicate` must be a bool. Received: {deduplicate!r}")
+        self.deduplicate = deduplicate
         state = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.embeddings = self.add_weight(
             name="embeddings",
@@ -99,18 +105,39 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
         Returns:
           A :class:`NegativeSet` of ``M`` rows in slot order: ``embeddings [M, d]``,
           ``ids [M]``, ``log_q [M]`` and ``valid [M]``, True for written slots once
-          ``warmup_steps`` enqueues have happened.
+          ``warmup_steps`` enqueues have happened (with ``deduplicate``, for the newest copy of
+          each id among them only).
         """
-        filled = tf.minimum(self.rows_written.read_value(), self.capacity)
-        valid = tf.logical_and(
-            tf.range(self.capacity, dtype=tf.int64) < filled,
-            self.steps.read_value() >= self.warmup_steps,
-        )
+        valid = self._window()
+        ids = self.ids.read_value()
+        if self.deduplicate:
+            # slot s last received row n_s = s + M⌊(R − 1 − s) / M⌋ of the R rows ever written (< 0: never)
+            rows_written = self.rows_written.read_value()
+            slots = tf.range(self.capacity, dtype=tf.int64)
+            written_row = tf.where(
+                valid, slots + self.capacity * tf.math.floordiv(rows_written - 1 - slots, self.capacity), -1
+            )
+            unique_ids, index = tf.unique(ids, out_idx=tf.int64)
+            newest = tf.math.unsorted_segment_max(written_row, index, tf.size(unique_ids, out_type=tf.int64))
+            valid = tf.logical_and(valid, tf.equal(written_row, tf.gather(newest, index)))
         return NegativeSet(
             embeddings=self.embeddings.read_value(),
-            ids=self.ids.read_value(),
+            ids=ids,
             log_q=self.log_q.read_value(),
             valid=valid,
+        )
+
+    def window_size(self) -> tf.Tensor:
+        """``W``, int64 scalar: the enqueued rows the bank's negatives are read from, ``min(R, M)`` once
+        warmed up and 0 before (the number of valid slots without ``deduplicate``)."""
+        return tf.reduce_sum(tf.cast(self._window(), tf.int64))
+
+    def _window(self) -> tf.Tensor:
+        """``bool [M]``: the written slots, all False during the warm-up."""
+        filled = tf.minimum(self.rows_written.read_value(), self.capacity)
+        return tf.logical_and(
+            tf.range(self.capacity, dtype=tf.int64) < filled,
+            self.steps.read_value() >= self.warmup_steps,
         )
 
     def enqueue(self, embeddings: tf.Tensor, ids: tf.Tensor, log_q: tf.Tensor) -> None:
@@ -150,5 +177,6 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
             embedding_dim=self.embedding_dim,
             id_dtype=self.id_dtype,
             warmup_steps=self.warmup_steps,
+            deduplicate=self.deduplicate,
         )
         return config

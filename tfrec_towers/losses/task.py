@@ -17,7 +17,13 @@ For a batch of B (query, positive candidate) pairs with embeddings q_i, v_i and 
    valid bank slots and B' mixed negatives drawn from N candidates with probability q_y: 1 / N
    uniformly, or p_y^α / Σ_k p_k^α by smoothed popularity (counted p only, so that q_y is exact). A sum of the
    sources' expected counts is the sampling distribution of the mixture, so the sources are
-   corrected consistently with each other and not each in its own units;
+   corrected consistently with each other and not each in its own units. A bank that keeps only
+   the newest copy of each id (``CrossBatchMemoryBank(deduplicate=True)``) holds y at most once,
+   with the chance that y is among the W rows it was read from: its term is 1 − (1 − p_y)^W,
+
+       Q_y = B · p_y + (1 − (1 − p_y)^W) + B' · q_y;
+
+   the bank's rows may also be weighted in the softmax's partition sum, w · exp(z_ij) (``memory_bank_weight``);
 4. a mode turns logits into a loss: sampled softmax (default), BCE, BPR, hinge or the symmetric
    (CLIP-style) in-batch softmax; with adaptive margins the item-anchored term is added:
    L = (1 − w) · L_query + w · L_item;
@@ -53,6 +59,7 @@ differentiates its log-sum-exp in one pass (``modes._softmax_row_losses``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
@@ -92,6 +99,8 @@ class _PooledNegatives(NamedTuple):
         (the global batch, then the extra negatives), the bank's stored rows last unless streamed.
       trainable_rows: ``T``, int32 scalar, the rows that take gradient.
       bank_slots: ``M_valid``, int64 scalar, the valid memory-bank rows (0 without a bank).
+      bank_draws: ``W``, int64 scalar, the enqueued rows the bank was read from (``M_valid`` unless
+        the bank keeps one copy per id; 0 without a bank).
       streamed: the bank's rows when they are not in ``negatives`` but scored apart, streamed
         (:func:`~tfrec_towers.losses.streamed_logsumexp.streamed_log_sum_exp`); else None.
     """
@@ -99,6 +108,7 @@ class _PooledNegatives(NamedTuple):
     negatives: NegativeSet
     trainable_rows: tf.Tensor
     bank_slots: tf.Tensor
+    bank_draws: tf.Tensor
     streamed: Optional[NegativeSet] = None
 
 
@@ -145,6 +155,8 @@ class RetrievalLoss(tf.keras.layers.Layer):
         negative (CBNS as published); by default (False) the bank's rows train the query tower
         only and the candidate tower learns from the softmax without them (see the module's
         "Which tower the bank trains").
+      memory_bank_weight: ``w > 0``, the weight of each bank row in the softmax's partition sum
+        (``exp(z_ij)`` becomes ``w · exp(z_ij)``, i.e. ``z_ij + log w``); the softmax mode only.
       num_mixed_negatives, corpus_size: B' and N of the mixed negatives the model passes as
         ``extra_negatives`` (0 when off).
       mixed_negatives_alpha: ``α`` of mixed negatives drawn by smoothed popularity
@@ -177,6 +189,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
         candidate_probability: Optional[CandidateProbability] = None,
         memory_bank: Optional[CrossBatchMemoryBank] = None,
         bank_trains_candidate_tower: bool = False,
+        memory_bank_weight: float = 1.0,
         num_mixed_negatives: int = 0,
         corpus_size: int = 0,
         mixed_negatives_alpha: float = 0.0,
@@ -190,6 +203,14 @@ class RetrievalLoss(tf.keras.layers.Layer):
         self.candidate_probability = candidate_probability
         self.memory_bank = memory_bank
         self.bank_trains_candidate_tower = bool(bank_trains_candidate_tower)
+        self.memory_bank_weight = float(memory_bank_weight)
+        if not (math.isfinite(self.memory_bank_weight) and self.memory_bank_weight > 0.0):
+            raise ValueError(f"`memory_bank_weight` must be a finite float > 0. Received: {memory_bank_weight!r}")
+        if self.memory_bank_weight != 1.0 and not self.mode.takes_log_sum_exp:
+            raise ValueError(
+                "`memory_bank_weight` weighs the bank's rows in the softmax's partition sum: it needs the softmax "
+                f"mode, not {type(self.mode).__name__}."
+            )
         self.num_mixed_negatives = int(num_mixed_negatives)
         self.corpus_size = int(corpus_size)
         self.logq = LogQCorrection()
@@ -246,6 +267,10 @@ class RetrievalLoss(tf.keras.layers.Layer):
             if self.candidate_probability is not None:
                 positive_logits, negative_logits = self._correct_logq(
                     positive_logits, negative_logits, positive_log_p, negatives, batch.size, replicas
+                )
+            if self.memory_bank_weight != 1.0:
+                negative_logits = negative_logits + self._bank_columns_log_weight(
+                    tf.shape(negative_logits)[1], negatives.trainable_rows
                 )
             mask = _negative_mask(candidate_ids, negatives.negatives)
             return mode(positive_logits, negative_logits, mask, sample_weight, extra_log_sum_exp=extra)
@@ -323,15 +348,16 @@ class RetrievalLoss(tf.keras.layers.Layer):
                 )
             sources.append(extra_negatives)
         trainable_rows = tf.add_n([tf.shape(source.ids)[0] for source in sources])
-        bank_slots, streamed = tf.constant(0, tf.int64), None
+        bank_slots, bank_draws, streamed = tf.constant(0, tf.int64), tf.constant(0, tf.int64), None
         if self.memory_bank is not None:
             bank = self.memory_bank.read()
             bank_slots = tf.reduce_sum(tf.cast(bank.valid, tf.int64))
+            bank_draws = self.memory_bank.window_size() if self.memory_bank.deduplicate else bank_slots
             if self.streams_bank:
                 streamed = bank
             else:
                 sources.append(bank)
-        return _PooledNegatives(concat_negative_sets(sources), trainable_rows, bank_slots, streamed)
+        return _PooledNegatives(concat_negative_sets(sources), trainable_rows, bank_slots, bank_draws, streamed)
 
     @property
     def streams_bank(self) -> bool:
@@ -354,18 +380,36 @@ class RetrievalLoss(tf.keras.layers.Layer):
         bank = pooled.streamed
         offsets = tf.zeros_like(bank.log_q)
         if self.candidate_probability is not None:
-            offsets = self._log_expected_count(bank.log_q, batch_size, pooled.bank_slots, replicas)
+            offsets = self._log_expected_count(bank.log_q, batch_size, pooled, replicas)
+        offsets = offsets - self._bank_log_weight
         return streamed_log_sum_exp(
             self.temperature(query_embeddings), bank.embeddings, offsets, bank.valid, candidate_ids, bank.ids
         )
 
+    @property
+    def _bank_log_weight(self) -> float:
+        """``log w``, the bank rows' additive logit weight."""
+        return math.log(self.memory_bank_weight)
+
+    def _bank_columns_log_weight(self, num_negatives: tf.Tensor, trainable_rows: tf.Tensor) -> tf.Tensor:
+        """``[1, N]``: ``log w`` for the bank's columns (from ``trainable_rows`` on), 0 for the others."""
+        columns = tf.range(num_negatives)
+        return tf.where(columns >= trainable_rows, self._bank_log_weight, 0.0)[tf.newaxis, :]
+
     def _log_expected_count(
-        self, log_p: tf.Tensor, batch_size: tf.Tensor, bank_slots: tf.Tensor, replicas: int = 1
+        self, log_p: tf.Tensor, batch_size: tf.Tensor, pooled: _PooledNegatives, replicas: int = 1
     ) -> tf.Tensor:
         """log Q_y = log((B + M_valid) · p_y + R·B'·q_y), ``B`` the global batch of ``R`` replicas and
-        ``q_y`` the mixed negatives' draw probability (``1/N``, or ``p_y^α / Z``)."""
-        draws = tf.cast(batch_size, tf.float32) + tf.cast(bank_slots, tf.float32)
-        expected = draws * tf.exp(log_p)
+        ``q_y`` the mixed negatives' draw probability (``1/N``, or ``p_y^α / Z``); with a bank that keeps
+        one copy per id, its term is the chance that ``y`` is among its ``W`` draws,
+        ``B · p_y + (1 − (1 − p_y)^W) + R·B'·q_y``."""
+        p = tf.exp(log_p)
+        if self.memory_bank is not None and self.memory_bank.deduplicate:
+            draws = tf.cast(pooled.bank_draws, tf.float32)
+            in_window = -tf.math.expm1(draws * tf.math.log1p(-tf.minimum(p, 1.0)))
+            expected = tf.cast(batch_size, tf.float32) * p + tf.where(draws > 0, in_window, 0.0)
+        else:
+            expected = (tf.cast(batch_size, tf.float32) + tf.cast(pooled.bank_slots, tf.float32)) * p
         if self.num_mixed_negatives and self.mixed_log_normaliser is not None:
             mixed_q = tf.exp(self.mixed_negatives_alpha * log_p - self.mixed_log_normaliser)
             expected = expected + replicas * self.num_mixed_negatives * mixed_q
@@ -388,7 +432,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
         """
 
         def log_count(log_p: tf.Tensor) -> tf.Tensor:
-            return self._log_expected_count(log_p, batch_size, pooled.bank_slots, replicas)
+            return self._log_expected_count(log_p, batch_size, pooled, replicas)
 
         negative_logits = self.logq(negative_logits, log_count(pooled.negatives.log_q))
         return positive_logits - log_count(positive_log_p), negative_logits
@@ -450,6 +494,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
             else None,
             "memory_bank": serialize(self.memory_bank) if self.memory_bank is not None else None,
             "bank_trains_candidate_tower": self.bank_trains_candidate_tower,
+            "memory_bank_weight": self.memory_bank_weight,
             "num_mixed_negatives": self.num_mixed_negatives,
             "corpus_size": self.corpus_size,
             "mixed_negatives_alpha": self.mixed_negatives_alpha,
@@ -481,7 +526,7 @@ def _without_bank(pooled: _PooledNegatives) -> _PooledNegatives:
     """The sources that take gradient (the global batch, the extra negatives): ``pooled`` without the bank's rows."""
     rows = pooled.trainable_rows
     negatives = NegativeSet(*(tensor[:rows] for tensor in pooled.negatives))
-    return _PooledNegatives(negatives, rows, tf.zeros([], tf.int64), None)
+    return _PooledNegatives(negatives, rows, tf.zeros([], tf.int64), tf.zeros([], tf.int64), None)
 
 
 def _negative_mask(candidate_ids: tf.Tensor, negatives: NegativeSet) -> tf.Tensor:
