@@ -3,8 +3,9 @@
 A run in progress is written to its ``.partial`` directory (:mod:`tfrec_pipelines.run_directory`):
 ``config.json`` first, then ``checkpoints/``, a ``tf.train.CheckpointManager`` keeping the last
 :data:`MAX_TO_KEEP` checkpoints. Each holds the model (the towers and the loss's state: memory
-bank, frequency estimator, mixed-negative draw counter), the optimizer (slots, iteration count)
-and a :class:`TrainingProgress` (the global step, the history of the finished epochs).
+bank, frequency estimator, mixed-negative draw counter, the softmax-to-hinge step counter), the
+optimizer (slots, iteration count) and a :class:`TrainingProgress` (the global step, the history of
+the finished epochs).
 
 The data position is the global step: epoch ``e`` visits the examples in an order that depends
 only on ``(seed, e)`` (:func:`tfrec_pipelines.dataset.epoch_batches`), so step ``s`` is batch ``s mod S``

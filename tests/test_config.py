@@ -148,6 +148,9 @@ COMPANIONS = {
     },
     "loss.margin": {"loss.mode": "hinge", "loss.margin": 0.2},
     "loss.hardest_negative_only": {"loss.mode": "bpr", "loss.hardest_negative_only": True},
+    "loss.hinge_weight": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_weight": 0.5},
+    "loss.hinge_start_steps": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_start_steps": 100},
+    "loss.hinge_ramp_steps": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_ramp_steps": 500},
     "training.tensorboard_embeddings": {"training.tensorboard": True, "training.tensorboard_embeddings": True},
     "model.query_tower.output_dim": {"model.query_tower.output_dim": 32, "model.candidate_tower.output_dim": 32},
     "model.candidate_tower.output_dim": {"model.query_tower.output_dim": 16, "model.candidate_tower.output_dim": 16},
@@ -392,6 +395,8 @@ def test_the_bounds_are_those_of_the_layers():
         ["loss.adaptive.enabled=true", "loss.adaptive.base_temperature=0.001", "loss.adaptive.base_margin=0"],
         ["loss.mode=hinge", "loss.margin=1e-6", "loss.frequency.learning_rate=1", "loss.logq=streaming"],
         ["loss.mode=symmetric", "loss.mixed_negatives=0", "loss.candidate_to_query_weight=1"],
+        ["loss.mode=softmax_hinge", "loss.margin=1e-6", "loss.hinge_weight=1", "loss.hinge_ramp_steps=0"],
+        ["loss.mode=softmax_hinge", "loss.margin=0.1", "loss.hinge_weight=1e-9", "loss.hinge_start_steps=0"],
     ]
     for overrides in at_bounds:
         config = apply_overrides(ExperimentConfig(), overrides)

@@ -41,6 +41,11 @@ def _np_row_losses(mode, options, positive, negative, mask):
                 losses.append(np.mean(-_np_log_sigmoid(positive[i] - used)))
             else:
                 losses.append(np.mean(np.maximum(0.0, options["margin"] - positive[i] + used)))
+        elif mode == "softmax_hinge":  # at step 0 with no start and no ramp: w = hinge_weight
+            weight = options.get("hinge_weight", 1.0)
+            hinge_options = {k: options[k] for k in ("margin", "hardest_negative_only") if k in options}
+            hinge = _np_row_losses("hinge", hinge_options, positive[i : i + 1], negative[i : i + 1], mask[i : i + 1])
+            losses.append((1 - weight) * _np_softmax_row(positive[i], valid) + weight * hinge[0])
         elif mode == "symmetric":
             batch = len(positive)
             row_valid = [negative[i, j] for j in range(batch) if j != i and mask[i, j]]
@@ -67,6 +72,8 @@ CASES = [
     ("bpr", {"hardest_negative_only": True}),
     ("hinge", {"margin": 1.5}),
     ("hinge", {"margin": 0.5, "hardest_negative_only": True}),
+    ("softmax_hinge", {"margin": 1.5}),
+    ("softmax_hinge", {"margin": 0.5, "hardest_negative_only": True, "hinge_weight": 0.3}),
     ("symmetric", {}),
     ("symmetric", {"candidate_to_query_weight": 0.2}),
 ]
@@ -167,7 +174,7 @@ def test_symmetric_rejects_non_square_logits():
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("ranknet", {}, "`name` must be one of 'softmax', 'bce', 'bpr', 'hinge', 'symmetric'"),
+        ("ranknet", {}, "`name` must be one of 'softmax', 'bce', 'bpr', 'hinge', 'softmax_hinge', 'symmetric'"),
         ("softmax", {"margin": 1.0}, "`margin` is not an option of the 'softmax' mode"),
         ("bce", {"hardest_negative_only": True}, "`hardest_negative_only` is not an option of"),
         ("bpr", {"margin": 1.0}, "`margin` is not an option of the 'bpr' mode"),

@@ -88,6 +88,7 @@ _PUBLIC = {
     "BinaryCrossEntropyLoss": "losses",
     "BPRLoss": "losses",
     "HingeLoss": "losses",
+    "SoftmaxHingeLoss": "losses",
     "SymmetricSoftmaxLoss": "losses",
     # evaluation
     "RetrievalMetrics": "callbacks",

@@ -283,6 +283,10 @@ class AdaptiveConfig:
         )
 
 
+_HINGE_MODES = ("hinge", "softmax_hinge")
+"""The modes with a hinge, which need ``loss.margin``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """The retrieval loss: mode, negatives, logQ correction, temperature, adaptive margins.
@@ -293,11 +297,21 @@ class LossConfig:
 
     Attributes:
       mode: ``softmax`` (list-wise, default), ``bce`` (point-wise), ``bpr`` / ``hinge``
-        (pair-wise), ``symmetric`` (CLIP-style in-batch softmax in both directions; needs
-        ``mixed_negatives: 0``) or ``full_softmax`` (a softmax over the whole catalogue, no
-        sampling: needs ``logq: none`` and ``mixed_negatives: 0``; see docs/training.md).
-      margin: the hinge margin, a positive float (required by, and only for, ``hinge``).
-      hardest_negative_only: pair-wise modes score only each row's hardest negative.
+        (pair-wise), ``softmax_hinge`` (the softmax moving to the hinge over training, or a
+        weighted sum of both; see docs/training.md), ``symmetric`` (CLIP-style in-batch softmax in
+        both directions; needs ``mixed_negatives: 0``) or ``full_softmax`` (a softmax over the
+        whole catalogue, no sampling; needs ``logq: none`` and ``mixed_negatives: 0``; see
+        docs/training.md).
+      margin: the hinge margin, a positive float (required by, and only for, ``hinge`` and ``softmax_hinge``).
+      hardest_negative_only: pair-wise modes (and the hinge of ``softmax_hinge``) score only each
+        row's hardest negative.
+      hinge_weight: ``softmax_hinge``: the hinge's weight h once its ramp is over, in (0, 1]; the
+        default 1 ends the run on the hinge alone, 0.5 with no start and no ramp trains on half
+        softmax, half hinge throughout.
+      hinge_start_steps: ``softmax_hinge``: training steps of the softmax alone before the hinge's
+        weight starts to rise (an integer ≥ 0; default 0).
+      hinge_ramp_steps: ``softmax_hinge``: steps over which the hinge's weight rises linearly from 0
+        to ``hinge_weight`` (an integer ≥ 0; default 0: it jumps at ``hinge_start_steps``).
       negative_weight: weight of the negatives' term in ``bce`` (positive).
       candidate_to_query_weight: weight of the candidate→query direction in ``symmetric``, in [0, 1].
       learnable_temperature: learn log τ (initialised at ``model.temperature``).
@@ -329,9 +343,12 @@ class LossConfig:
         largest logit matrix is ``[batch, full_softmax_chunk]``.
     """
 
-    mode: Literal["softmax", "bce", "bpr", "hinge", "symmetric", "full_softmax"] = "softmax"
+    mode: Literal["softmax", "bce", "bpr", "hinge", "softmax_hinge", "symmetric", "full_softmax"] = "softmax"
     margin: Optional[float] = None
     hardest_negative_only: bool = False
+    hinge_weight: float = 1.0
+    hinge_start_steps: int = 0
+    hinge_ramp_steps: int = 0
     negative_weight: float = 1.0
     candidate_to_query_weight: float = 0.5
     learnable_temperature: bool = False
@@ -349,10 +366,13 @@ class LossConfig:
     full_softmax_chunk: int = 4096
 
     def __post_init__(self) -> None:
-        if self.mode == "hinge" and self.margin is None:
-            raise ConfigError("`loss.margin` is required when `loss.mode` is 'hinge'.")
-        if self.mode != "hinge" and self.margin is not None:
-            raise ConfigError(f"`loss.margin` applies only to `loss.mode` 'hinge', not {self.mode!r}.")
+        hinge = self.mode in _HINGE_MODES
+        if hinge and self.margin is None:
+            raise ConfigError(f"`loss.margin` is required when `loss.mode` is {self.mode!r}.")
+        if not hinge and self.margin is not None:
+            raise ConfigError(
+                f"`loss.margin` applies only to `loss.mode` 'hinge' or 'softmax_hinge', not {self.mode!r}."
+            )
         if self.margin is not None:
             _require(
                 _finite_at_least(self.margin, 0.0, low_open=True),
@@ -372,8 +392,11 @@ class LossConfig:
             "in [0, 1]",
             self.candidate_to_query_weight,
         )
-        if self.hardest_negative_only and self.mode not in ("bpr", "hinge"):
-            raise ConfigError(f"`loss.hardest_negative_only` applies to the pair-wise modes, not {self.mode!r}.")
+        if self.hardest_negative_only and self.mode not in ("bpr", *_HINGE_MODES):
+            raise ConfigError(
+                f"`loss.hardest_negative_only` applies to the pair-wise modes and 'softmax_hinge', not {self.mode!r}."
+            )
+        self._check_softmax_hinge()
         _require(
             math.isfinite(self.mixed_negatives_alpha) and self.mixed_negatives_alpha >= 0.0,
             "loss.mixed_negatives_alpha",
@@ -426,6 +449,26 @@ class LossConfig:
             raise ConfigError(
                 "`loss.adaptive.enabled` sets per-negative temperatures: turn `loss.learnable_temperature` off."
             )
+
+    def _check_softmax_hinge(self) -> None:
+        """The curriculum's keys: in range, and set only with ``mode: softmax_hinge``.
+
+        Raises:
+          ConfigError: naming the key, for a value out of range, or a key other than its default
+            with another mode.
+        """
+        _require(
+            math.isfinite(self.hinge_weight) and 0.0 < self.hinge_weight <= 1.0,
+            "loss.hinge_weight",
+            "in (0, 1] (the hinge's weight once its ramp is over)",
+            self.hinge_weight,
+        )
+        for name in ("hinge_start_steps", "hinge_ramp_steps"):
+            _require(getattr(self, name) >= 0, f"loss.{name}", "an integer ≥ 0", getattr(self, name))
+        if self.mode != "softmax_hinge":
+            for name, default in (("hinge_weight", 1.0), ("hinge_start_steps", 0), ("hinge_ramp_steps", 0)):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"`loss.{name}` applies only to `loss.mode` 'softmax_hinge', not {self.mode!r}.")
 
 
 PLAIN_IN_BATCH = LossConfig(logq="none", mixed_negatives=0)

@@ -11,6 +11,7 @@ from tfrec_towers.losses.modes import (
     BPRLoss,
     HingeLoss,
     SampledSoftmaxLoss,
+    SoftmaxHingeLoss,
     SymmetricSoftmaxLoss,
 )
 from tfrec_towers.losses.negatives import NegativeSet, concat_negative_sets
@@ -33,6 +34,7 @@ __all__ = [
     "NegativeSet",
     "RetrievalLoss",
     "SampledSoftmaxLoss",
+    "SoftmaxHingeLoss",
     "StreamingFrequencyEstimator",
     "SymmetricSoftmaxLoss",
     "Temperature",

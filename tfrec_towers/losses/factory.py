@@ -61,6 +61,14 @@ def memory_bank_warmup_steps(loss: LossConfig, total_steps: Optional[int]) -> in
 def _mode_kwargs(loss: LossConfig) -> dict:
     if loss.mode == "hinge":
         return {"margin": loss.margin, "hardest_negative_only": loss.hardest_negative_only}
+    if loss.mode == "softmax_hinge":
+        return {
+            "margin": loss.margin,
+            "hardest_negative_only": loss.hardest_negative_only,
+            "hinge_weight": loss.hinge_weight,
+            "hinge_start_steps": loss.hinge_start_steps,
+            "hinge_ramp_steps": loss.hinge_ramp_steps,
+        }
     if loss.mode == "bpr":
         return {"hardest_negative_only": loss.hardest_negative_only}
     if loss.mode == "bce":

@@ -14,6 +14,9 @@ negative_mask [batch, num_negatives] bool, sample_weight [batch] | None) -> scal
   negative part: its softmax and pair-wise losses are 0, its BCE is the positive term.
 * Reduction: the weighted mean over rows, ``Σ_i w_i·ℓ_i / Σ_i w_i`` (``w_i = 1`` when
   ``sample_weight`` is None; 0 when all weights are 0). Losses are computed in float32.
+* A mode whose loss depends on the training step (:class:`SoftmaxHingeLoss`) keeps its step in a
+  weight: its calls only read it, and its owner calls :meth:`ModeLoss.finish_training_step` once
+  per training step, after every call of the step (a no-op for the other modes).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Type
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.losses.negatives import check_int
 from tfrec_towers.losses.temperature import check_real
 
 MASKED_LOGIT = float(np.finfo(np.float32).min / 100.0)
@@ -75,7 +79,8 @@ class ModeLoss(tf.keras.layers.Layer):
     """Base of the mode losses: casts to float32, takes the weighted mean of row losses.
 
     Subclasses implement ``_row_losses(positive_logits [batch], negative_logits
-    [batch, num_negatives], negative_mask [batch, num_negatives]) -> [batch]``. Unless a
+    [batch, num_negatives], negative_mask [batch, num_negatives]) -> [batch]``, and a subclass
+    with a step-dependent loss :meth:`finish_training_step`. Unless a
     subclass sets ``reads_masked_slots = False`` (its ``_row_losses`` selects a constant in
     masked slots and gives them an exact zero gradient), ``call`` first zeroes masked slots.
     A subclass that scores only one replica's square in-batch logits sets
@@ -88,6 +93,14 @@ class ModeLoss(tf.keras.layers.Layer):
     reads_masked_slots = True
     needs_square_in_batch_logits = False
     takes_log_sum_exp = False
+
+    def finish_training_step(self) -> None:
+        """Marks the end of one training step, after every call of the mode in it.
+
+        The loss that owns the mode (:class:`~tfrec_towers.losses.task.RetrievalLoss`) calls it once
+        per training call, never in evaluation; a mode whose loss depends on the step advances its
+        step counter here. The modes without state do nothing.
+        """
 
     def _row_losses(
         self,
@@ -278,6 +291,116 @@ class HingeLoss(_PairwiseLoss):
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_towers")
+class SoftmaxHingeLoss(HingeLoss):
+    """The sampled softmax moving to the hinge, or a weighted sum of both: ``ℓ_i = (1 − w_t)·ℓ^CE_i + w_t·ℓ^H_i``.
+
+    ``ℓ^CE_i`` is :class:`SampledSoftmaxLoss`'s row loss and ``ℓ^H_i`` :class:`HingeLoss`'s (margin
+    ``m``, ``hardest_negative_only`` honoured), over the same logits and mask; the reduction is the
+    weighted mean over rows, so the loss is ``L_t = (1 − w_t)·L_softmax + w_t·L_hinge`` with the same
+    sample weights in both. The hinge's weight follows the training step ``t``::
+
+        w_t = h · min(1, max(0, (t − s) / r))    (r > 0)
+        w_t = h · [t ≥ s]                        (r = 0)
+
+    ``h = hinge_weight``, ``s = hinge_start_steps``, ``r = hinge_ramp_steps``, ``t`` the training
+    steps finished before this one. ``s = r = 0`` is a constant weighted sum (``h = 0.5``: half each);
+    the defaults (``h = 1``, ``s = r = 0``) are the pure hinge from the first step.
+
+    Why: a hinge on each row's hardest negative started from random embeddings can collapse
+    ("selecting the hardest negatives can in practice lead to bad local minima early on in training
+    [...] a collapsed model", Schroff et al. 2015, FaceNet): every candidate scores the same for a
+    query, ``z_i = max_j z_ij``, and every row's loss is the constant margin ``m``. The sampled
+    softmax (Yi et al. 2019, "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+    Recommendations"), whose gradient is never zero, trains first, and the hinge takes over once
+    the scores have had time to spread (a curriculum) or trains beside it (a weighted sum). The
+    collapse monitor (:mod:`tfrec_towers.collapse`) flags a run that collapsed all the same, by its
+    score spread.
+
+    The loss reads every negative's logit (``takes_log_sum_exp`` is False), so a memory bank is
+    scored as a matrix, as for the hinge.
+
+    State: ``steps``, a non-trainable int64 weight (``t``), saved by checkpoints and, under
+    ``tf.distribute``, mirrored with ``ONLY_FIRST_REPLICA`` aggregation (the same on every replica).
+    Calls only read it; :meth:`finish_training_step` adds 1 (``RetrievalLoss`` calls it once per
+    training call, after the mode's calls of the step; never in evaluation). ``w_t`` is computed
+    from it in the graph. ``get_config`` holds the hyper-parameters only: a layer built from a
+    config starts at step 0 until a checkpoint restores ``steps``.
+    """
+
+    def __init__(
+        self,
+        margin: Optional[float] = None,
+        hardest_negative_only: bool = False,
+        hinge_weight: float = 1.0,
+        hinge_start_steps: int = 0,
+        hinge_ramp_steps: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        """Initializes the loss.
+
+        Args:
+          margin: ``m > 0``, required: the hinge's logit gap the positive must keep over a negative.
+          hardest_negative_only: the hinge uses only each row's hardest valid negative.
+          hinge_weight: ``h`` in ``(0, 1]``, the hinge's weight once the ramp is over.
+          hinge_start_steps: ``s ≥ 0``, training steps of the softmax alone.
+          hinge_ramp_steps: ``r ≥ 0``, training steps over which ``w_t`` rises linearly from 0 to
+            ``h`` (0: it jumps to ``h`` at step ``s``).
+          **kwargs: passed to ``tf.keras.layers.Layer`` (``name``).
+
+        Raises:
+          ValueError: naming the argument, if ``margin`` is missing or not positive,
+            ``hardest_negative_only`` is not a bool, ``hinge_weight`` is outside ``(0, 1]``, or a
+            step count is not an int ≥ 0.
+        """
+        super().__init__(margin=margin, hardest_negative_only=hardest_negative_only, **kwargs)
+        self.hinge_weight = check_real("hinge_weight", hinge_weight, 0.0, 1.0, low_open=True)
+        self.hinge_start_steps = check_int("hinge_start_steps", hinge_start_steps, 0)
+        self.hinge_ramp_steps = check_int("hinge_ramp_steps", hinge_ramp_steps, 0)
+        self.steps = self.add_weight(
+            name="steps",
+            shape=[],
+            dtype=tf.int64,
+            initializer="zeros",
+            trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+    def current_hinge_weight(self) -> tf.Tensor:
+        """``w_t`` of the step counter's ``t``, float32 scalar, computed in the graph.
+
+        Returns:
+          ``h · min(1, max(0, (t − s) / r))`` for ``r > 0``, ``h · [t ≥ s]`` for ``r = 0``.
+        """
+        elapsed = self.steps.read_value() - self.hinge_start_steps
+        if self.hinge_ramp_steps > 0:
+            # clipped in int64 before the cast, so the share is exact however long the run
+            done = tf.clip_by_value(elapsed, tf.constant(0, tf.int64), tf.constant(self.hinge_ramp_steps, tf.int64))
+            share = tf.cast(done, tf.float32) / float(self.hinge_ramp_steps)
+        else:
+            share = tf.cast(elapsed >= 0, tf.float32)
+        return self.hinge_weight * share
+
+    def finish_training_step(self) -> None:
+        """Advances ``t`` by one: the step's calls are done."""
+        self.steps.assign_add(1)
+
+    def _row_losses(self, positive_logits, negative_logits, negative_mask):
+        weight = self.current_hinge_weight()
+        softmax = _softmax_row_losses(positive_logits, negative_logits, negative_mask)
+        hinge = super()._row_losses(positive_logits, negative_logits, negative_mask)
+        return (1.0 - weight) * softmax + weight * hinge
+
+    def get_config(self) -> Dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            hinge_weight=self.hinge_weight,
+            hinge_start_steps=self.hinge_start_steps,
+            hinge_ramp_steps=self.hinge_ramp_steps,
+        )
+        return config
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_towers")
 class SymmetricSoftmaxLoss(ModeLoss):
     """CLIP-style symmetric in-batch softmax: ``ℓ_i = (1 − w)·CE_row_i + w·CE_column_i``.
 
@@ -337,13 +460,14 @@ class SymmetricSoftmaxLoss(ModeLoss):
         return config
 
 
-ModeName = Literal["softmax", "bce", "bpr", "hinge", "symmetric"]
+ModeName = Literal["softmax", "bce", "bpr", "hinge", "softmax_hinge", "symmetric"]
 
 MODE_LOSSES: Mapping[str, Type[ModeLoss]] = {
     "softmax": SampledSoftmaxLoss,
     "bce": BinaryCrossEntropyLoss,
     "bpr": BPRLoss,
     "hinge": HingeLoss,
+    "softmax_hinge": SoftmaxHingeLoss,
     "symmetric": SymmetricSoftmaxLoss,
 }
 
@@ -365,7 +489,8 @@ def make_mode_loss(name: ModeName, **kwargs: Any) -> ModeLoss:
 
     Args:
       name: ``"softmax"`` (list-wise, default), ``"bce"`` (point-wise), ``"bpr"`` or
-        ``"hinge"`` (pair-wise), ``"symmetric"`` (CLIP-style, in-batch square logits).
+        ``"hinge"`` (pair-wise), ``"softmax_hinge"`` (the softmax moving to the hinge, or a
+        weighted sum of both), ``"symmetric"`` (CLIP-style, in-batch square logits).
       **kwargs: the mode's options (see :func:`mode_options`), e.g. ``margin`` for
         hinge; the layer gets the default name of its class.
 

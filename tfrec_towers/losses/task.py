@@ -24,11 +24,14 @@ For a batch of B (query, positive candidate) pairs with embeddings q_i, v_i and 
        Q_y = B · p_y + (1 − (1 − p_y)^W) + B' · q_y;
 
    the bank's rows may also be weighted in the softmax's partition sum, w · exp(z_ij) (``memory_bank_weight``);
-4. a mode turns logits into a loss: sampled softmax (default), BCE, BPR, hinge or the symmetric
-   (CLIP-style) in-batch softmax; with adaptive margins the item-anchored term is added:
-   L = (1 − w) · L_query + w · L_item;
-5. in training, the frequency estimator sees the batch's ids and the bank enqueues the batch's
-   candidate embeddings (after they were read, without gradient).
+4. a mode turns logits into a loss: sampled softmax (default), BCE, BPR, hinge, the softmax moving
+   to the hinge or the symmetric (CLIP-style) in-batch softmax; with adaptive margins the
+   item-anchored term is added: L = (1 − w) · L_query + w · L_item;
+5. in training, the frequency estimator sees the batch's ids, the bank enqueues the batch's
+   candidate embeddings (after they were read, without gradient) and the mode finishes the step
+   (``ModeLoss.finish_training_step``, once per call however often the mode was called: the split
+   by tower and the item-anchored term call it more than once; the softmax-to-hinge curriculum
+   counts its steps there).
 
 Which tower the bank trains. The bank's rows are constants, so in one softmax over every negative
 (CBNS as published, ``bank_trains_candidate_tower=True``) the candidate tower is pulled towards
@@ -290,6 +293,8 @@ class RetrievalLoss(tf.keras.layers.Layer):
             )
         if self.memory_bank is not None and training:
             self.memory_bank.enqueue(batch.embeddings, batch.ids, batch_log_p)
+        if training:  # once per step, after every call of the mode above
+            self.mode.finish_training_step()
         if replicas > 1:
             loss = _share_of_global_mean(loss, candidate_ids, sample_weight)
         return loss
