@@ -148,6 +148,10 @@ COMPANIONS = {
     },
     "loss.margin": {"loss.mode": "hinge", "loss.margin": 0.2},
     "loss.hardest_negative_only": {"loss.mode": "bpr", "loss.hardest_negative_only": True},
+    "loss.memory_bank_refresh_every_steps": {
+        "loss.memory_bank_size": 4096,
+        "loss.memory_bank_refresh_every_steps": 200,
+    },
     "loss.hinge_weight": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_weight": 0.5},
     "loss.hinge_start_steps": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_start_steps": 100},
     "loss.hinge_ramp_steps": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_ramp_steps": 500},

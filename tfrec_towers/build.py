@@ -214,6 +214,7 @@ def build_model(
         task=task,
         mixed_negatives=sampler,
         sample_weight_feature=sample_weight_feature,
+        bank_refresh_every_steps=config.loss.memory_bank_refresh_every_steps,
     )
     model.compile(
         optimizer=make_optimizer(config.training, total_steps), steps_per_execution=config.training.steps_per_execution

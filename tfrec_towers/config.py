@@ -329,6 +329,9 @@ class LossConfig:
         chance that the id is among the bank's rows, ``1 − (1 − p_y)^M``, not ``M · p_y``).
       memory_bank_weight: the weight ``w > 0`` of each bank row in the softmax's partition sum
         (default 1; the softmax mode only).
+      memory_bank_refresh_every_steps: re-encode the bank's stored ids with the current candidate
+        tower every N training steps, from the mixed negatives' corpus (needs ``mixed_negatives``;
+        0: off, default).
       memory_bank_trains: ``query_tower`` (default): the bank's rows enter the query tower's
         softmax only, and the candidate tower learns from the softmax without them, so its pull
         towards the queries and its push from the negatives balance; ``both_towers``: one softmax
@@ -359,6 +362,7 @@ class LossConfig:
     memory_bank_warmup_fraction: float = 0.5
     memory_bank_deduplicate: bool = False
     memory_bank_weight: float = 1.0
+    memory_bank_refresh_every_steps: int = 0
     memory_bank_trains: Literal["query_tower", "both_towers"] = "query_tower"
     mixed_negatives: int = 512
     mixed_negatives_alpha: float = 0.0
@@ -408,7 +412,12 @@ class LossConfig:
                 "`loss.mixed_negatives_alpha` draws the mixed negatives by the training counts' popularity, whose "
                 "logQ is exact only with `loss.logq: counts` (or none); `loss.logq` is 'streaming'."
             )
-        for name in ("memory_bank_size", "memory_bank_warmup_steps", "mixed_negatives"):
+        for name in (
+            "memory_bank_size",
+            "memory_bank_warmup_steps",
+            "mixed_negatives",
+            "memory_bank_refresh_every_steps",
+        ):
             _require(getattr(self, name) >= 0, f"loss.{name}", "≥ 0 (0 turns it off)", getattr(self, name))
         _require(
             math.isfinite(self.memory_bank_warmup_fraction) and 0.0 <= self.memory_bank_warmup_fraction < 1.0,
@@ -422,6 +431,11 @@ class LossConfig:
             "a positive float (each bank row's weight in the softmax)",
             self.memory_bank_weight,
         )
+        if self.memory_bank_refresh_every_steps and not (self.memory_bank_size and self.mixed_negatives):
+            raise ConfigError(
+                "`loss.memory_bank_refresh_every_steps` re-encodes the memory bank's rows from the mixed negatives' "
+                "corpus: it needs `loss.memory_bank_size` > 0 and `loss.mixed_negatives` > 0."
+            )
         if self.memory_bank_weight != 1.0 and self.mode != "softmax":
             raise ConfigError(
                 "`loss.memory_bank_weight` weighs the bank's rows in the softmax's partition sum: it needs "

@@ -21,7 +21,7 @@ import tensorflow_recommenders as tfrs
 from tfrec_towers.encoders import build_embedding_tables
 from tfrec_towers.features import FeatureSpec, feature_from_dict
 from tfrec_towers.history_encoders import HistoryEncoderConfig
-from tfrec_towers.losses.negatives import NegativeSet
+from tfrec_towers.losses.negatives import NegativeSet, check_int
 from tfrec_towers.losses.task import in_batch_softmax_task
 from tfrec_towers.towers import Tower, TowerConfig
 
@@ -43,6 +43,11 @@ class TwoTowerModel(tfrs.Model):
         (Yang et al., WWW 2020).
       sample_weight_feature: a feature holding each example's weight in the loss (e.g. an
         interaction's weight); ``fit`` on ``(features, sample_weight)`` pairs works too.
+      bank_refresh_every_steps: ``N > 0``: every ``N`` training steps, before the task reads its
+        memory bank, the stored candidates are re-encoded by the current candidate tower from
+        ``mixed_negatives``' corpus (:meth:`~tfrec_towers.losses.memory_bank.CrossBatchMemoryBank.refresh`,
+        inference mode, no gradient), so the bank's rows are never more than ``N`` steps stale; 0: off.
+        Needs a task with a ``memory_bank`` and ``mixed_negatives``.
 
     Works with ``compile``/``fit``/``evaluate``, Keras callbacks and ``tf.train.Checkpoint``.
 
@@ -62,6 +67,7 @@ class TwoTowerModel(tfrs.Model):
         task: Optional[tf.keras.layers.Layer] = None,
         mixed_negatives: Optional[tf.keras.layers.Layer] = None,
         sample_weight_feature: Optional[str] = None,
+        bank_refresh_every_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -71,6 +77,12 @@ class TwoTowerModel(tfrs.Model):
         self.task = task if task is not None else in_batch_softmax_task()
         self.mixed_negatives = mixed_negatives
         self.sample_weight_feature = sample_weight_feature
+        self.bank_refresh_every_steps = check_int("bank_refresh_every_steps", bank_refresh_every_steps, 0)
+        if self.bank_refresh_every_steps and (getattr(task, "memory_bank", None) is None or mixed_negatives is None):
+            raise ValueError(
+                "`bank_refresh_every_steps` re-encodes a memory bank's rows from the mixed negatives' corpus: "
+                "it needs a `task` with a `memory_bank` and `mixed_negatives`."
+            )
         self._xla_training = False
 
     @property
@@ -130,6 +142,8 @@ class TwoTowerModel(tfrs.Model):
         extra = {}
         if sample_weight is not None:
             extra["sample_weight"] = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+        if self.bank_refresh_every_steps and training:
+            self._refresh_bank_when_due()
         if self.mixed_negatives is not None and training:
             sampled, sampled_ids, log_q = self.mixed_negatives.sample()
             embeddings = self.candidate_tower(sampled, training=training)
@@ -142,6 +156,24 @@ class TwoTowerModel(tfrs.Model):
             training=training,
             **extra,
         )
+
+    def _refresh_bank_when_due(self) -> None:
+        """Re-encodes the memory bank's rows at every ``bank_refresh_every_steps``-th step (from the first
+        step after ``N`` enqueues on), from the mixed negatives' corpus."""
+        assert self.mixed_negatives is not None  # checked in __init__
+        bank, corpus = self.task.memory_bank, self.mixed_negatives.corpus
+        steps = bank.steps.read_value()
+
+        def encode(rows: tf.Tensor) -> tf.Tensor:
+            return self.candidate_tower(
+                {name: tf.gather(column, rows) for name, column in corpus.items()}, training=False
+            )
+
+        def refresh() -> tf.Tensor:
+            return bank.refresh(corpus[self.candidate_id], encode)
+
+        due = tf.logical_and(steps > 0, tf.equal(steps % self.bank_refresh_every_steps, 0))
+        tf.cond(due, refresh, lambda: tf.zeros([], tf.int64))
 
     def get_config(self) -> Dict[str, Any]:
         """Towers, candidate id, and the task and sampler when they are serialisable layers:
@@ -159,6 +191,7 @@ class TwoTowerModel(tfrs.Model):
             "task": serialize(self.task) if task_is_serialisable else None,
             "mixed_negatives": serialize(self.mixed_negatives) if self.mixed_negatives is not None else None,
             "sample_weight_feature": self.sample_weight_feature,
+            "bank_refresh_every_steps": self.bank_refresh_every_steps,
         }
 
     @classmethod

@@ -134,3 +134,27 @@ def add_corpus_weights(
         for name, column in schema.items()
     }
     return schema, weights
+
+
+def corpus_rows(corpus_ids: tf.Tensor, ids: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The corpus row of each id: ``(rows int64 [K], found bool [K])``, ``rows`` 0 where not found.
+
+    ``corpus_ids`` ``[N]`` (distinct, int64 or string) are sorted by a 64-bit key (the id itself, or
+    a string's fingerprint) and each id is located by binary search, ``O((N + K) log N)``; a match
+    is confirmed on the ids themselves, so a fingerprint collision can only miss, never mismatch.
+
+    Args:
+      corpus_ids: ``[N]`` the corpus's ids.
+      ids: ``[K]`` ids to locate, of ``corpus_ids``' dtype.
+    """
+    ids = tf.convert_to_tensor(ids)
+
+    def key(values: tf.Tensor) -> tf.Tensor:
+        return tf.strings.to_hash_bucket_fast(values, 2**63 - 1) if values.dtype == tf.string else values
+
+    corpus_keys = key(corpus_ids)
+    order = tf.argsort(corpus_keys, stable=True)
+    position = tf.searchsorted(tf.gather(corpus_keys, order), key(ids), side="left", out_type=tf.int32)
+    rows = tf.gather(order, tf.minimum(position, tf.size(order) - 1))
+    found = tf.equal(tf.gather(corpus_ids, rows), ids)
+    return tf.where(found, tf.cast(rows, tf.int64), tf.zeros_like(rows, tf.int64)), found

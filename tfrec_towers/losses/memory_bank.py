@@ -9,10 +9,11 @@ Per step: ``negatives = in-batch ∪ bank.read()``; loss; ``bank.enqueue(batch)`
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal
+from typing import Any, Callable, Dict, Literal
 
 import tensorflow as tf
 
+from tfrec_towers.losses.corpus import corpus_rows
 from tfrec_towers.losses.negatives import NegativeSet, check_int
 
 IdDtype = Literal["int64", "string"]
@@ -169,6 +170,28 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
         self.log_q.scatter_update(tf.IndexedSlices(tf.gather(log_q, rows), slots))
         self.rows_written.assign_add(batch_size)
         self.steps.assign_add(1)
+
+    def refresh(self, corpus_ids: tf.Tensor, encode: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+        """Re-encodes the stored candidates with the current candidate tower, without gradient.
+
+        Every written slot whose id is in the corpus gets ``encode(rows)`` of its corpus row; a slot
+        never written, or whose id is not in the corpus, keeps its embedding. Ids, ``log_q``, the
+        write position and the step count are unchanged.
+
+        Args:
+          corpus_ids: ``[N]`` the corpus's distinct ids, of dtype ``id_dtype``.
+          encode: corpus row indices ``int64 [M]`` → their embeddings ``[M, d]`` (e.g. the candidate
+            tower on the corpus's rows).
+
+        Returns:
+          The number of slots re-encoded, int64 scalar.
+        """
+        rows, found = corpus_rows(corpus_ids, self.ids.read_value())
+        filled = tf.minimum(self.rows_written.read_value(), self.capacity)
+        update = tf.logical_and(found, tf.range(self.capacity, dtype=tf.int64) < filled)
+        fresh = tf.stop_gradient(tf.cast(encode(rows), tf.float32))
+        self.embeddings.assign(tf.where(update[:, tf.newaxis], fresh, self.embeddings.read_value()))
+        return tf.reduce_sum(tf.cast(update, tf.int64))
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
