@@ -133,13 +133,13 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
         warmed up and 0 before (the number of valid slots without ``deduplicate``)."""
         return tf.reduce_sum(tf.cast(self._window(), tf.int64))
 
+    def _written(self) -> tf.Tensor:
+        """``bool [M]``: the slots ever written, ``slot < min(R, M)``."""
+        return tf.range(self.capacity, dtype=tf.int64) < tf.minimum(self.rows_written.read_value(), self.capacity)
+
     def _window(self) -> tf.Tensor:
         """``bool [M]``: the written slots, all False during the warm-up."""
-        filled = tf.minimum(self.rows_written.read_value(), self.capacity)
-        return tf.logical_and(
-            tf.range(self.capacity, dtype=tf.int64) < filled,
-            self.steps.read_value() >= self.warmup_steps,
-        )
+        return tf.logical_and(self._written(), self.steps.read_value() >= self.warmup_steps)
 
     def enqueue(self, embeddings: tf.Tensor, ids: tf.Tensor, log_q: tf.Tensor) -> None:
         """Writes a batch over the oldest entries (one step), without gradient.
@@ -187,8 +187,7 @@ class CrossBatchMemoryBank(tf.keras.layers.Layer):
           The number of slots re-encoded, int64 scalar.
         """
         rows, found = corpus_rows(corpus_ids, self.ids.read_value())
-        filled = tf.minimum(self.rows_written.read_value(), self.capacity)
-        update = tf.logical_and(found, tf.range(self.capacity, dtype=tf.int64) < filled)
+        update = tf.logical_and(found, self._written())
         fresh = tf.stop_gradient(tf.cast(encode(rows), tf.float32))
         self.embeddings.assign(tf.where(update[:, tf.newaxis], fresh, self.embeddings.read_value()))
         return tf.reduce_sum(tf.cast(update, tf.int64))
