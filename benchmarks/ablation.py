@@ -40,13 +40,18 @@ ROWS = {
         "loss.logq=counts",
         "loss.memory_bank_size=2048",
         "loss.memory_bank_warmup_steps=200",
+        "loss.memory_bank_warmup_fraction=0",
     ],
     "+ logQ (counts) + mixed negatives": ["loss.logq=counts", "loss.mixed_negatives=512"],
     "+ logQ (counts) + adaptive margin/τ": ["loss.logq=counts", "loss.adaptive.enabled=true"],
 }
 THROUGHPUT_ROWS = {
     "in-batch softmax": [],
-    "logQ (streaming) + memory bank M=16384": ["loss.logq=streaming", "loss.memory_bank_size=16384"],
+    "logQ (streaming) + memory bank M=16384": [
+        "loss.logq=streaming",
+        "loss.memory_bank_size=16384",
+        "loss.memory_bank_warmup_fraction=0",
+    ],
 }
 
 

@@ -37,7 +37,7 @@ from tfrec_towers.config import ExperimentConfig, apply_overrides  # noqa: E402
 
 LOSSES = {
     "in-batch softmax + logQ (streaming)": ["loss.logq=streaming"],
-    "+ memory bank M=2048": ["loss.logq=streaming", "loss.memory_bank_size=2048"],
+    "+ memory bank M=2048": ["loss.logq=streaming", "loss.memory_bank_size=2048", "loss.memory_bank_warmup_fraction=0"],
 }
 STRATEGIES = {
     "1 replica": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),

@@ -36,8 +36,16 @@ BASELINE = "in-batch softmax"
 # name → overrides of the `loss` section; everything else is the default configuration.
 CONFIGURATIONS = {
     BASELINE: [],
-    "logQ (streaming) + memory bank M=2048": ["loss.logq=streaming", "loss.memory_bank_size=2048"],
-    "logQ (streaming) + memory bank M=16384": ["loss.logq=streaming", "loss.memory_bank_size=16384"],
+    "logQ (streaming) + memory bank M=2048": [
+        "loss.logq=streaming",
+        "loss.memory_bank_size=2048",
+        "loss.memory_bank_warmup_fraction=0",
+    ],
+    "logQ (streaming) + memory bank M=16384": [
+        "loss.logq=streaming",
+        "loss.memory_bank_size=16384",
+        "loss.memory_bank_warmup_fraction=0",
+    ],
 }
 
 

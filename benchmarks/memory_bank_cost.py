@@ -50,7 +50,10 @@ def _normalised(rng: np.random.Generator, rows: int, dim: int) -> tf.Tensor:
 
 def loss_step(bank_size: int, batch: int, dim: int, seed: int) -> Callable[[], tf.Tensor]:
     """One forward and backward pass of the configured loss with a bank of ``bank_size`` (0: none)."""
-    config = apply_overrides(ExperimentConfig(), [f"loss.memory_bank_size={bank_size}", "loss.mixed_negatives=0"])
+    config = apply_overrides(
+        ExperimentConfig(),
+        [f"loss.memory_bank_size={bank_size}", "loss.memory_bank_warmup_fraction=0", "loss.mixed_negatives=0"],
+    )
     rng = np.random.default_rng(seed)
     training_ids = rng.integers(0, NUM_ITEMS, size=20 * NUM_ITEMS)
     task = build_retrieval_task(config.loss, config.model.temperature, dim, "int64", training_ids=training_ids)
