@@ -96,3 +96,37 @@ def test_chunk_size_must_be_positive():
             np.array([1, 2, 3]),
             chunk_size=0,
         )
+
+
+@pytest.mark.parametrize("id_dtype", ["int64", "string"])
+@pytest.mark.parametrize("scale, bounded", [(0.5, True), (30.0, False)])
+def test_the_fixed_shift_and_the_running_maximum_both_match_numpy(scale, bounded, id_dtype):
+    from tfrec_towers.losses.streamed_logsumexp import SAFE_GAP, _logit_range
+
+    rng = np.random.default_rng(4)
+    queries = rng.normal(size=(8, 6)).astype(np.float32) * scale
+    stored = rng.normal(size=(50, 6)).astype(np.float32)
+    offsets = rng.normal(size=50).astype(np.float32)
+    valid = rng.random(50) < 0.9
+    entry_ids = rng.integers(0, 4, size=50)  # many accidental hits: every positive appears ~12 times
+    positive_ids = rng.integers(0, 5, size=8)  # id 4 has none
+    # the logit range by hand: 2‖q‖·max‖e‖ + the spread of −o over the valid entries
+    entry_norm = np.linalg.norm(stored[valid], axis=1).max()
+    gap = 2 * np.linalg.norm(queries, axis=1) * entry_norm + (offsets[valid].max() - offsets[valid].min())
+    got_gap, got_shift = _logit_range(
+        tf.constant(queries), tf.constant(stored), tf.constant(offsets), tf.constant(valid)
+    )
+    np.testing.assert_allclose(got_gap.numpy(), gap, rtol=1e-5)
+    np.testing.assert_allclose(
+        got_shift.numpy(), np.linalg.norm(queries, axis=1) * entry_norm - offsets[valid].min(), rtol=1e-5
+    )
+    assert bool((gap <= SAFE_GAP).all()) == bounded
+    expected, expected_gradient = _reference(queries, stored, offsets, valid, positive_ids, entry_ids)
+    if id_dtype == "string":
+        entry_ids, positive_ids = (np.array([f"item-{i}" for i in x], object) for x in (entry_ids, positive_ids))
+    anchors = tf.Variable(queries)
+    with tf.GradientTape() as tape:
+        value = streamed_log_sum_exp(anchors, stored, offsets, valid, positive_ids, entry_ids, chunk_size=16)
+    gradient = tape.gradient(value, anchors)
+    np.testing.assert_allclose(value.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gradient.numpy(), expected_gradient, rtol=1e-4, atol=1e-5)

@@ -22,6 +22,21 @@ stored entries take no gradient,
 is already known: backwards costs one ``[B, d]`` product, with no second pass over the entries.
 Only one ``[B, chunk]`` block of logits exists at a time, small enough to stay in cache.
 
+A fixed shift when the logits are bounded. The running maximum costs a pass over every chunk
+(the maximum, the rescaling, the mask). When the logits' range is known in advance it is not
+needed: by Cauchy–Schwarz every valid entry's logit lies within
+
+    z_ij − o_j ≤ c_i = ‖q_i‖ · max_j ‖e_j‖ + max_j (−o_j),
+
+and the largest kept logit of a row is at least ``c_i − g_i`` with ``g_i = 2‖q_i‖ max_j ‖e_j‖ +
+(max_j (−o_j) − min_j (−o_j))``. When every ``g_i ≤ 80`` (L2-normalised towers at any temperature
+above 0.025, say) every ``exp(z − c_i)`` of a kept entry that matters is a normal float32, so the
+chunks are summed against the fixed ``c_i``: the offsets and the shift ride in the product as two
+extra columns (``[q_i, 1, −c_i] · [e_j, −o_j, 1]``), an empty slot's offset is −10³⁰, and the
+accidental hits (a few pairs found by sorting the entries' ids) are set to −10³⁰ in their chunk,
+in place. Per chunk that leaves the two products, one ``exp`` and one sum. Otherwise the running
+maximum is used.
+
 A row with no valid entry gets ``L_i = −∞`` (its share of the softmax is empty) and a zero gradient.
 """
 
@@ -35,6 +50,12 @@ MASKED = float(np.finfo(np.float32).min / 100.0)
 
 DEFAULT_CHUNK = 2048
 """Entries per chunk: ``[512, 2048]`` float32 logits are 4 MiB, about what a core's cache holds."""
+
+SAFE_GAP = 80.0
+"""The largest logit range ``g_i`` summed against a fixed shift: ``exp(−80) ≈ 1.8e-35`` is a normal float32."""
+
+_LEFT_OUT = -1e30
+"""The logit of a left-out entry in the fixed-shift sum: ``exp`` of it is exactly 0."""
 
 
 def streamed_log_sum_exp(
@@ -74,13 +95,95 @@ def streamed_log_sum_exp(
     entries = tf.stop_gradient(tf.where(valid[:, tf.newaxis], tf.cast(entries, tf.float32), 0.0))
     offsets = tf.stop_gradient(tf.where(valid, tf.cast(offsets, tf.float32), 0.0))
 
+    valid, positive_ids, entry_ids = (tf.convert_to_tensor(x) for x in (valid, positive_ids, entry_ids))
+    gap, shift = _logit_range(tf.stop_gradient(queries), entries, offsets, valid)
+    bounded = tf.logical_and(tf.reduce_any(valid), tf.reduce_all(gap <= SAFE_GAP))
+    return tf.cond(
+        bounded,
+        lambda: _fixed_shift_log_sum_exp(
+            queries, entries, offsets, valid, positive_ids, entry_ids, shift, chunk_size, int(num_entries)
+        ),
+        lambda: _running_max_log_sum_exp(
+            queries, entries, offsets, valid, positive_ids, entry_ids, chunk_size, int(num_entries)
+        ),
+    )
+
+
+def _logit_range(queries: tf.Tensor, entries: tf.Tensor, offsets: tf.Tensor, valid: tf.Tensor):
+    """``(g [B], c [B])``: each row's logit range over the valid entries and its upper bound (module docstring)."""
+    query_norms = tf.norm(queries, axis=1)
+    entry_norm = tf.reduce_max(tf.where(valid, tf.norm(entries, axis=1), 0.0))
+    highest = tf.reduce_max(tf.where(valid, -offsets, -np.inf))
+    lowest = tf.reduce_min(tf.where(valid, -offsets, np.inf))
+    return 2.0 * query_norms * entry_norm + (highest - lowest), query_norms * entry_norm + highest
+
+
+def _id_keys(ids: tf.Tensor) -> tf.Tensor:
+    """A sortable int64 key per id: the id, or a string's 64-bit fingerprint."""
+    return tf.strings.to_hash_bucket_fast(ids, 2**63 - 1) if ids.dtype == tf.string else tf.cast(ids, tf.int64)
+
+
+def _accidental_hits(positive_ids: tf.Tensor, entry_ids: tf.Tensor):
+    """``(rows [P], slots [P])``: every pair of a row and an entry holding the row's positive id,
+    found by sorting the entries' keys and locating each positive's range, ``O((B + M) log M + P)``."""
+    keys = _id_keys(entry_ids)
+    order = tf.argsort(keys, stable=True)
+    sorted_keys = tf.gather(keys, order)
+    wanted = _id_keys(positive_ids)
+    low = tf.searchsorted(sorted_keys, wanted, side="left", out_type=tf.int32)
+    counts = tf.searchsorted(sorted_keys, wanted, side="right", out_type=tf.int32) - low
+    rows = tf.repeat(tf.range(tf.size(counts)), counts)
+    within = tf.range(tf.reduce_sum(counts)) - tf.repeat(tf.cumsum(counts, exclusive=True), counts)
+    slots = tf.gather(order, tf.repeat(low, counts) + within)
+    same = tf.equal(tf.gather(entry_ids, slots), tf.gather(positive_ids, rows))  # a fingerprint collision is no hit
+    return tf.boolean_mask(rows, same), tf.boolean_mask(slots, same)
+
+
+def _fixed_shift_log_sum_exp(queries, entries, offsets, valid, positive_ids, entry_ids, shift, chunk_size, num_entries):
+    """The sum against the fixed shift ``c``: per chunk the augmented product, the hits set aside, ``exp``, the sum."""
+    stored = tf.concat(
+        [entries, tf.where(valid, -offsets, _LEFT_OUT)[:, tf.newaxis], tf.ones([num_entries, 1], tf.float32)], axis=1
+    )
+    hit_rows, hit_slots = _accidental_hits(positive_ids, entry_ids)
+
+    @tf.custom_gradient
+    def log_sum_exp(anchors: tf.Tensor):
+        batch = tf.shape(anchors)[0]
+        augmented = tf.concat([anchors, tf.ones([batch, 1]), -shift[:, tf.newaxis]], axis=1)
+        total = tf.zeros([batch], tf.float32)
+        weighted = tf.zeros_like(anchors)
+        for start in range(0, num_entries, chunk_size):
+            end = min(start + chunk_size, num_entries)
+            logits = tf.matmul(augmented, stored[start:end], transpose_b=True)  # z − o − c
+            in_chunk = tf.logical_and(hit_slots >= start, hit_slots < end)
+            pairs = tf.stack(
+                [tf.boolean_mask(hit_rows, in_chunk), tf.boolean_mask(hit_slots, in_chunk) - start], axis=1
+            )
+            logits = tf.tensor_scatter_nd_update(logits, pairs, tf.fill(tf.shape(pairs)[:1], _LEFT_OUT))
+            weights = tf.exp(logits)
+            total = total + tf.reduce_sum(weights, axis=1)
+            weighted = weighted + tf.matmul(weights, entries[start:end])
+        result = tf.where(total > 0.0, shift + tf.math.log(tf.maximum(total, 1e-37)), -np.inf)
+        mean_entry = tf.math.divide_no_nan(weighted, total[:, tf.newaxis])
+
+        def gradient(upstream: tf.Tensor) -> tf.Tensor:
+            return tf.cast(upstream, tf.float32)[:, tf.newaxis] * mean_entry
+
+        return result, gradient
+
+    return log_sum_exp(queries)
+
+
+def _running_max_log_sum_exp(queries, entries, offsets, valid, positive_ids, entry_ids, chunk_size, num_entries):
+    """The sum against a running maximum, rescaled chunk by chunk (any logits)."""
+
     @tf.custom_gradient
     def log_sum_exp(anchors: tf.Tensor):
         batch = tf.shape(anchors)[0]
         shift = tf.fill([batch], MASKED)
         total = tf.zeros([batch], tf.float32)
         weighted = tf.zeros_like(anchors)
-        for start in range(0, int(num_entries), chunk_size):
+        for start in range(0, num_entries, chunk_size):
             rows = entries[start : start + chunk_size]
             keep = tf.logical_and(
                 valid[tf.newaxis, start : start + chunk_size],
