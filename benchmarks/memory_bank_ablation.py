@@ -20,7 +20,7 @@ Besides HR@10, NDCG@10 and HR@50 (mean ± std over seeds, ddof = 1) the table gi
 length of the L2-normalised candidate embeddings at the end of training (the collapse check's
 statistic, ``mean_resultant_length`` in the run's history: 1 when every item points the same way; the
 table shows the mean and the largest over seeds). ``--processes 2`` trains two data sets at once, one
-process each. Writes ``benchmarks/results/memory_bank_ablation.{json,md}``.
+process each. Writes ``benchmarks/results/NAME.{json,md}`` (``--name``, default ``memory_bank_ablation``).
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def main() -> None:
     )
     parser.add_argument("--processes", type=int, default=1, help="data sets trained at once, one process each")
     parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--name", default="memory_bank_ablation", help="the results' file stem")
     args = parser.parse_args()
 
     command = " ".join(["python", "benchmarks/memory_bank_ablation.py", *sys.argv[1:]])
@@ -161,7 +162,7 @@ def main() -> None:
                 "overrides": args.set,
                 "results": {n: results[n] for n in done},
             }
-            write_results(Path(args.output_dir), "memory_bank_ablation", payload, "\n".join(tables))
+            write_results(Path(args.output_dir), args.name, payload, "\n".join(tables))
     print("\n".join(tables))
 
 
