@@ -62,7 +62,7 @@ DATASETS: Dict[str, Tuple[List[str], int]] = {
         4096,
     ),
     "synthetic-200k": (
-        ["data.dataset=synthetic", "data.num_items=200000", "data.num_users=10000", "data.interactions_per_user=20"],
+        ["data.dataset=synthetic", "data.num_items=200000", "data.num_users=5000", "data.interactions_per_user=20"],
         16384,
     ),
     "ml-100k": (["data.dataset=movielens", "data.data_dir={root}/ml-100k"], 2048),
