@@ -109,6 +109,18 @@ def streamed_log_sum_exp(
     )
 
 
+def _value_and_gradient(shift: tf.Tensor, total: tf.Tensor, weighted: tf.Tensor):
+    """``L = c + log s`` (``−∞`` for an empty row) and its gradient ``u / s`` times the upstream, from the
+    shift ``c``, the sum ``s = Σ e^{z − c}`` and the weighted sum ``u = Σ e^{z − c} e_j`` of each row."""
+    result = tf.where(total > 0.0, shift + tf.math.log(tf.maximum(total, 1e-37)), -np.inf)
+    mean_entry = tf.math.divide_no_nan(weighted, total[:, tf.newaxis])
+
+    def gradient(upstream: tf.Tensor) -> tf.Tensor:
+        return tf.cast(upstream, tf.float32)[:, tf.newaxis] * mean_entry
+
+    return result, gradient
+
+
 def _logit_range(queries: tf.Tensor, entries: tf.Tensor, offsets: tf.Tensor, valid: tf.Tensor):
     """``(g [B], c [B])``: each row's logit range over the valid entries and its upper bound (module docstring)."""
     query_norms = tf.norm(queries, axis=1)
@@ -163,13 +175,7 @@ def _fixed_shift_log_sum_exp(queries, entries, offsets, valid, positive_ids, ent
             weights = tf.exp(logits)
             total = total + tf.reduce_sum(weights, axis=1)
             weighted = weighted + tf.matmul(weights, entries[start:end])
-        result = tf.where(total > 0.0, shift + tf.math.log(tf.maximum(total, 1e-37)), -np.inf)
-        mean_entry = tf.math.divide_no_nan(weighted, total[:, tf.newaxis])
-
-        def gradient(upstream: tf.Tensor) -> tf.Tensor:
-            return tf.cast(upstream, tf.float32)[:, tf.newaxis] * mean_entry
-
-        return result, gradient
+        return _value_and_gradient(shift, total, weighted)
 
     return log_sum_exp(queries)
 
@@ -198,12 +204,6 @@ def _running_max_log_sum_exp(queries, entries, offsets, valid, positive_ids, ent
             total = total * rescale + tf.reduce_sum(weights, axis=1)
             weighted = weighted * rescale[:, tf.newaxis] + tf.matmul(weights, rows)
             shift = new_shift
-        result = tf.where(total > 0.0, shift + tf.math.log(tf.maximum(total, 1e-30)), -np.inf)
-        mean_entry = tf.math.divide_no_nan(weighted, total[:, tf.newaxis])
-
-        def gradient(upstream: tf.Tensor) -> tf.Tensor:
-            return tf.cast(upstream, tf.float32)[:, tf.newaxis] * mean_entry
-
-        return result, gradient
+        return _value_and_gradient(shift, total, weighted)
 
     return log_sum_exp(queries)
