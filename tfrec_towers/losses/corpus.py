@@ -136,25 +136,37 @@ def add_corpus_weights(
     return schema, weights
 
 
+def id_keys(ids: tf.Tensor) -> tf.Tensor:
+    """A sortable int64 key per id: the id itself, or a string's 64-bit fingerprint."""
+    ids = tf.convert_to_tensor(ids)
+    return tf.strings.to_hash_bucket_fast(ids, 2**63 - 1) if ids.dtype == tf.string else tf.cast(ids, tf.int64)
+
+
+def sorted_id_ranges(ids: tf.Tensor, wanted: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Where each wanted id's key sits among ``ids`` sorted by key: ``(order [N], low [K], counts [K])``.
+
+    ``ids[order[low_k : low_k + counts_k]]`` are the ids whose key equals ``wanted_k``'s (found by binary
+    search, ``O((N + K) log N)``); callers confirm a match on the ids themselves, so a fingerprint
+    collision (:func:`id_keys`) can only be dropped, never taken for a match.
+    """
+    keys = id_keys(ids)
+    order = tf.argsort(keys, stable=True)
+    sorted_keys = tf.gather(keys, order)
+    wanted_keys = id_keys(wanted)
+    low = tf.searchsorted(sorted_keys, wanted_keys, side="left", out_type=tf.int32)
+    counts = tf.searchsorted(sorted_keys, wanted_keys, side="right", out_type=tf.int32) - low
+    return order, low, counts
+
+
 def corpus_rows(corpus_ids: tf.Tensor, ids: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """The corpus row of each id: ``(rows int64 [K], found bool [K])``, ``rows`` 0 where not found.
 
-    ``corpus_ids`` ``[N]`` (distinct, int64 or string) are sorted by a 64-bit key (the id itself, or
-    a string's fingerprint) and each id is located by binary search, ``O((N + K) log N)``; a match
-    is confirmed on the ids themselves, so a fingerprint collision can only miss, never mismatch.
-
     Args:
-      corpus_ids: ``[N]`` the corpus's ids.
-      ids: ``[K]`` ids to locate, of ``corpus_ids``' dtype.
+      corpus_ids: ``[N]`` the corpus's distinct ids (int64 or string).
+      ids: ``[K]`` ids to locate, of ``corpus_ids``' dtype (:func:`sorted_id_ranges`).
     """
     ids = tf.convert_to_tensor(ids)
-
-    def key(values: tf.Tensor) -> tf.Tensor:
-        return tf.strings.to_hash_bucket_fast(values, 2**63 - 1) if values.dtype == tf.string else values
-
-    corpus_keys = key(corpus_ids)
-    order = tf.argsort(corpus_keys, stable=True)
-    position = tf.searchsorted(tf.gather(corpus_keys, order), key(ids), side="left", out_type=tf.int32)
-    rows = tf.gather(order, tf.minimum(position, tf.size(order) - 1))
+    order, low, _ = sorted_id_ranges(corpus_ids, ids)
+    rows = tf.gather(order, tf.minimum(low, tf.size(order) - 1))
     found = tf.equal(tf.gather(corpus_ids, rows), ids)
     return tf.where(found, tf.cast(rows, tf.int64), tf.zeros_like(rows, tf.int64)), found

@@ -45,6 +45,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.losses.corpus import sorted_id_ranges
+
 MASKED = float(np.finfo(np.float32).min / 100.0)
 """The logit of a left-out entry inside a chunk: finite, so ``MASKED − MASKED`` is 0, not NaN."""
 
@@ -130,20 +132,10 @@ def _logit_range(queries: tf.Tensor, entries: tf.Tensor, offsets: tf.Tensor, val
     return 2.0 * query_norms * entry_norm + (highest - lowest), query_norms * entry_norm + highest
 
 
-def _id_keys(ids: tf.Tensor) -> tf.Tensor:
-    """A sortable int64 key per id: the id, or a string's 64-bit fingerprint."""
-    return tf.strings.to_hash_bucket_fast(ids, 2**63 - 1) if ids.dtype == tf.string else tf.cast(ids, tf.int64)
-
-
 def _accidental_hits(positive_ids: tf.Tensor, entry_ids: tf.Tensor):
-    """``(rows [P], slots [P])``: every pair of a row and an entry holding the row's positive id,
-    found by sorting the entries' keys and locating each positive's range, ``O((B + M) log M + P)``."""
-    keys = _id_keys(entry_ids)
-    order = tf.argsort(keys, stable=True)
-    sorted_keys = tf.gather(keys, order)
-    wanted = _id_keys(positive_ids)
-    low = tf.searchsorted(sorted_keys, wanted, side="left", out_type=tf.int32)
-    counts = tf.searchsorted(sorted_keys, wanted, side="right", out_type=tf.int32) - low
+    """``(rows [P], slots [P])``: every pair of a row and an entry holding the row's positive id, from each
+    positive's range among the entries sorted by key (:func:`~tfrec_towers.losses.corpus.sorted_id_ranges`)."""
+    order, low, counts = sorted_id_ranges(entry_ids, positive_ids)
     rows = tf.repeat(tf.range(tf.size(counts)), counts)
     within = tf.range(tf.reduce_sum(counts)) - tf.repeat(tf.cumsum(counts, exclusive=True), counts)
     slots = tf.gather(order, tf.repeat(low, counts) + within)
