@@ -13,15 +13,24 @@ from tfrec_towers.history_encoders import (
     MeanHistoryEncoder,
     TransformerHistoryEncoder,
     make_history_encoder,
+    newest_positions,
 )
 from tfrec_towers.towers import Tower, TowerConfig
 
-ENCODERS = ["mean", "attention", "gru", "transformer"]
+ENCODERS = ["mean", "attention", "gru", "transformer", "transformer_from_newest"]
 
 
 def _encoder(kind):
+    positions = "from_newest" if kind == "transformer_from_newest" else "from_oldest"
     return make_history_encoder(
-        HistoryEncoderConfig(encoder=kind, num_layers=2, num_heads=2, dropout=0.1, max_length=8)
+        HistoryEncoderConfig(
+            encoder=kind.removesuffix("_from_newest"),
+            num_layers=2,
+            num_heads=2,
+            dropout=0.1,
+            max_length=8,
+            positions=positions,
+        )
     )
 
 
@@ -65,6 +74,39 @@ def test_padding_neither_its_amount_nor_its_content_changes_the_output(kind):
     np.testing.assert_allclose(summary, sequences[:, -1], atol=1e-6)  # the summary is the newest position
     empty = encoder(tf.constant(x), tf.zeros_like(mask)).numpy()
     np.testing.assert_allclose(empty, 0.0)
+
+
+def test_positions_from_newest_count_back_from_the_window_end_by_hand():
+    mask = tf.constant([[False, True, True, True], [True, True, True, True]])
+    np.testing.assert_array_equal(newest_positions(mask, 6).numpy(), [[2, 3, 4, 5], [2, 3, 4, 5]])
+    np.testing.assert_array_equal(newest_positions(mask, 3).numpy(), [[0, 0, 1, 2], [0, 0, 1, 2]])
+
+
+def test_transformer_from_newest_gives_the_newest_item_the_last_position():
+    tf.keras.utils.set_random_seed(3)
+    x, mask = _batch(5)
+    encoder = TransformerHistoryEncoder(num_layers=1, num_heads=1, dropout=0.0, max_length=8, positions="from_newest")
+    oldest = TransformerHistoryEncoder(num_layers=1, num_heads=1, dropout=0.0, max_length=8)
+    encoder(tf.constant(x), tf.constant(mask))
+    oldest(tf.constant(x), tf.constant(mask))
+    oldest.set_weights(encoder.get_weights())
+    # One valid item: its position is P − 1 from the newest, 0 from the oldest; with only rows 0 and
+    # P − 1 swapped, the two encoders agree.
+    single = np.zeros_like(mask)
+    single[:, -1] = True
+    table = encoder.positions.numpy()
+    swapped = table.copy()
+    swapped[[0, -1]] = table[[-1, 0]]
+    oldest.positions.assign(swapped)
+    np.testing.assert_allclose(
+        encoder(tf.constant(x), tf.constant(single)).numpy(),
+        oldest(tf.constant(x), tf.constant(single)).numpy(),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="`positions` must be one of"):
+        TransformerHistoryEncoder(positions="newest")
+    with pytest.raises(ValueError, match="`positions` must be one of"):
+        HistoryEncoderConfig(positions="newest")
 
 
 def test_mean_encoder_matches_numpy_prefix_means():
@@ -152,8 +194,10 @@ def _tower(kind, side=True):
     )
 
 
-@pytest.mark.parametrize("kind", ENCODERS)
+@pytest.mark.parametrize("kind", [k for k in ENCODERS if k != "transformer_from_newest"])
 def test_tower_sequence_embeddings_equal_the_per_prefix_queries(kind):
+    # (Positions counted back from the newest slot depend on where the window ends, so a prefix inside
+    # a sequence is read differently from the same prefix alone; SASRec trains that way.)
     tf.keras.utils.set_random_seed(9)
     tower = _tower(kind)
     history = np.array([[0, 0, 3, 5, 7, 11], [2, 4, 6, 8, 10, 12]], np.int64)

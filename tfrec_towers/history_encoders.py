@@ -15,7 +15,10 @@ Padding never changes a valid position's output, however much of it there is.
   embeddings, dropout and layer norm (SASRec; pre-norm as in Xiong et al., ICML 2020).
 
 Positions count valid items from the oldest (``n_l = Σ_{j ≤ l} m_j − 1``), so a prefix has the same
-positions whether it is read alone or inside a longer sequence, whatever the padding.
+positions whether it is read alone or inside a longer sequence, whatever the padding. The
+transformer can instead count them back from the newest slot of its window (``positions="from_newest"``,
+SASRec's right-aligned positions): the most recent item always has the last position, as the query
+of a serving request does.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 
 from tfrec_towers.encoders import MaskedPooling
-from tfrec_towers.tower_config import HISTORY_ENCODERS, HistoryEncoderConfig, HistoryEncoderName  # noqa: F401  (re-exported)
+from tfrec_towers.tower_config import (  # noqa: F401  (re-exported)
+    HISTORY_ENCODERS,
+    POSITIONS,
+    HistoryEncoderConfig,
+    HistoryEncoderName,
+)
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec_towers")
 
@@ -48,6 +56,7 @@ def make_history_encoder(config: HistoryEncoderConfig, name: str = "history_enco
             num_heads=config.num_heads,
             dropout=config.dropout,
             max_length=config.max_length,
+            positions=config.positions,
             name=name,
         )
     raise ValueError(f"`encoder`={config.encoder!r} pools inside the feature encoder: it has no history encoder layer.")
@@ -56,6 +65,15 @@ def make_history_encoder(config: HistoryEncoderConfig, name: str = "history_enco
 def valid_positions(mask: tf.Tensor) -> tf.Tensor:
     """``n_l = Σ_{j ≤ l} m_j − 1``: each valid item's index counted from the oldest, ``[B, L]`` int32."""
     return tf.cumsum(tf.cast(mask, tf.int32), axis=1) - 1
+
+
+def newest_positions(mask: tf.Tensor, max_length: int) -> tf.Tensor:
+    """``p_l = max(0, P − L + l)`` for a window of ``L`` slots and ``P = max_length`` positions: each
+    slot's position counted back from the window's newest slot (which gets ``P − 1``), ``[B, L]`` int32;
+    slots more than ``P − 1`` before the newest share position 0."""
+    length = tf.shape(mask)[1]
+    slots = tf.range(length) + (max_length - length)
+    return tf.broadcast_to(tf.maximum(slots, 0)[tf.newaxis], tf.shape(mask))
 
 
 def causal_mask(mask: tf.Tensor) -> tf.Tensor:
@@ -183,23 +201,36 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
         x⁰_l = dropout(e_l + P[n_l]);  xᵏ = xᵏ⁻¹ + dropout(MHA(LN(xᵏ⁻¹), causal));
         xᵏ ← xᵏ + dropout(FFN(LN(xᵏ)));  h = LN(x^K)
 
-    ``P`` holds ``max_length`` learned positional embeddings indexed by ``n_l``, the valid-item
-    index (later items share the last row); attention sees positions ``j ≤ l`` that are not padding.
+    ``P`` holds ``max_length`` learned positional embeddings indexed by ``n_l``: with
+    ``positions="from_oldest"`` (default) the valid-item index (later items share the last row), with
+    ``"from_newest"`` the slot counted back from the window's newest one (:func:`newest_positions`:
+    the most recent item always gets the last row, as in SASRec; older slots share row 0). Attention
+    sees positions ``j ≤ l`` that are not padding.
 
     Args:
       num_layers: ``K`` blocks.
       num_heads: attention heads (each of width ``max(1, d // num_heads)``).
       dropout: rate of every dropout, in [0, 1).
       max_length: learned positions.
+      positions: ``from_oldest`` or ``from_newest`` (see above).
 
     Call: ``embeddings [B, L, d]``, ``mask [B, L]`` bool → ``[B, d]``, or ``[B, L, d]`` with
     ``return_sequences=True``.
     """
 
     def __init__(
-        self, num_layers: int = 2, num_heads: int = 2, dropout: float = 0.2, max_length: int = 50, **kwargs: Any
+        self,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        dropout: float = 0.2,
+        max_length: int = 50,
+        positions: str = "from_oldest",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if positions not in POSITIONS:
+            raise ValueError(f"`positions` must be one of {list(POSITIONS)}. Received: {positions!r}")
+        self.positions_from = positions
         for name, value in (("num_layers", num_layers), ("num_heads", num_heads), ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive int. Received: {value!r}")
@@ -237,7 +268,10 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
     def call(
         self, embeddings: tf.Tensor, mask: tf.Tensor, training: Optional[bool] = None, return_sequences: bool = False
     ) -> tf.Tensor:
-        positions = tf.clip_by_value(valid_positions(mask), 0, self.max_length - 1)
+        if self.positions_from == "from_newest":
+            positions = newest_positions(mask, self.max_length)
+        else:
+            positions = tf.clip_by_value(valid_positions(mask), 0, self.max_length - 1)
         x = self.input_dropout(embeddings + tf.gather(self.positions, positions), training=training)
         x = x * tf.cast(mask, x.dtype)[..., tf.newaxis]
         allowed = causal_mask(mask)
@@ -256,4 +290,5 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
             "num_heads": self.num_heads,
             "dropout": self.dropout,
             "max_length": self.max_length,
+            "positions": self.positions_from,
         }

@@ -11,6 +11,8 @@ from typing import Literal, Tuple
 
 HistoryEncoderName = Literal["pooling", "mean", "attention", "gru", "transformer"]
 HISTORY_ENCODERS = ("pooling", "mean", "attention", "gru", "transformer")
+PositionsFrom = Literal["from_oldest", "from_newest"]
+POSITIONS = ("from_oldest", "from_newest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,9 @@ class HistoryEncoderConfig:
       dropout: dropout rate of the transformer (embeddings, attention, feed-forward), in [0, 1).
       max_length: the encoder reads the last ``max_length`` items of a history; also the number
         of learned positions (transformer) and recency offsets (attention).
+      positions: how the transformer indexes its learned positions: ``from_oldest`` (default: the
+        valid-item index from the oldest item, the same for a prefix alone or inside a sequence) or
+        ``from_newest`` (SASRec's right-aligned positions: the most recent item always has the last).
     """
 
     encoder: HistoryEncoderName = "attention"
@@ -39,8 +44,11 @@ class HistoryEncoderConfig:
     num_heads: int = 2
     dropout: float = 0.2
     max_length: int = 50
+    positions: PositionsFrom = "from_oldest"
 
     def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"`positions` must be one of {list(POSITIONS)}. Received: {self.positions!r}")
         if self.encoder not in HISTORY_ENCODERS:
             raise ValueError(f"`encoder` must be one of {list(HISTORY_ENCODERS)}. Received: {self.encoder!r}")
         for name in ("num_layers", "num_heads", "max_length"):
