@@ -78,6 +78,14 @@ def write_results(output_dir: Path, stem: str, payload: dict, table: str) -> Non
     (output_dir / f"{stem}.md").write_text(table)
 
 
+def add_data_set_arguments(parser, data_sets: Sequence[str]) -> None:
+    """``--data-root``, ``--datasets`` (any of ``data_sets``, all by default) and ``--seeds`` (0 1 2) of
+    the benchmarks that train on the shared data sets."""
+    parser.add_argument("--data-root", required=True, help="the folder holding amazon-beauty, amazon-toys, ml-100k")
+    parser.add_argument("--datasets", nargs="+", default=list(data_sets), choices=list(data_sets))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+
+
 def add_synthetic_log_arguments(parser) -> None:
     """``--users``, ``--items``, ``--per-user``, ``--seed`` and ``--set`` of the training-speed benchmarks'
     synthetic log (500,000 interactions by default) and their configuration."""

@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.baselines import plain_tfrs_model  # noqa: E402
-from benchmarks.common import summarise, write_results  # noqa: E402
+from benchmarks.common import add_data_set_arguments, summarise, write_results  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
 from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
@@ -134,9 +134,7 @@ def table(rows: list) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", required=True, help="the folder holding amazon-beauty, amazon-toys, ml-100k")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_data_set_arguments(parser, list(DATASETS))
     parser.add_argument(
         "--set", action="append", default=[], help="override a config key of every row but the plain one"
     )

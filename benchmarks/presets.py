@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.baselines import plain_tfrs_model  # noqa: E402
-from benchmarks.common import summarise, write_results  # noqa: E402
+from benchmarks.common import add_data_set_arguments, summarise, write_results  # noqa: E402
 from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model, training_columns  # noqa: E402
@@ -143,9 +143,7 @@ def table(name: str, rows: list) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", required=True, help="the folder holding amazon-beauty, amazon-toys, ml-100k")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_data_set_arguments(parser, list(DATASETS))
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument(
         "--processes", type=int, default=1, help="(data set, seed) pairs trained at once, one process each"
