@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
-from benchmarks.baselines import plain_tfrs_model  # noqa: E402
+from benchmarks.baselines import plain_tfrs_model, plain_training  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
 from tfrec_pipelines.sources import prepare_data, spec_for  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
-from tfrec_towers.config import PLAIN_IN_BATCH, ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
+from tfrec_towers.config import PLAIN_IN_BATCH, ExperimentConfig, apply_overrides, config_to_dict  # noqa: E402
 from tfrec_towers.features import adapt  # noqa: E402
 
 PLAIN = "plain TFRS recipe"
@@ -66,9 +66,7 @@ def run_row(name, config, data, spec_factory, seed, epochs=None):
     tf.keras.utils.set_random_seed(seed)
     if name == PLAIN:
         model = plain_tfrs_model(data.train, data.candidate_id)
-        training = TrainingConfig(
-            epochs=training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad", seed=seed
-        )
+        training = plain_training(training.epochs, seed)
         columns = {k: data.train[k] for k in ("user_id", "history", data.candidate_id)}
     else:
         spec = adapt(spec_factory(config.features), data.train, data.candidates)

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
+from tfrec_towers.config import TrainingConfig
 
 
 def _lookup(ids: np.ndarray) -> tf.keras.layers.Layer:
@@ -78,3 +79,9 @@ def plain_tfrs_model(train: dict, candidate_id: str, dim: int = 32, user_column:
     )
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
     return model
+
+
+def plain_training(epochs: int, seed: int = 0) -> TrainingConfig:
+    """How the benchmarks train the recipe (``fit_model``'s settings): batches of 4,096 and Adagrad at
+    0.1, as in the TFRS tutorials, for ``epochs`` epochs."""
+    return TrainingConfig(epochs=epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad", seed=seed)

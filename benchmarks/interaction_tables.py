@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
-from benchmarks.baselines import plain_tfrs_model  # noqa: E402
+from benchmarks.baselines import plain_tfrs_model, plain_training  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
-from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
+from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict  # noqa: E402
 
 PLAIN = "plain TFRS recipe"
 DEFAULT = "tfrec-towers default"
@@ -47,9 +47,7 @@ def run_table(path: str, seeds, overrides) -> tuple[str, list]:
     prepared = prepare_data(base)
     data, spec = prepared.data, prepared.adapted_spec()
     user = next(d.name for d in prepared.declarations.query if d.kind == "id")
-    plain_training = TrainingConfig(
-        epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad"
-    )
+    plain = plain_training(base.training.epochs)
     rows = []
     for seed in seeds:
         config = dataclasses.replace(base, training=dataclasses.replace(base.training, seed=seed))
@@ -57,7 +55,7 @@ def run_table(path: str, seeds, overrides) -> tuple[str, list]:
             tf.keras.utils.set_random_seed(seed)
             if name == PLAIN:
                 model = plain_tfrs_model(data.train, data.candidate_id, user_column=user)
-                training = dataclasses.replace(plain_training, seed=seed)
+                training = dataclasses.replace(plain, seed=seed)
                 columns = {k: data.train[k] for k in (user, "history", data.candidate_id)}
             else:
                 model = build_model(spec, config, data)

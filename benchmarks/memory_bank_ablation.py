@@ -39,11 +39,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
-from benchmarks.baselines import plain_tfrs_model  # noqa: E402
+from benchmarks.baselines import plain_tfrs_model, plain_training  # noqa: E402
 from benchmarks.common import add_data_set_arguments, summarise, write_results  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
-from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
+from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict  # noqa: E402
 
 PLAIN = "plain TFRS recipe"
 DEFAULT = "tfrec-towers default"
@@ -79,9 +79,7 @@ def run_dataset(name: str, root: str, seeds, overrides) -> Tuple[str, list]:
     prepared = prepare_data(base)
     data, spec = prepared.data, prepared.adapted_spec()
     user = next(d.name for d in prepared.declarations.query if d.kind == "id")
-    plain_training = TrainingConfig(
-        epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad"
-    )
+    plain = plain_training(base.training.epochs)
     configs = {DEFAULT: base, bank_row(bank_size): apply_overrides(base, [f"loss.memory_bank_size={bank_size}"])}
     rows = []
     for seed in seeds:
@@ -89,7 +87,7 @@ def run_dataset(name: str, root: str, seeds, overrides) -> Tuple[str, list]:
             tf.keras.utils.set_random_seed(seed)
             if row == PLAIN:
                 model = plain_tfrs_model(data.train, data.candidate_id, user_column=user)
-                training = dataclasses.replace(plain_training, seed=seed)
+                training = dataclasses.replace(plain, seed=seed)
                 columns = {k: data.train[k] for k in (user, "history", data.candidate_id)}
             else:
                 config = configs[row]

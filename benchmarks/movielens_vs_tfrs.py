@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
-from benchmarks.baselines import plain_tfrs_model  # noqa: E402
+from benchmarks.baselines import plain_tfrs_model, plain_training  # noqa: E402
 from benchmarks.common import markdown_table, summarise, write_results  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
-from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
+from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
 
 PLAIN = "plain TFRS recipe"
 DEFAULT = "tfrec-towers default"
@@ -42,9 +42,7 @@ def main() -> None:
     base = apply_overrides(base, ["data.dataset=movielens", f"data.data_dir={args.data_dir}", *args.set])
     prepared = prepare_data(base)
     data, spec = prepared.data, prepared.adapted_spec()
-    plain_training = TrainingConfig(
-        epochs=base.training.epochs, batch_size=4096, learning_rate=0.1, optimizer="adagrad"
-    )
+    plain = plain_training(base.training.epochs)
 
     rows = []
     for seed in args.seeds:
@@ -53,7 +51,7 @@ def main() -> None:
             tf.keras.utils.set_random_seed(seed)
             if name == PLAIN:
                 model = plain_tfrs_model(data.train, data.candidate_id)
-                training = dataclasses.replace(plain_training, seed=seed)
+                training = dataclasses.replace(plain, seed=seed)
                 columns = {k: data.train[k] for k in ("user_id", "history", data.candidate_id)}
             else:
                 model = build_model(spec, config, data)

@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
-from benchmarks.baselines import plain_tfrs_model  # noqa: E402
+from benchmarks.baselines import plain_tfrs_model, plain_training  # noqa: E402
 from benchmarks.common import add_data_set_arguments, summarise, write_results  # noqa: E402
 from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model, training_columns  # noqa: E402
-from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
+from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict, load_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = {"long-history preset": CONFIGS / "long_history.yaml"}
@@ -83,7 +83,7 @@ def run_dataset(name: str, root: str, seeds, presets: Dict[str, Path], reference
     prepared = {row: prepare_data(config) for row, config in configs.items()}
     default_data = prepared[DEFAULT].data
     user = next(d.name for d in prepared[DEFAULT].declarations.query if d.kind == "id")
-    plain_training = TrainingConfig(epochs=10, batch_size=4096, learning_rate=0.1, optimizer="adagrad")
+    plain_epochs = configs[DEFAULT].training.epochs  # the default's, as in the other tables
     rows = []
     for seed in seeds:
         for row in (PLAIN, *configs, *([REFERENCE] if reference else [])):
@@ -93,7 +93,7 @@ def run_dataset(name: str, root: str, seeds, presets: Dict[str, Path], reference
                 data = default_data
                 model = plain_tfrs_model(data.train, data.candidate_id, user_column=user)
                 columns = {k: data.train[k] for k in (user, "history", data.candidate_id)}
-                _, seconds, rate = fit_model(model, columns, dataclasses.replace(plain_training, seed=seed), verbose=0)
+                _, seconds, rate = fit_model(model, columns, plain_training(plain_epochs, seed), verbose=0)
                 metrics = evaluate_model(model, data, ks=KS)
             elif row == REFERENCE:
                 result = train_and_evaluate(default_data, seed, loss="full_softmax", epochs=30, max_length=50)

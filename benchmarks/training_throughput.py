@@ -35,12 +35,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
-from benchmarks.baselines import plain_tfrs_model  # noqa: E402
+from benchmarks.baselines import plain_tfrs_model, plain_training  # noqa: E402
 from benchmarks.common import add_synthetic_log_arguments, synthetic_log_overrides, write_results  # noqa: E402
 from tfrec_pipelines.dataset import steps_per_epoch  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import build_model, evaluate_model, fit_model  # noqa: E402
-from tfrec_towers.config import ExperimentConfig, TrainingConfig, apply_overrides, config_to_dict  # noqa: E402
+from tfrec_towers.config import ExperimentConfig, apply_overrides, config_to_dict  # noqa: E402
 
 PLAIN = "plain TFRS recipe"
 DEFAULT = "tfrec-towers default"
@@ -99,7 +99,7 @@ def main() -> None:
     examples = len(data.train[data.candidate_id])
     print(f"{data.name}: {examples:,} training examples, {args.items:,} items", flush=True)
     trainings = {
-        PLAIN: TrainingConfig(epochs=1, batch_size=4096, learning_rate=0.1, optimizer="adagrad", seed=args.seed),
+        PLAIN: plain_training(1, args.seed),
         DEFAULT: dataclasses.replace(config.training, epochs=1),
     }
 
