@@ -152,6 +152,7 @@ COMPANIONS = {
         "loss.memory_bank_size": 4096,
         "loss.memory_bank_refresh_every_steps": 200,
     },
+    "model.history.positions": {"model.history.encoder": "transformer", "model.history.positions": "from_newest"},
     "loss.hinge_weight": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_weight": 0.5},
     "loss.hinge_start_steps": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_start_steps": 100},
     "loss.hinge_ramp_steps": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_ramp_steps": 500},

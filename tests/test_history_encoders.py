@@ -107,6 +107,8 @@ def test_transformer_from_newest_gives_the_newest_item_the_last_position():
         TransformerHistoryEncoder(positions="newest")
     with pytest.raises(ValueError, match="`positions` must be one of"):
         HistoryEncoderConfig(positions="newest")
+    with pytest.raises(ValueError, match="needs `encoder` 'transformer'"):
+        HistoryEncoderConfig(encoder="attention", positions="from_newest")
 
 
 def test_mean_encoder_matches_numpy_prefix_means():

@@ -33,7 +33,7 @@ class HistoryEncoderConfig:
       dropout: dropout rate of the transformer (embeddings, attention, feed-forward), in [0, 1).
       max_length: the encoder reads the last ``max_length`` items of a history; also the number
         of learned positions (transformer) and recency offsets (attention).
-      positions: how the transformer indexes its learned positions: ``from_oldest`` (default: the
+      positions: how the transformer (only) indexes its learned positions: ``from_oldest`` (default: the
         valid-item index from the oldest item, the same for a prefix alone or inside a sequence) or
         ``from_newest`` (SASRec's right-aligned positions: the most recent item always has the last).
     """
@@ -51,6 +51,11 @@ class HistoryEncoderConfig:
             raise ValueError(f"`positions` must be one of {list(POSITIONS)}. Received: {self.positions!r}")
         if self.encoder not in HISTORY_ENCODERS:
             raise ValueError(f"`encoder` must be one of {list(HISTORY_ENCODERS)}. Received: {self.encoder!r}")
+        if self.positions != "from_oldest" and self.encoder != "transformer":
+            raise ValueError(
+                f"`positions`={self.positions!r} needs `encoder` 'transformer' (the only encoder with learned "
+                f"positions). Received: encoder={self.encoder!r}"
+            )
         for name in ("num_layers", "num_heads", "max_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
