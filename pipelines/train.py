@@ -10,6 +10,7 @@ A run directory holds::
     checkpoint/          the trained weights (tf.train.Checkpoint)
     history.json         per-epoch training losses (and validation metrics, ``val_HR@10`` ...)
     metrics.json         HR@K / NDCG@K
+    selection.json       with ``training.early_stopping.refit``: the validation run's best epoch and history
     collapse.json        whether the trained model collapsed (every candidate embedding one way, or every score the same)
     export/<model_name>/<version>/   the SavedModel
     verification.json    the fresh-process check of that export
@@ -41,6 +42,7 @@ from tfrec_pipelines.sequences import num_targets, sequence_examples
 from tfrec_pipelines.sources import FEATURES_FILE, prepare_data
 from tfrec_pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model
 from tfrec_towers import build
+from tfrec_towers.atomic_file import write_text_atomically
 from tfrec_towers.collapse import NUM_CANDIDATES, NUM_QUERIES, CollapseCriteria, CollapseMonitor, collapse_summary
 from tfrec_towers.config import (
     ConfigError,
@@ -63,6 +65,8 @@ from tfrec_towers.verify import verify_export
 logger = logging.getLogger(__name__)
 
 SPEC_FILE, METRICS_FILE, HISTORY_FILE = "feature_spec.json", "metrics.json", "history.json"
+SELECTION_FILE = "selection.json"  # a refit's validation run: its best epoch and history
+REFIT_DIR = "refit"  # a refit's checkpoints, inside the validation run's
 COLLAPSE_FILE = "collapse.json"  # whether the trained model collapsed (tfrec_towers.collapse.collapse_summary)
 MAX_EVERY_POSITION_PAIRS = 8192  # above this many pairs per batch, every-position training warns
 TENSORBOARD_DIR = "tensorboard"  # `tensorboard --logdir RUN/tensorboard` (training.tensorboard: true)
@@ -450,8 +454,112 @@ def _train_into(
     strategy: tf.distribute.Strategy,
     restore_from: Optional[Path] = None,
 ) -> RunResult:
-    tf.keras.utils.set_random_seed(config.training.seed)
     save_config(config, run_dir / CONFIG_FILE)
+    checkpoints, seconds_before = run_dir / CHECKPOINTS_DIR, 0.0
+    fitted = config
+    stopping = config.training.early_stopping
+    if stopping is not None and stopping.refit:
+        selection = _select_epochs(config, checkpoints, verbose, strategy, restore_from, run_dir)
+        fitted = refit_config(config)
+        checkpoints = checkpoints / REFIT_DIR
+        restore_from = None if restore_from is None else restore_from / REFIT_DIR
+        seconds_before = selection["train_seconds"]
+        logger.info(
+            "Refitting on the training and validation interactions for %d epochs (the best by %s).",
+            selection["best_epoch"],
+            selection["metric"],
+        )
+        epochs = selection["best_epoch"]
+    else:
+        epochs = config.training.epochs
+    model, spec, data, history, seconds, examples_per_second = _fit(
+        fitted, epochs, run_dir, verbose, strategy, checkpoints, restore_from
+    )
+    if fitted is not config:
+        (run_dir / SELECTION_FILE).write_text((run_dir / CHECKPOINTS_DIR / SELECTION_FILE).read_text())
+    logger.info("Training finished: evaluating and exporting the run.")
+    try:
+        metrics, export_path, verification, collapse = _finish_run(model, spec, data, fitted, run_dir, history)
+    except KeyboardInterrupt:  # Ctrl-C after training: the checkpoints hold the trained model
+        raise TrainingInterrupted(
+            f"Interrupted after training, while evaluating and exporting; the trained run is kept in {run_dir}: "
+            "rerun the same command to evaluate and export it (training is not repeated)."
+        ) from None
+    return RunResult(
+        run_dir, metrics, export_path, verification, seconds_before + seconds, examples_per_second, collapse
+    )
+
+
+def refit_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The configuration a refit trains (``training.early_stopping.refit``): the same model, loss and
+    schedule on the training and validation interactions together (``data.validation: none``),
+    without early stopping. Its ``training.epochs`` stays the configured number, so a learning-rate
+    schedule or a bank warm-up spans the same run as in the validation run; the refit stops after
+    the best epoch."""
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, validation="none"),
+        training=dataclasses.replace(config.training, early_stopping=None),
+    )
+
+
+def _select_epochs(
+    config: ExperimentConfig,
+    checkpoints: Path,
+    verbose: int,
+    strategy: tf.distribute.Strategy,
+    restore_from: Optional[Path],
+    run_dir: Path,
+) -> Dict[str, Any]:
+    """The validation run of a refit: trains ``config`` with early stopping (resumably, in
+    ``checkpoints``) and returns its selection, also kept as ``checkpoints/selection.json`` so that a
+    resumed run does not repeat it: ``metric``, ``best_epoch`` (1-based), ``best_value``,
+    ``epochs_trained``, ``train_seconds`` and the validation run's ``history``."""
+    for directory in (checkpoints, restore_from):
+        if directory is not None and (directory / SELECTION_FILE).is_file():
+            return json.loads((directory / SELECTION_FILE).read_text())
+    assert config.training.early_stopping is not None
+    _, _, _, history, seconds, _ = _fit(
+        config, config.training.epochs, run_dir, verbose, strategy, checkpoints, restore_from
+    )
+    stopping = EarlyStopping.from_config(config.training.early_stopping)
+    best, _ = stopping.decide(history)
+    assert best is not None  # at least one epoch was trained
+    selection = {
+        "metric": stopping.metric,
+        "best_epoch": best + 1,
+        "best_value": history[stopping.metric][best],
+        "epochs_trained": len(history[stopping.metric]),
+        "train_seconds": seconds,
+        "history": history,
+    }
+    write_text_atomically(checkpoints / SELECTION_FILE, json.dumps(selection, indent=2) + "\n")
+    logger.info(
+        "Validation run: the best epoch is %d of %d, %s = %.4f.",
+        best + 1,
+        selection["epochs_trained"],
+        stopping.metric,
+        selection["best_value"],
+    )
+    return selection
+
+
+def _fit(
+    config: ExperimentConfig,
+    epochs: int,
+    run_dir: Path,
+    verbose: int,
+    strategy: tf.distribute.Strategy,
+    checkpoints: Path,
+    restore_from: Optional[Path],
+) -> Tuple[TwoTowerModel, FeatureSpec, RetrievalData, Dict[str, list], float, float]:
+    """Reads the data of ``config``, builds its model and trains it for ``epochs`` epochs (the schedule
+    spans ``training.epochs``); writes the declarations and feature spec into ``run_dir``.
+
+    Returns:
+      ``(model, spec, data, history, training seconds, examples per second)``.
+    """
+    tf.keras.utils.set_random_seed(config.training.seed)
     prepared = prepare_data(config)
     data = prepared.data
     logger.info(
@@ -469,18 +577,13 @@ def _train_into(
         model = build_model(spec, config, data)
     columns = training_columns(data, spec, prepared.weight_column)
     callbacks = [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))] if config.training.tensorboard else []
-    history, seconds, examples_per_second = fit_model(
-        model, columns, config.training, verbose, callbacks, run_dir / CHECKPOINTS_DIR, restore_from, data
+    training = (
+        config.training if epochs == config.training.epochs else dataclasses.replace(config.training, epochs=epochs)
     )
-    logger.info("Training finished: evaluating and exporting the run.")
-    try:
-        metrics, export_path, verification, collapse = _finish_run(model, spec, data, config, run_dir, history)
-    except KeyboardInterrupt:  # Ctrl-C after training: the checkpoints hold the trained model
-        raise TrainingInterrupted(
-            f"Interrupted after training, while evaluating and exporting; the trained run is kept in {run_dir}: "
-            "rerun the same command to evaluate and export it (training is not repeated)."
-        ) from None
-    return RunResult(run_dir, metrics, export_path, verification, seconds, examples_per_second, collapse)
+    history, seconds, examples_per_second = fit_model(
+        model, columns, training, verbose, callbacks, checkpoints, restore_from, data
+    )
+    return model, spec, data, history, seconds, examples_per_second
 
 
 def _finish_run(

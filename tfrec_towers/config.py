@@ -500,11 +500,19 @@ class EarlyStoppingConfig:
       metric: the validation metric, ``HR@K`` or ``NDCG@K`` (K a positive integer), higher is better.
       patience: epochs without an improvement before training stops (positive).
       min_delta: the smallest rise that counts as an improvement (a finite float ≥ 0).
+      refit: once the validation run has stopped, train a new model from the same seed on the
+        training and validation interactions together, for the best epoch's number of epochs and
+        with the validation run's learning-rate schedule, and evaluate and export that one (its
+        validation history is the run's ``selection.json``). Off (false, default): the validation
+        run's best epoch is the run's model. With leave-last-out validation the refitted model has
+        also learnt each user's second-to-last interaction, as models evaluated by that protocol
+        usually have.
     """
 
     metric: str = "HR@10"
     patience: int = 2
     min_delta: float = 0.0
+    refit: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -573,9 +581,11 @@ class TrainingConfig:
         (model, optimizer, loss state, data position) every that many steps and every that many
         seconds (0: off; default every 10 minutes). A killed run resumes from the last one when
         the same command is rerun.
-      early_stopping: null (off, default) or ``{metric: HR@10, patience: 2, min_delta: 0}``: stop
-        when the validation metric (needs ``data.validation``) has not improved by more than
-        ``min_delta`` for ``patience`` epochs; the towers end with the best epoch's weights.
+      early_stopping: null (off, default) or ``{metric: HR@10, patience: 2, min_delta: 0, refit: false}``:
+        stop when the validation metric (needs ``data.validation``) has not improved by more than
+        ``min_delta`` for ``patience`` epochs; the towers end with the best epoch's weights, or
+        with ``refit`` are retrained on the training and validation interactions for that many
+        epochs (:class:`EarlyStoppingConfig`).
       stop_on_collapse: stop the run with an error at the collapse check that finds the model
         collapsed (every candidate embedding pointing one way, or every candidate scoring the
         same), keeping the last checkpoint from before it; false (default): warn, train on, and
