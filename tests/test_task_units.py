@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
 from tfrec_towers.losses.frequency import CandidateProbability
-from tfrec_towers.losses.task import RetrievalLoss
+from tfrec_towers.losses.task import RetrievalLoss, different_ids
 from tfrec_towers.losses.temperature import Temperature
 
 
@@ -35,3 +35,16 @@ def test_any_provider_of_the_protocol_is_corrected_by_its_expected_count():
     logits = q @ v.T - log_count[None, :]
     expected = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
     assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_string_ids_are_told_apart_as_numpy_compares_them():
+    rng = np.random.default_rng(0)
+    ids = np.array([f"item-{i}" for i in rng.integers(0, 40, 64)])
+    others = np.array([f"item-{i}" for i in rng.integers(0, 40, 300)] + ["item-1 ", "Item-1", ""])
+    got = different_ids(tf.constant(ids), tf.constant(others)).numpy()
+    np.testing.assert_array_equal(got, ids[:, None] != others[None, :])
+    integers = rng.integers(0, 40, 64)
+    np.testing.assert_array_equal(
+        different_ids(tf.constant(integers), tf.constant(integers[::-1])).numpy(),
+        integers[:, None] != integers[None, ::-1],
+    )

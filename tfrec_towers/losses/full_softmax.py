@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import tensorflow as tf
 
 from tfrec_towers.losses import cross_replica
-from tfrec_towers.losses.corpus import add_corpus_weights
+from tfrec_towers.losses.corpus import add_corpus_weights, id_keys
 from tfrec_towers.losses.modes import MASKED_LOGIT
 from tfrec_towers.losses.negatives import NegativeSet, check_int
 from tfrec_towers.losses.task import _share_of_global_mean
@@ -51,7 +51,10 @@ def full_softmax_row_losses(
     Args:
       queries: ``[B, d]`` float32, already divided by the temperature.
       positive_logits: ``[B]`` float32 ``z_i``.
-      positive_ids: ``[B]`` the positives' ids (int64 or string).
+      positive_ids: ``[B]`` the positives' ids (int64 or string; string ids are compared by their
+        64-bit FarmHash fingerprints, ``tf.strings.to_hash_bucket_fast``, which is many times faster
+        than comparing the strings of every ``[B, chunk_size]`` pair; two distinct ids of a catalogue
+        of N items share one with probability about N² / 2⁶⁴, 4 · 10⁻⁹ for a million items).
       catalogue: ``[N, d]`` float32 candidate embeddings.
       catalogue_ids: ``[N]`` their ids, of ``positive_ids``' dtype.
       chunk_size: catalogue rows per chunk (positive).
@@ -59,6 +62,8 @@ def full_softmax_row_losses(
     Returns:
       ``[B]`` float32 row losses.
     """
+    if catalogue_ids.dtype == tf.string:  # compared [B, chunk] at a time: 64-bit fingerprints, not strings
+        positive_ids, catalogue_ids = id_keys(positive_ids), id_keys(catalogue_ids)
     num_items = tf.shape(catalogue)[0]
     num_chunks = (num_items + chunk_size - 1) // chunk_size
     offsets = tf.range(chunk_size)

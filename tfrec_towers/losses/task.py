@@ -70,6 +70,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_towers.losses import cross_replica
 from tfrec_towers.losses.adaptive import AdaptiveMarginTemperature, item_anchored_similarities
+from tfrec_towers.losses.corpus import id_keys
 from tfrec_towers.losses.frequency import CandidateProbability
 from tfrec_towers.losses.logq import LogQCorrection
 from tfrec_towers.losses.memory_bank import CrossBatchMemoryBank
@@ -479,9 +480,7 @@ class RetrievalLoss(tf.keras.layers.Layer):
             cross_replica.all_gather(query_embeddings),
             cross_replica.row_offset(tf.shape(candidate_ids)[0]),
         )
-        item_mask = tf.logical_and(
-            item.negative_mask, tf.not_equal(candidate_ids[:, tf.newaxis], all_candidate_ids[tf.newaxis, :])
-        )
+        item_mask = tf.logical_and(item.negative_mask, different_ids(candidate_ids, all_candidate_ids))
         item_positive, item_negative = adaptive(
             item.positive_similarity, item.negative_similarity, item.positive_negative_similarity
         )
@@ -536,10 +535,17 @@ def _without_bank(pooled: _PooledNegatives) -> _PooledNegatives:
 
 def _negative_mask(candidate_ids: tf.Tensor, negatives: NegativeSet) -> tf.Tensor:
     """``bool [B, N]``: ``valid_j ∧ y_i ≠ y_j``, no empty bank slot and no accidental hit (the diagonal included)."""
-    return tf.logical_and(
-        negatives.valid[tf.newaxis, :],
-        tf.not_equal(candidate_ids[:, tf.newaxis], negatives.ids[tf.newaxis, :]),
-    )
+    return tf.logical_and(negatives.valid[tf.newaxis, :], different_ids(candidate_ids, negatives.ids))
+
+
+def different_ids(ids: tf.Tensor, others: tf.Tensor) -> tf.Tensor:
+    """``bool [B, N]``: ``ids_i ≠ others_j``. String ids are compared by their 64-bit fingerprints
+    (:func:`~tfrec_towers.losses.corpus.id_keys`): many times faster than ``B × N`` string comparisons,
+    and two distinct ids share one with probability about 2⁻⁶⁴ (for a million items, about 4 · 10⁻⁹
+    that any pair of the catalogue does; such a pair would only be left out of each other's negatives)."""
+    if ids.dtype == tf.string:
+        ids, others = id_keys(ids), id_keys(others)
+    return tf.not_equal(ids[:, tf.newaxis], others[tf.newaxis, :])
 
 
 def _share_of_global_mean(loss: tf.Tensor, candidate_ids: tf.Tensor, sample_weight: Optional[tf.Tensor]) -> tf.Tensor:
