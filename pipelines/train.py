@@ -455,38 +455,93 @@ def _train_into(
     restore_from: Optional[Path] = None,
 ) -> RunResult:
     save_config(config, run_dir / CONFIG_FILE)
-    checkpoints, seconds_before = run_dir / CHECKPOINTS_DIR, 0.0
-    fitted = config
-    stopping = config.training.early_stopping
-    if stopping is not None and stopping.refit:
-        selection = _select_epochs(config, checkpoints, verbose, strategy, restore_from, run_dir)
-        fitted = refit_config(config)
-        checkpoints = checkpoints / REFIT_DIR
-        restore_from = None if restore_from is None else restore_from / REFIT_DIR
-        seconds_before = selection["train_seconds"]
-        logger.info(
-            "Refitting on the training and validation interactions for %d epochs (the best by %s).",
-            selection["best_epoch"],
-            selection["metric"],
-        )
-        epochs = selection["best_epoch"]
-    else:
-        epochs = config.training.epochs
-    model, spec, data, history, seconds, examples_per_second = _fit(
-        fitted, epochs, run_dir, verbose, strategy, checkpoints, restore_from
-    )
-    if fitted is not config:
-        (run_dir / SELECTION_FILE).write_text((run_dir / CHECKPOINTS_DIR / SELECTION_FILE).read_text())
+    fitted = fit_configured(config, run_dir, verbose, strategy, restore_from)
+    if fitted.selection is not None:
+        (run_dir / SELECTION_FILE).write_text(json.dumps(fitted.selection, indent=2) + "\n")
     logger.info("Training finished: evaluating and exporting the run.")
     try:
-        metrics, export_path, verification, collapse = _finish_run(model, spec, data, fitted, run_dir, history)
+        metrics, export_path, verification, collapse = _finish_run(
+            fitted.model, fitted.spec, fitted.data, fitted.config, run_dir, fitted.history
+        )
     except KeyboardInterrupt:  # Ctrl-C after training: the checkpoints hold the trained model
         raise TrainingInterrupted(
             f"Interrupted after training, while evaluating and exporting; the trained run is kept in {run_dir}: "
             "rerun the same command to evaluate and export it (training is not repeated)."
         ) from None
     return RunResult(
-        run_dir, metrics, export_path, verification, seconds_before + seconds, examples_per_second, collapse
+        run_dir, metrics, export_path, verification, fitted.train_seconds, fitted.examples_per_second, collapse
+    )
+
+
+@dataclasses.dataclass
+class FittedModel:
+    """What :func:`fit_configured` trained.
+
+    Attributes:
+      model, spec, data: the trained model, its adapted feature spec and the data it trained on.
+      config: the configuration of that training (with a refit, :func:`refit_config` of the given one).
+      history: its per-epoch history.
+      train_seconds: the training time, a refit's validation run included.
+      examples_per_second: training examples (targets) per second of the last training.
+      selection: with a refit, the validation run (see :func:`fit_configured`); else None.
+    """
+
+    model: TwoTowerModel
+    spec: FeatureSpec
+    data: RetrievalData
+    config: ExperimentConfig
+    history: Dict[str, list]
+    train_seconds: float
+    examples_per_second: float
+    selection: Optional[Dict[str, Any]] = None
+
+
+def fit_configured(
+    config: ExperimentConfig,
+    run_dir: Optional[Path] = None,
+    verbose: int = 1,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    restore_from: Optional[Path] = None,
+) -> FittedModel:
+    """Reads the configured data, builds the model and trains it, as ``train`` does before evaluating.
+
+    With ``training.early_stopping.refit``, the validation run trains first (early stopping on the
+    validation split), then a new model from the same seed trains on :func:`refit_config` for the
+    best epoch's number of epochs; ``selection`` then holds the validation run: ``metric``,
+    ``best_epoch`` (1-based), ``best_value``, ``epochs_trained``, ``train_seconds`` and ``history``.
+
+    Args:
+      config: the experiment configuration.
+      run_dir: the (in-progress) run directory: the resolved declarations and feature spec are
+        written there and training checkpoints in its ``checkpoints/`` (a refit's in
+        ``checkpoints/refit/``, beside the validation run's selection), so that rerunning resumes;
+        None: nothing is written and nothing resumes.
+      verbose: Keras's verbosity.
+      strategy: the ``tf.distribute`` strategy to build the model under (None: the default one).
+      restore_from: the checkpoints to resume from instead of ``run_dir``'s (a non-chief worker's).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    checkpoints = None if run_dir is None else run_dir / CHECKPOINTS_DIR
+    stopping = config.training.early_stopping
+    if stopping is None or not stopping.refit:
+        return _fit(config, config.training.epochs, run_dir, verbose, strategy, checkpoints, restore_from)
+    selection = _select_epochs(config, checkpoints, verbose, strategy, restore_from, run_dir)
+    logger.info(
+        "Refitting on the training and validation interactions for %d epochs (the best by %s).",
+        selection["best_epoch"],
+        selection["metric"],
+    )
+    fitted = _fit(
+        refit_config(config),
+        selection["best_epoch"],
+        run_dir,
+        verbose,
+        strategy,
+        None if checkpoints is None else checkpoints / REFIT_DIR,
+        None if restore_from is None else restore_from / REFIT_DIR,
+    )
+    return dataclasses.replace(
+        fitted, train_seconds=selection["train_seconds"] + fitted.train_seconds, selection=selection
     )
 
 
@@ -505,23 +560,21 @@ def refit_config(config: ExperimentConfig) -> ExperimentConfig:
 
 def _select_epochs(
     config: ExperimentConfig,
-    checkpoints: Path,
+    checkpoints: Optional[Path],
     verbose: int,
     strategy: tf.distribute.Strategy,
     restore_from: Optional[Path],
-    run_dir: Path,
+    run_dir: Optional[Path],
 ) -> Dict[str, Any]:
     """The validation run of a refit: trains ``config`` with early stopping (resumably, in
-    ``checkpoints``) and returns its selection, also kept as ``checkpoints/selection.json`` so that a
-    resumed run does not repeat it: ``metric``, ``best_epoch`` (1-based), ``best_value``,
-    ``epochs_trained``, ``train_seconds`` and the validation run's ``history``."""
+    ``checkpoints``) and returns its selection (:func:`fit_configured`), also kept as
+    ``checkpoints/selection.json`` so that a resumed run does not repeat it."""
     for directory in (checkpoints, restore_from):
         if directory is not None and (directory / SELECTION_FILE).is_file():
             return json.loads((directory / SELECTION_FILE).read_text())
     assert config.training.early_stopping is not None
-    _, _, _, history, seconds, _ = _fit(
-        config, config.training.epochs, run_dir, verbose, strategy, checkpoints, restore_from
-    )
+    trained = _fit(config, config.training.epochs, run_dir, verbose, strategy, checkpoints, restore_from)
+    history, seconds = trained.history, trained.train_seconds
     stopping = EarlyStopping.from_config(config.training.early_stopping)
     best, _ = stopping.decide(history)
     assert best is not None  # at least one epoch was trained
@@ -533,7 +586,9 @@ def _select_epochs(
         "train_seconds": seconds,
         "history": history,
     }
-    write_text_atomically(checkpoints / SELECTION_FILE, json.dumps(selection, indent=2) + "\n")
+    if checkpoints is not None:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(checkpoints / SELECTION_FILE, json.dumps(selection, indent=2) + "\n")
     logger.info(
         "Validation run: the best epoch is %d of %d, %s = %.4f.",
         best + 1,
@@ -547,18 +602,14 @@ def _select_epochs(
 def _fit(
     config: ExperimentConfig,
     epochs: int,
-    run_dir: Path,
+    run_dir: Optional[Path],
     verbose: int,
     strategy: tf.distribute.Strategy,
-    checkpoints: Path,
+    checkpoints: Optional[Path],
     restore_from: Optional[Path],
-) -> Tuple[TwoTowerModel, FeatureSpec, RetrievalData, Dict[str, list], float, float]:
+) -> FittedModel:
     """Reads the data of ``config``, builds its model and trains it for ``epochs`` epochs (the schedule
-    spans ``training.epochs``); writes the declarations and feature spec into ``run_dir``.
-
-    Returns:
-      ``(model, spec, data, history, training seconds, examples per second)``.
-    """
+    spans ``training.epochs``); writes the declarations and feature spec into ``run_dir`` (if any)."""
     tf.keras.utils.set_random_seed(config.training.seed)
     prepared = prepare_data(config)
     data = prepared.data
@@ -569,21 +620,26 @@ def _fit(
         len(data.eval_targets),
         len(data.candidates[data.candidate_id]),
     )
-    prepared.write_declarations(run_dir / FEATURES_FILE)
     spec = prepared.adapted_spec()
-    (run_dir / SPEC_FILE).write_text(spec.to_json())
+    if run_dir is not None:
+        prepared.write_declarations(run_dir / FEATURES_FILE)
+        (run_dir / SPEC_FILE).write_text(spec.to_json())
 
     with strategy.scope():
         model = build_model(spec, config, data)
     columns = training_columns(data, spec, prepared.weight_column)
-    callbacks = [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))] if config.training.tensorboard else []
+    callbacks = (
+        [tf.keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR))]
+        if config.training.tensorboard and run_dir is not None
+        else []
+    )
     training = (
         config.training if epochs == config.training.epochs else dataclasses.replace(config.training, epochs=epochs)
     )
     history, seconds, examples_per_second = fit_model(
         model, columns, training, verbose, callbacks, checkpoints, restore_from, data
     )
-    return model, spec, data, history, seconds, examples_per_second
+    return FittedModel(model, spec, data, config, history, seconds, examples_per_second)
 
 
 def _finish_run(
