@@ -5,7 +5,11 @@ import pytest
 import tensorflow as tf
 
 import tfrec_towers  # noqa: F401
+from helpers import TINY, cli_sets, tiny_config, trainable
+from tfrec_towers.cli import main
+from tfrec_towers.config import ConfigError
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt
+from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.model import TwoTowerModel, build_towers
 from tfrec_towers.towers import Tower, TowerConfig, compute_embeddings
 
@@ -126,3 +130,36 @@ def test_l2_normalised_embeddings_have_unit_norm():
     emb = compute_embeddings(model.query_tower, data, batch_size=100)
     assert emb.shape == (256, 8)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_tower_without_projection_outputs_its_features_as_they_are():
+    data = _data()
+    spec = adapt(
+        FeatureSpec(
+            query=(SequenceFeature("history", embedding_dim=8, embedding_table="item_id"),),
+            candidate=(CategoricalFeature("item_id", embedding_dim=8),),
+            candidate_id="item_id",
+        ),
+        data,
+    )
+    bare = TowerConfig(hidden_units=(), output_dim=8, projection=False)
+    query, candidate = build_towers(spec, bare, bare, HistoryEncoderConfig(encoder="mean"))
+    embeddings = compute_embeddings(candidate, {"item_id": data["item_id"]}, batch_size=100)
+    table = candidate.encoder.tables["item_id"]
+    rows = table(tf.constant(data["item_id"])).numpy()  # the shared item table's rows, looked up
+    np.testing.assert_allclose(embeddings, rows / np.linalg.norm(rows, axis=1, keepdims=True), rtol=1e-5)
+    assert not candidate.projection and not [v for v in candidate.trainable_variables if "projection" in v.name]
+    with pytest.raises(ValueError, match="`projection` must be true or false"):
+        TowerConfig(projection="no")
+
+
+def test_a_tower_without_projection_must_already_be_output_dim_wide(tmp_path, capsys):
+    sets = ("model.candidate_tower.projection=false",)  # the tiny towers' hidden layer is 16 wide, output_dim 8
+    with pytest.raises(
+        ConfigError,
+        match=r"`model\.candidate_tower\.projection` is false.*16 wide.*`model\.candidate_tower\.output_dim` is 8",
+    ):
+        trainable(tiny_config(*sets))[0]()
+    assert main(["train", "--output", str(tmp_path / "run"), *cli_sets(*TINY, *sets)]) == 2
+    assert "`model.candidate_tower.projection` is false" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -15,11 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig
-from tfrec_towers.features import FeatureSpec
+from tfrec_towers.features import FeatureSpec, input_signature
 from tfrec_towers.losses.factory import build_candidate_source, build_retrieval_task, mixed_negative_distribution
 from tfrec_towers.model import TwoTowerModel, build_towers
 from tfrec_towers.optimizers import LazyAdam
 from tfrec_towers.schedules import WarmupDecay
+from tfrec_towers.towers import Tower
 
 OPTIMIZERS = {
     "adam": tf.keras.optimizers.Adam,
@@ -114,6 +115,29 @@ def _corpus_columns(spec: FeatureSpec, corpus: Mapping[str, Any]) -> Dict[str, n
     return {f.name: np.asarray(corpus[f.name]) for f in spec.candidate}
 
 
+def _check_unprojected_towers(spec: FeatureSpec, config: ExperimentConfig, query: Tower, candidate: Tower) -> None:
+    """A tower without its projection (``projection: false``) is called once on a one-row probe, so a
+    width other than ``output_dim`` is a configuration error now, not at the first training step.
+
+    Raises:
+      ConfigError: the tower's output is not ``output_dim`` wide (the message names the keys).
+    """
+    for tower, features, tower_config in (
+        (query, spec.query, config.model.query_tower),
+        (candidate, spec.candidate, config.model.candidate_tower),
+    ):
+        if tower_config.projection:
+            continue
+        probe = {
+            name: tf.zeros([1 if size is None else size for size in signature.shape], signature.dtype)
+            for name, signature in input_signature(features).items()
+        }
+        try:
+            tower(probe)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
 def build_model(
     spec: FeatureSpec,
     config: ExperimentConfig = ExperimentConfig(),
@@ -173,6 +197,7 @@ def build_model(
             f"{[f.name for f in spec.query]}: name the history feature, or set `model.history.encoder: pooling`."
         )
     query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, history)
+    _check_unprojected_towers(spec, config, query, candidate)
     if for_inference:
         return TwoTowerModel(query, candidate, spec.candidate_id)
     given = {"training_ids": training_ids, "corpus": corpus}

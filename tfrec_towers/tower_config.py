@@ -81,6 +81,11 @@ class TowerConfig:
     Attributes:
       hidden_units: widths of the hidden layers (may be empty: a single linear projection).
       output_dim: embedding dimension d (the last, linear layer).
+      projection: the last, linear layer (true, default). False: none, the tower's output is its
+        last hidden layer or, without hidden layers, its concatenated features, which must then be
+        ``output_dim`` wide. With ``hidden_units: []`` and the item id alone, the candidate
+        embedding is the item's row of the embedding table the history shares, as SASRec scores
+        items (Kang & McAuley, ICDM 2018).
       activation: a Keras activation name for the hidden layers.
       dropout: dropout rate after each hidden layer, in [0, 1).
       normalization: ``"batch"``, ``"layer"`` or ``"none"`` after each hidden layer.
@@ -93,9 +98,12 @@ class TowerConfig:
     dropout: float = 0.0
     normalization: Normalization = "none"
     l2_normalize: bool = True
+    projection: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
+        if not isinstance(self.projection, bool):
+            raise ValueError(f"`projection` must be true or false. Received: {self.projection!r}")
         if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
             raise ValueError(f"`hidden_units` must be positive ints. Received: {self.hidden_units}")
         if isinstance(self.output_dim, bool) or not isinstance(self.output_dim, int) or self.output_dim <= 0:

@@ -94,7 +94,9 @@ class Tower(tf.keras.Model):
                 self.hidden.append(tf.keras.layers.LayerNormalization(name=f"layer_norm_{i}"))
             if self.config.dropout > 0:
                 self.hidden.append(tf.keras.layers.Dropout(self.config.dropout, name=f"dropout_{i}"))
-        self.projection = tf.keras.layers.Dense(self.config.output_dim, name="projection")
+        self.projection = (
+            tf.keras.layers.Dense(self.config.output_dim, name="projection") if self.config.projection else None
+        )
 
     @property
     def features(self) -> Sequence[Feature]:
@@ -120,7 +122,15 @@ class Tower(tf.keras.Model):
         """MLP, projection and L2 normalisation over the last axis: ``[..., in] → [..., output_dim]``."""
         for layer in self.hidden:
             x = layer(x, training=training)
-        x = self.projection(x)
+        if self.projection is not None:
+            x = self.projection(x)
+        elif x.shape[-1] != self.config.output_dim:
+            raise ValueError(
+                f"`model.{self.name}.projection` is false, so the tower's output is its "
+                f"{'last hidden layer' if self.hidden else 'concatenated features'}, {x.shape[-1]} wide, but "
+                f"`model.{self.name}.output_dim` is {self.config.output_dim}: make them equal "
+                "(`features.embedding_dim`, `hidden_units`), or keep the projection."
+            )
         if self.config.l2_normalize:
             x = tf.math.l2_normalize(x, axis=-1)
         return x
