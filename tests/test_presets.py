@@ -1,5 +1,6 @@
-"""The shipped configuration files: each loads, and the long-history preset trains on a user's own
-table with nothing but the table added, exports, and serves right-aligned histories of any width."""
+"""The shipped configuration files: each loads, and the presets train on a user's own table with
+nothing but the table added; the long-history one exports and serves right-aligned histories of any
+width, the short-history one chooses its epochs on validation and refits."""
 
 import json
 import textwrap
@@ -29,6 +30,15 @@ def test_the_long_history_preset_is_sasrec_with_the_full_cross_entropy():
     assert config.training.example_format == "every_position"
     assert config.model.temperature == 1.0 and not config.model.query_tower.l2_normalize
     assert config.data.validation == "last"
+
+
+def test_the_short_history_preset_scores_items_by_their_own_embedding_and_refits():
+    config = load_config(CONFIGS / "short_history.yaml")
+    assert config.data.dataset == ExperimentConfig().data.dataset  # any data set: it names none
+    assert not config.model.query_tower.projection and not config.model.candidate_tower.projection
+    assert config.model.query_tower.l2_normalize and config.model.temperature == ExperimentConfig().model.temperature
+    assert (config.loss.mode, config.training.example_format) == ("full_softmax", "every_position")
+    assert config.data.validation == "last" and config.training.early_stopping.refit
 
 
 def _log(path):
@@ -73,3 +83,17 @@ def test_the_long_history_preset_trains_exports_and_serves_any_history_width(tmp
         np.testing.assert_allclose(out[width]["scores"], out["3"]["scores"], rtol=1e-5, atol=1e-5)
     catalogue = {f"item-{i:02d}" for i in range(30)}
     assert all(set(row) <= catalogue for row in out["3"]["ids"])
+
+
+@pytest.mark.slow
+def test_the_short_history_preset_trains_on_a_users_own_table_and_refits(tmp_path, capsys):
+    _log(tmp_path / "log.csv")
+    run = tmp_path / "run"
+    args = ["--interactions", str(tmp_path / "log.csv"), "--config", str(CONFIGS / "short_history.yaml")]
+    assert main(["train", "--output", str(run), *args, "--set", "training.epochs=3"]) == 0
+    capsys.readouterr()
+    selection = json.loads((run / "selection.json").read_text())
+    validation = selection["history"]["val_NDCG@10"]
+    assert selection["best_epoch"] == int(np.argmax(validation)) + 1
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == selection["best_epoch"]
+    assert json.loads((run / "verification.json").read_text())["ok"]
