@@ -12,7 +12,7 @@ from helpers import tiny_config
 from tfrec_pipelines import train as train_module
 from tfrec_pipelines.run_directory import partial_directory
 from tfrec_pipelines.sources import prepare_data
-from tfrec_pipelines.train import SELECTION_FILE, train
+from tfrec_pipelines.train import SELECTION_FILE, evaluate_run, train
 from tfrec_towers.config import ConfigError, apply_overrides
 
 CONFIG = tiny_config(
@@ -66,6 +66,7 @@ def test_refit_trains_the_best_epochs_on_training_and_validation_interactions(re
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
     for key, value in reference.metrics.items():
         assert refitted.metrics[key] == pytest.approx(value, abs=1e-6), key
+    assert evaluate_run(refitted.run_dir) == pytest.approx(refitted.metrics)  # re-evaluating the run agrees
 
 
 def test_the_refit_keeps_the_validation_runs_schedule_and_stops_at_the_best_epoch(tmp_path):
