@@ -123,7 +123,7 @@ def build_model(
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
         the configured loss, learning-rate decay or bank warm-up reads the training data and ``data`` is None.
     """
-    needs = build.training_data_needs(config.loss)
+    needs = build.training_data_needs(config.loss, config.model.history)
     if data is None and needs and not for_inference:
         raise ConfigError(
             f"The configured loss reads the training data ({'; '.join(needs.values())}): pass it as "

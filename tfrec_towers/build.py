@@ -16,10 +16,12 @@ import tensorflow as tf
 
 from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig
 from tfrec_towers.features import FeatureSpec, input_signature
+from tfrec_towers.history_items import attribute_columns
 from tfrec_towers.losses.factory import build_candidate_source, build_retrieval_task, mixed_negative_distribution
-from tfrec_towers.model import TwoTowerModel, build_towers
+from tfrec_towers.model import TwoTowerModel, build_towers, fill_history_items
 from tfrec_towers.optimizers import LazyAdam
 from tfrec_towers.schedules import WarmupDecay
+from tfrec_towers.tower_config import HistoryEncoderConfig
 from tfrec_towers.towers import Tower
 
 OPTIMIZERS = {
@@ -85,15 +87,18 @@ def needs_total_steps(config: ExperimentConfig) -> Dict[str, str]:
     return needs
 
 
-def training_data_needs(loss: LossConfig) -> Dict[str, str]:
-    """The parts of ``loss`` that read the training data: counts of its ids, draws from its corpus.
+def training_data_needs(loss: LossConfig, history: Optional[HistoryEncoderConfig] = None) -> Dict[str, str]:
+    """The parts of ``loss`` (and of ``history``) that read the training data: counts of its ids,
+    draws from its corpus, its items' attributes.
 
     Returns:
       ``{argument of build_model: what the loss reads from it}``: ``training_ids`` for
-      ``logq='counts'``, ``corpus`` for mixed negatives and ``full_softmax``; empty when the loss
-      reads no data.
+      ``logq='counts'``, ``corpus`` for mixed negatives, ``full_softmax`` and a history read through
+      the candidate tower (``history.items='candidate_tower'``); empty when nothing reads data.
     """
     needs = {}
+    if history is not None and history.items == "candidate_tower":
+        needs["corpus"] = "`model.history.items`='candidate_tower' reads each history item's attributes from it"
     if loss.logq == "counts":
         needs["training_ids"] = "`loss.logq`='counts' counts the training data's candidate ids"
     elif loss.mixed_negatives and loss.mixed_negatives_alpha > 0.0:
@@ -161,7 +166,9 @@ def build_model(
         ``loss.logq: counts`` counts (required then).
       corpus: the candidate catalogue, one row per candidate, with the candidate features' columns
         (a dict of arrays or a DataFrame; other columns are ignored), from which
-        ``loss.mixed_negatives`` draws and which ``loss.mode: full_softmax`` scores (required then).
+        ``loss.mixed_negatives`` draws and which ``loss.mode: full_softmax`` scores, and whose items'
+        attributes a history read through the candidate tower (``model.history.items``) looks up by
+        id (required then).
       sample_weight_feature: a feature of the training batches holding each example's weight in
         the loss; batches of ``(features, sample_weight)`` are weighted without it.
       total_steps: the training steps ``model.fit`` will take (epochs × steps per epoch), over which
@@ -180,6 +187,7 @@ def build_model(
 
     Raises:
       ConfigError: ``training.example_format`` is ``every_position`` but the history is pooled; or
+        ``model.history.items`` is ``candidate_tower`` and a candidate feature is a list per item; or
         the configured loss reads the training data and ``training_ids`` or ``corpus`` is None; or
         a learning-rate decay or a bank's warm-up share without ``total_steps`` (:func:`needs_total_steps`).
       ValueError: ``corpus`` lacks a candidate feature, or invalid towers (their output
@@ -196,12 +204,19 @@ def build_model(
             f"`model.history.feature` is {history.feature!r}, but the query features are "
             f"{[f.name for f in spec.query]}: name the history feature, or set `model.history.encoder: pooling`."
         )
+    if history.items == "candidate_tower":
+        try:
+            attribute_columns(spec.candidate, spec.candidate_id)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, history)
     _check_unprojected_towers(spec, config, query, candidate)
     if for_inference:
         return TwoTowerModel(query, candidate, spec.candidate_id)
     given = {"training_ids": training_ids, "corpus": corpus}
-    missing = {name: why for name, why in training_data_needs(config.loss).items() if given[name] is None}
+    missing = {
+        name: why for name, why in training_data_needs(config.loss, config.model.history).items() if given[name] is None
+    }
     if missing:
         wanted = {
             "training_ids": "`training_ids` (the candidate id of every training example)",
@@ -213,6 +228,8 @@ def build_model(
             "that only restores trained towers."
         )
     columns = None if corpus is None else _corpus_columns(spec, corpus)
+    if columns is not None:
+        fill_history_items(query, columns)
     ids = None if training_ids is None else np.asarray(training_ids)
     distribution = (
         None if columns is None else mixed_negative_distribution(config.loss, ids, columns[spec.candidate_id])

@@ -13,14 +13,15 @@ pairs for the same task, so in-batch negatives span all positions of all sequenc
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrec_towers.encoders import build_embedding_tables
-from tfrec_towers.features import FeatureSpec, feature_from_dict
+from tfrec_towers.features import Feature, FeatureSpec, feature_from_dict
 from tfrec_towers.history_encoders import HistoryEncoderConfig
+from tfrec_towers.history_items import CandidateTowerItems, ItemAttributes, attribute_columns
 from tfrec_towers.losses.negatives import NegativeSet, check_int
 from tfrec_towers.losses.task import in_batch_softmax_task
 from tfrec_towers.towers import Tower, TowerConfig
@@ -207,19 +208,17 @@ class TwoTowerModel(tfrs.Model):
         serialized = [config.pop("query_tower"), config.pop("candidate_tower")]
         if all(s.get("class_name", "").endswith("Tower") for s in serialized):
             query_cfg, candidate_cfg = (s["config"] for s in serialized)
-            query_features = [feature_from_dict(f) for f in query_cfg["features"]]
-            candidate_features = [feature_from_dict(f) for f in candidate_cfg["features"]]
-            tables = build_embedding_tables(query_features + candidate_features)
-            towers = [
-                Tower(
-                    features,
-                    cfg["config"],
-                    tables,
-                    cfg.get("history", HistoryEncoderConfig(encoder="pooling")),
-                    name=cfg["name"],
+            towers = list(
+                tower_pair(
+                    [feature_from_dict(f) for f in query_cfg["features"]],
+                    [feature_from_dict(f) for f in candidate_cfg["features"]],
+                    config["candidate_id"],
+                    TowerConfig(**query_cfg["config"]),
+                    TowerConfig(**candidate_cfg["config"]),
+                    HistoryEncoderConfig(**query_cfg.get("history", {"encoder": "pooling"})),
+                    names=(query_cfg["name"], candidate_cfg["name"]),
                 )
-                for features, cfg in ((query_features, query_cfg), (candidate_features, candidate_cfg))
-            ]
+            )
         else:
             towers = [tf.keras.utils.deserialize_keras_object(s) for s in serialized]
         return cls(*towers, **config)
@@ -242,7 +241,40 @@ def build_towers(
             "The query and candidate towers must have the same `output_dim`. "
             f"Received: {query_config.output_dim} and {candidate_config.output_dim}"
         )
-    tables = build_embedding_tables(spec.all_features)
-    query = Tower(spec.query, query_config, tables, history, name="query_tower")
-    candidate = Tower(spec.candidate, candidate_config, tables, name="candidate_tower")
-    return query, candidate
+    return tower_pair(spec.query, spec.candidate, spec.candidate_id, query_config, candidate_config, history)
+
+
+def tower_pair(
+    query_features: Sequence[Feature],
+    candidate_features: Sequence[Feature],
+    candidate_id: str,
+    query_config: TowerConfig,
+    candidate_config: TowerConfig,
+    history: HistoryEncoderConfig,
+    names: Tuple[str, str] = ("query_tower", "candidate_tower"),
+) -> Tuple[Tower, Tower]:
+    """The two towers over one set of embedding tables; with ``history.items='candidate_tower'`` the
+    query tower reads its history's items through the candidate tower
+    (:class:`~tfrec_towers.history_items.CandidateTowerItems`), whose attribute tables are empty until
+    :func:`fill_history_items` or a checkpoint fills them."""
+    tables = build_embedding_tables(list(query_features) + list(candidate_features))
+    if history.items != "candidate_tower":
+        query = Tower(query_features, query_config, tables, history, name=names[0])
+        return query, Tower(candidate_features, candidate_config, tables, name=names[1])
+    candidate = Tower(candidate_features, candidate_config, tables, name=names[1])
+    id_feature = next(f for f in candidate_features if f.name == candidate_id)
+    attributes = ItemAttributes(
+        candidate_id,
+        id_feature.dtype,
+        attribute_columns(candidate_features, candidate_id),
+        name="history_item_attributes",
+    )
+    items = CandidateTowerItems(candidate, attributes, name="history_items")
+    return Tower(query_features, query_config, tables, history, items=items, name=names[0]), candidate
+
+
+def fill_history_items(query_tower: Tower, corpus: Mapping[str, Any]) -> None:
+    """Stores the catalogue's attributes for a query tower that reads its history's items through the
+    candidate tower (nothing to do otherwise): ``corpus`` holds the candidate features' columns."""
+    if query_tower.history_items is not None:
+        query_tower.history_items.attributes.fill(corpus)

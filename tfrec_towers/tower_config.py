@@ -13,6 +13,8 @@ HistoryEncoderName = Literal["pooling", "mean", "attention", "gru", "transformer
 HISTORY_ENCODERS = ("pooling", "mean", "attention", "gru", "transformer")
 PositionsFrom = Literal["from_oldest", "from_newest"]
 POSITIONS = ("from_oldest", "from_newest")
+HistoryItems = Literal["embedding", "candidate_tower"]
+HISTORY_ITEMS = ("embedding", "candidate_tower")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,11 @@ class HistoryEncoderConfig:
       positions: how the transformer (only) indexes its learned positions: ``from_oldest`` (default: the
         valid-item index from the oldest item, the same for a prefix alone or inside a sequence) or
         ``from_newest`` (SASRec's right-aligned positions: the most recent item always has the last).
+      items: how a history item becomes the vector the encoder reads: ``embedding`` (default: its row of
+        the id embedding table, shared with the candidate id) or ``candidate_tower`` (the candidate
+        tower's embedding of the item, read from its id and its attributes in the catalogue: one item
+        encoder for the history and the candidates, as Merlin's and TFRS's item models share theirs);
+        needs a sequence ``encoder``.
     """
 
     encoder: HistoryEncoderName = "attention"
@@ -45,8 +52,16 @@ class HistoryEncoderConfig:
     dropout: float = 0.2
     max_length: int = 50
     positions: PositionsFrom = "from_oldest"
+    items: HistoryItems = "embedding"
 
     def __post_init__(self) -> None:
+        if self.items not in HISTORY_ITEMS:
+            raise ValueError(f"`items` must be one of {list(HISTORY_ITEMS)}. Received: {self.items!r}")
+        if self.items != "embedding" and self.encoder == "pooling":
+            raise ValueError(
+                f"`items`={self.items!r} needs a sequence `encoder` (mean, attention, gru or transformer): "
+                "'pooling' pools the history's id embeddings inside the feature encoder."
+            )
         if self.positions not in POSITIONS:
             raise ValueError(f"`positions` must be one of {list(POSITIONS)}. Received: {self.positions!r}")
         if self.encoder not in HISTORY_ENCODERS:

@@ -36,6 +36,9 @@ class Tower(tf.keras.Model):
       history: how the history feature is read (:class:`HistoryEncoderConfig` or its dict form);
         with a sequence encoder the feature named ``history.feature`` (a ``[B, L]`` id sequence) is
         looked up in its (shared) table and encoded by it, the other features by the feature encoder.
+      items: with ``history.items='candidate_tower'``, the layer that embeds the history's ids
+        (:class:`~tfrec_towers.history_items.CandidateTowerItems`, built beside the candidate tower by
+        :func:`tfrec_towers.model.build_towers`); ``None`` otherwise.
 
     Hyper-parameters in the config, state in weights: ``get_config`` holds the declarations
     without their vocabularies (only each one's ``vocabulary_size``), the MLP and history
@@ -45,7 +48,7 @@ class Tower(tf.keras.Model):
 
     Raises:
       ValueError: a sequence encoder is configured but the tower has no ``[B, L]`` id sequence
-        feature named ``history.feature``.
+        feature named ``history.feature``; or ``history.items='candidate_tower'`` without ``items``.
 
     Call: a dict of raw feature tensors (extra keys are ignored) → ``[batch, output_dim]``.
 
@@ -62,6 +65,7 @@ class Tower(tf.keras.Model):
         config: TowerConfig | Mapping[str, Any] = TowerConfig(),
         tables: Optional[Mapping[str, tf.keras.layers.Layer]] = None,
         history: HistoryEncoderConfig | Mapping[str, Any] = HistoryEncoderConfig(encoder="pooling"),
+        items: Optional[tf.keras.layers.Layer] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -69,6 +73,13 @@ class Tower(tf.keras.Model):
         self.history = history if isinstance(history, HistoryEncoderConfig) else HistoryEncoderConfig(**history)
         self._features = [feature_from_dict(f) if isinstance(f, Mapping) else f for f in features]
         self.history_feature: Optional[SequenceFeature] = None
+        if (self.history.items == "candidate_tower") != (items is not None):
+            raise ValueError(
+                "`items` (the candidate tower's item embedding) is what `history.items`='candidate_tower' "
+                f"reads the history through, and only then: history.items={self.history.items!r}, "
+                f"items={'given' if items is not None else None}. Build the towers with `build_towers`."
+            )
+        self.history_items = items
         if self.history.is_sequential:
             history_feature = next((f for f in self._features if f.name == self.history.feature), None)
             if not isinstance(history_feature, SequenceFeature) or not history_feature.is_matrix:
@@ -112,7 +123,11 @@ class Tower(tf.keras.Model):
         encoder = self.history_encoder
         if training and self.xla_training and getattr(encoder, "compiles_with_xla", True):
             encoder = compiled(encoder, "__call__")
-        return encoder(self.history_table(ids), mask, training=training, return_sequences=return_sequences)
+        if self.history_items is not None:
+            embedded = self.history_items(ids, training=training)
+        else:
+            embedded = self.history_table(ids)
+        return encoder(embedded, mask, training=training, return_sequences=return_sequences)
 
     def _head_of(self, training: bool):
         """:meth:`_head`, XLA-compiled in training with :attr:`xla_training`."""
