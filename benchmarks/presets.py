@@ -2,8 +2,9 @@
 
     python benchmarks/presets.py --data-root ../shared/data --datasets ml-100k --seeds 0 1 2 --processes 2
 
-For each data set and seed, in one run, trains the plain TFRS recipe, the default configuration and
-each preset (``configs/long_history.yaml``, ``configs/short_history.yaml``: the file as
+For each data set and seed, in one run, trains the plain TFRS recipe, the default configuration, the
+default with the keys of each ``--variants`` row set (``VARIANTS``: one capability each, e.g. the
+history's items read through the candidate tower) and each preset (``configs/long_history.yaml``, ``configs/short_history.yaml``: the file as
 ``tfrec-towers train --config`` reads it, with only the data set's keys added; ``--presets`` picks them), and on ml-100k the minimal SASRec with the full softmax of
 ``benchmarks/reference_transformer.py``, written apart from the library (30 epochs, batch 32, the last
 50 items). Every row trains on the same interactions: each user's last interaction is the test target
@@ -27,7 +28,7 @@ import dataclasses
 import multiprocessing
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,17 +71,29 @@ PUBLISHED: Dict[str, List[Tuple[str, float, float, str]]] = {
 }
 
 
-def row_configs(name: str, root: str, presets: Dict[str, Path]) -> Dict[str, ExperimentConfig]:
-    """The default and each preset with only the data set's keys (and the validation split) added."""
+# row → the keys it sets on the default (one capability each: a user who sets them changes that alone)
+VARIANTS: Dict[str, List[str]] = {
+    "default + history items through the candidate tower": ["model.history.items=candidate_tower"],
+}
+
+
+def row_configs(
+    name: str, root: str, presets: Dict[str, Path], variants: Sequence[str] = ()
+) -> Dict[str, ExperimentConfig]:
+    """The default, each variant of it and each preset with only the data set's keys (and the
+    validation split) added."""
     keys = [k.format(root=root) for k in DATASETS[name]] + ["data.validation=last"]
     configs = {DEFAULT: apply_overrides(ExperimentConfig(), keys)}
+    configs.update({row: apply_overrides(ExperimentConfig(), keys + VARIANTS[row]) for row in variants})
     configs.update({row: apply_overrides(load_config(path), keys) for row, path in presets.items()})
     return configs
 
 
-def run_dataset(name: str, root: str, seeds, presets: Dict[str, Path], reference: bool) -> Tuple[str, list]:
+def run_dataset(
+    name: str, root: str, seeds, presets: Dict[str, Path], reference: bool, variants: Sequence[str] = ()
+) -> Tuple[str, list]:
     """Every row of data set ``name`` for each of ``seeds``, in order."""
-    configs = row_configs(name, root, presets)
+    configs = row_configs(name, root, presets, variants)
     prepared = prepare_data(configs[DEFAULT])
     default_data = prepared.data
     user = next(d.name for d in prepared.declarations.query if d.kind == "id")
@@ -143,7 +156,14 @@ def table(name: str, rows: list) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_set_arguments(parser, list(DATASETS))
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--presets", nargs="*", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=list(VARIANTS),
+        help="rows of the default with keys of VARIANTS set",
+    )
     parser.add_argument(
         "--processes", type=int, default=1, help="(data set, seed) pairs trained at once, one process each"
     )
@@ -158,7 +178,10 @@ def main() -> None:
         args.processes, mp_context=multiprocessing.get_context("spawn")
     ) as pool:
         runs = {
-            pool.submit(run_dataset, name, args.data_root, [seed], presets, name == "ml-100k"): (name, seed)
+            pool.submit(run_dataset, name, args.data_root, [seed], presets, name == "ml-100k", args.variants): (
+                name,
+                seed,
+            )
             for name in args.datasets
             for seed in args.seeds
         }
@@ -177,6 +200,7 @@ def main() -> None:
             payload = {
                 "command": command,
                 "presets": {row: config_to_dict(load_config(path)) for row, path in presets.items()},
+                "variants": {row: VARIANTS[row] for row in args.variants},
                 "results": {n: results[n] for n in done},
             }
             write_results(Path(args.output_dir), args.name, payload, "\n".join(tables))
