@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import tfrec_towers  # noqa: F401
 from helpers import TINY_TOWERS, cli_sets, run_fresh_process
+from tfrec_pipelines.train import evaluate_run
 from tfrec_towers.build import build_model
 from tfrec_towers.cli import main
 from tfrec_towers.config import ConfigError, apply_overrides
@@ -218,6 +219,8 @@ def test_an_exported_model_reads_history_items_by_their_attributes_in_a_process_
     assert main(["train", "--output", str(run), *map(str, args), *sets]) == 0
     capsys.readouterr()
     assert json.loads((run / "verification.json").read_text())["ok"]
+    # The attributes are restored with the checkpoint: the run re-evaluated from it agrees.
+    assert evaluate_run(run) == pytest.approx(json.loads((run / "metrics.json").read_text()))
 
     probe = textwrap.dedent(f"""
         import csv, json, tensorflow as tf
