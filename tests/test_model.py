@@ -149,8 +149,31 @@ def test_a_tower_without_projection_outputs_its_features_as_they_are():
     rows = table(tf.constant(data["item_id"])).numpy()  # the shared item table's rows, looked up
     np.testing.assert_allclose(embeddings, rows / np.linalg.norm(rows, axis=1, keepdims=True), rtol=1e-5)
     assert not candidate.projection and not [v for v in candidate.trainable_variables if "projection" in v.name]
-    with pytest.raises(ValueError, match="`projection` must be true or false"):
+    with pytest.raises(ValueError, match="`projection` must be true, false or 'auto'"):
         TowerConfig(projection="no")
+    with pytest.raises(ValueError, match="`projection` must be true, false or 'auto'"):
+        TowerConfig(projection=1)
+
+
+def test_an_automatic_projection_projects_only_what_is_not_output_dim_wide():
+    data = _data()
+    spec = _spec(data)  # the history alone is 8 wide; the candidate's id and category are 8 + 4
+    spec = FeatureSpec(query=spec.query[1:], candidate=spec.candidate, candidate_id="item_id")
+    auto = TowerConfig(hidden_units=(), output_dim=8, projection="auto", l2_normalize=False)
+    query, candidate = build_towers(spec, auto, auto, HistoryEncoderConfig(encoder="mean"))
+    history = np.array([[0, 3, 5], [0, 0, 7]], np.int64)
+    got = compute_embeddings(query, {"history": history}, batch_size=2)
+    rows = query.history_table(tf.constant(history)).numpy()
+    expected = np.stack([rows[0, 1:].mean(axis=0), rows[1, 2]])  # the mean of the rows, as they are
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not [v for v in query.trainable_variables if "projection" in v.name]
+
+    features = {"item_id": data["item_id"][:5], "category": data["category"][:5]}
+    embeddings = compute_embeddings(candidate, features, batch_size=5)
+    kernel, bias = candidate.projection.kernel.numpy(), candidate.projection.bias.numpy()
+    assert kernel.shape == (12, 8)  # projected: 12 wide is not output_dim
+    concatenated = candidate.encoder(features).numpy()
+    np.testing.assert_allclose(embeddings, concatenated @ kernel + bias, rtol=1e-5, atol=1e-6)
 
 
 def test_a_tower_without_projection_must_already_be_output_dim_wide(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """The shipped configuration files: each loads, and the presets train on a user's own table with
-nothing but the table added; the long-history one exports and serves right-aligned histories of any
+nothing but the tables added; the long-history one exports and serves right-aligned histories of any
 width, the short-history one chooses its epochs on validation and refits."""
 
 import json
@@ -35,7 +35,7 @@ def test_the_long_history_preset_is_sasrec_with_the_full_cross_entropy():
 def test_the_short_history_preset_scores_items_by_their_own_embedding_and_refits():
     config = load_config(CONFIGS / "short_history.yaml")
     assert config.data.dataset == ExperimentConfig().data.dataset  # any data set: it names none
-    assert not config.model.query_tower.projection and not config.model.candidate_tower.projection
+    assert config.model.query_tower.projection == config.model.candidate_tower.projection == "auto"
     assert config.model.query_tower.l2_normalize and config.model.temperature == ExperimentConfig().model.temperature
     assert (config.loss.mode, config.training.example_format) == ("full_softmax", "every_position")
     assert config.data.validation == "last" and config.training.early_stopping.refit
@@ -86,10 +86,13 @@ def test_the_long_history_preset_trains_exports_and_serves_any_history_width(tmp
 
 
 @pytest.mark.slow
-def test_the_short_history_preset_trains_on_a_users_own_table_and_refits(tmp_path, capsys):
+def test_the_short_history_preset_trains_on_a_users_own_tables_and_refits(tmp_path, capsys):
     _log(tmp_path / "log.csv")
+    items = pd.DataFrame({"item_id": [f"item-{i:02d}" for i in range(30)], "brand": [f"b{i % 4}" for i in range(30)]})
+    items.to_csv(tmp_path / "items.csv", index=False)  # attributes: the candidate tower projects id and brand
     run = tmp_path / "run"
-    args = ["--interactions", str(tmp_path / "log.csv"), "--config", str(CONFIGS / "short_history.yaml")]
+    args = ["--interactions", str(tmp_path / "log.csv"), "--items", str(tmp_path / "items.csv")]
+    args += ["--config", str(CONFIGS / "short_history.yaml")]
     assert main(["train", "--output", str(run), *args, "--set", "training.epochs=3"]) == 0
     capsys.readouterr()
     selection = json.loads((run / "selection.json").read_text())

@@ -131,7 +131,7 @@ def _check_unprojected_towers(spec: FeatureSpec, config: ExperimentConfig, query
         (query, spec.query, config.model.query_tower),
         (candidate, spec.candidate, config.model.candidate_tower),
     ):
-        if tower_config.projection:
+        if tower_config.projection is not False:
             continue
         probe = {
             name: tf.zeros([1 if size is None else size for size in signature.shape], signature.dtype)

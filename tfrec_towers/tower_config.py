@@ -87,6 +87,7 @@ class HistoryEncoderConfig:
 
 
 Normalization = Literal["none", "batch", "layer"]
+Projection = Literal[True, False, "auto"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,9 @@ class TowerConfig:
         last hidden layer or, without hidden layers, its concatenated features, which must then be
         ``output_dim`` wide. With ``hidden_units: []`` and the item id alone, the candidate
         embedding is the item's row of the embedding table the history shares, as SASRec scores
-        items (Kang & McAuley, ICDM 2018).
+        items (Kang & McAuley, ICDM 2018). ``auto``: a projection only when what comes before it is
+        not ``output_dim`` wide (an id alone is scored by its own row; an id with attributes is
+        projected), decided from the features' widths when the tower is built.
       activation: a Keras activation name for the hidden layers.
       dropout: dropout rate after each hidden layer, in [0, 1).
       normalization: ``"batch"``, ``"layer"`` or ``"none"`` after each hidden layer.
@@ -113,12 +116,12 @@ class TowerConfig:
     dropout: float = 0.0
     normalization: Normalization = "none"
     l2_normalize: bool = True
-    projection: bool = True
+    projection: Projection = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_units", tuple(self.hidden_units))
-        if not isinstance(self.projection, bool):
-            raise ValueError(f"`projection` must be true or false. Received: {self.projection!r}")
+        if not (isinstance(self.projection, bool) or self.projection == "auto"):
+            raise ValueError(f"`projection` must be true, false or 'auto'. Received: {self.projection!r}")
         if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
             raise ValueError(f"`hidden_units` must be positive ints. Received: {self.hidden_units}")
         if isinstance(self.output_dim, bool) or not isinstance(self.output_dim, int) or self.output_dim <= 0:

@@ -137,9 +137,11 @@ class Tower(tf.keras.Model):
         """MLP, projection and L2 normalisation over the last axis: ``[..., in] → [..., output_dim]``."""
         for layer in self.hidden:
             x = layer(x, training=training)
-        if self.projection is not None:
+        if self.projection is not None and not (
+            self.config.projection == "auto" and x.shape[-1] == self.config.output_dim
+        ):
             x = self.projection(x)
-        elif x.shape[-1] != self.config.output_dim:
+        elif self.projection is None and x.shape[-1] != self.config.output_dim:
             raise ValueError(
                 f"`model.{self.name}.projection` is false, so the tower's output is its "
                 f"{'last hidden layer' if self.hidden else 'concatenated features'}, {x.shape[-1]} wide, but "
