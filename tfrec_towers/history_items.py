@@ -135,6 +135,9 @@ class ItemAttributes(tf.keras.layers.Layer):
 class CandidateTowerItems(tf.keras.layers.Layer):
     """``ids [...]`` → ``c(x(ids)) [..., d]``: the candidate tower's embedding of each id's item.
 
+    The candidate tower runs once per distinct id of the call (with dropout in the candidate tower,
+    the copies of one item in a batch therefore share its dropout mask).
+
     Args:
       candidate_tower: the tower that embeds the candidates (shared, trained with them).
       attributes: the catalogue's attributes by id (:class:`ItemAttributes`).
@@ -149,7 +152,9 @@ class CandidateTowerItems(tf.keras.layers.Layer):
         self.attributes = attributes
 
     def call(self, ids: tf.Tensor, training: bool = False) -> tf.Tensor:
-        flat = tf.reshape(ids, [-1])
-        embeddings = self.candidate_tower(self.attributes(flat), training=training)
+        # Each distinct id of the batch is encoded once (a batch of histories repeats its popular
+        # items many times over), then gathered back into place: the same values and gradients.
+        distinct, where = tf.unique(tf.reshape(ids, [-1]))
+        embeddings = tf.gather(self.candidate_tower(self.attributes(distinct), training=training), where)
         shape = tf.concat([tf.shape(ids), tf.shape(embeddings)[-1:]], axis=0)
         return tf.reshape(embeddings, shape)
