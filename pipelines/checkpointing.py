@@ -433,6 +433,7 @@ def fit_resumably(
     epoch_callbacks: Sequence[tf.keras.callbacks.Callback] = (),
     early_stopping: Optional[EarlyStopping] = None,
     collapse: Optional[CollapseMonitor] = None,
+    lengths: Optional[np.ndarray] = None,
 ) -> Tuple[Dict[str, List[float]], int]:
     """``model.fit`` for ``training.epochs`` epochs of :func:`training_batches`, resumable.
 
@@ -456,6 +457,8 @@ def fit_resumably(
       collapse: a :class:`~tfrec_towers.collapse.CollapseMonitor`, called after ``epoch_callbacks``
         (its values reach the saved history); with its ``stop_on_collapse`` a collapse stops
         training without saving the collapsed weights (see :class:`ResumableTraining`).
+      lengths: each example's length, to batch similar lengths together
+        (``training.group_by_length``: :func:`~tfrec_pipelines.dataset.length_grouped_order`).
 
     Returns:
       ``(history, steps)``: the logs of every epoch (``{name: [value per epoch]}``, the rate of each
@@ -499,7 +502,12 @@ def fit_resumably(
     with resumable.catching_sigint():
         for first_step, first_epoch, end_epoch, steps in segments:
             dataset = training_batches(
-                features, training.batch_size, seed=training.seed, epochs=end_epoch, start_step=first_step
+                features,
+                training.batch_size,
+                seed=training.seed,
+                epochs=end_epoch,
+                start_step=first_step,
+                lengths=lengths,
             )
             model.fit(
                 dataset,
@@ -533,7 +541,13 @@ def fit_resumably(
 
 
 def training_batches(
-    features: Mapping[str, np.ndarray], batch_size: int, *, seed: int, epochs: int, start_step: int = 0
+    features: Mapping[str, np.ndarray],
+    batch_size: int,
+    *,
+    seed: int,
+    epochs: int,
+    start_step: int = 0,
+    lengths: Optional[np.ndarray] = None,
 ) -> tf.data.Dataset:
     """The batches training reads: :func:`~tfrec_pipelines.dataset.epoch_batches` of ``features``.
 
@@ -547,21 +561,29 @@ def training_batches(
 
     Args, Returns and Raises: those of :func:`~tfrec_pipelines.dataset.epoch_batches`.
     """
-    return without_autotuning(_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step))
+    batches = _batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step, lengths=lengths)
+    return without_autotuning(batches)
 
 
 def _batches(
-    features: Mapping[str, np.ndarray], batch_size: int, *, seed: int, epochs: int, start_step: int
+    features: Mapping[str, np.ndarray],
+    batch_size: int,
+    *,
+    seed: int,
+    epochs: int,
+    start_step: int,
+    lengths: Optional[np.ndarray],
 ) -> tf.data.Dataset:
     """:func:`training_batches` before its options: built columns batched whole, examples looked up."""
     if not isinstance(features, TrainingExamples):
-        return epoch_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step)
+        return epoch_batches(features, batch_size, seed=seed, epochs=epochs, start_step=start_step, lengths=lengths)
     indexes = epoch_batches(
         {str(i): index for i, index in enumerate(features.indexes)},
         batch_size,
         seed=seed,
         epochs=epochs,
         start_step=start_step,
+        lengths=lengths,
     )
     tables = {}
     for name, column in features.columns.items():

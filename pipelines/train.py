@@ -256,6 +256,10 @@ def fit_model(
                 positions,
                 positions,
             )
+    lengths = None
+    if training.group_by_length:  # the valid positions of each sequence
+        targets = np.asarray(features[model.candidate_id])
+        lengths = (targets != ("" if targets.dtype.kind in "OUS" else 0)).sum(axis=1)
     start = time.perf_counter()
     history, steps = fit_resumably(
         model,
@@ -268,6 +272,7 @@ def fit_model(
         epoch_callbacks,
         early_stopping,
         collapse=monitor,
+        lengths=lengths,
     )
     seconds = time.perf_counter() - start
     candidate_id = getattr(model, "candidate_id", None)

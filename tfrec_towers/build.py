@@ -262,4 +262,5 @@ def build_model(
         optimizer=make_optimizer(config.training, total_steps), steps_per_execution=config.training.steps_per_execution
     )
     model.xla_training = config.training.jit_compile
+    model.trim_sequence_padding = config.training.group_by_length
     return model

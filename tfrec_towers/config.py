@@ -571,6 +571,14 @@ class TrainingConfig:
         → the item) or ``every_position`` (one sequence of up to ``model.history.max_length`` items
         per example, every position predicting its next item in one pass; needs a sequence
         ``model.history.encoder``).
+      group_by_length: with ``every_position``, batch sequences of similar length together and
+        compute each batch only over its longest sequence's positions (its all-padding slots
+        dropped: every valid position's query is the same, since padding never changes one). Each
+        epoch's order is cut into windows of 50 batches, each window sorted by length and cut into
+        batches, and the epoch's full batches shuffled (the length-grouped samplers of fairseq and
+        Hugging Face): the same examples per epoch, fewer padded positions per step. With the full
+        softmax the loss is unchanged; with in-batch negatives a batch's negatives are then users of
+        similar history length. Off by default.
       distribute: the ``tf.distribute`` strategy: ``none`` (one device), ``mirrored`` (every local
         GPU) or ``multi_worker`` (the machines of ``TF_CONFIG``); the loss scores every replica's
         queries against the global batch.
@@ -610,6 +618,7 @@ class TrainingConfig:
     steps_per_execution: int = 1
     jit_compile: bool = False
     example_format: Literal["per_prefix", "every_position"] = "per_prefix"
+    group_by_length: bool = False
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     tensorboard: bool = False
     tensorboard_embeddings: bool = False
@@ -662,6 +671,11 @@ class TrainingConfig:
             "≥ 0 (0 turns it off)",
             self.checkpoint_every_seconds,
         )
+        if self.group_by_length and self.example_format != "every_position":
+            raise ConfigError(
+                "`training.group_by_length` groups sequences by length: it needs `training.example_format: "
+                f"every_position` (received {self.example_format!r}, whose examples all have the history's width)."
+            )
         if self.tensorboard_embeddings and not self.tensorboard:
             raise ConfigError(
                 "`training.tensorboard_embeddings` needs `training.tensorboard: true` (the projector reads RUN/tensorboard)."

@@ -52,6 +52,9 @@ class TwoTowerModel(tfrs.Model):
 
     Works with ``compile``/``fit``/``evaluate``, Keras callbacks and ``tf.train.Checkpoint``.
 
+    With :attr:`trim_sequence_padding` (``training.group_by_length``), a sequence batch's slots that
+    are padding in every sequence are cut before the towers see it: the same queries, less work.
+
     Hyper-parameters in the config, state in weights: ``get_config`` holds the towers', task's
     and sampler's hyper-parameters (sizes, dtypes, widths, seeds) and no data, so its size does
     not grow with the catalogue; vocabularies, training counts and the sampler's corpus are
@@ -85,6 +88,7 @@ class TwoTowerModel(tfrs.Model):
                 "it needs a `task` with a `memory_bank` and `mixed_negatives`."
             )
         self._xla_training = False
+        self.trim_sequence_padding = False
 
     @property
     def xla_training(self) -> bool:
@@ -119,12 +123,32 @@ class TwoTowerModel(tfrs.Model):
         ids = features[self.candidate_id]
         padding = "" if ids.dtype == tf.string else tf.zeros([], ids.dtype)
         valid = tf.not_equal(ids, padding)
-        queries = tf.boolean_mask(self.query_tower.sequence_embeddings(features, training=training), valid)
         names = [f.name for f in self.candidate_tower.features]
         if self.sample_weight_feature in features:
             names.append(self.sample_weight_feature)
+        if self.trim_sequence_padding and not self._xla_training:
+            features, valid = self._without_padding_slots(features, valid, names)
+        queries = tf.boolean_mask(self.query_tower.sequence_embeddings(features, training=training), valid)
         candidates = {name: tf.boolean_mask(features[name], valid) for name in names}
         return queries, candidates, candidates[self.candidate_id]
+
+    def _without_padding_slots(
+        self, features: Mapping[str, tf.Tensor], valid: tf.Tensor, names: Sequence[str]
+    ) -> tuple[Dict[str, tf.Tensor], tf.Tensor]:
+        """The batch without the slots that are padding in every sequence (``trim_sequence_padding``).
+
+        Sequences are left-padded, so those are the first ``s`` slots, ``s`` = the first slot any
+        sequence uses; cutting them changes no valid position's query, as padding never does
+        (:mod:`tfrec_towers.history_encoders`), and spares the encoder ``s`` positions per sequence.
+        """
+        first = tf.argmax(tf.cast(tf.reduce_any(valid, axis=0), tf.int32), output_type=tf.int32)
+        history = getattr(getattr(self.query_tower, "history", None), "feature", None)
+        sliced = {*names, *([history] if history else [])}
+        trimmed = {
+            name: value[:, first:] if name in sliced and value.shape.rank and value.shape.rank >= 2 else value
+            for name, value in features.items()
+        }
+        return trimmed, valid[:, first:]
 
     def compute_loss(self, inputs: Any, training: bool = False) -> tf.Tensor:
         """The task's loss on a per-prefix batch, or on every valid position of a sequence batch
