@@ -56,6 +56,7 @@ from tfrec_towers.evaluation import DEFAULT_KS
 from tfrec_towers.export import NUM_SAMPLE_QUERIES, export_retrieval_model
 from tfrec_towers.features import FeatureSpec, input_signature
 from tfrec_towers.index import IndexConfig, index_kind
+from tfrec_towers.losses import FullSoftmaxLoss
 from tfrec_towers.model import TwoTowerModel
 from tfrec_towers.projector import write_projector_embeddings
 from tfrec_towers.towers import compute_embeddings
@@ -246,7 +247,9 @@ def fit_model(
             history=reading.feature,
         )
         positions = training.batch_size * reading.max_length
-        if positions > MAX_EVERY_POSITION_PAIRS:
+        # the full softmax scores each position against the catalogue in chunks: it has no in-batch matrix
+        in_batch = not isinstance(getattr(model, "task", None), FullSoftmaxLoss)
+        if in_batch and positions > MAX_EVERY_POSITION_PAIRS:
             logger.warning(
                 "training.batch_size=%d sequences of up to %d items is up to %d (query, item) pairs per batch, "
                 "an in-batch logit matrix of up to %d x %d: every-position training usually takes 32-128 sequences.",

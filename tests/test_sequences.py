@@ -17,7 +17,7 @@ from tfrec_towers.export import export_retrieval_model
 from tfrec_towers.features import CategoricalFeature, FeatureSpec, SequenceFeature, adapt, input_signature
 from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.index import IndexConfig
-from tfrec_towers.losses.factory import build_retrieval_task
+from tfrec_towers.losses.factory import build_candidate_source, build_retrieval_task
 from tfrec_towers.model import TwoTowerModel, build_towers
 from tfrec_towers.towers import TowerConfig
 from tfrec_towers.verify import verify_export
@@ -269,3 +269,21 @@ def test_every_position_batches_too_large_for_in_batch_logits_warn(caplog):
     rows = {f.name: np.asarray(data.train[f.name])[np.sort(ids)] for f in model.candidate_tower.features}
     expected = mean_resultant_length(model.candidate_tower(rows).numpy())
     assert history["mean_resultant_length"][-1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_full_softmax_over_long_sequences_does_not_warn_of_an_in_batch_matrix(caplog):
+    from tfrec_pipelines.train import MAX_EVERY_POSITION_PAIRS, fit_model
+    from tfrec_towers.config import TrainingConfig
+    from tfrec_towers.losses import FullSoftmaxLoss
+
+    tf.keras.utils.set_random_seed(2)
+    data = _split()
+    towers = _model(FullSoftmaxLoss(), data)
+    catalogue = build_candidate_source(
+        LossConfig(mode="full_softmax", logq="none", mixed_negatives=0), data.candidates, "movie_id"
+    )
+    model = TwoTowerModel(towers.query_tower, towers.candidate_tower, "movie_id", FullSoftmaxLoss(), catalogue)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    large = MAX_EVERY_POSITION_PAIRS // 4 + 1  # sequences of max_length 4
+    fit_model(model, data.train, TrainingConfig(epochs=1, batch_size=large, example_format="every_position"), verbose=0)
+    assert "training.batch_size" not in caplog.text
