@@ -153,6 +153,7 @@ COMPANIONS = {
         "loss.memory_bank_refresh_every_steps": 200,
     },
     "training.group_by_length": {"training.example_format": "every_position", "training.group_by_length": True},
+    "model.history.block": {"model.history.encoder": "transformer", "model.history.block": "sasrec"},
     "model.history.positions": {"model.history.encoder": "transformer", "model.history.positions": "from_newest"},
     "loss.hinge_weight": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_weight": 0.5},
     "loss.hinge_start_steps": {"loss.mode": "softmax_hinge", "loss.margin": 0.2, "loss.hinge_start_steps": 100},

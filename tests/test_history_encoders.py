@@ -238,3 +238,54 @@ def test_pooling_tower_refuses_every_position_and_unknown_history_is_named():
             TowerConfig(output_dim=4),
             history=HistoryEncoderConfig(encoder="gru", feature="events"),
         )
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_the_sasrec_block_computes_what_the_reference_sasrec_written_apart_computes(num_heads):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.reference_transformer import MinimalSASRec
+
+    tf.keras.utils.set_random_seed(3)
+    length, dim = 6, 8
+    reference = MinimalSASRec(20, length, dim=dim, num_layers=2, num_heads=num_heads, dropout=0.0)
+    ids = np.array([[0, 0, 3, 7, 1, 9], [0, 0, 0, 0, 0, 4], [5, 6, 7, 8, 9, 10]], np.int32)
+    expected = reference(tf.constant(ids)).numpy()
+    encoder = TransformerHistoryEncoder(
+        num_layers=2, num_heads=num_heads, dropout=0.0, max_length=length, positions="from_newest", block="sasrec"
+    )
+    embeddings, mask = reference.items(tf.constant(ids)), tf.constant(ids > 0)
+    encoder(embeddings, mask, return_sequences=True)  # builds it, then it takes the reference's weights
+    encoder.positions.assign(reference.positions.embeddings)
+    for ours, (attention_norm, attention, feedforward_norm, feedforward) in zip(encoder.blocks, reference.blocks):
+        ours["attention_norm"].set_weights(attention_norm.get_weights())
+        ours["attention"].set_weights(attention.get_weights())
+        ours["feedforward_norm"].set_weights(feedforward_norm.get_weights())
+        ours["feedforward_hidden"].set_weights(feedforward.layers[0].get_weights())
+        ours["feedforward_output"].set_weights(feedforward.layers[2].get_weights())
+    encoder.output_norm.set_weights(reference.output_norm.get_weights())
+    got = encoder(embeddings, mask, return_sequences=True).numpy()
+    valid = ids > 0
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=2e-4, atol=2e-4)
+    assert not np.allclose(got[valid], encoder_output_of_pre_norm(encoder, embeddings, mask)[valid], atol=1e-3)
+
+
+def encoder_output_of_pre_norm(encoder, embeddings, mask):
+    """The same weights read by the default block (which must differ)."""
+    config = {**encoder.get_config(), "block": "pre_norm"}
+    pre_norm = TransformerHistoryEncoder.from_config(config)
+    pre_norm(embeddings, mask, return_sequences=True)
+    pre_norm.set_weights(encoder.get_weights())
+    return pre_norm(embeddings, mask, return_sequences=True).numpy()
+
+
+def test_the_block_is_a_transformer_setting_named_in_errors():
+    assert HistoryEncoderConfig(encoder="transformer", block="sasrec").block == "sasrec"
+    with pytest.raises(ValueError, match="`block` must be one of"):
+        HistoryEncoderConfig(encoder="transformer", block="post_norm")
+    with pytest.raises(ValueError, match="`block`='sasrec' needs `encoder` 'transformer'"):
+        HistoryEncoderConfig(encoder="gru", block="sasrec")
+    layer = TransformerHistoryEncoder(block="sasrec")
+    assert TransformerHistoryEncoder.from_config(layer.get_config()).block == "sasrec"

@@ -31,6 +31,7 @@ from tfrec_towers.encoders import MaskedPooling
 from tfrec_towers.tower_config import (  # noqa: F401  (re-exported)
     HISTORY_ENCODERS,
     POSITIONS,
+    TRANSFORMER_BLOCKS,
     HistoryEncoderConfig,
     HistoryEncoderName,
 )
@@ -57,6 +58,7 @@ def make_history_encoder(config: HistoryEncoderConfig, name: str = "history_enco
             dropout=config.dropout,
             max_length=config.max_length,
             positions=config.positions,
+            block=config.block,
             name=name,
         )
     raise ValueError(f"`encoder`={config.encoder!r} pools inside the feature encoder: it has no history encoder layer.")
@@ -196,10 +198,16 @@ class GRUHistoryEncoder(tf.keras.layers.Layer):
 
 @_register
 class TransformerHistoryEncoder(tf.keras.layers.Layer):
-    """Causal pre-norm transformer over the history (SASRec, Kang & McAuley, ICDM 2018).
+    """Causal transformer over the history (SASRec, Kang & McAuley, ICDM 2018).
+
+    ``block="pre_norm"`` (default; Xiong et al., ICML 2020):
 
         x⁰_l = dropout(e_l + P[n_l]);  xᵏ = xᵏ⁻¹ + dropout(MHA(LN(xᵏ⁻¹), causal));
         xᵏ ← xᵏ + dropout(FFN(LN(xᵏ)));  h = LN(x^K)
+
+    ``block="sasrec"`` (SASRec's reference code): ``x⁰_l = dropout(√d·e_l + P[n_l])``; with
+    ``q = LN(xᵏ⁻¹)``, ``xᵏ = q + MHA(query=q, keys=values=xᵏ⁻¹, causal)``, then
+    ``xᵏ ← xᵏ + FFN(LN(xᵏ))`` with dropout after the ReLU and after the output; ``h = LN(x^K)``.
 
     ``P`` holds ``max_length`` learned positional embeddings indexed by ``n_l``: with
     ``positions="from_oldest"`` (default) the valid-item index (later items share the last row), with
@@ -213,6 +221,7 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
       dropout: rate of every dropout, in [0, 1).
       max_length: learned positions.
       positions: ``from_oldest`` or ``from_newest`` (see above).
+      block: ``pre_norm`` or ``sasrec`` (see above).
 
     Call: ``embeddings [B, L, d]``, ``mask [B, L]`` bool → ``[B, d]``, or ``[B, L, d]`` with
     ``return_sequences=True``.
@@ -225,12 +234,16 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
         dropout: float = 0.2,
         max_length: int = 50,
         positions: str = "from_oldest",
+        block: str = "pre_norm",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if positions not in POSITIONS:
             raise ValueError(f"`positions` must be one of {list(POSITIONS)}. Received: {positions!r}")
+        if block not in TRANSFORMER_BLOCKS:
+            raise ValueError(f"`block` must be one of {list(TRANSFORMER_BLOCKS)}. Received: {block!r}")
         self.positions_from = positions
+        self.block = block
         for name, value in (("num_layers", num_layers), ("num_heads", num_heads), ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive int. Received: {value!r}")
@@ -262,6 +275,10 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
                     "feedforward_dropout": tf.keras.layers.Dropout(self.dropout, name=f"feedforward_dropout_{i}"),
                 }
             )
+            if self.block == "sasrec":
+                self.blocks[-1]["feedforward_inner_dropout"] = tf.keras.layers.Dropout(
+                    self.dropout, name=f"feedforward_inner_dropout_{i}"
+                )
         self.output_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm")
         super().build(input_shape)
 
@@ -272,10 +289,20 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
             positions = newest_positions(mask, self.max_length)
         else:
             positions = tf.clip_by_value(valid_positions(mask), 0, self.max_length - 1)
+        if self.block == "sasrec":
+            embeddings = embeddings * tf.sqrt(tf.cast(tf.shape(embeddings)[-1], embeddings.dtype))
         x = self.input_dropout(embeddings + tf.gather(self.positions, positions), training=training)
-        x = x * tf.cast(mask, x.dtype)[..., tf.newaxis]
+        valid = tf.cast(mask, x.dtype)[..., tf.newaxis]
+        x = x * valid
         allowed = causal_mask(mask)
         for block in self.blocks:
+            if self.block == "sasrec":
+                q = block["attention_norm"](x)
+                x = q + block["attention"](q, x, attention_mask=allowed, training=training)
+                h = block["feedforward_hidden"](block["feedforward_norm"](x))
+                h = block["feedforward_output"](block["feedforward_inner_dropout"](h, training=training))
+                x = (x + block["feedforward_dropout"](h, training=training)) * valid
+                continue
             h = block["attention_norm"](x)
             h = block["attention"](h, h, attention_mask=allowed, training=training)
             x = x + block["attention_dropout"](h, training=training)
@@ -291,4 +318,5 @@ class TransformerHistoryEncoder(tf.keras.layers.Layer):
             "dropout": self.dropout,
             "max_length": self.max_length,
             "positions": self.positions_from,
+            "block": self.block,
         }

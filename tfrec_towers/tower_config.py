@@ -15,6 +15,8 @@ PositionsFrom = Literal["from_oldest", "from_newest"]
 POSITIONS = ("from_oldest", "from_newest")
 HistoryItems = Literal["embedding", "candidate_tower"]
 HISTORY_ITEMS = ("embedding", "candidate_tower")
+TransformerBlock = Literal["pre_norm", "sasrec"]
+TRANSFORMER_BLOCKS = ("pre_norm", "sasrec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,11 @@ class HistoryEncoderConfig:
         tower's embedding of the item, read from its id and its attributes in the catalogue: one item
         encoder for the history and the candidates, as Merlin's and TFRS's item models share theirs);
         needs a sequence ``encoder``.
+      block: the transformer's (only) block: ``pre_norm`` (default: ``x + MHA(LN x)`` then
+        ``x + FFN(LN x)``, Xiong et al., ICML 2020) or ``sasrec`` (the block of SASRec's reference
+        code, Kang & McAuley, ICDM 2018: item embeddings scaled by √d, the attention's query
+        normalised and its keys and values not, the residual added to the normalised query, dropout
+        inside the feed-forward layer too).
     """
 
     encoder: HistoryEncoderName = "attention"
@@ -53,8 +60,16 @@ class HistoryEncoderConfig:
     max_length: int = 50
     positions: PositionsFrom = "from_oldest"
     items: HistoryItems = "embedding"
+    block: TransformerBlock = "pre_norm"
 
     def __post_init__(self) -> None:
+        if self.block not in TRANSFORMER_BLOCKS:
+            raise ValueError(f"`block` must be one of {list(TRANSFORMER_BLOCKS)}. Received: {self.block!r}")
+        if self.block != "pre_norm" and self.encoder != "transformer":
+            raise ValueError(
+                f"`block`={self.block!r} needs `encoder` 'transformer' (the only encoder with blocks). "
+                f"Received: encoder={self.encoder!r}"
+            )
         if self.items not in HISTORY_ITEMS:
             raise ValueError(f"`items` must be one of {list(HISTORY_ITEMS)}. Received: {self.items!r}")
         if self.items != "embedding" and self.encoder == "pooling":
