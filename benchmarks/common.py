@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -58,6 +60,12 @@ def source_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def command_line(script: str) -> str:
+    """The command that ran ``benchmarks/SCRIPT`` with this process's arguments, quoted for a shell
+    (an argument with spaces, such as a row's name, stays one argument)."""
+    return shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]])
 
 
 def write_results(output_dir: Path, stem: str, payload: dict, table: str) -> None:

@@ -36,7 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 import tfrec_towers  # noqa: F401,E402  (selects Keras 2 before tf.keras is first used)
 from benchmarks.baselines import plain_tfrs_model, plain_training  # noqa: E402
-from benchmarks.common import add_data_set_arguments, summarise, write_results  # noqa: E402
+from benchmarks.common import add_data_set_arguments, command_line, summarise, write_results  # noqa: E402
 from benchmarks.reference_transformer import train_and_evaluate  # noqa: E402
 from tfrec_pipelines.sources import prepare_data  # noqa: E402
 from tfrec_pipelines.train import evaluate_model, fit_configured, fit_model  # noqa: E402
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--name", default="presets", help="the results' file stem")
     args = parser.parse_args()
 
-    command = " ".join(["python", "benchmarks/presets.py", *sys.argv[1:]])
+    command = command_line("presets.py")
     presets = {row: PRESETS[row] for row in args.presets}
     results: Dict[str, dict] = {}
     with concurrent.futures.ProcessPoolExecutor(
