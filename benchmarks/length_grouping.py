@@ -32,11 +32,9 @@ SETTINGS = {"as the preset says": [], "group_by_length: true": ["training.group_
 
 def train_once(root: str, setting: str, epochs: int, seed: int) -> Dict[str, object]:
     """One training of the preset with ``setting``'s keys, in this (fresh) process."""
-    import numpy as np
-
     import tfrec_towers  # noqa: F401  (selects Keras 2 before tf.keras is first used)
     from tfrec_pipelines.dataset import length_grouped_order
-    from tfrec_pipelines.sequences import sequence_examples
+    from tfrec_pipelines.sequences import sequence_examples, sequence_lengths
     from tfrec_pipelines.train import fit_configured
     from tfrec_towers.config import apply_overrides, load_config
 
@@ -54,8 +52,7 @@ def train_once(root: str, setting: str, epochs: int, seed: int) -> Dict[str, obj
     data, training = fitted.data, config.training
     width = config.model.history.max_length
     sequences = sequence_examples(data.train, [f.name for f in fitted.spec.candidate], data.candidate_id, width)
-    targets = np.asarray(sequences[data.candidate_id])
-    lengths = (targets != ("" if targets.dtype.kind in "OUS" else 0)).sum(axis=1)
+    lengths = sequence_lengths(sequences, data.candidate_id)
     if training.group_by_length:  # the slots of each batch's longest sequence, in the first epoch's batches
         order = length_grouped_order(lengths, training.batch_size, training.seed, 0)
         computed = sum(

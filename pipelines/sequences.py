@@ -114,10 +114,16 @@ def _history_ends(train: Mapping[str, np.ndarray], history: str) -> Tuple[np.nda
     return ~(histories != padding).any(axis=1), histories[:, -1]
 
 
+def sequence_lengths(examples: Mapping[str, np.ndarray], candidate_id: str) -> np.ndarray:
+    """``int64 [S]`` the valid positions of each sequence example (candidate ids that are not padding)."""
+    ids = np.asarray(examples[candidate_id])
+    return (ids != ("" if ids.dtype.kind in "OUS" else 0)).sum(axis=1).astype(np.int64)
+
+
 def num_targets(examples: Mapping[str, np.ndarray], candidate_id: str) -> int:
     """Training targets in a feature dictionary: rows of per-prefix examples, valid positions of
-    sequence examples (candidate ids that are not padding)."""
+    sequence examples (:func:`sequence_lengths`)."""
     ids = np.asarray(examples[candidate_id])
     if ids.ndim == 1:
         return len(ids)
-    return int(np.sum(ids != ("" if ids.dtype.kind in "OUS" else 0)))
+    return int(sequence_lengths(examples, candidate_id).sum())

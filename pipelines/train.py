@@ -38,7 +38,7 @@ from tfrec_pipelines.dataset import steps_per_epoch
 from tfrec_pipelines.distribute import is_chief, make_strategy
 from tfrec_pipelines.run_directory import CHECKPOINTS_DIR, CONFIG_FILE, partial_directory, partial_run
 from tfrec_pipelines.run_errors import RunError, TrainingInterrupted
-from tfrec_pipelines.sequences import num_targets, sequence_examples
+from tfrec_pipelines.sequences import num_targets, sequence_examples, sequence_lengths
 from tfrec_pipelines.sources import FEATURES_FILE, prepare_data
 from tfrec_pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model
 from tfrec_towers import build
@@ -259,10 +259,7 @@ def fit_model(
                 positions,
                 positions,
             )
-    lengths = None
-    if training.group_by_length:  # the valid positions of each sequence
-        targets = np.asarray(features[model.candidate_id])
-        lengths = (targets != ("" if targets.dtype.kind in "OUS" else 0)).sum(axis=1)
+    lengths = sequence_lengths(features, model.candidate_id) if training.group_by_length else None
     start = time.perf_counter()
     history, steps = fit_resumably(
         model,
