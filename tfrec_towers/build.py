@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig
 from tfrec_towers.features import FeatureSpec, input_signature
-from tfrec_towers.history_items import attribute_columns
 from tfrec_towers.losses.factory import build_candidate_source, build_retrieval_task, mixed_negative_distribution
 from tfrec_towers.model import TwoTowerModel, build_towers, fill_history_items
 from tfrec_towers.optimizers import LazyAdam
@@ -204,11 +203,6 @@ def build_model(
             f"`model.history.feature` is {history.feature!r}, but the query features are "
             f"{[f.name for f in spec.query]}: name the history feature, or set `model.history.encoder: pooling`."
         )
-    if history.items == "candidate_tower":
-        try:
-            attribute_columns(spec.candidate, spec.candidate_id)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
     query, candidate = build_towers(spec, config.model.query_tower, config.model.candidate_tower, history)
     _check_unprojected_towers(spec, config, query, candidate)
     if for_inference:

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfrec_towers.config import ConfigError
 from tfrec_towers.features import Feature, NumericFeature, input_signature
 
 _register = tf.keras.utils.register_keras_serializable(package="tfrec_towers")
@@ -47,7 +48,7 @@ def attribute_columns(candidate_features: Sequence[Feature], candidate_id: str) 
     (``{"name", "dtype", "missing"}`` each).
 
     Raises:
-      ValueError: a candidate feature is a list per item (a ``[B, L]`` matrix): one value per item
+      ConfigError: a candidate feature is a list per item (a ``[B, L]`` matrix): one value per item
         and attribute is what a history lookup can return.
     """
     signature = input_signature(candidate_features)
@@ -57,7 +58,7 @@ def attribute_columns(candidate_features: Sequence[Feature], candidate_id: str) 
             continue
         spec = signature[feature.name]
         if spec.shape.rank != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"`model.history.items`='candidate_tower' reads one value of each candidate feature per history "
                 f"item, but `{feature.name}` is a list per item: give it as text joined by a separator, or "
                 "leave it out of `features.candidate`."

@@ -63,28 +63,21 @@ class HistoryEncoderConfig:
     block: TransformerBlock = "pre_norm"
 
     def __post_init__(self) -> None:
-        if self.block not in TRANSFORMER_BLOCKS:
-            raise ValueError(f"`block` must be one of {list(TRANSFORMER_BLOCKS)}. Received: {self.block!r}")
-        if self.block != "pre_norm" and self.encoder != "transformer":
-            raise ValueError(
-                f"`block`={self.block!r} needs `encoder` 'transformer' (the only encoder with blocks). "
-                f"Received: encoder={self.encoder!r}"
-            )
-        if self.items not in HISTORY_ITEMS:
-            raise ValueError(f"`items` must be one of {list(HISTORY_ITEMS)}. Received: {self.items!r}")
+        choices = (("encoder", HISTORY_ENCODERS), ("positions", POSITIONS), ("items", HISTORY_ITEMS))
+        for name, allowed in (*choices, ("block", TRANSFORMER_BLOCKS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}. Received: {getattr(self, name)!r}")
+        # the transformer's own settings: another value than the default needs it
+        for name, default, what in (("positions", "from_oldest", "learned positions"), ("block", "pre_norm", "blocks")):
+            if getattr(self, name) != default and self.encoder != "transformer":
+                raise ValueError(
+                    f"`{name}`={getattr(self, name)!r} needs `encoder` 'transformer' (the only encoder with "
+                    f"{what}). Received: encoder={self.encoder!r}"
+                )
         if self.items != "embedding" and self.encoder == "pooling":
             raise ValueError(
                 f"`items`={self.items!r} needs a sequence `encoder` (mean, attention, gru or transformer): "
                 "'pooling' pools the history's id embeddings inside the feature encoder."
-            )
-        if self.positions not in POSITIONS:
-            raise ValueError(f"`positions` must be one of {list(POSITIONS)}. Received: {self.positions!r}")
-        if self.encoder not in HISTORY_ENCODERS:
-            raise ValueError(f"`encoder` must be one of {list(HISTORY_ENCODERS)}. Received: {self.encoder!r}")
-        if self.positions != "from_oldest" and self.encoder != "transformer":
-            raise ValueError(
-                f"`positions`={self.positions!r} needs `encoder` 'transformer' (the only encoder with learned "
-                f"positions). Received: encoder={self.encoder!r}"
             )
         for name in ("num_layers", "num_heads", "max_length"):
             value = getattr(self, name)
