@@ -10,23 +10,23 @@ from helpers import tiny_config
 from tfrec_pipelines.sources import prepare_data
 from tfrec_pipelines.train import build_model, fit_model, training_columns
 from tfrec_towers.build import make_optimizer
-from tfrec_towers.config import TrainingConfig
+from tfrec_towers.config import ConfigError, TrainingConfig
 from tfrec_towers.optimizers import LazyAdam
 
 LR, B1, B2, EPS = 0.01, 0.9, 0.999, 1e-7
 
 
-def _numpy_lazy_adam(table, batches):
+def _numpy_lazy_adam(table, batches, b2=B2):
     """Adam (Kingma & Ba, Algorithm 1, Keras's ε placement) applied row-wise to the rows each step looks up."""
     w, m, v = (np.array(table, np.float64), np.zeros(table.shape), np.zeros(table.shape))
     for t, (rows, grads) in enumerate(batches, start=1):
         summed = {}
         for row, grad in zip(rows, grads):  # repeated rows: their gradients add up, as a lookup's do
             summed[row] = summed.get(row, 0) + grad
-        alpha = LR * np.sqrt(1 - B2**t) / (1 - B1**t)
+        alpha = LR * np.sqrt(1 - b2**t) / (1 - B1**t)
         for row, g in summed.items():
             m[row] = B1 * m[row] + (1 - B1) * g
-            v[row] = B2 * v[row] + (1 - B2) * g * g
+            v[row] = b2 * v[row] + (1 - b2) * g * g
             w[row] -= alpha * m[row] / (np.sqrt(v[row]) + EPS)
     return w, m, v
 
@@ -84,6 +84,40 @@ def test_the_configuration_builds_it_and_it_round_trips_through_its_config():
     assert isinstance(optimizer, LazyAdam) and float(optimizer.learning_rate) == pytest.approx(0.02)
     again = tf.keras.optimizers.deserialize(tf.keras.optimizers.serialize(optimizer))
     assert isinstance(again, LazyAdam) and float(again.learning_rate) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("name", ["lazy_adam", "adam"])
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_adam_beta_2_is_the_second_moment_decay_the_optimizer_steps_with(name, warmup):
+    table, batches = _lookup_steps()
+    training = TrainingConfig(optimizer=name, learning_rate=LR, adam_beta_2=0.98, learning_rate_warmup_steps=warmup)
+    optimizer = make_optimizer(training)
+    assert float(optimizer.beta_2) == pytest.approx(0.98)
+    if warmup:
+        return  # the schedule's rates are tests/test_schedules.py's; here only that β₂ reaches the optimizer
+    variable = tf.Variable(table)
+    for rows, grads in batches:
+        optimizer.apply_gradients([(tf.IndexedSlices(tf.constant(grads), tf.constant(rows)), variable)])
+    expected_w, _, expected_v = _numpy_lazy_adam(table, batches, b2=0.98)
+    if name == "lazy_adam":  # Keras's Adam also moves untouched rows, so only its second moments compare
+        np.testing.assert_allclose(variable.numpy(), expected_w, rtol=5e-5, atol=1e-6)
+    # a row looked up once, at the first step, then decayed twice by β₂ (Adam) or never again (lazy)
+    seen_once = 7
+    decays = 2 if name == "adam" else 0
+    np.testing.assert_allclose(
+        optimizer._velocities[0].numpy()[seen_once],
+        expected_v[seen_once] * 0.98**decays,
+        rtol=5e-5,
+    )
+
+
+def test_adam_beta_2_needs_an_adam_and_a_value_in_the_open_unit_interval():
+    for bad in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"training\.adam_beta_2"):
+            TrainingConfig(adam_beta_2=bad)
+    with pytest.raises(ConfigError, match=r"training\.adam_beta_2.*'sgd'"):
+        TrainingConfig(optimizer="sgd", adam_beta_2=0.98)
+    assert float(make_optimizer(TrainingConfig()).beta_2) == pytest.approx(0.999)  # Keras's default
 
 
 def test_a_model_trains_with_it_and_its_checkpoint_restores_the_moments(tmp_path):

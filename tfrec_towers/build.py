@@ -9,6 +9,7 @@ unless ``config.loss`` says otherwise.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
@@ -45,6 +46,8 @@ def make_optimizer(training: TrainingConfig, total_steps: Optional[int] = None) 
       ConfigError: a decay without ``total_steps``, or with no more steps than the warm-up.
     """
     optimizer = OPTIMIZERS[training.optimizer]
+    if training.optimizer in ("adam", "lazy_adam"):
+        optimizer = functools.partial(optimizer, beta_2=training.adam_beta_2)
     if not training.learning_rate_warmup_steps and training.learning_rate_decay == "none":
         return optimizer(learning_rate=training.learning_rate)
     decay = training.learning_rate_decay

@@ -535,6 +535,10 @@ class EarlyStoppingConfig:
         return int(self.metric.split("@")[1])
 
 
+DEFAULT_ADAM_BETA_2 = 0.999
+"""Adam's β₂ unless ``training.adam_beta_2`` sets it (Keras's default)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation, checkpoints and logs.
@@ -555,6 +559,9 @@ class TrainingConfig:
         batch looked up, :mod:`tfrec_towers.optimizers`; dense variables as ``adam``), ``adam``
         (Keras's Adam, which decays and rewrites every row of every table each step), ``adagrad``
         or ``sgd``.
+      adam_beta_2: Adam's second-moment decay β₂ for ``adam`` and ``lazy_adam`` (Kingma & Ba, 2015:
+        ``v ← β₂·v + (1 − β₂)·g²``), in (0, 1); default 0.999 (Keras's). SASRec's reference code
+        trains with 0.98, which forgets old gradient scales faster on short runs.
       seed: seeds TensorFlow, numpy, the shuffles and the synthetic data (an integer in [0, 2^32 − 1]).
       steps_per_execution: training steps per call of the compiled training function (Keras's
         ``steps_per_execution``; a positive integer, default 1). More steps per call save the
@@ -614,6 +621,7 @@ class TrainingConfig:
     learning_rate_decay: Literal["none", "cosine", "linear"] = "none"
     final_learning_rate_fraction: float = 0.0
     optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "lazy_adam"
+    adam_beta_2: float = DEFAULT_ADAM_BETA_2
     seed: int = 0
     steps_per_execution: int = 1
     jit_compile: bool = False
@@ -651,6 +659,17 @@ class TrainingConfig:
             "in [0, 1]",
             self.final_learning_rate_fraction,
         )
+        _require(
+            _finite_at_least(self.adam_beta_2, 0.0, low_open=True) and self.adam_beta_2 < 1.0,
+            "training.adam_beta_2",
+            "in (0, 1)",
+            self.adam_beta_2,
+        )
+        if self.adam_beta_2 != DEFAULT_ADAM_BETA_2 and self.optimizer not in ("adam", "lazy_adam"):
+            raise ConfigError(
+                f"`training.adam_beta_2` is Adam's: it needs `training.optimizer` adam or lazy_adam "
+                f"(received {self.optimizer!r}, which has no second-moment decay)."
+            )
         _require(0 <= self.seed <= MAX_SEED, "training.seed", f"an integer in [0, {MAX_SEED}]", self.seed)
         _require(self.steps_per_execution > 0, "training.steps_per_execution", "positive", self.steps_per_execution)
         if self.steps_per_execution > 1 and self.distribute != "none":
