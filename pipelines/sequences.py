@@ -114,10 +114,15 @@ def _history_ends(train: Mapping[str, np.ndarray], history: str) -> Tuple[np.nda
     return ~(histories != padding).any(axis=1), histories[:, -1]
 
 
-def sequence_lengths(examples: Mapping[str, np.ndarray], candidate_id: str) -> np.ndarray:
-    """``int64 [S]`` the valid positions of each sequence example (candidate ids that are not padding)."""
+def valid_positions(examples: Mapping[str, np.ndarray], candidate_id: str) -> np.ndarray:
+    """``bool [S, L]`` the valid positions of sequence examples: candidate ids that are not padding."""
     ids = np.asarray(examples[candidate_id])
-    return (ids != ("" if ids.dtype.kind in "OUS" else 0)).sum(axis=1).astype(np.int64)
+    return ids != ("" if ids.dtype.kind in "OUS" else 0)
+
+
+def sequence_lengths(examples: Mapping[str, np.ndarray], candidate_id: str) -> np.ndarray:
+    """``int64 [S]`` the valid positions of each sequence example (:func:`valid_positions`)."""
+    return valid_positions(examples, candidate_id).sum(axis=1).astype(np.int64)
 
 
 def num_targets(examples: Mapping[str, np.ndarray], candidate_id: str) -> int:

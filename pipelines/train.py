@@ -38,7 +38,7 @@ from tfrec_pipelines.dataset import steps_per_epoch
 from tfrec_pipelines.distribute import is_chief, make_strategy
 from tfrec_pipelines.run_directory import CHECKPOINTS_DIR, CONFIG_FILE, partial_directory, partial_run
 from tfrec_pipelines.run_errors import RunError, TrainingInterrupted
-from tfrec_pipelines.sequences import num_targets, sequence_examples, sequence_lengths
+from tfrec_pipelines.sequences import num_targets, sequence_examples, sequence_lengths, valid_positions
 from tfrec_pipelines.sources import FEATURES_FILE, prepare_data
 from tfrec_pipelines.validation import EarlyStopping, ValidationMetrics, evaluate_model
 from tfrec_towers import build
@@ -209,6 +209,9 @@ def fit_model(
     With ``training.example_format`` ``every_position``, the per-prefix ``features`` are first
     regrouped into sequence examples of ``model.query_tower.history.max_length`` positions
     (:func:`tfrec_pipelines.sequences.sequence_examples`); examples/s then counts trained positions.
+    With ``training.group_by_length`` as well, the model's ``targets_per_batch`` is set to the
+    epoch's mean target weight per batch, so that a batch's loss is its positions' sum over that
+    count (see :class:`~tfrec_towers.model.TwoTowerModel`).
 
     Returns:
       (per-epoch history, training seconds, training examples (targets) per second of the steps
@@ -260,6 +263,8 @@ def fit_model(
                 positions,
             )
     lengths = sequence_lengths(features, model.candidate_id) if training.group_by_length else None
+    if lengths is not None and isinstance(model, TwoTowerModel):  # each position weighs 1/n̄ (TwoTowerModel)
+        model.targets_per_batch = _target_weight(features, model) / steps_per_epoch(len(lengths), training.batch_size)
     start = time.perf_counter()
     history, steps = fit_resumably(
         model,
@@ -283,6 +288,16 @@ def fit_model(
     )
     examples = per_epoch * steps / steps_per_epoch(num_rows(features), training.batch_size)
     return history, seconds, examples / max(seconds, 1e-9)
+
+
+def _target_weight(examples: Mapping[str, np.ndarray], model: TwoTowerModel) -> float:
+    """The summed weight of the sequence examples' valid positions: their count, or the sum of
+    their ``sample_weight_feature`` values."""
+    valid = valid_positions(examples, model.candidate_id)
+    weight = model.sample_weight_feature
+    if weight is None or weight not in examples:
+        return float(valid.sum())
+    return float(np.asarray(examples[weight], np.float64)[valid].sum())
 
 
 def collapse_monitor(

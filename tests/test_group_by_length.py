@@ -132,3 +132,52 @@ def test_a_grouped_run_trains_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
     assert json.loads((run / "verification.json").read_text())["ok"]
+
+
+def _sequence_batch():
+    """Three left-padded sequences of 12 slots with 5, 3 and 1 valid positions (9 targets)."""
+    history, targets = np.zeros((3, 12), np.int64), np.zeros((3, 12), np.int64)
+    for row, start in enumerate((7, 9, 11)):
+        history[row, start:] = np.arange(1, 13 - start) + row
+        targets[row, start:] = np.arange(2, 14 - start) + row
+    return history, targets
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_over_a_fixed_target_count_a_batch_loss_is_its_positions_sum_not_their_mean(weighted):
+    model = _model("from_newest")
+    history, targets = _sequence_batch()
+    batch = {"history": tf.constant(history), "item_id": tf.constant(targets)}
+    total = 9.0
+    if weighted:
+        weights = np.where(targets > 0, np.linspace(0.5, 2.0, 36).reshape(3, 12), 0.0).astype(np.float32)
+        batch["weight"] = tf.constant(weights)
+        model.sample_weight_feature = "weight"
+        total = float(weights[targets > 0].sum())
+    mean = float(model.compute_loss(batch, training=True))  # dropout 0: the same loss each call
+    model.targets_per_batch = 4.5
+    np.testing.assert_allclose(float(model.compute_loss(batch, training=True)), mean * total / 4.5, rtol=1e-5)
+    np.testing.assert_allclose(float(model.compute_loss(batch, training=False)), mean, rtol=1e-5)  # training only
+
+
+def test_grouped_training_divides_each_batch_by_the_epochs_mean_targets_per_batch():
+    from helpers import tiny_config
+    from tfrec_pipelines.sources import prepare_data
+    from tfrec_pipelines.train import build_model, fit_model, training_columns
+
+    config = tiny_config(
+        "model.history.encoder=transformer",
+        "training.example_format=every_position",
+        "training.group_by_length=true",
+        "training.batch_size=16",
+    )
+    prepared = prepare_data(config)
+    data, spec = prepared.data, prepared.adapted_spec()
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(spec, config, data)
+    fit_model(model, training_columns(data, spec, prepared.weight_column), config.training, 0)
+    # 120 users of 11 training items, each one sequence (windows of 50), its first item without a history:
+    # 10 targets per sequence, 120 sequences in 8 batches of 16
+    assert model.targets_per_batch == pytest.approx(120 * 10 / 8)
+    ungrouped = build_model(spec, tiny_config("model.history.encoder=transformer"), data)
+    assert ungrouped.targets_per_batch == 0.0  # without grouping: each batch's mean, as before

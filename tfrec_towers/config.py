@@ -583,9 +583,10 @@ class TrainingConfig:
         dropped: every valid position's query is the same, since padding never changes one). Each
         epoch's order is cut into windows of 50 batches, each window sorted by length and cut into
         batches, and the epoch's full batches shuffled (the length-grouped samplers of fairseq and
-        Hugging Face): the same examples per epoch, fewer padded positions per step. With the full
-        softmax the loss is unchanged; with in-batch negatives a batch's negatives are then users of
-        similar history length. Off by default.
+        Hugging Face): the same examples per epoch, fewer padded positions per step. A batch's loss
+        is then its positions' sum over the epoch's mean targets per batch, not their mean, so every
+        position weighs as in randomly mixed batches (``TwoTowerModel.targets_per_batch``); with
+        in-batch negatives a batch's negatives are users of similar history length. Off by default.
       distribute: the ``tf.distribute`` strategy: ``none`` (one device), ``mirrored`` (every local
         GPU) or ``multi_worker`` (the machines of ``TF_CONFIG``); the loss scores every replica's
         queries against the global batch.

@@ -22,6 +22,7 @@ from tfrec_towers.encoders import build_embedding_tables
 from tfrec_towers.features import Feature, FeatureSpec, feature_from_dict
 from tfrec_towers.history_encoders import HistoryEncoderConfig
 from tfrec_towers.history_items import CandidateTowerItems, ItemAttributes, attribute_columns
+from tfrec_towers.losses import cross_replica
 from tfrec_towers.losses.negatives import NegativeSet, check_int
 from tfrec_towers.losses.task import in_batch_softmax_task
 from tfrec_towers.towers import Tower, TowerConfig
@@ -54,6 +55,16 @@ class TwoTowerModel(tfrs.Model):
 
     With :attr:`trim_sequence_padding` (``training.group_by_length``), a sequence batch's slots that
     are padding in every sequence are cut before the towers see it: the same queries, less work.
+
+    With :attr:`targets_per_batch` ``n̄ > 0``, a sequence batch's loss in training is the sum of its
+    positions' losses over that fixed count, ``Σ_p w_p·ℓ_p / n̄`` (``w_p = 1`` without weights; under
+    ``tf.distribute`` the sum runs over the global batch), instead of their mean
+    ``Σ_p w_p·ℓ_p / Σ_p w_p``: the normalisation of fairseq's and Hugging Face's token-level losses
+    by a fixed count. ``training.group_by_length`` sets it to the epoch's mean targets per batch: its
+    batches hold sequences of similar length, so their target counts differ many times over, and a
+    batch's mean would give each position of a batch of short sequences many times the weight of a
+    position of a batch of long ones; over the fixed count every position weighs ``1/n̄``, as in
+    randomly mixed batches, whose counts are all near ``n̄``.
 
     Hyper-parameters in the config, state in weights: ``get_config`` holds the towers', task's
     and sampler's hyper-parameters (sizes, dtypes, widths, seeds) and no data, so its size does
@@ -89,6 +100,7 @@ class TwoTowerModel(tfrs.Model):
             )
         self._xla_training = False
         self.trim_sequence_padding = False
+        self.targets_per_batch = 0.0
 
     @property
     def xla_training(self) -> bool:
@@ -157,7 +169,8 @@ class TwoTowerModel(tfrs.Model):
         features, _, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(inputs)
         if isinstance(inputs, tuple) and len(inputs) == 2:  # (features, sample_weight): there are no labels
             sample_weight = inputs[1]
-        if features[self.candidate_id].shape.rank == 2:
+        sequences = features[self.candidate_id].shape.rank == 2
+        if sequences:
             query_embeddings, features, ids = self._every_position(features, training)
         else:
             query_embeddings, ids = self.query_tower(features, training=training), features[self.candidate_id]
@@ -173,7 +186,7 @@ class TwoTowerModel(tfrs.Model):
             sampled, sampled_ids, log_q = self.mixed_negatives.sample()
             embeddings = self.candidate_tower(sampled, training=training)
             extra["extra_negatives"] = NegativeSet(embeddings, sampled_ids, log_q, tf.ones_like(log_q, tf.bool))
-        return self.task(
+        loss = self.task(
             query_embeddings,
             candidate_embeddings,
             candidate_ids=ids,
@@ -181,6 +194,11 @@ class TwoTowerModel(tfrs.Model):
             training=training,
             **extra,
         )
+        if sequences and training and self.targets_per_batch > 0:
+            weight = extra.get("sample_weight")
+            total = tf.cast(tf.size(ids), tf.float32) if weight is None else tf.reduce_sum(weight)
+            loss = loss * cross_replica.global_sum(total) / self.targets_per_batch
+        return loss
 
     def _refresh_bank_when_due(self) -> None:
         """Re-encodes the memory bank's rows at every ``bank_refresh_every_steps``-th step (from the first
