@@ -74,6 +74,14 @@ PUBLISHED: Dict[str, List[Tuple[str, float, float, str]]] = {
 # row → the keys it sets on the default (one capability each: a user who sets them changes that alone)
 VARIANTS: Dict[str, List[str]] = {
     "default + history items through the candidate tower": ["model.history.items=candidate_tower"],
+    # the best of `tfrec-towers tune` on ml-100k's validation split (NDCG@10; benchmarks/search/), rounded
+    "default + history items, tuned on validation": [
+        "model.history.items=candidate_tower",
+        "training.learning_rate=0.00346",
+        "model.temperature=0.1425",
+        "training.batch_size=256",
+        "loss.mixed_negatives=0",
+    ],
 }
 
 
