@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfrec_towers.config import ConfigError, ExperimentConfig, LossConfig, TrainingConfig
+from tfrec_towers.config import ADAM_OPTIMIZERS, ConfigError, ExperimentConfig, LossConfig, TrainingConfig
 from tfrec_towers.features import FeatureSpec, input_signature
 from tfrec_towers.losses.factory import build_candidate_source, build_retrieval_task, mixed_negative_distribution
 from tfrec_towers.model import TwoTowerModel, build_towers, fill_history_items
@@ -46,7 +46,7 @@ def make_optimizer(training: TrainingConfig, total_steps: Optional[int] = None) 
       ConfigError: a decay without ``total_steps``, or with no more steps than the warm-up.
     """
     optimizer = OPTIMIZERS[training.optimizer]
-    if training.optimizer in ("adam", "lazy_adam"):
+    if training.optimizer in ADAM_OPTIMIZERS:
         optimizer = functools.partial(optimizer, beta_2=training.adam_beta_2)
     if not training.learning_rate_warmup_steps and training.learning_rate_decay == "none":
         return optimizer(learning_rate=training.learning_rate)

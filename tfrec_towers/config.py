@@ -537,6 +537,8 @@ class EarlyStoppingConfig:
 
 DEFAULT_ADAM_BETA_2 = 0.999
 """Adam's β₂ unless ``training.adam_beta_2`` sets it (Keras's default)."""
+ADAM_OPTIMIZERS = ("adam", "lazy_adam")
+"""The ``training.optimizer`` values that are Adam and take ``training.adam_beta_2``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -666,7 +668,7 @@ class TrainingConfig:
             "in (0, 1)",
             self.adam_beta_2,
         )
-        if self.adam_beta_2 != DEFAULT_ADAM_BETA_2 and self.optimizer not in ("adam", "lazy_adam"):
+        if self.adam_beta_2 != DEFAULT_ADAM_BETA_2 and self.optimizer not in ADAM_OPTIMIZERS:
             raise ConfigError(
                 f"`training.adam_beta_2` is Adam's: it needs `training.optimizer` adam or lazy_adam "
                 f"(received {self.optimizer!r}, which has no second-moment decay)."
