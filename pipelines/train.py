@@ -264,7 +264,8 @@ def fit_model(
             )
     lengths = sequence_lengths(features, model.candidate_id) if training.group_by_length else None
     if lengths is not None and isinstance(model, TwoTowerModel):  # each position weighs 1/n̄ (TwoTowerModel)
-        model.targets_per_batch = _target_weight(features, model) / steps_per_epoch(len(lengths), training.batch_size)
+        weight = _target_weight(features, model, lengths)
+        model.targets_per_batch = weight / steps_per_epoch(len(lengths), training.batch_size)
     start = time.perf_counter()
     history, steps = fit_resumably(
         model,
@@ -290,13 +291,14 @@ def fit_model(
     return history, seconds, examples / max(seconds, 1e-9)
 
 
-def _target_weight(examples: Mapping[str, np.ndarray], model: TwoTowerModel) -> float:
-    """The summed weight of the sequence examples' valid positions: their count, or the sum of
+def _target_weight(examples: Mapping[str, np.ndarray], model: TwoTowerModel, lengths: np.ndarray) -> float:
+    """The summed weight of the sequence examples' valid positions: their count (the sum of
+    ``lengths``, each example's :func:`~tfrec_pipelines.sequences.sequence_lengths`), or the sum of
     their ``sample_weight_feature`` values."""
-    valid = valid_positions(examples, model.candidate_id)
     weight = model.sample_weight_feature
     if weight is None or weight not in examples:
-        return float(valid.sum())
+        return float(lengths.sum())
+    valid = valid_positions(examples, model.candidate_id)
     return float(np.asarray(examples[weight], np.float64)[valid].sum())
 
 
